@@ -1,0 +1,220 @@
+"""Typed run configuration: dataclass defaults, merged with YAML from `conf/` and `key=value` overrides.
+
+The dataclass defaults are the embedded default run (bundled UMLS, packaged MiniLM, a CPU-sized
+schedule), so `python -m kgc_kd.fit` needs no file at all. Command-line items are applied left to right:
+- `config=PATH`      merge a whole YAML file (e.g. conf/experiment/wn18rr.yaml);
+- `GROUP=NAME`       merge the preset conf/GROUP/NAME.yaml into that group (data, model, optim, trainer,
+                     eval, run); for `data`, a name without a preset is taken as the data source (a
+                     built-in KG or a directory), so `data=path/to/WN18RR` works;
+- `a.b=value`        set one key.
+Unknown keys and wrong types are errors that name the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and its origin in the message."""
+
+
+@dataclass
+class SyntheticCfg:
+    num_entities: int = 30
+    num_relations: int = 3
+    num_triples: int = 90
+    seed: int = 0
+
+
+@dataclass
+class DataCfg:
+    source: str = "umls"  # built-in (umls, nations, kinships), "synthetic", or a KG-BERT / SimKGC directory
+    max_length: int = 50  # tokens of the hr pair and of an entity (SimKGC: 50)
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    dedup_entities: bool = True  # encode each distinct entity of a batch once (exact at eval; shares dropout)
+    use_long_text: bool = True  # KG-BERT dirs: entity2textlong as the description when present
+    name_separator: Optional[str] = None  # KG-BERT WN18RR packs "lemma, definition": set ", "
+    synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
+
+
+@dataclass
+class ModelCfg:
+    plm: str = "minilm"  # packaged all-MiniLM-L6-v2, or a local Hugging Face encoder directory
+    shared_encoder: bool = False
+    pooling: str = "mean"
+    temperature: float = 0.05
+    learn_temperature: bool = True
+    margin: float = 0.02
+    self_negative: bool = True
+    pre_batch: int = 0  # k previous batches as extra negatives (SimKGC FB15k-237: 2)
+    pre_batch_weight: float = 0.5
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = False  # SimKGC decays every parameter, LayerNorm/bias and temperature included
+    warmup_steps: int = 400  # SimKGC: min(400, total_steps // 10)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+
+@dataclass
+class TrainerCfg:
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"
+    max_epochs: int = 5
+    max_steps: int = -1
+    gradient_clip_val: float = 10.0
+    accumulate_grad_batches: int = 1
+    check_val_every_n_epoch: int = 1
+    val_check_interval: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    log_every_n_steps: int = 10
+    num_sanity_val_steps: int = 0
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class EvalCfg:
+    chunk_size: int = 256  # queries scored at once: memory O(chunk x entities)
+    rerank_weight: float = 0.0  # SimKGC WN18RR: 0.05
+    rerank_hops: int = 0  # SimKGC WN18RR: 5, others 2
+    topk: int = 10  # top-k predictions saved per test query
+    save_predictions: bool = True
+    untrained_baseline: bool = True  # test the untouched PLM first, so the gain from training is on record
+
+
+@dataclass
+class RunCfg:
+    name: Optional[str] = None  # default: <data>-<hash of the config>, so a rerun finds its directory
+    root: str = "runs"
+    seed: int = 42
+    logger: str = "csv"  # csv | none
+
+
+@dataclass
+class Config:
+    data: DataCfg = field(default_factory=DataCfg)
+    model: ModelCfg = field(default_factory=ModelCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    trainer: TrainerCfg = field(default_factory=TrainerCfg)
+    eval: EvalCfg = field(default_factory=EvalCfg)
+    run: RunCfg = field(default_factory=RunCfg)
+
+
+GROUPS = ("data", "model", "optim", "trainer", "eval", "run")
+
+
+def conf_dir() -> Path:
+    """conf/ of the checkout (the package is installed editable), or $KGC_KD_CONF."""
+    env = os.environ.get("KGC_KD_CONF")
+    for cand in ([Path(env)] if env else []) + [Path.cwd() / "conf", Path(__file__).resolve().parents[1] / "conf"]:
+        if cand.is_dir():
+            return cand
+    return Path(__file__).resolve().parents[1] / "conf"
+
+
+def presets(group: str) -> list[str]:
+    d = conf_dir() / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def _merge(cfg: DictConfig, other: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, other)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or ""
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{origin}: {'key ' + repr(key) + ': ' if key else ''}{msg}") from None
+
+
+def _load_yaml(path: Path, origin: str) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"{origin}: no such file {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError carries the line
+        raise ConfigError(f"{origin}: cannot parse {path}: {err}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{origin}: {path} must hold a mapping of config keys")
+    return loaded
+
+
+def load_config(argv: list[str] | None = None) -> DictConfig:
+    cfg = OmegaConf.structured(Config)
+    for arg in argv or []:
+        if "=" not in arg:
+            raise ConfigError(f"argument {arg!r}: expected key=value, config=PATH or GROUP=PRESET")
+        key, value = arg.split("=", 1)
+        key = key.strip()
+        if key.startswith("+") or key.startswith("~"):
+            raise ConfigError(f"argument {arg!r}: Hydra's +/~ prefixes are not supported; use plain key=value")
+        if key == "config":
+            cfg = _merge(cfg, _load_yaml(Path(value), f"config={value}"), f"config={value}")
+        elif key in GROUPS:
+            preset = conf_dir() / key / f"{value}.yaml"
+            if preset.is_file():
+                cfg = _merge(cfg, {key: _load_yaml(preset, arg)}, f"{arg} ({preset})")
+            elif key == "data":
+                cfg = _merge(cfg, {"data": {"source": value}}, arg)
+            else:
+                raise ConfigError(f"{arg}: no preset {value!r} in {conf_dir() / key}; available: {presets(key)}")
+        else:
+            try:
+                override = OmegaConf.from_dotlist([arg])
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"argument {arg!r}: {err}") from None
+            cfg = _merge(cfg, override, f"argument {arg!r}")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DictConfig) -> None:
+    checks = [
+        (cfg.data.batch_size >= 2, "data.batch_size must be >= 2 (in-batch negatives)"),
+        (cfg.data.max_length >= 5, "data.max_length must be >= 5"),
+        (cfg.model.pooling in ("mean", "cls"), f"model.pooling={cfg.model.pooling!r}: expected mean or cls"),
+        (cfg.model.temperature > 0, "model.temperature must be > 0"),
+        (cfg.model.pre_batch >= 0, "model.pre_batch must be >= 0"),
+        (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
+        (cfg.run.logger in ("csv", "none"), f"run.logger={cfg.run.logger!r}: expected csv or none"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    """Plain containers only: an OmegaConf object in a checkpoint breaks torch's weights_only loading."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def config_hash(cfg: DictConfig) -> str:
+    plain = to_plain(cfg)
+    plain.get("run", {}).pop("name", None)
+    return hashlib.sha1(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:8]
+
+
+def run_name(cfg: DictConfig) -> str:
+    if cfg.run.name:
+        return str(cfg.run.name)
+    data = Path(str(cfg.data.source).rstrip("/")).name or "data"
+    return f"{data}-{config_hash(cfg)}"

@@ -1,0 +1,81 @@
+"""Datasets of triples, queries and entities, and the collate functions that turn them into model inputs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from kgc_kd.data.negatives import KnownTriples, in_batch_mask
+from kgc_kd.data.tokens import TokenCache, pad
+
+
+class RowDataset(Dataset):
+    """Rows of a tensor (triples or entity ids); the collate function does all the work in one batch."""
+
+    def __init__(self, rows: Tensor):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Tensor:
+        return self.rows[i]
+
+
+def _encode_hr(tokens: TokenCache, triples: Tensor) -> dict[str, Tensor]:
+    pairs = [tokens.hr_ids(h, r) for h, r in triples[:, :2].tolist()]
+    ids, mask = pad([p[0] for p in pairs], tokens.pad_id)
+    types, _ = pad([p[1] for p in pairs], 0)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _encode_entities(tokens: TokenCache, entities: Tensor) -> dict[str, Tensor]:
+    ids, mask = pad([tokens.entity_ids(e) for e in entities.tolist()], tokens.pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+class TrainCollator:
+    """(h, r, t) rows -> hr / tail / head-only inputs plus SimKGC's masks, built on CPU in the workers.
+
+    With `dedup_entities`, every distinct head/tail entity of the batch is encoded once ("entities",
+    indexed by "tail_index"/"head_index") instead of once per occurrence: on small KGs a batch repeats
+    most entities, and this halves the entity-encoder work. Vectors are identical in eval mode; in
+    training, copies of one entity share a dropout mask."""
+
+    def __init__(self, tokens: TokenCache, known: KnownTriples, dedup_entities: bool = True):
+        self.tokens, self.known, self.dedup = tokens, known, dedup_entities
+
+    def __call__(self, rows: list[Tensor]) -> dict:
+        triples = torch.stack(rows)
+        fn_mask, self_mask = in_batch_mask(triples, self.known)
+        batch = {"triples": triples, "hr": _encode_hr(self.tokens, triples), "fn_mask": fn_mask,
+                 "self_mask": self_mask}
+        if self.dedup:
+            ents, index = torch.unique(torch.cat([triples[:, 2], triples[:, 0]]), return_inverse=True)
+            b = len(triples)
+            batch.update(entities=_encode_entities(self.tokens, ents), tail_index=index[:b], head_index=index[b:])
+        else:
+            batch.update(tail=_encode_entities(self.tokens, triples[:, 2]),
+                         head=_encode_entities(self.tokens, triples[:, 0]))
+        return batch
+
+
+class QueryCollator:
+    """Evaluation queries: only the hr side is encoded; ranking happens against all entities."""
+
+    def __init__(self, tokens: TokenCache):
+        self.tokens = tokens
+
+    def __call__(self, rows: list[Tensor]) -> dict:
+        triples = torch.stack(rows)
+        return {"triples": triples, "hr": _encode_hr(self.tokens, triples)}
+
+
+class EntityCollator:
+    def __init__(self, tokens: TokenCache):
+        self.tokens = tokens
+
+    def __call__(self, rows: list[Tensor]) -> dict:
+        ids = torch.stack(rows)
+        return {"entity_ids": ids, "entity": _encode_entities(self.tokens, ids)}

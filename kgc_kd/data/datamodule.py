@@ -1,0 +1,107 @@
+"""One LightningDataModule of KG triples, shared by the teacher and every student stage.
+
+The KG is loaded once; tokenised inputs are cached per tokenizer fingerprint, so stages that share a
+vocabulary (all of a distillation chain) never tokenise twice. `connect(tokenizer)` binds the tokenizer
+after the model is built (the model decides which tokenizer applies).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset, TrainCollator
+from kgc_kd.data.kg import KG
+from kgc_kd.data.negatives import KnownTriples
+from kgc_kd.data.sources import load_kg
+from kgc_kd.data.tokens import TokenCache, tokenizer_fingerprint
+
+
+class KGDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: str = "umls",
+        *,
+        kg: KG | None = None,
+        max_length: int = 50,
+        batch_size: int = 128,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        use_long_text: bool = True,
+        dedup_entities: bool = True,
+        name_separator: str | None = None,
+        synthetic: dict | None = None,
+        tokenizer=None,
+    ):
+        super().__init__()
+        self.source = source
+        self._kg = kg
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.dedup_entities = dedup_entities
+        self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic}
+        self._token_caches: dict[str, TokenCache] = {}
+        self.tokens: TokenCache | None = None
+        self._known: KnownTriples | None = None
+        if tokenizer is not None:
+            self.connect(tokenizer)
+
+    @property
+    def kg(self) -> KG:
+        if self._kg is None:
+            self._kg = load_kg(self.source, **self._load_kwargs)
+        return self._kg
+
+    @property
+    def known_train(self) -> KnownTriples:
+        if self._known is None:
+            self._known = KnownTriples.train_of(self.kg)
+        return self._known
+
+    def connect(self, tokenizer) -> None:
+        key = f"{tokenizer_fingerprint(tokenizer)}-{self.max_length}"
+        if key not in self._token_caches:
+            self._token_caches[key] = TokenCache.build(self.kg, tokenizer, self.max_length)
+        self.tokens = self._token_caches[key]
+
+    def _require_tokens(self) -> TokenCache:
+        if self.tokens is None:
+            raise RuntimeError("KGDataModule.connect(tokenizer) must be called before asking for data loaders")
+        return self.tokens
+
+    @property
+    def train_examples(self) -> torch.Tensor:
+        return self.kg.with_inverse(self.kg.train)
+
+    def train_dataloader(self) -> DataLoader:
+        rows = self.train_examples
+        if len(rows) < self.batch_size:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} exceeds the {len(rows)} training examples of {self.kg.name} "
+                "(training drops the last incomplete batch, so no step would run)"
+            )
+        return self._loader(rows, TrainCollator(self._require_tokens(), self.known_train, self.dedup_entities), self.batch_size,
+                            shuffle=True, drop_last=True)
+
+    def query_dataloader(self, split: str) -> DataLoader:
+        rows = self.kg.with_inverse(self.kg.split(split))
+        return self._loader(rows, QueryCollator(self._require_tokens()), self.eval_batch_size)
+
+    def entity_dataloader(self) -> DataLoader:
+        rows = torch.arange(self.kg.num_entities)
+        return self._loader(rows, EntityCollator(self._require_tokens()), self.eval_batch_size)
+
+    # Evaluation = two loaders in order: all entities first, then the queries ranked against them.
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.entity_dataloader(), self.query_dataloader("valid")]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.entity_dataloader(), self.query_dataloader("test")]
+
+    def _loader(self, rows, collate, batch_size, *, shuffle=False, drop_last=False) -> DataLoader:
+        return DataLoader(RowDataset(rows), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+                          collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)

@@ -1,0 +1,33 @@
+"""One entry point from a config string to a KG: a built-in name, `synthetic`, or a directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kgc_kd.data.builtin import BUILTIN, load_builtin
+from kgc_kd.data.io import DataFormatError
+from kgc_kd.data.kg import KG
+from kgc_kd.data.kgbert import is_kgbert_dir, load_kgbert_dir
+from kgc_kd.data.simkgc_json import is_simkgc_dir, load_simkgc_dir
+from kgc_kd.data.synthetic import synthetic_kg
+
+
+def load_kg(source: str, *, use_long_text: bool = True, name_separator: str | None = None,
+            synthetic: dict | None = None) -> KG:
+    if source in BUILTIN:
+        return load_builtin(source)
+    if source == "synthetic":
+        return synthetic_kg(**(synthetic or {}))
+    d = Path(source).expanduser()
+    if d.is_dir():
+        if is_simkgc_dir(d):
+            return load_simkgc_dir(d)
+        if is_kgbert_dir(d):
+            return load_kgbert_dir(d, use_long_text=use_long_text, name_separator=name_separator)
+        raise DataFormatError(
+            f"{d}: not a KG directory; expected the KG-BERT layout (train.tsv dev.tsv test.tsv entity2text.txt "
+            "relation2text.txt) or SimKGC's (train.txt.json valid.txt.json test.txt.json entities.json)"
+        )
+    raise DataFormatError(
+        f"data.source={source!r} is neither a built-in KG ({', '.join(BUILTIN)}), 'synthetic', nor an existing directory"
+    )

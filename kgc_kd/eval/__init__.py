@@ -1,0 +1,21 @@
+"""Filtered link-prediction evaluation for text bi-encoders (no Lightning dependency)."""
+
+from .evaluator import RankingOutput, build_filter_index, evaluate_queries, rank_all_entities
+from .metrics import direction_metrics, rank_metrics
+from .ranks import RANK_TYPES, Ranks, rank_gold
+from .rerank import apply_rerank_, build_adjacency, neighbourhood
+
+__all__ = [
+    "RANK_TYPES",
+    "Ranks",
+    "RankingOutput",
+    "apply_rerank_",
+    "build_adjacency",
+    "build_filter_index",
+    "direction_metrics",
+    "evaluate_queries",
+    "neighbourhood",
+    "rank_all_entities",
+    "rank_gold",
+    "rank_metrics",
+]

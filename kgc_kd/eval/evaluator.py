@@ -1,0 +1,180 @@
+"""Filtered ranking of the gold entity against every entity, chunked over queries.
+
+Only a (chunk_size, E) score block lives in memory at a time, so full-graph
+evaluation fits on GPU even for large entity sets. Order per chunk follows
+SimKGC: raw cosine scores -> graph re-rank -> filter known answers -> rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .metrics import direction_metrics
+from .ranks import Ranks, rank_gold
+from .rerank import Adjacency, apply_rerank_
+
+__all__ = ["RankingOutput", "rank_all_entities", "evaluate_queries", "build_filter_index"]
+
+
+@dataclass
+class RankingOutput:
+    """Ranks per query, plus optional filtered top-k (ids, scores) on CPU.
+
+    A top-k slot left without a valid candidate (all others filtered/NaN) has
+    id -1 and score -inf.
+    """
+
+    ranks: Ranks
+    topk_ids: Tensor | None
+    topk_scores: Tensor | None
+
+
+def build_filter_index(
+    triple_sets: Iterable[Tensor | Sequence[Sequence[int]]], num_relations: int
+) -> dict[tuple[int, int], Tensor]:
+    """Known answers for both directions: (h, r) -> tails and (t, r + R) -> heads.
+
+    Pass train, valid and test triples (forward relations only, r < R).
+    """
+    acc: dict[tuple[int, int], set[int]] = {}
+    for triples in triple_sets:
+        rows = triples.tolist() if isinstance(triples, Tensor) else triples
+        for h, r, t in rows:
+            h, r, t = int(h), int(r), int(t)
+            if not 0 <= r < num_relations:
+                raise ValueError(f"relation id {r} outside [0, {num_relations}); pass forward triples only")
+            acc.setdefault((h, r), set()).add(t)
+            acc.setdefault((t, r + num_relations), set()).add(h)
+    return {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in acc.items()}
+
+
+def _exclusion_mask(
+    known: Sequence[Tensor | Sequence[int]], num_entities: int, device: torch.device
+) -> Tensor:
+    mask = torch.zeros(len(known), num_entities, dtype=torch.bool, device=device)
+    cols = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in known]
+    lengths = torch.tensor([c.numel() for c in cols], dtype=torch.long)
+    if int(lengths.sum()) == 0:
+        return mask
+    rows = torch.repeat_interleave(torch.arange(len(known)), lengths).to(device)
+    mask[rows, torch.cat(cols).to(device)] = True
+    return mask
+
+
+def rank_all_entities(
+    query_vecs: Tensor,
+    entity_vecs: Tensor,
+    gold: Tensor,
+    known_answers: Sequence[Tensor | Sequence[int]],
+    *,
+    heads: Tensor | None = None,
+    adjacency: Adjacency | None = None,
+    rerank_hops: int = 0,
+    rerank_weight: float = 0.0,
+    chunk_size: int = 256,
+    topk: int = 0,
+) -> RankingOutput:
+    """Rank ``gold[i]`` among all entities for query ``i`` (filtered setting).
+
+    ``known_answers[i]`` lists every true answer of query i; all but the gold
+    are removed from the competition. Scoring runs in float32 on
+    ``entity_vecs``' device; results are returned on CPU.
+    """
+    if query_vecs.ndim != 2 or entity_vecs.ndim != 2 or query_vecs.shape[1] != entity_vecs.shape[1]:
+        raise ValueError(
+            f"need query_vecs (Q, D) and entity_vecs (E, D), got {tuple(query_vecs.shape)} "
+            f"and {tuple(entity_vecs.shape)}"
+        )
+    num_q, num_e = query_vecs.shape[0], entity_vecs.shape[0]
+    gold = torch.as_tensor(gold).long().reshape(-1)
+    if gold.shape[0] != num_q or len(known_answers) != num_q:
+        raise ValueError(f"gold ({gold.shape[0]}) and known_answers ({len(known_answers)}) must have {num_q} entries")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if topk < 0:
+        raise ValueError(f"topk must be >= 0, got {topk}")
+    do_rerank = rerank_hops > 0 and rerank_weight != 0
+    if do_rerank:
+        if heads is None or adjacency is None:
+            raise ValueError("re-ranking needs both heads and adjacency")
+        heads = torch.as_tensor(heads).long().reshape(-1)
+        if heads.shape[0] != num_q:
+            raise ValueError(f"heads has {heads.shape[0]} entries for {num_q} queries")
+
+    device = entity_vecs.device
+    k = min(topk, num_e)
+    nbr_cache: dict[int, Tensor] = {}
+    rank_parts: list[Ranks] = []
+    id_parts: list[Tensor] = []
+    score_parts: list[Tensor] = []
+
+    with torch.no_grad():
+        ent = entity_vecs.detach().float()
+        for start in range(0, num_q, chunk_size):
+            stop = min(start + chunk_size, num_q)
+            q = query_vecs[start:stop].to(device=device, dtype=torch.float32)
+            g = gold[start:stop].to(device)
+            scores = q @ ent.T
+            if do_rerank:
+                apply_rerank_(scores, heads[start:stop], adjacency, rerank_hops, rerank_weight, cache=nbr_cache)
+            exclude = _exclusion_mask(known_answers[start:stop], num_e, device)
+            rows = torch.arange(stop - start, device=device)
+            exclude[rows, g] = False
+            rank_parts.append(rank_gold(scores, g, exclude).cpu())
+            if k > 0:
+                filtered = scores.masked_fill_(exclude | torch.isnan(scores), float("-inf"))
+                top_s, top_i = filtered.topk(k, dim=1)
+                top_i = top_i.masked_fill(torch.isneginf(top_s), -1)
+                id_parts.append(top_i.cpu())
+                score_parts.append(top_s.cpu())
+
+    ranks = Ranks.cat(rank_parts)
+    if k > 0:
+        return RankingOutput(ranks, torch.cat(id_parts), torch.cat(score_parts))
+    if topk > 0:  # no entities at all
+        return RankingOutput(ranks, torch.empty(num_q, 0, dtype=torch.long), torch.empty(num_q, 0))
+    return RankingOutput(ranks, None, None)
+
+
+def evaluate_queries(
+    query_vecs: Tensor,
+    entity_vecs: Tensor,
+    triples: Tensor,
+    num_relations: int,
+    filter_index: Mapping[tuple[int, int], Tensor | Sequence[int]],
+    *,
+    adjacency: Adjacency | None = None,
+    rerank_hops: int = 0,
+    rerank_weight: float = 0.0,
+    chunk_size: int = 256,
+    topk: int = 0,
+) -> tuple[dict[str, float], RankingOutput]:
+    """Metrics for query triples (h, r, t) with r in [0, 2R); r >= R are head predictions."""
+    triples = torch.as_tensor(triples).long()
+    if triples.ndim != 2 or triples.shape[1] != 3:
+        raise ValueError(f"triples must be (Q, 3), got {tuple(triples.shape)}")
+    if triples.shape[0] != query_vecs.shape[0]:
+        raise ValueError(f"{triples.shape[0]} triples for {query_vecs.shape[0]} query vectors")
+    h, r, t = triples.cpu().unbind(1)
+    if triples.shape[0] and (int(r.min()) < 0 or int(r.max()) >= 2 * num_relations):
+        raise ValueError(f"relation ids must lie in [0, {2 * num_relations}) (forward + inverse)")
+    empty = torch.empty(0, dtype=torch.long)
+    known = [filter_index.get(key, empty) for key in zip(h.tolist(), r.tolist())]
+    out = rank_all_entities(
+        query_vecs,
+        entity_vecs,
+        t,
+        known,
+        heads=h,
+        adjacency=adjacency,
+        rerank_hops=rerank_hops,
+        rerank_weight=rerank_weight,
+        chunk_size=chunk_size,
+        topk=topk,
+    )
+    metrics = direction_metrics(out.ranks, r >= num_relations)
+    return metrics, out

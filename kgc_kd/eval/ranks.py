@@ -1,0 +1,101 @@
+"""Rank of the gold entity among scored candidates, with PyKEEN tie semantics.
+
+Text bi-encoders produce many exact ties (bf16 vectors, duplicate entity
+descriptions), so a sort-based rank would depend on arbitrary tie-breaking.
+We report the optimistic / pessimistic / realistic ranks of PyKEEN instead;
+``realistic`` is the expected rank under a random order of tied candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["RANK_TYPES", "Ranks", "rank_gold"]
+
+RANK_TYPES = ("optimistic", "pessimistic", "realistic")
+
+
+@dataclass
+class Ranks:
+    """One-based float ranks of shape (Q,) for the three tie conventions."""
+
+    optimistic: Tensor
+    pessimistic: Tensor
+    realistic: Tensor
+
+    def __len__(self) -> int:
+        return int(self.realistic.shape[0])
+
+    def get(self, rank_type: str) -> Tensor:
+        if rank_type not in RANK_TYPES:
+            raise ValueError(f"rank_type must be one of {RANK_TYPES}, got {rank_type!r}")
+        return getattr(self, rank_type)
+
+    def select(self, index: Tensor) -> Ranks:
+        """Subset of queries (bool mask or index tensor), e.g. one direction."""
+        return Ranks(self.optimistic[index], self.pessimistic[index], self.realistic[index])
+
+    def cpu(self) -> Ranks:
+        return Ranks(self.optimistic.cpu(), self.pessimistic.cpu(), self.realistic.cpu())
+
+    @classmethod
+    def cat(cls, parts: Sequence[Ranks]) -> Ranks:
+        """Join per-chunk ranks; an empty list gives empty ranks so callers need no special case."""
+        if len(parts) == 0:
+            empty = torch.empty(0, dtype=torch.float32)
+            return cls(empty, empty.clone(), empty.clone())
+        return cls(
+            torch.cat([p.optimistic for p in parts]),
+            torch.cat([p.pessimistic for p in parts]),
+            torch.cat([p.realistic for p in parts]),
+        )
+
+
+def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None) -> Ranks:
+    """Filtered rank of ``gold`` in each row of ``scores`` (higher score = better).
+
+    ``exclude`` marks the other known answers: they must not push the gold
+    down, so they are dropped from the comparison. The gold itself is always
+    kept, even if it is marked (known-answer lists usually contain it).
+    NaN candidates never count. A NaN *gold* score is treated as -inf (worst
+    rank) rather than silently ranked first, so a broken model cannot look good.
+
+    Comparisons are in float32: low-precision scores are upcast (a copy), and
+    ``scores`` is never modified.
+    """
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be (Q, E), got shape {tuple(scores.shape)}")
+    num_q, num_e = scores.shape
+    gold = torch.as_tensor(gold, device=scores.device).long().reshape(-1)
+    if gold.shape[0] != num_q:
+        raise ValueError(f"gold has {gold.shape[0]} entries for {num_q} score rows")
+    if num_q and (int(gold.min()) < 0 or int(gold.max()) >= num_e):
+        raise ValueError(f"gold ids must lie in [0, {num_e}), got range [{int(gold.min())}, {int(gold.max())}]")
+
+    s = scores.float()  # no copy if already float32; we only read from it
+    rows = torch.arange(num_q, device=scores.device)
+    gold_score = s[rows, gold]
+    gold_score = torch.where(torch.isnan(gold_score), torch.full_like(gold_score, float("-inf")), gold_score)
+    gold_score = gold_score.unsqueeze(1)
+
+    # Candidates that may compete with the gold. NaN scores need no mask:
+    # every comparison with NaN is False.
+    if exclude is not None:
+        if exclude.shape != scores.shape:
+            raise ValueError(f"exclude must have shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
+        competing = ~exclude.to(device=scores.device, dtype=torch.bool)
+    else:
+        competing = torch.ones_like(s, dtype=torch.bool)
+    competing[rows, gold] = False  # the gold is counted once, via the leading 1
+
+    greater = ((s > gold_score) & competing).sum(dim=1)
+    not_smaller = ((s >= gold_score) & competing).sum(dim=1)
+
+    optimistic = (1 + greater).float()
+    pessimistic = (1 + not_smaller).float()
+    realistic = 0.5 * (optimistic + pessimistic)
+    return Ranks(optimistic=optimistic, pessimistic=pessimistic, realistic=realistic)

@@ -1,0 +1,70 @@
+"""SimKGC's bi-encoder: a query encoder for "head + relation", an entity encoder for candidates, cosine scores.
+
+The two encoders start as copies of one PLM and are trained separately (SimKGC); `shared=True` ties
+them. The temperature is learnt as log(1/tau) so it stays positive and moves on a log scale.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kgc_kd.models.pooling import pool
+
+
+class BiEncoder(nn.Module):
+    def __init__(self, query_encoder: nn.Module, entity_encoder: nn.Module | None = None, *, shared: bool = False,
+                 pooling: str = "mean", temperature: float = 0.05, learn_temperature: bool = True):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"model.temperature must be > 0, got {temperature}")
+        self.query_encoder = query_encoder
+        self.shared = shared
+        if shared:
+            self.entity_encoder = query_encoder
+        else:
+            self.entity_encoder = entity_encoder if entity_encoder is not None else copy.deepcopy(query_encoder)
+        self.pooling = pooling
+        self.log_inv_t = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
+
+    @property
+    def inv_t(self) -> Tensor:
+        return self.log_inv_t.exp()
+
+    def _encode(self, encoder: nn.Module, inputs: dict[str, Tensor]) -> Tensor:
+        out = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                      token_type_ids=inputs.get("token_type_ids"))
+        return pool(out.last_hidden_state, inputs["attention_mask"], self.pooling)
+
+    def encode_query(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self._encode(self.query_encoder, inputs)
+
+    def encode_entity(self, inputs: dict[str, Tensor]) -> Tensor:
+        return self._encode(self.entity_encoder, inputs)
+
+    def forward(self, batch: dict) -> dict[str, Tensor]:
+        """hr, tail and (for self-negatives) head-only vectors of a training batch."""
+        out = {"hr": self.encode_query(batch["hr"])}
+        if "entities" in batch:  # each distinct entity encoded once (see TrainCollator)
+            ents = self.encode_entity(batch["entities"])
+            out["tail"], out["head"] = ents[batch["tail_index"]], ents[batch["head_index"]]
+            return out
+        out["tail"] = self.encode_entity(batch["tail"])
+        if "head" in batch:
+            out["head"] = self.encode_entity(batch["head"])
+        return out
+
+    def save_pretrained(self, directory: str | Path, tokenizer=None) -> None:
+        """Two Hugging Face directories (query/, entity/) that AutoModel loads, plus the temperature."""
+        d = Path(directory)
+        for name, enc in (("query", self.query_encoder), ("entity", self.entity_encoder)):
+            enc.save_pretrained(d / name)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(d / name)
+        meta = {"temperature": float(1.0 / self.inv_t), "pooling": self.pooling, "shared": self.shared}
+        (d / "biencoder.json").write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,281 @@
+import math
+
+import pytest
+import torch
+
+from kgc_kd.eval.evaluator import build_filter_index, evaluate_queries, rank_all_entities
+from kgc_kd.eval.rerank import build_adjacency
+
+
+def _score_queries(rows):
+    """Query vectors whose scores against an identity entity matrix are exactly `rows`."""
+    q = torch.tensor(rows, dtype=torch.float32)
+    return q, torch.eye(q.shape[1])
+
+
+def reference(query_vecs, entity_vecs, gold, known, boost=None):
+    """Unchunked brute force with python loops, independent of kgc_kd.eval."""
+    scores = (query_vecs.double() @ entity_vecs.double().T).float()
+    if boost is not None:
+        scores = scores + boost
+    out = []
+    for i in range(scores.shape[0]):
+        g = int(gold[i])
+        known_i = {int(x) for x in known[i]} - {g}
+        gs = float(scores[i, g])
+        above = tie = 0
+        for j in range(scores.shape[1]):
+            if j == g or j in known_i:
+                continue
+            s = float(scores[i, j])
+            above += s > gs
+            tie += s >= gs
+        out.append((1.0 + above, 1.0 + tie, 1.0 + (above + tie) / 2))
+    return out
+
+
+def _random_problem(seed, q=17, e=23, d=6):
+    g = torch.Generator().manual_seed(seed)
+    # small integer vectors: dot products are exact and tie often
+    query_vecs = torch.randint(-2, 3, (q, d), generator=g).float()
+    entity_vecs = torch.randint(-2, 3, (e, d), generator=g).float()
+    gold = torch.randint(0, e, (q,), generator=g)
+    known = []
+    for i in range(q):
+        ids = torch.nonzero(torch.rand(e, generator=g) < 0.2).flatten()
+        if i % 2 == 0:
+            ids = torch.cat([ids, gold[i : i + 1]])  # known lists usually contain the gold
+        known.append(ids if i % 3 else ids.tolist())
+    return query_vecs, entity_vecs, gold, known
+
+
+def _tuples(ranks):
+    return list(zip(ranks.optimistic.tolist(), ranks.pessimistic.tolist(), ranks.realistic.tolist()))
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("chunk_size", [1, 3, 1000])
+def test_chunked_matches_brute_force(seed, chunk_size):
+    qv, ev, gold, known = _random_problem(seed)
+    out = rank_all_entities(qv, ev, gold, known, chunk_size=chunk_size)
+    assert _tuples(out.ranks) == reference(qv, ev, gold, known)
+    assert out.topk_ids is None and out.topk_scores is None
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 1000])
+def test_chunked_with_rerank_matches_brute_force(chunk_size):
+    qv, ev, gold, known = _random_problem(7)
+    num_e = ev.shape[0]
+    g = torch.Generator().manual_seed(1)
+    train = torch.stack(
+        [torch.randint(0, num_e, (30,), generator=g), torch.zeros(30, dtype=torch.long),
+         torch.randint(0, num_e, (30,), generator=g)], dim=1
+    )
+    heads = torch.randint(0, num_e, (qv.shape[0],), generator=g)
+    # reachable within 2 hops (start included) via (I + A)^2 > 0
+    a = torch.eye(num_e)
+    a[train[:, 0], train[:, 2]] = 1
+    a[train[:, 2], train[:, 0]] = 1
+    near = (a @ a) > 0
+    boost = near[heads].float() * 1.0
+    out = rank_all_entities(
+        qv, ev, gold, known, heads=heads, adjacency=build_adjacency(train, num_e),
+        rerank_hops=2, rerank_weight=1.0, chunk_size=chunk_size,
+    )
+    ref = reference(qv, ev, gold, known, boost=boost)
+    assert _tuples(out.ranks) == ref
+    assert ref != reference(qv, ev, gold, known)  # the boost must matter in this case
+
+
+def test_filtering_hand_computed():
+    qv, ev = _score_queries([[0.5, 0.4, 0.3, 0.2], [0.5, 0.4, 0.3, 0.2], [0.5, 0.4, 0.3, 0.2]])
+    gold = torch.tensor([2, 2, 2])
+    known = [[], [0, 2], torch.tensor([0, 1, 2, 3])]
+    out = rank_all_entities(qv, ev, gold, known)
+    assert out.ranks.realistic.tolist() == [3.0, 2.0, 1.0]
+
+
+def test_rerank_happens_before_filtering():
+    qv, ev = _score_queries([[0.5, 0.4, 0.3, 0.2]] * 2)
+    adj = [[], [], [3], [2]]  # edge 2 - 3
+    # query 0: gold 2 boosted above everything except filtered-out candidate 0
+    # query 1: known answer 3 boosted above the gold but it is filtered anyway
+    out = rank_all_entities(
+        qv, ev, torch.tensor([2, 1]), [[0, 2], [3]], heads=torch.tensor([3, 2]),
+        adjacency=adj, rerank_hops=1, rerank_weight=0.25, topk=4,
+    )
+    # scores after boost: [0.5, 0.4, 0.55, 0.45] for both rows
+    assert out.ranks.realistic.tolist() == [1.0, 3.0]
+    assert out.topk_ids.tolist() == [[2, 3, 1, -1], [2, 0, 1, -1]]
+    assert torch.allclose(out.topk_scores[:, :3], torch.tensor([[0.55, 0.45, 0.4], [0.55, 0.5, 0.4]]))
+
+
+def test_rerank_requires_heads_and_adjacency():
+    qv, ev = _score_queries([[0.5, 0.4]])
+    with pytest.raises(ValueError):
+        rank_all_entities(qv, ev, torch.tensor([0]), [[]], rerank_hops=1, rerank_weight=0.1)
+    # inactive rerank needs neither
+    rank_all_entities(qv, ev, torch.tensor([0]), [[]], rerank_hops=0, rerank_weight=0.1)
+
+
+def test_topk_excludes_known_but_keeps_gold():
+    qv, ev = _score_queries([[0.9, 0.8, 0.7, 0.6, 0.5], [0.9, 0.8, 0.7, 0.6, 0.5]])
+    gold = torch.tensor([3, 0])
+    known = [[0, 3, 2], [0]]
+    out = rank_all_entities(qv, ev, gold, known, topk=3, chunk_size=1)
+    assert out.topk_ids.tolist() == [[1, 3, 4], [0, 1, 2]]
+    assert torch.allclose(out.topk_scores, torch.tensor([[0.8, 0.6, 0.5], [0.9, 0.8, 0.7]]))
+    assert out.ranks.realistic.tolist() == [2.0, 1.0]
+
+    # k larger than the number of surviving candidates: padded with -1 / -inf
+    out = rank_all_entities(qv, ev, gold, known, topk=10)
+    assert out.topk_ids.tolist()[0] == [1, 3, 4, -1, -1]
+    assert out.topk_scores[0, 3:].tolist() == [-math.inf, -math.inf]
+
+
+def test_topk_chunked_matches_unchunked():
+    torch.manual_seed(3)
+    qv = torch.nn.functional.normalize(torch.randn(11, 8), dim=1)
+    ev = torch.nn.functional.normalize(torch.randn(40, 8), dim=1)
+    gold = torch.randint(0, 40, (11,))
+    known = [torch.randint(0, 40, (5,)) for _ in range(11)]
+    full = rank_all_entities(qv, ev, gold, known, topk=5, chunk_size=1000)
+    scores = qv @ ev.T
+    for i in range(11):
+        bad = set(known[i].tolist()) - {int(gold[i])}
+        expect = [j for j in scores[i].argsort(descending=True).tolist() if j not in bad][:5]
+        assert full.topk_ids[i].tolist() == expect
+    for cs in (1, 4):
+        part = rank_all_entities(qv, ev, gold, known, topk=5, chunk_size=cs)
+        assert torch.equal(part.topk_ids, full.topk_ids)
+        assert torch.allclose(part.topk_scores, full.topk_scores)
+        assert torch.equal(part.ranks.realistic, full.ranks.realistic)
+
+
+def test_bf16_inputs_computed_in_float32():
+    qv, ev, gold, known = _random_problem(11)
+    out = rank_all_entities(qv.bfloat16(), ev.bfloat16(), gold, known, chunk_size=4, topk=2)
+    assert _tuples(out.ranks) == reference(qv, ev, gold, known)  # small ints are exact in bf16
+    assert out.topk_scores.dtype == torch.float32
+
+
+def test_input_validation():
+    qv, ev = _score_queries([[0.5, 0.4]])
+    with pytest.raises(ValueError):
+        rank_all_entities(qv, ev, torch.tensor([0, 1]), [[]])
+    with pytest.raises(ValueError):
+        rank_all_entities(qv, ev, torch.tensor([0]), [[]], chunk_size=0)
+    with pytest.raises(ValueError):
+        rank_all_entities(qv, torch.eye(3), torch.tensor([0]), [[]])
+
+
+# --- evaluate_queries ---------------------------------------------------------
+
+R = 2  # relations; ids >= R are inverses
+
+
+def test_build_filter_index_both_directions():
+    idx = build_filter_index([torch.tensor([[0, 0, 1], [0, 0, 2]]), [[3, 1, 1]]], num_relations=R)
+    assert idx[(0, 0)].tolist() == [1, 2]
+    assert idx[(1, 0 + R)].tolist() == [0]
+    assert idx[(2, 0 + R)].tolist() == [0]
+    assert idx[(3, 1)].tolist() == [1]
+    assert idx[(1, 1 + R)].tolist() == [3]
+    with pytest.raises(ValueError):
+        build_filter_index([[[0, R, 1]]], num_relations=R)
+
+
+def test_evaluate_queries_splits_directions():
+    # 4 entities; scores given directly per query
+    qv, ev = _score_queries(
+        [
+            [0.1, 0.9, 0.8, 0.2],  # (0, r0, 2) tail query, 1 is another known tail -> rank 1
+            [0.9, 0.1, 0.8, 0.7],  # (1, r1, 3) tail query, unfiltered -> rank 3
+            [0.4, 0.3, 0.2, 0.9],  # (2, r0+R, 0) head query -> rank 2
+            [0.5, 0.5, 0.5, 0.5],  # (3, r0+R, 1) head query, all tied, key missing -> 2.5
+        ]
+    )
+    triples = torch.tensor([[0, 0, 2], [1, 1, 3], [2, 0 + R, 0], [3, 0 + R, 1]])
+    filter_index = build_filter_index([torch.tensor([[0, 0, 1], [0, 0, 2], [1, 1, 3]])], num_relations=R)
+    assert (3, 0 + R) not in filter_index
+    metrics, out = evaluate_queries(qv, ev, triples, R, filter_index, chunk_size=3, topk=2)
+    assert out.ranks.realistic.tolist() == [1.0, 3.0, 2.0, 2.5]
+    assert metrics["tail/count"] == 2 and metrics["head/count"] == 2
+    assert metrics["tail/mrr"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metrics["head/mrr"] == pytest.approx((1 / 2 + 1 / 2.5) / 2)
+    assert metrics["mrr"] == pytest.approx(((1 + 1 / 3) / 2 + (1 / 2 + 1 / 2.5) / 2) / 2)
+    assert metrics["tail/hits@1"] == 0.5 and metrics["head/hits@1"] == 0.0
+    assert metrics["hits@1"] == pytest.approx(0.25)
+    assert metrics["tail/mr"] == 2.0 and metrics["head/mr"] == 2.25
+    assert out.topk_ids[0].tolist() == [2, 3]  # known tail 1 removed
+
+
+def test_evaluate_queries_rejects_bad_relations():
+    qv, ev = _score_queries([[0.5, 0.4]])
+    with pytest.raises(ValueError):
+        evaluate_queries(qv, ev, torch.tensor([[0, 2 * R, 1]]), R, {})
+    with pytest.raises(ValueError):
+        evaluate_queries(qv, ev, torch.tensor([[0, 0, 1], [0, 0, 1]]), R, {})
+
+
+def test_evaluate_queries_matches_pykeen_rank_based_evaluator():
+    pytest.importorskip("pykeen")
+    from pykeen.evaluation import RankBasedEvaluator
+    from pykeen.evaluation.evaluator import create_sparse_positive_filter_, filter_scores_
+
+    g = torch.Generator().manual_seed(0)
+    num_e, num_r, dim = 15, 3, 4
+
+    def rand_triples(n):
+        return torch.stack(
+            [torch.randint(0, num_e, (n,), generator=g), torch.randint(0, num_r, (n,), generator=g),
+             torch.randint(0, num_e, (n,), generator=g)], dim=1
+        )
+
+    train, test = rand_triples(60), rand_triples(20)
+    all_pos = torch.cat([train, test]).unique(dim=0)
+    ent = torch.randint(-2, 3, (num_e, dim), generator=g).float()
+    q_tail = torch.randint(-2, 3, (len(test), dim), generator=g).float()
+    q_head = torch.randint(-2, 3, (len(test), dim), generator=g).float()
+
+    # ours: forward queries then inverse queries
+    queries = torch.cat([test, torch.stack([test[:, 2], test[:, 1] + num_r, test[:, 0]], dim=1)])
+    ours, _ = evaluate_queries(
+        torch.cat([q_tail, q_head]), ent, queries, num_r, build_filter_index([train, test], num_r), chunk_size=7
+    )
+
+    # PyKEEN: same scores, its own filtering and metric code
+    evaluator = RankBasedEvaluator(filtered=True)
+    rows = torch.arange(len(test))
+    for target, col, qv in (("tail", 2, q_tail), ("head", 0, q_head)):
+        scores = qv @ ent.T
+        pos_filter, _ = create_sparse_positive_filter_(hrt_batch=test, all_pos_triples=all_pos, filter_col=col)
+        true = scores[rows, test[:, col]].clone()
+        scores = filter_scores_(scores, pos_filter)
+        scores[rows, test[:, col]] = true
+        evaluator.process_scores_(hrt_batch=test, target=target, scores=scores, true_scores=true.unsqueeze(1))
+    pk = evaluator.finalize()
+
+    names = {"mrr": "inverse_harmonic_mean_rank", "mr": "arithmetic_mean_rank",
+             "hits@1": "hits_at_1", "hits@3": "hits_at_3", "hits@10": "hits_at_10"}
+    for ours_name, pk_name in names.items():
+        for side in ("tail", "head"):
+            assert ours[f"{side}/{ours_name}"] == pytest.approx(pk.get_metric(f"{side}.realistic.{pk_name}"), rel=1e-6)
+        # equal head/tail counts: PyKEEN's micro "both" equals our macro mean
+        assert ours[ours_name] == pytest.approx(pk.get_metric(f"both.realistic.{pk_name}"), rel=1e-6)
+
+
+def test_evaluate_queries_reranks_around_query_head():
+    # train graph 0 - 3 - 2; query (0, r0, ?) with gold 2, one hop
+    qv, ev = _score_queries([[0.1, 0.5, 0.4, 0.2]])
+    triples = torch.tensor([[0, 0, 2]])
+    adj = build_adjacency(torch.tensor([[0, 1, 3], [3, 0, 2]]), 4)
+    _, plain = evaluate_queries(qv, ev, triples, R, {})
+    assert plain.ranks.realistic.tolist() == [2.0]
+    # boost {0, 3} (around the query head, not the gold): [0.35, 0.5, 0.4, 0.45]
+    metrics, out = evaluate_queries(qv, ev, triples, R, {}, adjacency=adj, rerank_hops=1, rerank_weight=0.25)
+    assert out.ranks.realistic.tolist() == [3.0]
+    assert metrics["mrr"] == pytest.approx(1 / 3)
+    # two hops reach the gold too: [0.35, 0.5, 0.65, 0.45]
+    _, out = evaluate_queries(qv, ev, triples, R, {}, adjacency=adj, rerank_hops=2, rerank_weight=0.25)
+    assert out.ranks.realistic.tolist() == [1.0]
