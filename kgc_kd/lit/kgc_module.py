@@ -34,6 +34,9 @@ class KGCModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["encoder"])
         self.net = build_biencoder(model, encoder)
+        # from_pretrained returns modules in eval mode and Lightning (>= 2.2) keeps each submodule's
+        # mode as found at fit start, so without this the PLM would train with dropout off.
+        self.net.train()
         self.prebatch = None
         if model.get("pre_batch", 0) > 0:
             dim = self.net.query_encoder.config.hidden_size
@@ -49,7 +52,7 @@ class KGCModule(L.LightningModule):
         if self.prebatch is not None:
             known = self.trainer.datamodule.known_train
             triples = batch["triples"]
-            pb = self.prebatch.vectors
+            pb = self.prebatch.vectors.clone()  # push() below overwrites the buffer in place
             pb_mask = false_negative_mask(triples[:, :2], triples[:, 2], self.prebatch.triples[:, 2].clamp(min=0),
                                           known) | ~self.prebatch.filled[None, :]
         logits = contrastive_logits(

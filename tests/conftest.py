@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny random BERT and a word-level tokenizer built in code (no downloads, fast)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = (
+    "red green blue small large old new fast slow bright dark warm cold soft hard thing number plus inverse "
+    "entity relation of is a the and to in"
+).split()
+
+
+def tiny_vocab() -> dict[str, int]:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", ",", ".", "-"]
+    tokens += WORDS + [str(d) for d in range(10)] + [f"##{d}" for d in range(10)]
+    tokens += [chr(c) for c in range(ord("a"), ord("z") + 1)] + [f"##{chr(c)}" for c in range(ord("a"), ord("z") + 1)]
+    return {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+
+
+def make_tokenizer():
+    from transformers import BertTokenizer
+
+    # transformers 5: the constructor takes `vocab=`; `vocab_file=` would be silently ignored.
+    return BertTokenizer(vocab=tiny_vocab(), do_lower_case=True)
+
+
+def make_tiny_bert(num_layers: int = 2, hidden: int = 32, heads: int = 4, seed: int = 0, dropout: float = 0.1):
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(tiny_vocab()), hidden_size=hidden, num_hidden_layers=num_layers,
+                     num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=64,
+                     hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertModel(cfg, add_pooling_layer=False)
+
+
+@pytest.fixture
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def tiny_bert():
+    return make_tiny_bert()
+
+
+@pytest.fixture
+def tiny_plm_dir(tmp_path):
+    """A tiny model + tokenizer saved as a Hugging Face directory, usable as model.plm=<dir>."""
+    d = tmp_path / "tiny-bert"
+    make_tiny_bert().save_pretrained(d)
+    make_tokenizer().save_pretrained(d)
+    return d

@@ -1,0 +1,64 @@
+import math
+
+import torch
+from transformers import AutoModel
+
+from conftest import make_tiny_bert
+from kgc_kd.models.biencoder import BiEncoder
+
+
+def _inputs(ids):
+    ids = torch.tensor(ids)
+    return {"input_ids": ids, "attention_mask": (ids != 0).long(), "token_type_ids": torch.zeros_like(ids)}
+
+
+def test_separate_encoders_start_equal_but_are_not_shared():
+    net = BiEncoder(make_tiny_bert())
+    assert net.query_encoder is not net.entity_encoder
+    q = dict(net.query_encoder.named_parameters())
+    for name, p in net.entity_encoder.named_parameters():
+        assert torch.equal(p, q[name]) and p.data_ptr() != q[name].data_ptr()
+
+
+def test_shared_encoder_is_one_module():
+    net = BiEncoder(make_tiny_bert(), shared=True)
+    assert net.entity_encoder is net.query_encoder
+
+
+def test_temperature_parameterisation():
+    net = BiEncoder(make_tiny_bert(), temperature=0.05)
+    assert math.isclose(float(net.log_inv_t), math.log(20.0), rel_tol=1e-6)
+    assert math.isclose(float(net.inv_t), 20.0, rel_tol=1e-5)
+    frozen = BiEncoder(make_tiny_bert(), learn_temperature=False)
+    assert not frozen.log_inv_t.requires_grad
+
+
+def test_vectors_are_unit_norm_and_padding_invariant():
+    net = BiEncoder(make_tiny_bert()).eval()
+    a = net.encode_entity(_inputs([[2, 9, 24, 3]]))
+    b = net.encode_entity(_inputs([[2, 9, 24, 3, 0, 0]]))
+    assert torch.allclose(a.norm(dim=-1), torch.ones(1), atol=1e-5)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_dedup_forward_equals_per_row_forward_in_eval():
+    net = BiEncoder(make_tiny_bert()).eval()
+    ents = _inputs([[2, 9, 3, 0], [2, 10, 11, 3], [2, 12, 3, 0]])
+    hr = _inputs([[2, 9, 3, 27, 3], [2, 12, 3, 27, 3]])
+    tail_index, head_index = torch.tensor([1, 0]), torch.tensor([0, 2])
+    dedup = net({"hr": hr, "entities": ents, "tail_index": tail_index, "head_index": head_index})
+    rows = lambda idx: {k: v[idx] for k, v in ents.items()}  # noqa: E731
+    plain = net({"hr": hr, "tail": rows(tail_index), "head": rows(head_index)})
+    for key in ("hr", "tail", "head"):
+        assert torch.allclose(dedup[key], plain[key], atol=1e-6)
+
+
+def test_save_pretrained_loads_back_with_transformers(tmp_path, tokenizer):
+    net = BiEncoder(make_tiny_bert(), temperature=0.07).eval()
+    net.save_pretrained(tmp_path / "export", tokenizer)
+    x = _inputs([[2, 9, 24, 3]])
+    for name, enc in (("query", net.query_encoder), ("entity", net.entity_encoder)):
+        loaded = AutoModel.from_pretrained(tmp_path / "export" / name).eval()
+        assert torch.allclose(loaded(**x).last_hidden_state, enc(**x).last_hidden_state, atol=1e-6)
+    meta = (tmp_path / "export" / "biencoder.json").read_text()
+    assert '"temperature": 0.07' in meta

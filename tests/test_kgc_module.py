@@ -1,0 +1,99 @@
+import lightning as L
+import torch
+
+from conftest import make_tiny_bert, make_tokenizer
+from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.lit.kgc_module import KGCModule
+
+MODEL = {"plm": "unused", "shared_encoder": False, "pooling": "mean", "temperature": 0.05, "learn_temperature": True,
+         "margin": 0.02, "self_negative": True, "pre_batch": 0, "pre_batch_weight": 0.5}
+OPTIM = {"lr": 3e-3, "weight_decay": 1e-4, "no_decay_norm_bias": False, "warmup_steps": 0,
+         "betas": [0.9, 0.999], "eps": 1e-8}
+EVAL = {"chunk_size": 7, "rerank_weight": 0.0, "rerank_hops": 0, "topk": 3}
+
+
+def _dm(batch_size=8):
+    return KGDataModule("synthetic", batch_size=batch_size, eval_batch_size=16, max_length=24,
+                        tokenizer=make_tokenizer(), synthetic={"num_entities": 20, "num_relations": 2,
+                                                               "num_triples": 40, "seed": 1})
+
+
+def _trainer(**kw):
+    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False, num_sanity_val_steps=0)
+    return L.Trainer(**{**args, **kw})
+
+
+def test_training_reduces_loss_and_moves_both_encoders():
+    torch.manual_seed(0)
+    dm = _dm()
+    module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert(dropout=0.0))
+    before = {n: p.detach().clone() for n, p in module.net.named_parameters()}
+    batch = dm.train_dataloader().collate_fn([dm.train_examples[i] for i in range(8)])
+    module.eval()
+    with torch.no_grad():
+        from kgc_kd.models.contrastive import contrastive_logits, infonce_loss
+        v = module.net(batch)
+        loss0 = float(infonce_loss(contrastive_logits(v["hr"], v["tail"], module.net.inv_t, margin=0.02,
+                                                      fn_mask=batch["fn_mask"], head=v["head"],
+                                                      self_mask=batch["self_mask"])))
+    module.train()
+    _trainer(max_epochs=8, limit_val_batches=0).fit(module, datamodule=dm)
+    module.eval()
+    with torch.no_grad():
+        v = module.net(batch)
+        loss1 = float(infonce_loss(contrastive_logits(v["hr"], v["tail"], module.net.inv_t, margin=0.02,
+                                                      fn_mask=batch["fn_mask"], head=v["head"],
+                                                      self_mask=batch["self_mask"])))
+    assert loss1 < 0.7 * loss0
+    moved = {n.split(".")[0] for n, p in module.net.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {"query_encoder", "entity_encoder", "log_inv_t"}
+
+
+def test_validation_and_test_report_filtered_metrics():
+    dm = _dm()
+    module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
+    trainer = _trainer(max_epochs=1, limit_train_batches=2)
+    trainer.fit(module, datamodule=dm)
+    assert "val/mrr" in trainer.callback_metrics and "val/tail/hits@10" in trainer.callback_metrics
+    trainer.test(module, datamodule=dm, verbose=False)
+    ev = module.last_eval["test"]
+    n_queries = 2 * len(dm.kg.test)
+    assert len(ev["triples"]) == n_queries and ev["output"].topk_ids.shape == (n_queries, 3)
+    m = ev["metrics"]
+    assert 0 < m["mrr"] <= 1 and 1 <= m["mr"] <= dm.kg.num_entities
+    assert abs(m["mrr"] - (m["tail/mrr"] + m["head/mrr"]) / 2) < 1e-6
+
+
+def test_pre_batch_negatives_run_and_fill_the_buffer():
+    dm = _dm()
+    module = KGCModule({**MODEL, "pre_batch": 2}, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
+    _trainer(max_steps=3, limit_val_batches=0).fit(module, datamodule=dm)
+    assert module.prebatch.filled.all()
+
+
+def test_optimizer_groups_and_schedule():
+    dm = _dm()
+    module = KGCModule({**MODEL}, {**OPTIM, "no_decay_norm_bias": True, "warmup_steps": 2}, EVAL, batch_size=8,
+                       encoder=make_tiny_bert())
+    trainer = _trainer(max_steps=4, limit_val_batches=0)
+    trainer.fit(module, datamodule=dm)
+    opt = trainer.optimizers[0]
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    # linear warmup (min(2, 4 // 10) = 0 steps) then linear decay to 0 at step 4
+    assert opt.param_groups[0]["lr"] == 0.0
+
+
+def test_encoders_train_with_dropout_even_when_loaded_in_eval_mode():
+    enc = make_tiny_bert().eval()  # what from_pretrained returns
+    module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=enc)
+    seen = []
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(all(m.training for m in pl_module.net.modules()))
+
+    _trainer(max_steps=2, limit_val_batches=0, callbacks=[Probe()]).fit(module, datamodule=_dm())
+    assert seen == [True, True]
