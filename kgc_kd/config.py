@@ -13,6 +13,7 @@ Unknown keys and wrong types are errors that name the key and where it came from
 from __future__ import annotations
 
 import hashlib
+import re
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,8 +170,9 @@ def load_config(argv: list[str] | None = None) -> DictConfig:
         if key == "config":
             cfg = _merge(cfg, _load_yaml(Path(value), f"config={value}"), f"config={value}")
         elif key in GROUPS:
+            # Only a bare name can be a preset: a path (data=/x/WN18RR) must never resolve outside conf/.
             preset = conf_dir() / key / f"{value}.yaml"
-            if preset.is_file():
+            if re.fullmatch(r"[\w.-]+", value) and ".." not in value and preset.is_file():
                 cfg = _merge(cfg, {key: _load_yaml(preset, arg)}, f"{arg} ({preset})")
             elif key == "data":
                 cfg = _merge(cfg, {"data": {"source": value}}, arg)

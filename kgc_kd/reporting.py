@@ -46,8 +46,9 @@ def write_predictions(path: Path, kg, evaluation: dict) -> None:
             "rank_pessimistic": float(ranks.pessimistic[i]),
         }
         if out.topk_ids is not None:
+            # slots past the candidates left after filtering come back as id -1: not an entity
             row["topk"] = [[kg.entity_ids[e], round(float(s), 5)]
-                           for e, s in zip(out.topk_ids[i].tolist(), out.topk_scores[i].tolist())]
+                           for e, s in zip(out.topk_ids[i].tolist(), out.topk_scores[i].tolist()) if e >= 0]
         lines.append(json.dumps(row))
     write_text_atomic(path, "\n".join(lines) + "\n")
 

@@ -113,8 +113,6 @@ def test_data_directory_sets_source(tmp_path):
     assert run_name(cfg).startswith("MyKG-")
 
 
-@pytest.mark.xfail(strict=True, reason="config.py load_config: conf_dir()/'data'/f'{value}.yaml' with an absolute "
-                   "value is just '<value>.yaml', so data=/abs/KG loads a sibling /abs/KG.yaml as a preset")
 def test_data_directory_with_sibling_yaml_is_still_a_source(tmp_path):
     d = tmp_path / "KG"
     d.mkdir()

@@ -144,8 +144,6 @@ def test_write_predictions_without_topk(tmp_path):
     assert all("topk" not in r for r in rows)
 
 
-@pytest.mark.xfail(strict=True, reason="write_predictions maps the evaluator's empty top-k slot (id -1, "
-                   "score -inf) to kg.entity_ids[-1] and writes a non-JSON -Infinity score")
 def test_write_predictions_skips_empty_topk_slots(tmp_path):
     kg = synthetic_kg(num_entities=12, num_relations=3, num_triples=40)
     ranks = Ranks(torch.tensor([1.0]), torch.tensor([1.0]), torch.tensor([1.0]))

@@ -1,0 +1,186 @@
+"""kgc_kd.data.kgbert: directories in the KG-BERT layout, written by hand in each test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kgc_kd.data.builtin import load_builtin
+from kgc_kd.data.io import DataFormatError
+from kgc_kd.data.kgbert import is_kgbert_dir, load_kgbert_dir
+
+REAL_UMLS = Path(__file__).resolve().parents[2] / "shared" / "data" / "umls"
+
+
+def put(path: Path, lines: list[str], *, newline: str = "\n", final_newline: bool = True) -> Path:
+    text = newline.join(lines) + (newline if final_newline else "")
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def make_dir(d: Path, *, text_ext: str = ".txt", newline: str = "\n", final_newline: bool = True,
+             entities_txt: bool = True, long_text: bool = True, dev_name: str = "dev.tsv") -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    kw = {"newline": newline, "final_newline": final_newline}
+    put(d / f"entity2text{text_ext}", ["e1\tred thing", "e2\tblue thing", "e3\tgreen thing"], **kw)
+    put(d / f"relation2text{text_ext}", ["r1\tpart of", "has_color"], **kw)  # id only -> text from the id
+    if long_text:
+        put(d / f"entity2textlong{text_ext}", ["e1\tred thing is a red object", "e2\t"], **kw)
+    if entities_txt:
+        put(d / "entities.txt", ["e3", "e1", "e2"], **kw)
+    put(d / "train.tsv", ["e1\tr1\te2", "e2\thas_color\te3"], **kw)
+    put(d / dev_name, ["e3\tr1\te1"], **kw)
+    put(d / "test.tsv", ["e1\thas_color\te3"], **kw)
+    return d
+
+
+def test_basic_layout(tmp_path):
+    d = make_dir(tmp_path / "mykg")
+    assert is_kgbert_dir(d)
+    kg = load_kgbert_dir(d)
+    assert kg.name == "mykg"
+    assert kg.source == f"kgbert:{d}"
+    assert kg.entity_ids == ["e3", "e1", "e2"]  # the order of entities.txt
+    assert kg.entity_names == ["green thing", "red thing", "blue thing"]
+    assert kg.entity_descs == ["", "red thing is a red object", ""]  # empty long text -> no description
+    assert kg.relation_ids == ["r1", "has_color"]
+    assert kg.relation_texts == ["part of", "has color"]
+    assert kg.train.tolist() == [[1, 0, 2], [2, 1, 0]]
+    assert kg.valid.tolist() == [[0, 0, 1]]
+    assert kg.test.tolist() == [[1, 1, 0]]
+
+
+@pytest.mark.parametrize("text_ext", [".txt", ".tsv"])
+@pytest.mark.parametrize("newline, final_newline", [("\n", True), ("\n", False), ("\r\n", True), ("\r\n", False)])
+def test_file_variants_give_the_same_kg(tmp_path, text_ext, newline, final_newline):
+    ref = load_kgbert_dir(make_dir(tmp_path / "ref"))
+    kg = load_kgbert_dir(make_dir(tmp_path / "var", text_ext=text_ext, newline=newline, final_newline=final_newline))
+    assert kg.entity_ids == ref.entity_ids
+    assert kg.entity_names == ref.entity_names
+    assert kg.entity_descs == ref.entity_descs
+    assert kg.relation_ids == ref.relation_ids and kg.relation_texts == ref.relation_texts
+    for split in ("train", "valid", "test"):
+        assert kg.split(split).tolist() == ref.split(split).tolist()
+
+
+def test_valid_txt_instead_of_dev_tsv(tmp_path):
+    kg = load_kgbert_dir(make_dir(tmp_path / "kg", dev_name="valid.txt"))
+    assert kg.valid.tolist() == [[0, 0, 1]]
+
+
+def test_without_entities_txt_order_of_entity2text(tmp_path):
+    kg = load_kgbert_dir(make_dir(tmp_path / "kg", entities_txt=False))
+    assert kg.entity_ids == ["e1", "e2", "e3"]
+    assert kg.entity_names == ["red thing", "blue thing", "green thing"]
+    assert kg.train.tolist() == [[0, 0, 1], [1, 1, 2]]
+
+
+def test_use_long_text_false_and_missing_long_file(tmp_path):
+    kg = load_kgbert_dir(make_dir(tmp_path / "a"), use_long_text=False)
+    assert kg.entity_descs == ["", "", ""]
+    kg = load_kgbert_dir(make_dir(tmp_path / "b", long_text=False))
+    assert kg.entity_descs == ["", "", ""]
+    assert kg.entity_names == ["green thing", "red thing", "blue thing"]
+
+
+def test_name_separator_splits_lemma_and_definition(tmp_path):
+    d = tmp_path / "wn"
+    d.mkdir()
+    put(d / "entity2text.txt", ["01\tland reform, a redistribution of land", "02\tdog", "03\ta, b, c", "04"])
+    put(d / "relation2text.txt", ["_hypernym\thypernym"])
+    for split in ("train.tsv", "dev.tsv", "test.tsv"):
+        put(d / split, ["01\t_hypernym\t02"])
+    kg = load_kgbert_dir(d, name_separator=", ")
+    assert kg.entity_names == ["land reform", "dog", "a", "04"]  # empty text -> the id
+    assert kg.entity_descs == ["a redistribution of land", "", "b, c", ""]
+    plain = load_kgbert_dir(d)
+    assert plain.entity_names == ["land reform, a redistribution of land", "dog", "a, b, c", "04"]
+    assert plain.entity_descs == ["", "", "", ""]
+
+
+def test_long_text_overrides_the_separated_definition(tmp_path):
+    d = tmp_path / "wn"
+    d.mkdir()
+    put(d / "entity2text.txt", ["01\tland reform, a redistribution of land", "02\tdog"])
+    put(d / "entity2textlong.txt", ["01\tland reform is a long text"])
+    put(d / "relation2text.txt", ["r\trel"])
+    for split in ("train.tsv", "dev.tsv", "test.tsv"):
+        put(d / split, ["01\tr\t02"])
+    kg = load_kgbert_dir(d, name_separator=", ")
+    assert kg.entity_names == ["land reform", "dog"]
+    assert kg.entity_descs == ["land reform is a long text", ""]
+
+
+# ---- errors -------------------------------------------------------------------------------------------
+def test_malformed_split_line(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "train.tsv", ["e1\tr1\te2", "e2 has_color e3"])
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert f"{d / 'train.tsv'}:2:" in str(err.value)
+
+
+def test_extra_column_in_split(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "test.tsv", ["e1\thas_color\te3\textra"])
+    with pytest.raises(DataFormatError, match=r"test\.tsv:1:"):
+        load_kgbert_dir(d)
+
+
+def test_unknown_entity_in_split(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "dev.tsv", ["e3\tr1\te1", "e3\tr1\tnope"])
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    msg = str(err.value)
+    assert f"{d / 'dev.tsv'}:2:" in msg
+    assert "'nope'" in msg
+
+
+def test_entities_txt_id_without_text(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "entities.txt", ["e3", "e1", "e2", "e9"])
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert "entities.txt" in str(err.value) and "'e9'" in str(err.value)
+
+
+def test_duplicate_entity_text_line(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "entity2text.txt", ["e1\tred thing", "e2\tblue thing", "e3\tgreen thing", "e1\tagain"])
+    with pytest.raises(DataFormatError, match=r"entity2text\.txt:4:.*twice"):
+        load_kgbert_dir(d)
+
+
+def test_missing_dev(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    (d / "dev.tsv").unlink()
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert "dev.tsv" in str(err.value) and str(d) in str(err.value)
+
+
+def test_missing_relation2text(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    (d / "relation2text.txt").unlink()
+    with pytest.raises(DataFormatError, match="relation2text"):
+        load_kgbert_dir(d)
+
+
+def test_not_a_kgbert_dir(tmp_path):
+    assert not is_kgbert_dir(tmp_path)
+
+
+# ---- the real UMLS copy (tests may read ../shared; the package must not) --------------------------------
+@pytest.mark.skipif(not (REAL_UMLS / "entity2text.txt").is_file(), reason="no shared UMLS copy")
+def test_real_umls_matches_builtin():
+    kg = load_kgbert_dir(REAL_UMLS)
+    assert kg.num_entities == 135 and kg.num_relations == 46
+    assert (len(kg.train), len(kg.valid), len(kg.test)) == (5216, 652, 661)
+    assert sum(bool(d) for d in kg.entity_descs) > 100  # entity2textlong.txt was used
+    ref = load_builtin("umls")
+    for split in ("train", "valid", "test"):
+        ours = {(kg.entity_ids[h], kg.relation_ids[r], kg.entity_ids[t]) for h, r, t in kg.split(split).tolist()}
+        theirs = {(ref.entity_ids[h], ref.relation_ids[r], ref.entity_ids[t]) for h, r, t in ref.split(split).tolist()}
+        assert ours == theirs, split

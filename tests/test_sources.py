@@ -1,0 +1,97 @@
+"""kgc_kd.data.sources.load_kg: one config string -> the right loader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kgc_kd.data.io import DataFormatError
+from kgc_kd.data.sources import load_kg
+from kgc_kd.data.synthetic import synthetic_kg
+
+
+def write_kgbert(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "entity2text.txt").write_text("a\tland reform, a redistribution\nb\tdog\n", encoding="utf-8")
+    (d / "entity2textlong.txt").write_text("b\tdog is a long text\n", encoding="utf-8")
+    (d / "relation2text.txt").write_text("r\trel\n", encoding="utf-8")
+    for split in ("train.tsv", "dev.tsv", "test.tsv"):
+        (d / split).write_text("a\tr\tb\n", encoding="utf-8")
+    return d
+
+
+def write_simkgc(d: Path) -> Path:
+    d.mkdir(parents=True)
+    ents = [{"entity_id": "x", "entity": "ex", "entity_desc": "d"}, {"entity_id": "y", "entity": "why"}]
+    (d / "entities.json").write_text(json.dumps(ents), encoding="utf-8")
+    row = [{"head_id": "x", "head": "ex", "relation": "likes", "tail_id": "y", "tail": "why"}]
+    for split in ("train", "valid", "test"):
+        (d / f"{split}.txt.json").write_text(json.dumps(row), encoding="utf-8")
+    return d
+
+
+def test_builtin():
+    kg = load_kg("nations")
+    assert kg.source == "builtin:nations" and kg.num_entities == 14
+
+
+def test_synthetic_default_and_kwargs():
+    kg = load_kg("synthetic")
+    ref = synthetic_kg()
+    assert kg.name == ref.name and torch.equal(kg.train, ref.train)
+    kg = load_kg("synthetic", synthetic={"num_entities": 12, "num_triples": 50, "seed": 3})
+    ref = synthetic_kg(12, num_triples=50, seed=3)
+    assert kg.num_entities == 12 and torch.equal(kg.train, ref.train) and torch.equal(kg.test, ref.test)
+
+
+def test_kgbert_dir_and_options(tmp_path):
+    d = write_kgbert(tmp_path / "kgb")
+    kg = load_kg(str(d))
+    assert kg.source == f"kgbert:{d}"
+    assert kg.entity_names == ["land reform, a redistribution", "dog"]
+    assert kg.entity_descs == ["", "dog is a long text"]
+    kg = load_kg(str(d), use_long_text=False, name_separator=", ")
+    assert kg.entity_names == ["land reform", "dog"]
+    assert kg.entity_descs == ["a redistribution", ""]
+
+
+def test_simkgc_dir(tmp_path):
+    d = write_simkgc(tmp_path / "sim")
+    kg = load_kg(str(d))
+    assert kg.source == f"simkgc:{d}"
+    assert kg.entity_names == ["ex", "why"] and kg.relation_texts == ["likes"]
+
+
+def test_simkgc_layout_wins_when_both_present(tmp_path):
+    d = write_simkgc(tmp_path / "both")
+    (d / "entity2text.txt").write_text("x\tex\n", encoding="utf-8")
+    assert load_kg(str(d)).source.startswith("simkgc:")
+
+
+def test_directory_of_neither_layout(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    (d / "train.tsv").write_text("a\tr\tb\n", encoding="utf-8")
+    with pytest.raises(DataFormatError) as err:
+        load_kg(str(d))
+    msg = str(err.value)
+    assert str(d) in msg and "KG-BERT" in msg and "SimKGC" in msg
+    assert "entity2text.txt" in msg and "entities.json" in msg
+
+
+@pytest.mark.parametrize("name", ["does-not-exist", "UMLS", "file"])
+def test_not_a_source(tmp_path, name):
+    if name == "file":
+        p = tmp_path / "a.txt"
+        p.write_text("x", encoding="utf-8")
+        source = str(p)
+    elif name == "does-not-exist":
+        source = str(tmp_path / "nope")
+    else:
+        source = name  # built-in names are case-sensitive
+    with pytest.raises(DataFormatError) as err:
+        load_kg(source)
+    assert repr(source) in str(err.value) and "umls" in str(err.value)
