@@ -78,7 +78,7 @@ class TrainerCfg:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
-    max_epochs: int = 5
+    max_epochs: int = 3  # the embedded default must finish in < 15 min on a 2-core CPU
     max_steps: int = -1
     gradient_clip_val: float = 10.0
     accumulate_grad_batches: int = 1
@@ -146,6 +146,23 @@ def _merge(cfg: DictConfig, other: Any, origin: str) -> DictConfig:
         raise ConfigError(f"{origin}: {'key ' + repr(key) + ': ' if key else ''}{msg}") from None
 
 
+def _merge_yaml(cfg: DictConfig, loaded: DictConfig, prefix: str, origin: str) -> DictConfig:
+    """Merge, keeping the file's `???` (required) values: a plain merge would let the default win, so a
+    preset that asks for data.source would silently train on the default data instead."""
+    cfg = _merge(cfg, OmegaConf.create({prefix: loaded}) if prefix else loaded, origin)
+    plain = OmegaConf.to_container(loaded, resolve=False)
+
+    def walk(node: Any, path: list[str]) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, path + [str(k)])
+        elif node == "???":
+            OmegaConf.update(cfg, ".".join(path), "???", merge=False)
+
+    walk(plain, [prefix] if prefix else [])
+    return cfg
+
+
 def _load_yaml(path: Path, origin: str) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"{origin}: no such file {path}")
@@ -168,12 +185,12 @@ def load_config(argv: list[str] | None = None) -> DictConfig:
         if key.startswith("+") or key.startswith("~"):
             raise ConfigError(f"argument {arg!r}: Hydra's +/~ prefixes are not supported; use plain key=value")
         if key == "config":
-            cfg = _merge(cfg, _load_yaml(Path(value), f"config={value}"), f"config={value}")
+            cfg = _merge_yaml(cfg, _load_yaml(Path(value), f"config={value}"), "", f"config={value}")
         elif key in GROUPS:
             # Only a bare name can be a preset: a path (data=/x/WN18RR) must never resolve outside conf/.
             preset = conf_dir() / key / f"{value}.yaml"
             if re.fullmatch(r"[\w.-]+", value) and ".." not in value and preset.is_file():
-                cfg = _merge(cfg, {key: _load_yaml(preset, arg)}, f"{arg} ({preset})")
+                cfg = _merge_yaml(cfg, _load_yaml(preset, arg), key, f"{arg} ({preset})")
             elif key == "data":
                 cfg = _merge(cfg, {"data": {"source": value}}, arg)
             else:
@@ -189,6 +206,9 @@ def load_config(argv: list[str] | None = None) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"required value not set: {', '.join(missing)} (give it as key=value, e.g. {missing[0]}=...)")
     checks = [
         (cfg.data.batch_size >= 2, "data.batch_size must be >= 2 (in-batch negatives)"),
         (cfg.data.max_length >= 5, "data.max_length must be >= 5"),

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from kgc_kd.config import ConfigError, config_hash, load_config, run_name, to_plain
 
@@ -231,3 +232,25 @@ def test_config_hash_ignores_run_name():
     assert run_name(named) == "foo"
     assert config_hash(load_config(["run.name=bar", "trainer.max_epochs=3"])) == \
         config_hash(load_config(["trainer.max_epochs=3"]))
+
+
+REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+@pytest.mark.parametrize("path", sorted(REPO_CONF.rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO_CONF)))
+def test_every_shipped_yaml_loads(path, monkeypatch):
+    monkeypatch.setenv("KGC_KD_CONF", str(REPO_CONF))
+    group = path.parent.name
+    fill = ["data.source=/some/kg", "model.plm=/some/plm"]
+    argv = [f"config={path}"] if group == "experiment" else [f"{group}={path.stem}"]
+    cfg = load_config(argv + fill)
+    assert not OmegaConf.missing_keys(cfg)
+
+
+def test_required_value_in_a_preset_is_not_silently_defaulted(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "big.yaml").write_text("source: ???\nbatch_size: 512\n")
+    monkeypatch.setenv("KGC_KD_CONF", str(tmp_path))
+    with pytest.raises(ConfigError, match="data.source"):
+        load_config(["data=big"])
+    assert load_config(["data=big", "data.source=nations"]).data.source == "nations"

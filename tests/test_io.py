@@ -64,11 +64,6 @@ def test_data_format_error_is_a_value_error():
     assert issubclass(DataFormatError, ValueError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG kgc_kd/data/io.py:26 read_rows splits with str.splitlines(), which also breaks lines at "
-    "U+2028/U+0085/\\x0c etc.; a text field containing one is split into a bogus extra row",
-)
 def test_read_text_table_keeps_unicode_line_separator_inside_a_field(tmp_path):
     p = write(tmp_path / "entity2text.txt", "e1\tfoo\u2028bar\ne2\tbaz\n")
     assert read_text_table(p) == {"e1": "foo\u2028bar", "e2": "baz"}

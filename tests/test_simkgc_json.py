@@ -53,12 +53,6 @@ def test_wordnet_name(raw, name):
     assert wordnet_name(raw) == name
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG kgc_kd/data/simkgc_json.py:19 _WN_NAME requires a leading '__', but SimKGC's preprocess.py "
-    "writes word.replace('__', '') into entities.json, so real WN18RR output holds 'family_alcidae_NN_1' "
-    "(SimKGC doc.py _parse_entity_name turns it into 'family alcidae')",
-)
 def test_wordnet_name_as_written_by_simkgc_preprocess():
     assert wordnet_name("family_alcidae_NN_1") == "family alcidae"
 

@@ -23,7 +23,8 @@ def read_rows(path: Path, columns: int, *, at_least: bool = False) -> Iterator[t
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataFormatError(f"{path}: not UTF-8 text ({err})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also breaks at U+2028, form feeds etc. inside a text field
+    for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")
         if not line.strip():
             continue

@@ -16,7 +16,8 @@ import torch
 from kgc_kd.data.io import DataFormatError
 from kgc_kd.data.kg import KG
 
-_WN_NAME = re.compile(r"^__(.+)_[A-Za-z]{2}_\d+$")
+# SimKGC's preprocess strips the leading "__" (family_alcidae_NN_1); raw WordNet ids keep it.
+_WN_NAME = re.compile(r"^_*(.+?)_[A-Za-z]{2}_\d+$")
 
 
 def wordnet_name(raw: str) -> str:

@@ -1,6 +1,6 @@
 """A generated KG for tests: small, deterministic, and learnable (each relation is a fixed permutation).
 
-Because tail = (a_r * head + b_r) mod n, a model that learns the relation text can reach a high MRR,
+Because tail = (head + offset_r) mod n, a model that learns the relation text can reach a high MRR,
 so end-to-end tests can check that training actually improves ranking.
 """
 

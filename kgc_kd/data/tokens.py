@@ -29,8 +29,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 @dataclass
 class TokenCache:
-    entity: list[list[int]]  # word-piece ids without special tokens, per entity id
+    entity: list[list[int]]  # word-piece ids without special tokens, per entity id (cut at max_length)
     relation: list[list[int]]  # per relation id in [0, 2R)
+    entity_len: list[int]  # untruncated lengths: longest_first compares the full lengths
+    relation_len: list[int]
     max_length: int
     cls_id: int
     sep_id: int
@@ -44,17 +46,19 @@ class TokenCache:
         if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs [CLS], [SEP] and [PAD] tokens (a BERT-style tokenizer)")
 
-        def ids(texts: list[str]) -> list[list[int]]:
-            return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+        def ids(texts: list[str]) -> tuple[list[list[int]], list[int]]:
+            full = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            return [x[:max_length] for x in full], [len(x) for x in full]
 
         mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
-        return cls(ids(entity_texts(kg)), ids(relation_texts(kg)), max_length, tokenizer.cls_token_id,
-                   tokenizer.sep_token_id, tokenizer.pad_token_id, mask_id)
+        (ent, ent_len), (rel, rel_len) = ids(entity_texts(kg)), ids(relation_texts(kg))
+        return cls(ent, rel, ent_len, rel_len, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                   tokenizer.pad_token_id, mask_id)
 
     def hr_ids(self, h: int, r: int) -> tuple[list[int], list[int]]:
         """[CLS] text(h) [SEP] text(r) [SEP] with token types 0/1, truncated longest-first."""
         a, b = self.entity[h], self.relation[r]
-        na, nb = truncate_longest_first(len(a), len(b), self.max_length - 3)
+        na, nb = truncate_longest_first(self.entity_len[h], self.relation_len[r], self.max_length - 3)
         ids = [self.cls_id, *a[:na], self.sep_id, *b[:nb], self.sep_id]
         return ids, [0] * (na + 2) + [1] * (nb + 1)
 

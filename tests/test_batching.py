@@ -1,0 +1,124 @@
+"""kgc_kd.data.batching: collate functions (train with/without entity de-duplication, queries, entities)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tokenizer
+
+from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset, TrainCollator
+from kgc_kd.data.kg import KG
+from kgc_kd.data.negatives import KnownTriples, in_batch_mask
+from kgc_kd.data.tokens import TokenCache
+
+NAMES = ["red", "green thing", "blue small thing", "old", "new fast slow thing", "warm", "cold soft", "hard"]
+DESCS = ["", "number 1", "", "a b c d e f g h i j k l m n o p", "", "is bright", "", "dark and cold"]
+
+
+def make_kg() -> KG:
+    train = [(0, 0, 1), (0, 0, 2), (1, 1, 3), (2, 0, 2), (3, 1, 0), (4, 0, 5), (5, 1, 6), (6, 0, 7), (7, 1, 4)]
+    return KG(name="b", entity_ids=[f"e{i}" for i in range(8)], entity_names=NAMES, entity_descs=DESCS,
+              relation_ids=["r0", "r1"], relation_texts=["part of", "has color"], train=torch.tensor(train),
+              valid=torch.tensor([[1, 0, 4]]), test=torch.tensor([[2, 1, 7]]))
+
+
+@pytest.fixture(scope="module")
+def setup():
+    kg = make_kg()
+    tokens = TokenCache.build(kg, make_tokenizer(), 12)
+    known = KnownTriples.train_of(kg)
+    # repeated heads/tails, inverse rows, a row repeated verbatim
+    batch = torch.tensor([(0, 0, 1), (0, 0, 2), (2, 0, 2), (3, 1, 0), (1, 2, 0), (4, 0, 5), (0, 0, 1), (7, 3, 6)])
+    return kg, tokens, known, batch
+
+
+def strip(ids: torch.Tensor, mask: torch.Tensor) -> list[int]:
+    n = int(mask.sum())
+    assert mask[:n].all() and not mask[n:].any()  # right padding
+    return ids[:n].tolist()
+
+
+def check_encoding(enc: dict, expected: list[list[int]], types: list[list[int]] | None, pad_id: int):
+    assert set(enc) == {"input_ids", "attention_mask", "token_type_ids"}
+    ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    assert ids.shape == mask.shape == tt.shape == (len(expected), max(len(e) for e in expected))
+    for i, exp in enumerate(expected):
+        assert strip(ids[i], mask[i]) == exp
+        assert (ids[i, len(exp):] == pad_id).all()
+        want_types = types[i] if types is not None else [0] * len(exp)
+        assert tt[i, : len(exp)].tolist() == want_types
+        assert (tt[i, len(exp):] == 0).all()
+
+
+def test_row_dataset():
+    rows = torch.arange(12).reshape(4, 3)
+    ds = RowDataset(rows)
+    assert len(ds) == 4 and ds[2].tolist() == [6, 7, 8]
+
+
+def test_train_collator_without_dedup(setup):
+    kg, tokens, known, batch = setup
+    out = TrainCollator(tokens, known, dedup_entities=False)(list(batch))
+    assert set(out) == {"triples", "hr", "fn_mask", "self_mask", "tail", "head"}
+    assert torch.equal(out["triples"], batch)
+    b = len(batch)
+    check_encoding(out["hr"], [tokens.hr_ids(h, r)[0] for h, r, _ in batch.tolist()],
+                   [tokens.hr_ids(h, r)[1] for h, r, _ in batch.tolist()], tokens.pad_id)
+    check_encoding(out["tail"], [tokens.entity_ids(t) for t in batch[:, 2].tolist()], None, tokens.pad_id)
+    check_encoding(out["head"], [tokens.entity_ids(h) for h in batch[:, 0].tolist()], None, tokens.pad_id)
+    fn, self_fn = in_batch_mask(batch, known)
+    assert out["fn_mask"].shape == (b, b) and torch.equal(out["fn_mask"], fn)
+    assert out["self_mask"].shape == (b,) and torch.equal(out["self_mask"], self_fn)
+    assert out["self_mask"][2]  # (2, 0, 2) is a train self loop
+
+
+def test_train_collator_dedup_reproduces_per_row_inputs(setup):
+    kg, tokens, known, batch = setup
+    plain = TrainCollator(tokens, known, dedup_entities=False)(list(batch))
+    dedup = TrainCollator(tokens, known, dedup_entities=True)(list(batch))
+    assert set(dedup) == {"triples", "hr", "fn_mask", "self_mask", "entities", "tail_index", "head_index"}
+    for key in ("triples", "fn_mask", "self_mask"):
+        assert torch.equal(dedup[key], plain[key])
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        assert torch.equal(dedup["hr"][key], plain["hr"][key])
+
+    ents = dedup["entities"]
+    distinct = set(batch[:, 0].tolist()) | set(batch[:, 2].tolist())
+    assert ents["input_ids"].shape[0] == len(distinct)  # each entity encoded once
+    assert (ents["token_type_ids"] == 0).all()
+    assert dedup["tail_index"].shape == dedup["head_index"].shape == (len(batch),)
+    for side, col, idx in (("tail", 2, dedup["tail_index"]), ("head", 0, dedup["head_index"])):
+        for i in range(len(batch)):
+            j = int(idx[i])
+            got = strip(ents["input_ids"][j], ents["attention_mask"][j])
+            assert got == strip(plain[side]["input_ids"][i], plain[side]["attention_mask"][i]), (side, i)
+            assert got == tokens.entity_ids(int(batch[i, col]))
+    # rows of `entities` are distinct entities
+    rows = [tuple(strip(ents["input_ids"][j], ents["attention_mask"][j])) for j in range(len(distinct))]
+    assert len(set(rows)) == len(rows)
+
+
+def test_dedup_with_all_entities_distinct(setup):
+    kg, tokens, known, _ = setup
+    batch = torch.tensor([(0, 0, 1), (2, 0, 3), (4, 0, 5)])
+    out = TrainCollator(tokens, known)(list(batch))
+    assert out["entities"]["input_ids"].shape[0] == 6
+    assert sorted(out["tail_index"].tolist() + out["head_index"].tolist()) == list(range(6))
+
+
+def test_query_collator(setup):
+    kg, tokens, _, batch = setup
+    out = QueryCollator(tokens)(list(batch))
+    assert set(out) == {"triples", "hr"}
+    assert torch.equal(out["triples"], batch)
+    check_encoding(out["hr"], [tokens.hr_ids(h, r)[0] for h, r, _ in batch.tolist()],
+                   [tokens.hr_ids(h, r)[1] for h, r, _ in batch.tolist()], tokens.pad_id)
+
+
+def test_entity_collator(setup):
+    kg, tokens, _, _ = setup
+    rows = [torch.tensor(e) for e in (3, 0, 7, 4)]
+    out = EntityCollator(tokens)(rows)
+    assert set(out) == {"entity_ids", "entity"}
+    assert out["entity_ids"].tolist() == [3, 0, 7, 4]
+    check_encoding(out["entity"], [tokens.entity_ids(e) for e in (3, 0, 7, 4)], None, tokens.pad_id)

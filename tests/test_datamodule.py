@@ -1,0 +1,128 @@
+"""kgc_kd.data.datamodule.KGDataModule on the synthetic KG with the tiny tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_vocab
+
+from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.data.synthetic import synthetic_kg
+from kgc_kd.data.tokens import TokenCache
+
+SYN = {"num_entities": 20, "num_relations": 3, "num_triples": 120, "seed": 0}
+
+
+def make_dm(**kw) -> KGDataModule:
+    args = dict(source="synthetic", synthetic=SYN, batch_size=16, eval_batch_size=7, max_length=16)
+    args.update(kw)
+    return KGDataModule(**args)
+
+
+@pytest.fixture(scope="module")
+def dm():
+    d = make_dm()
+    d.connect(make_tokenizer())
+    return d
+
+
+def rows(t: torch.Tensor) -> list[tuple[int, ...]]:
+    return [tuple(x) for x in t.tolist()]
+
+
+def test_kg_is_the_configured_synthetic_kg(dm):
+    ref = synthetic_kg(**SYN)
+    assert dm.kg.name == ref.name
+    assert torch.equal(dm.kg.train, ref.train)
+
+
+def test_train_examples_are_train_plus_inverses(dm):
+    kg = dm.kg
+    ex = dm.train_examples
+    n = len(kg.train)
+    assert ex.shape == (2 * n, 3)
+    assert torch.equal(ex[:n], kg.train)
+    R = kg.num_relations
+    assert rows(ex[n:]) == [(t, r + R, h) for h, r, t in kg.train.tolist()]
+
+
+def test_train_loader_drops_last_and_covers_examples(dm):
+    torch.manual_seed(0)
+    loader = dm.train_dataloader()
+    ex = rows(dm.train_examples)
+    assert len(ex) % 16 != 0  # so drop_last matters
+    batches = list(loader)
+    assert len(loader) == len(batches) == len(ex) // 16
+    seen = []
+    for b in batches:
+        assert b["triples"].shape == (16, 3)
+        assert b["fn_mask"].shape == (16, 16)
+        assert b["hr"]["input_ids"].shape[0] == 16
+        assert {"entities", "tail_index", "head_index"} <= set(b)  # dedup_entities defaults to True
+        seen += rows(b["triples"])
+    assert len(set(seen)) == len(seen) == (len(ex) // 16) * 16
+    assert set(seen) <= set(ex)
+
+
+def test_train_loader_without_dedup():
+    d = make_dm(dedup_entities=False, tokenizer=make_tokenizer())
+    b = next(iter(d.train_dataloader()))
+    assert {"tail", "head"} <= set(b) and "entities" not in b
+    assert b["tail"]["input_ids"].shape[0] == 16
+
+
+@pytest.mark.parametrize("stage, split", [("val", "valid"), ("test", "test")])
+def test_eval_loaders(dm, stage, split):
+    loaders = getattr(dm, f"{stage}_dataloader")()
+    assert isinstance(loaders, list) and len(loaders) == 2
+    ent_loader, query_loader = loaders
+    ent_batches = list(ent_loader)
+    assert all(len(b["entity_ids"]) <= 7 for b in ent_batches)
+    assert torch.equal(torch.cat([b["entity_ids"] for b in ent_batches]), torch.arange(dm.kg.num_entities))
+    q_batches = list(query_loader)
+    got = torch.cat([b["triples"] for b in q_batches])
+    assert torch.equal(got, dm.kg.with_inverse(dm.kg.split(split)))  # not shuffled, nothing dropped
+    assert len(got) == 2 * len(dm.kg.split(split))
+    assert set(q_batches[0]) == {"triples", "hr"}
+
+
+def test_connect_reuses_cache():
+    d = make_dm()
+    tok = make_tokenizer()
+    d.connect(tok)
+    first = d.tokens
+    assert isinstance(first, TokenCache)
+    d.connect(tok)
+    assert d.tokens is first
+    d.connect(make_tokenizer())  # another object, same vocabulary
+    assert d.tokens is first
+    from transformers import BertTokenizer
+
+    vocab = tiny_vocab()
+    vocab["zebra"] = len(vocab)
+    d.connect(BertTokenizer(vocab=vocab, do_lower_case=True))
+    assert d.tokens is not first
+    d.connect(tok)
+    assert d.tokens is first  # the earlier cache is kept
+
+
+def test_batch_size_larger_than_train_examples():
+    d = make_dm(batch_size=10_000, tokenizer=make_tokenizer())
+    with pytest.raises(ValueError, match=r"data\.batch_size=10000"):
+        d.train_dataloader()
+
+
+def test_loaders_before_connect_raise():
+    d = make_dm()
+    for name in ("train_dataloader", "val_dataloader", "test_dataloader", "entity_dataloader"):
+        with pytest.raises(RuntimeError, match=r"connect\(tokenizer\)"):
+            getattr(d, name)()
+    with pytest.raises(RuntimeError, match=r"connect\(tokenizer\)"):
+        d.query_dataloader("valid")
+
+
+def test_given_kg_is_used_without_loading():
+    kg = synthetic_kg(12, 2, 60, seed=5)
+    d = KGDataModule(source="does-not-exist", kg=kg, batch_size=4)
+    assert d.kg is kg
+    assert d.known_train is d.known_train  # built once

@@ -1,0 +1,161 @@
+"""kgc_kd.data.negatives: membership and SimKGC's false-negative masks against brute-force references."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+import pytest
+import torch
+
+from kgc_kd.data.kg import KG
+from kgc_kd.data.negatives import KnownTriples, false_negative_mask, in_batch_mask
+
+
+def train_hr2tails_ref(kg: KG) -> dict[tuple[int, int], set[int]]:
+    """SimKGC's train_triplet_dict, built here with plain loops: train + inverse triples."""
+    acc: dict[tuple[int, int], set[int]] = defaultdict(set)
+    R = kg.num_relations
+    for h, r, t in kg.train.tolist():
+        acc[(h, r)].add(t)
+        acc[(t, r + R)].add(h)
+    return acc
+
+
+def brute_in_batch(triples: list[tuple[int, int, int]], hr2tails) -> tuple[list[list[bool]], list[bool]]:
+    fn = [[i != j and (tj == ti or tj in hr2tails.get((hi, ri), set())) for j, (_, _, tj) in enumerate(triples)]
+          for i, (hi, ri, ti) in enumerate(triples)]
+    self_fn = [h in hr2tails.get((h, r), set()) for h, r, _ in triples]
+    return fn, self_fn
+
+
+def random_kg(seed: int, n: int = 8, r: int = 2, m: int = 40) -> KG:
+    """Random triples (self loops and many tails per (h, r) allowed), unlike the permutation-based synthetic KG."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.unique(torch.stack([torch.randint(0, n, (m,), generator=g), torch.randint(0, r, (m,), generator=g),
+                                  torch.randint(0, n, (m,), generator=g)], 1), dim=0)
+    t = t[torch.randperm(len(t), generator=g)]
+    return KG(name="rand", entity_ids=[f"e{i}" for i in range(n)], entity_names=[f"n{i}" for i in range(n)],
+              entity_descs=[""] * n, relation_ids=[f"r{k}" for k in range(r)], relation_texts=[f"t{k}" for k in range(r)],
+              train=t[6:], valid=t[:3], test=t[3:6])
+
+
+def hand_kg() -> KG:
+    # 6 entities, 2 relations; (2, 0, 2) is a self loop, (0, 0, *) has several train tails
+    train = [(0, 0, 1), (0, 0, 2), (0, 0, 3), (2, 0, 2), (4, 1, 0), (5, 1, 0), (1, 1, 4)]
+    return KG(name="h", entity_ids=[f"e{i}" for i in range(6)], entity_names=[f"n{i}" for i in range(6)],
+              entity_descs=[""] * 6, relation_ids=["r0", "r1"], relation_texts=["a", "b"],
+              train=torch.tensor(train), valid=torch.tensor([[3, 1, 5]]), test=torch.tensor([[5, 0, 4]]))
+
+
+# ---- KnownTriples ------------------------------------------------------------------------------------------
+def test_contains_vs_python_set():
+    g = torch.Generator().manual_seed(0)
+    n, r = 17, 6
+    known = torch.stack([torch.randint(0, n, (300,), generator=g), torch.randint(0, r, (300,), generator=g),
+                         torch.randint(0, n, (300,), generator=g)], 1)
+    kt = KnownTriples(known, n, r)
+    ref = {tuple(x) for x in known.tolist()}
+    queries = torch.cat([known[:100], torch.stack([torch.randint(0, n, (2000,), generator=g),
+                                                   torch.randint(0, r, (2000,), generator=g),
+                                                   torch.randint(0, n, (2000,), generator=g)], 1)])
+    got = kt.contains(queries[:, 0], queries[:, 1], queries[:, 2])
+    assert got.dtype == torch.bool
+    assert got.tolist() == [tuple(q) in ref for q in queries.tolist()]
+    assert got[:100].all()
+    # extremes of the key range (first and last possible keys)
+    lo = kt.contains(torch.tensor([0]), torch.tensor([0]), torch.tensor([0]))
+    hi = kt.contains(torch.tensor([n - 1]), torch.tensor([r - 1]), torch.tensor([n - 1]))
+    assert lo.item() == ((0, 0, 0) in ref) and hi.item() == ((n - 1, r - 1, n - 1) in ref)
+
+
+def test_contains_broadcasts():
+    kt = KnownTriples(torch.tensor([[0, 1, 2], [3, 0, 1], [3, 0, 4]]), 5, 2)
+    h = torch.tensor([[0], [3]])
+    r = torch.tensor([[1], [0]])
+    t = torch.arange(5)[None, :]
+    got = kt.contains(h, r, t)
+    assert got.shape == (2, 5)
+    assert got.tolist() == [[False, False, True, False, False], [False, True, False, False, True]]
+
+
+def test_train_of_includes_inverses_only_from_train():
+    kg = hand_kg()
+    kt = KnownTriples.train_of(kg)
+    ref = {(h, r, t) for (h, r), ts in train_hr2tails_ref(kg).items() for t in ts}
+    every = [(h, r, t) for h in range(6) for r in range(4) for t in range(6)]
+    q = torch.tensor(every)
+    assert kt.contains(q[:, 0], q[:, 1], q[:, 2]).tolist() == [x in ref for x in every]
+    assert (3, 1, 5) not in ref and (5, 3, 3) not in ref  # valid stays out
+
+
+# ---- in-batch masks -------------------------------------------------------------------------------------
+def test_in_batch_mask_hand_kg():
+    kg = hand_kg()
+    kt = KnownTriples.train_of(kg)
+    batch = [(0, 0, 1), (0, 0, 2), (2, 0, 2), (4, 1, 0), (5, 1, 0), (0, 2, 4), (3, 1, 5), (1, 1, 4), (2, 2, 0)]
+    fn, self_fn = in_batch_mask(torch.tensor(batch), kt)
+    ref_fn, ref_self = brute_in_batch(batch, train_hr2tails_ref(kg))
+    assert fn.tolist() == ref_fn
+    assert self_fn.tolist() == ref_self
+    # hand-checked entries
+    assert fn[0, 1] and fn[1, 0]  # tail 2 is a train tail of (0, 0) and vice versa
+    assert fn[0, 2]  # tail_2 == 2 == a train tail of (0, 0)
+    assert fn[3, 4] and fn[4, 3]  # same tail entity 0
+    assert fn[5, 7] and fn[7, 5]  # same tail entity 4
+    assert not fn[6, 0]  # (3, 1) has no train tails; tail 1 != 5
+    assert self_fn.tolist() == [False, False, True, False, False, False, False, False, True]  # (2,0,2), (2,2,0)
+    assert not fn.diagonal().any()
+
+
+def test_in_batch_mask_random_vs_brute_force():
+    kg = random_kg(4)  # few entities: many repeated tails, shared (h, r) and self loops
+    kt = KnownTriples.train_of(kg)
+    hr2tails = train_hr2tails_ref(kg)
+    pool = torch.cat([kg.with_inverse(kg.train), kg.with_inverse(kg.valid), kg.with_inverse(kg.test)])
+    rng = random.Random(0)
+    n_tail_rule = n_self = 0
+    for _ in range(20):
+        idx = [rng.randrange(len(pool)) for _ in range(24)]
+        batch = pool[idx]
+        fn, self_fn = in_batch_mask(batch, kt)
+        rows = [tuple(x) for x in batch.tolist()]
+        ref_fn, ref_self = brute_in_batch(rows, hr2tails)
+        assert fn.shape == (24, 24) and fn.dtype == torch.bool
+        assert fn.tolist() == ref_fn
+        assert self_fn.tolist() == ref_self
+        assert not fn.diagonal().any()  # even for duplicated rows, whose tails are equal
+        n_self += sum(ref_self)
+        n_tail_rule += sum(ref_fn[i][j] and rows[i][2] != rows[j][2] for i in range(24) for j in range(24))
+    assert n_tail_rule > 0  # the train-tail branch (not only "same tail") was exercised
+    assert n_self > 0
+
+
+def test_diagonal_free_even_for_duplicate_rows():
+    kg = hand_kg()
+    fn, _ = in_batch_mask(torch.tensor([(0, 0, 1), (0, 0, 1), (0, 0, 1)]), KnownTriples.train_of(kg))
+    assert fn.tolist() == [[False, True, True], [True, False, True], [True, True, False]]
+
+
+def test_self_mask():
+    kg = hand_kg()
+    kt = KnownTriples.train_of(kg)
+    # (2, 0): train tails {2} -> head 2 is its own answer; (2, 2) = inverse r0 from 2: train heads of (*, 0, 2) = {0, 2}
+    # (0, 0): train tails {1, 2, 3} -> 0 not among them; (4, 1): {0}
+    _, self_fn = in_batch_mask(torch.tensor([(2, 0, 2), (2, 2, 0), (0, 0, 1), (4, 1, 0)]), kt)
+    assert self_fn.tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_false_negative_mask_pre_batch_style(seed):
+    """Rows = queries, columns = arbitrary candidates (e.g. a pre-batch buffer): no diagonal exemption."""
+    kg = random_kg(seed)
+    kt = KnownTriples.train_of(kg)
+    hr2tails = train_hr2tails_ref(kg)
+    ex = kg.with_inverse(kg.train)
+    g = torch.Generator().manual_seed(seed)
+    q = ex[torch.randint(0, len(ex), (10,), generator=g)]
+    cand = torch.randint(0, kg.num_entities, (15,), generator=g)
+    got = false_negative_mask(q[:, :2], q[:, 2], cand, kt)
+    ref = [[c == t or c in hr2tails.get((h, r), set()) for c in cand.tolist()] for h, r, t in q.tolist()]
+    assert got.tolist() == ref
