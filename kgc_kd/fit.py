@@ -55,15 +55,16 @@ def evaluate_untrained(cfg: DictConfig, module: KGCModule, dm: KGDataModule) -> 
 def run(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     start = time.time()
     L.seed_everything(cfg.run.seed, workers=True)
-    run_dir = Path(cfg.run.root) / run_name(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-
+    # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
     dm = build_datamodule(cfg, tokenizer)
     print(dm.kg.summary(), flush=True)
     module = build_module(cfg, encoder)
+
+    run_dir = Path(cfg.run.root) / run_name(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     untrained = evaluate_untrained(cfg, module, dm) if cfg.eval.untrained_baseline else None
 

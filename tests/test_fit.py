@@ -62,7 +62,8 @@ def test_fit_on_hand_written_kgbert_directory(tmp_path, tiny_plm_dir):
 
 
 def test_cli_rejects_unknown_key_with_its_name(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "kgc_kd.fit", "trainer.max_epoch=3"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "kgc_kd.fit", "trainer.max_epoch=3", f"run.root={tmp_path}"],
+                          capture_output=True,
                           text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "trainer.max_epoch" in proc.stderr
@@ -71,5 +72,6 @@ def test_cli_rejects_unknown_key_with_its_name(tmp_path):
 def test_cli_bad_data_directory_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as exc:
-        fit.main([f"data={tmp_path / 'empty'}"])
+        fit.main([f"data={tmp_path / 'empty'}", f"run.root={tmp_path / 'runs'}"])
     assert exc.value.code == 2
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start

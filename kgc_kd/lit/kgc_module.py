@@ -108,7 +108,7 @@ class KGCModule(L.LightningModule):
         )
         self.last_eval[prefix] = {"metrics": metrics, "triples": triples.cpu(), "output": output}
         for k, v in metrics.items():
-            if not k.endswith("count"):
+            if not (k.endswith("count") or k == "num_queries"):
                 self.log(f"{prefix}/{k}", float(v), prog_bar=k == "mrr", batch_size=1)
         return metrics
 
