@@ -198,8 +198,9 @@ def load_config(argv: list[str] | None = None) -> DictConfig:
         else:
             try:
                 override = OmegaConf.from_dotlist([arg])
-            except OmegaConfBaseException as err:
-                raise ConfigError(f"argument {arg!r}: {err}") from None
+            except Exception:  # not valid YAML (e.g. data.name_separator=", "): take the text literally
+                override = OmegaConf.create({})
+                OmegaConf.update(override, key, value, force_add=True)
             cfg = _merge(cfg, override, f"argument {arg!r}")
     validate(cfg)
     return cfg

@@ -254,3 +254,7 @@ def test_required_value_in_a_preset_is_not_silently_defaulted(tmp_path, monkeypa
     with pytest.raises(ConfigError, match="data.source"):
         load_config(["data=big"])
     assert load_config(["data=big", "data.source=nations"]).data.source == "nations"
+
+
+def test_value_that_is_not_yaml_is_taken_literally():
+    assert load_config(["data.name_separator=, "]).data.name_separator == ", "
