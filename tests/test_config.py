@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kgc_kd.config import ConfigError, config_hash, load_config, run_name, to_plain
+from kgc_kd.config import ConfigError, TrainerCfg, config_hash, load_config, run_name, to_plain
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +36,7 @@ def test_defaults_without_arguments():
         cfg = load_config(argv)
         assert cfg.data.source == "umls"
         assert cfg.model.plm == "minilm"
-        assert cfg.trainer.max_epochs == 5
+        assert cfg.trainer.max_epochs == TrainerCfg().max_epochs == 3
         assert cfg.model.pooling == "mean"
         assert cfg.run.name is None
 
@@ -129,7 +129,7 @@ def test_group_preset_loaded_from_conf_dir(conf):
     assert cfg.trainer.accelerator == "auto"  # the rest of the group keeps its defaults
     cfg = load_config(["trainer=gpu"])
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
-    assert cfg.trainer.max_epochs == 5
+    assert cfg.trainer.max_epochs == TrainerCfg().max_epochs
 
 
 def test_unknown_preset_lists_available(conf):
