@@ -4,6 +4,7 @@ import torch
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.kgc_module import KGCModule
+from kgc_kd.models.contrastive import contrastive_logits, infonce_loss
 
 MODEL = {"plm": "unused", "shared_encoder": False, "pooling": "mean", "temperature": 0.05, "learn_temperature": True,
          "margin": 0.02, "self_negative": True, "pre_batch": 0, "pre_batch_weight": 0.5}
@@ -24,28 +25,26 @@ def _trainer(**kw):
     return L.Trainer(**{**args, **kw})
 
 
+def _eval_loss(module, batch) -> float:
+    """The training objective on a fixed batch, without dropout."""
+    module.eval()
+    with torch.no_grad():
+        v = module.net(batch)
+        logits = contrastive_logits(v["hr"], v["tail"], module.net.inv_t, margin=0.02, fn_mask=batch["fn_mask"],
+                                    head=v["head"], self_mask=batch["self_mask"])
+    module.train()
+    return float(infonce_loss(logits))
+
+
 def test_training_reduces_loss_and_moves_both_encoders():
     torch.manual_seed(0)
     dm = _dm()
     module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert(dropout=0.0))
     before = {n: p.detach().clone() for n, p in module.net.named_parameters()}
     batch = dm.train_dataloader().collate_fn([dm.train_examples[i] for i in range(8)])
-    module.eval()
-    with torch.no_grad():
-        from kgc_kd.models.contrastive import contrastive_logits, infonce_loss
-        v = module.net(batch)
-        loss0 = float(infonce_loss(contrastive_logits(v["hr"], v["tail"], module.net.inv_t, margin=0.02,
-                                                      fn_mask=batch["fn_mask"], head=v["head"],
-                                                      self_mask=batch["self_mask"])))
-    module.train()
+    loss0 = _eval_loss(module, batch)
     _trainer(max_epochs=8, limit_val_batches=0).fit(module, datamodule=dm)
-    module.eval()
-    with torch.no_grad():
-        v = module.net(batch)
-        loss1 = float(infonce_loss(contrastive_logits(v["hr"], v["tail"], module.net.inv_t, margin=0.02,
-                                                      fn_mask=batch["fn_mask"], head=v["head"],
-                                                      self_mask=batch["self_mask"])))
-    assert loss1 < 0.7 * loss0
+    assert _eval_loss(module, batch) < 0.7 * loss0
     moved = {n.split(".")[0] for n, p in module.net.named_parameters() if not torch.equal(p, before[n])}
     assert moved == {"query_encoder", "entity_encoder", "log_inv_t"}
 
