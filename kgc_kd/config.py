@@ -74,7 +74,7 @@ class OptimCfg:
 @dataclass
 class TrainerCfg:
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = 1  # multi-GPU is opt-in (conf/trainer/ddp.yaml) until negatives are gathered across ranks
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
