@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -103,6 +103,46 @@ class EvalCfg:
 
 
 @dataclass
+class TeacherCfg:
+    load: Optional[str] = None  # an exported stage directory (query/ entity/ biencoder.json): skip training
+    epochs: Optional[int] = None  # default: trainer.max_epochs
+    lr: Optional[float] = None  # default: optim.lr
+
+
+@dataclass
+class DistillCfg:
+    """The objective every student stage uses unless the stage overrides a weight (presets: conf/distill)."""
+
+    alpha: float = 0.1  # L_SCORE weight
+    beta: float = 0.1  # L_MGFD weight
+    pkd: float = 0.0  # patient-KD weight (baseline)
+    score_loss: str = "mse"  # mse (PMD) | kl (logit KD)
+    kd_temperature: float = 1.0  # for score_loss=kl
+    mgfd: str = "pmd"  # pmd (masked input, pooled masked-position features) | generation (MGD-style generator)
+    generator: str = "mlp"  # mgfd=generation: mlp | conv
+
+
+@dataclass
+class StageCfg:
+    name: str = MISSING
+    layers: int = MISSING
+    layer_map: Optional[list[int]] = None  # default: uniform over the init source's layers
+    init: str = "teacher"  # teacher (its fine-tuned weights) | plm (the original PLM, as PMD's code)
+    mask_rate: float = 0.0  # PMD grades: 0.2, 0.1, 0.05, 0.0
+    epochs: Optional[int] = None  # default: trainer.max_epochs
+    lr: Optional[float] = None  # default: optim.lr
+    alpha: Optional[float] = None  # default: distill.alpha
+    beta: Optional[float] = None
+    pkd: Optional[float] = None
+
+
+def _default_stages() -> list[StageCfg]:
+    """The embedded default chain on the 6-layer MiniLM: pre-distillation 6, then grades 4 and 2."""
+    return [StageCfg(name="pmd6", layers=6, mask_rate=0.2), StageCfg(name="pmd4", layers=4, mask_rate=0.1),
+            StageCfg(name="pmd2", layers=2, mask_rate=0.0)]
+
+
+@dataclass
 class RunCfg:
     name: Optional[str] = None  # default: <data>-<hash of the config>, so a rerun finds its directory
     root: str = "runs"
@@ -117,10 +157,13 @@ class Config:
     optim: OptimCfg = field(default_factory=OptimCfg)
     trainer: TrainerCfg = field(default_factory=TrainerCfg)
     eval: EvalCfg = field(default_factory=EvalCfg)
+    teacher: TeacherCfg = field(default_factory=TeacherCfg)
+    distill: DistillCfg = field(default_factory=DistillCfg)
+    stages: list[StageCfg] = field(default_factory=_default_stages)
     run: RunCfg = field(default_factory=RunCfg)
 
 
-GROUPS = ("data", "model", "optim", "trainer", "eval", "run")
+GROUPS = ("data", "model", "optim", "trainer", "eval", "teacher", "distill", "run")
 
 
 def conf_dir() -> Path:
@@ -195,6 +238,17 @@ def load_config(argv: list[str] | None = None) -> DictConfig:
                 cfg = _merge(cfg, {"data": {"source": value}}, arg)
             else:
                 raise ConfigError(f"{arg}: no preset {value!r} in {conf_dir() / key}; available: {presets(key)}")
+        elif re.search(r"\.\d+(\.|$)|\[", key):  # into a list: stages.1.mask_rate=0.1 or stages[1].mask_rate=0.1
+            try:
+                parsed = OmegaConf.from_dotlist([f"v={value}"])["v"]
+            except Exception:
+                parsed = value
+            try:
+                if OmegaConf.select(cfg, key, throw_on_missing=False, default="__absent__") == "__absent__":
+                    raise ConfigError(f"argument {arg!r}: no key {key!r} (check the list index)")
+                OmegaConf.update(cfg, key, parsed, merge=True)
+            except OmegaConfBaseException as err:
+                raise ConfigError(f"argument {arg!r}: {str(err).splitlines()[0]}") from None
         else:
             try:
                 override = OmegaConf.from_dotlist([arg])
@@ -219,7 +273,18 @@ def validate(cfg: DictConfig) -> None:
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
         (cfg.run.logger in ("csv", "none"), f"run.logger={cfg.run.logger!r}: expected csv or none"),
+        (cfg.distill.score_loss in ("mse", "kl"), f"distill.score_loss={cfg.distill.score_loss!r}: expected mse or kl"),
+        (cfg.distill.mgfd in ("pmd", "generation"), f"distill.mgfd={cfg.distill.mgfd!r}: expected pmd or generation"),
     ]
+    names = [s.name for s in cfg.stages]
+    if len(set(names)) != len(names) or "teacher" in names:
+        checks.append((False, f"stages: names must be unique and not 'teacher', got {names}"))
+    for i, st in enumerate(cfg.stages):
+        checks += [
+            (st.layers >= 1, f"stages[{i}].layers must be >= 1"),
+            (0.0 <= st.mask_rate < 1.0, f"stages[{i}].mask_rate must be in [0, 1)"),
+            (st.init in ("teacher", "plm"), f"stages[{i}].init={st.init!r}: expected teacher or plm"),
+        ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)

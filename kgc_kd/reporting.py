@@ -53,28 +53,109 @@ def write_predictions(path: Path, kg, evaluation: dict) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _fmt_row(name: str, m: dict | None) -> str:
-    if not m:
-        return f"| {name} | - | - | - | - | - |"
-    return (f"| {name} | {m['mrr']:.4f} | {m['mr']:.1f} | {m['hits@1']:.4f} | {m['hits@3']:.4f} "
-            f"| {m['hits@10']:.4f} |")
+METRICS = (("mrr", "MRR", "{:.4f}"), ("mr", "MR", "{:.1f}"), ("hits@1", "H@1", "{:.4f}"), ("hits@3", "H@3", "{:.4f}"),
+           ("hits@10", "H@10", "{:.4f}"))
 
 
-def format_summary(result: dict) -> str:
-    test = result["test"]
-    rows = [
-        f"run: {result['run_dir']}",
-        f"data: {result['data']}",
-        f"epochs {result['epochs']}, steps {result['steps']}, wall time {result['wall_time_s']} s, "
-        f"temperature {result['temperature']:.4f}, best val MRR {result['best_val_mrr']}",
-        "",
-        "| test (filtered, realistic rank) | MRR | MR | Hits@1 | Hits@3 | Hits@10 |",
-        "|---|---|---|---|---|---|",
-        _fmt_row("untrained encoder", result.get("untrained_test")),
-        _fmt_row("trained: tail prediction", {k[5:]: v for k, v in test.items() if k.startswith("tail/")}),
-        _fmt_row("trained: head prediction", {k[5:]: v for k, v in test.items() if k.startswith("head/")}),
-        _fmt_row("trained: both (mean)", test),
-    ]
-    if result.get("best_checkpoint"):
-        rows.append(f"\nbest checkpoint: {result['best_checkpoint']}")
-    return "\n".join(rows)
+def _pct(value: float | None, ref: float | None) -> str:
+    if value is None or not ref:
+        return ""
+    return f" ({100.0 * (value - ref) / ref:+.1f}%)"
+
+
+def report_rows(result: dict) -> list[dict]:
+    """Stage rows with the % change of every number against the teacher (the first row)."""
+    rows = result["stages"]
+    if not rows:
+        return []
+    ref = rows[0]
+    out = []
+    for r in rows:
+        row = {k: v for k, v in r.items() if k not in ("test",)}
+        row.update({f"test/{k}": v for k, v in r["test"].items()})
+        for key in ("params_total", "params_no_embeddings", "queries_per_s", "entities_per_s", "best_val_mrr"):
+            if r.get(key) is not None and ref.get(key):
+                row[f"{key}_change_pct"] = round(100.0 * (r[key] - ref[key]) / ref[key], 2)
+        for key in r["test"]:
+            if ref["test"].get(key):
+                row[f"test/{key}_change_pct"] = round(100.0 * (r["test"][key] - ref["test"][key]) / ref["test"][key], 2)
+        out.append(row)
+    return out
+
+
+def format_report(result: dict) -> str:
+    """Markdown: one row per stage, each number with its change against the teacher."""
+    rows = result["stages"]
+    lines = [f"run: {result['run_dir']}", f"data: {result['data']}", ""]
+    head = ["stage", "layers", "params (total / w/o emb.)", "val MRR"] + [m[1] for m in METRICS] + ["queries/s",
+                                                                                                   "entities/s"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ut = result.get("untrained_test")
+    if ut:
+        cells = ["untrained PLM", "", "", ""] + [fmt.format(ut[k]) for k, _, fmt in METRICS] + ["", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    ref = rows[0] if rows else None
+    for r in rows:
+        t = r["test"]
+        cells = [
+            r["name"], str(r.get("layers", "")),
+            f"{r['params_total'] / 1e6:.1f}M / {r['params_no_embeddings'] / 1e6:.1f}M"
+            + _pct(r["params_total"], ref["params_total"]),
+            "-" if r.get("best_val_mrr") is None else f"{r['best_val_mrr']:.4f}",
+        ]
+        cells += [fmt.format(t[k]) + _pct(t[k], ref["test"].get(k)) for k, _, fmt in METRICS]
+        for key in ("queries_per_s", "entities_per_s"):
+            cells.append("-" if r.get(key) is None else f"{r[key]:.0f}" + _pct(r[key], ref.get(key)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Test split, filtered ranking over all entities, realistic ranks, mean of head and tail prediction; "
+                 "(+x%) = change against the teacher; throughput measured on "
+                 f"{rows[0].get('latency_device', '?') if rows else '?'} at the end of each stage.")
+    for r in rows:
+        if r["kind"] == "student":
+            lines.append(f"- {r['name']}: {r['layers']} layers from the {r['teacher_layers']}-layer previous stage, "
+                         f"init {r['init']}, layer map {r['layer_map']}, mask rate {r['mask_rate']}, "
+                         f"alpha {r['alpha']}, beta {r['beta']}, pkd {r['pkd']}, score {r['score_loss']}, "
+                         f"mgfd {r['mgfd']}; {r.get('steps')} steps in {r.get('fit_time_s')} s")
+        else:
+            lines.append(f"- {r['name']}: {r.get('plm')}, {r.get('steps')} steps in {r.get('fit_time_s')} s")
+    lines.append(f"\nwall time of this invocation: {result['wall_time_s']} s")
+    return "\n".join(lines)
+
+
+def plot_report(path: Path, result: dict) -> None:
+    """MRR against parameters: the compression trade-off at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["stages"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["params_total"] / 1e6 for r in rows]
+    ys = [r["test"]["mrr"] for r in rows]
+    ax.plot(xs, ys, "o-", color="tab:blue")
+    for r, x, y in zip(rows, xs, ys):
+        ax.annotate(f"{r['name']} ({r.get('layers')}L)", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("parameters (millions, both encoders)")
+    ax.set_ylabel("test MRR (filtered)")
+    ax.set_title(f"MRR vs size: {result['data'].split(':')[0]}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(run_dir: Path, result: dict) -> str:
+    run_dir = Path(run_dir)
+    full = {**result, "rows": report_rows(result)}
+    write_json_atomic(run_dir / "report.json", full)
+    write_json_atomic(run_dir / "metrics.json", full)
+    text = format_report(result)
+    write_text_atomic(run_dir / "report.md", text + "\n")
+    write_text_atomic(run_dir / "summary.txt", text + "\n")
+    if result["stages"]:
+        plot_report(run_dir / "report.png", result)
+    return text

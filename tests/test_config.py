@@ -197,7 +197,8 @@ def test_to_plain_is_builtin_only():
     assert list(plain["optim"]["betas"]) == [0.8, 0.99]
     assert list(plain["trainer"]["devices"]) == [0, 1]
     assert plain["run"]["name"] is None
-    assert set(plain) == {"data", "model", "optim", "trainer", "eval", "run"}
+    assert set(plain) == {"data", "model", "optim", "trainer", "eval", "teacher", "distill", "stages", "run"}
+    assert [s["name"] for s in plain["stages"]] == ["pmd6", "pmd4", "pmd2"]
 
 
 # ---- run names ------------------------------------------------------------------------------------------

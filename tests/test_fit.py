@@ -30,35 +30,38 @@ def _write_kgbert_dir(d):
     return d
 
 
-def test_fit_end_to_end_writes_run_directory(tmp_path, tiny_plm_dir):
+def test_fit_teacher_only_writes_run_directory(tmp_path, tiny_plm_dir):
     argv = FAST + ["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.max_epochs=2", f"run.root={tmp_path}",
-                   "run.name=e2e"]
+                   "run.name=e2e", "stages=[]"]
     result = fit.main(argv)
     run = tmp_path / "e2e"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["steps"] == result["steps"] > 0
+    (teacher,) = metrics["stages"]
+    assert teacher["name"] == "teacher" and teacher["steps"] == result["stages"][0]["steps"] > 0
     for key in ("mrr", "mr", "hits@1", "hits@3", "hits@10", "tail/mrr", "head/mrr"):
-        assert key in metrics["test"]
+        assert key in teacher["test"]
     assert metrics["untrained_test"]["mrr"] > 0
     cfg = OmegaConf.load(run / "config.yaml")
     assert cfg.data.source == "synthetic" and cfg.trainer.max_epochs == 2
-    preds = [json.loads(line) for line in (run / "predictions_test.jsonl").read_text().splitlines()]
+    preds = [json.loads(line) for line in (run / "stages/teacher/predictions_test.jsonl").read_text().splitlines()]
     n_test = len(synthetic_kg(30, 3, 90, seed=0).test)  # SyntheticCfg defaults
     assert len(preds) == 2 * n_test and {p["direction"] for p in preds} == {"head", "tail"}
     assert all(len(p["topk"]) == 10 for p in preds)
     # checkpoints hold plain containers only: torch's default weights_only=True load must work
-    ckpt = torch.load(metrics["best_checkpoint"])
+    ckpt = torch.load(teacher["best_checkpoint"])
     assert ckpt["hyper_parameters"]["model"]["plm"] == str(tiny_plm_dir)
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "stages/teacher/checkpoints/last.ckpt").is_file()
+    for name in ("report.json", "report.md", "report.png", "summary.txt"):
+        assert (run / name).is_file()
 
 
 def test_fit_on_hand_written_kgbert_directory(tmp_path, tiny_plm_dir):
     kg_dir = _write_kgbert_dir(tmp_path / "mykg")
     result = fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", "trainer.max_epochs=1",
-                              f"run.root={tmp_path / 'runs'}", "eval.untrained_baseline=false"])
+                              f"run.root={tmp_path / 'runs'}", "eval.untrained_baseline=false", "stages=[]"])
     assert result["data"].startswith("mykg: 10 entities, 2 relations, 16 / 2 / 2")
-    assert (tmp_path / "runs").glob("mykg-*/metrics.json")
-    assert result["test"]["mrr"] > 0
+    assert list((tmp_path / "runs").glob("mykg-*/metrics.json"))
+    assert result["stages"][0]["test"]["mrr"] > 0
 
 
 def test_cli_rejects_unknown_key_with_its_name(tmp_path):

@@ -10,7 +10,14 @@ import torch
 
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.eval import RankingOutput, Ranks
-from kgc_kd.reporting import format_summary, write_json_atomic, write_predictions, write_text_atomic
+from kgc_kd.reporting import (
+    format_report,
+    report_rows,
+    write_json_atomic,
+    write_predictions,
+    write_report,
+    write_text_atomic,
+)
 
 
 def _temps(d):
@@ -58,47 +65,52 @@ def test_write_text_atomic_failure_midway_keeps_previous(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.txt"]
 
 
-# ---- summary ---------------------------------------------------------------------------------------------
-def _result(untrained):
-    test = {
-        "tail/count": 2.0, "tail/mrr": 0.6, "tail/mr": 3.0, "tail/hits@1": 0.5, "tail/hits@3": 0.5,
-        "tail/hits@10": 1.0,
-        "head/count": 2.0, "head/mrr": 0.275, "head/mr": 11.0, "head/hits@1": 0.0, "head/hits@3": 0.5,
-        "head/hits@10": 0.5,
-        "mrr": 0.4375, "mr": 7.0, "hits@1": 0.25, "hits@3": 0.5, "hits@10": 0.75, "num_queries": 4.0,
-    }
-    return {
-        "run_dir": "runs/umls-abc", "data": "umls: 135 entities", "test": test, "best_val_mrr": 0.41,
-        "best_checkpoint": "runs/umls-abc/checkpoints/best.ckpt", "untrained_test": untrained,
-        "epochs": 3, "steps": 120, "temperature": 0.0512345, "wall_time_s": 12.3,
-    }
+# ---- stage report ----------------------------------------------------------------------------------------
+def _row(name, layers, params, mrr, qps, kind="student"):
+    test = {"mrr": mrr, "mr": 10.0 / mrr, "hits@1": mrr / 2, "hits@3": mrr, "hits@10": min(1.0, 2 * mrr)}
+    row = {"name": name, "kind": kind, "layers": layers, "params_total": params, "params_no_embeddings": params // 2,
+           "params_query": params // 2, "params_entity": params // 2, "best_val_mrr": mrr + 0.01, "test": test,
+           "queries_per_s": qps, "entities_per_s": 2 * qps, "latency_device": "cpu", "steps": 10, "fit_time_s": 1.0,
+           "plm": "minilm"}
+    if kind == "student":
+        row.update(teacher_layers=6, init="teacher", layer_map=[1, 3], mask_rate=0.1, alpha=0.1, beta=0.1, pkd=0.0,
+                   score_loss="mse", mgfd="pmd")
+    return row
 
 
-def test_format_summary_table():
-    text = format_summary(_result(None))
-    lines = text.splitlines()
-    assert "run: runs/umls-abc" in lines
-    assert "data: umls: 135 entities" in lines
-    assert "temperature 0.0512" in text and "epochs 3, steps 120" in text and "best val MRR 0.41" in text
-    assert "| test (filtered, realistic rank) | MRR | MR | Hits@1 | Hits@3 | Hits@10 |" in lines
-    assert "|---|---|---|---|---|---|" in lines
-    assert "| untrained encoder | - | - | - | - | - |" in lines
-    assert "| trained: tail prediction | 0.6000 | 3.0 | 0.5000 | 0.5000 | 1.0000 |" in lines
-    assert "| trained: head prediction | 0.2750 | 11.0 | 0.0000 | 0.5000 | 0.5000 |" in lines
-    assert "| trained: both (mean) | 0.4375 | 7.0 | 0.2500 | 0.5000 | 0.7500 |" in lines
-    assert "best checkpoint: runs/umls-abc/checkpoints/best.ckpt" in text
-    # table rows come in this order
-    idx = [next(i for i, l in enumerate(lines) if l.startswith(f"| {n}"))
-           for n in ("untrained", "trained: tail", "trained: head", "trained: both")]
-    assert idx == sorted(idx)
+def _report():
+    return {"run_dir": "runs/x", "data": "umls: 135 entities", "wall_time_s": 5.0,
+            "untrained_test": {"mrr": 0.1, "mr": 40.0, "hits@1": 0.0, "hits@3": 0.1, "hits@10": 0.25},
+            "stages": [_row("teacher", 6, 40_000_000, 0.8, 100.0, kind="teacher"), _row("pmd2", 2, 20_000_000, 0.6, 300.0)]}
 
 
-def test_format_summary_untrained_row_and_no_checkpoint():
-    res = _result({"mrr": 0.12345, "mr": 40.04, "hits@1": 0.05, "hits@3": 0.1, "hits@10": 0.25})
-    res["best_checkpoint"] = None
-    text = format_summary(res)
-    assert "| untrained encoder | 0.1235 | 40.0 | 0.0500 | 0.1000 | 0.2500 |" in text.splitlines()
-    assert "best checkpoint" not in text
+def test_report_rows_change_against_the_teacher():
+    rows = report_rows(_report())
+    assert rows[0]["params_total_change_pct"] == 0.0 and rows[0]["test/mrr_change_pct"] == 0.0
+    assert rows[1]["params_total_change_pct"] == -50.0
+    assert rows[1]["test/mrr_change_pct"] == -25.0
+    assert rows[1]["queries_per_s_change_pct"] == 200.0
+    assert rows[1]["test/mrr"] == 0.6
+
+
+def test_format_report_table():
+    lines = format_report(_report()).splitlines()
+    assert "| untrained PLM |  |  |  | 0.1000 | 40.0 | 0.0000 | 0.1000 | 0.2500 |  |  |" in lines
+    teacher = next(line for line in lines if line.startswith("| teacher"))
+    student = next(line for line in lines if line.startswith("| pmd2"))
+    assert "40.0M / 20.0M (+0.0%)" in teacher and "0.8000 (+0.0%)" in teacher
+    assert "20.0M / 10.0M (-50.0%)" in student and "0.6000 (-25.0%)" in student and "300 (+200.0%)" in student
+
+
+def test_write_report_files(tmp_path):
+    text = write_report(tmp_path, _report())
+    for name in ("report.json", "report.md", "report.png", "metrics.json", "summary.txt"):
+        assert (tmp_path / name).is_file()
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["teacher", "pmd2"]
+    assert (tmp_path / "report.md").read_text().strip() == text.strip()
+    assert not list(tmp_path.glob(".*tmp*"))
 
 
 # ---- predictions ------------------------------------------------------------------------------------------

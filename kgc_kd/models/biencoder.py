@@ -41,6 +41,14 @@ class BiEncoder(nn.Module):
                       token_type_ids=inputs.get("token_type_ids"))
         return pool(out.last_hidden_state, inputs["attention_mask"], self.pooling)
 
+    def encode_with_states(self, side: str, inputs: dict[str, Tensor], all_layers: bool = False):
+        """(vector, last-layer token states, all hidden states or None): what distillation losses read."""
+        encoder = self.query_encoder if side == "query" else self.entity_encoder
+        out = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                      token_type_ids=inputs.get("token_type_ids"), output_hidden_states=all_layers)
+        vec = pool(out.last_hidden_state, inputs["attention_mask"], self.pooling)
+        return vec, out.last_hidden_state, out.hidden_states if all_layers else None
+
     def encode_query(self, inputs: dict[str, Tensor]) -> Tensor:
         return self._encode(self.query_encoder, inputs)
 
@@ -66,5 +74,22 @@ class BiEncoder(nn.Module):
             enc.save_pretrained(d / name)
             if tokenizer is not None:
                 tokenizer.save_pretrained(d / name)
-        meta = {"temperature": float(1.0 / self.inv_t), "pooling": self.pooling, "shared": self.shared}
+        meta = {"temperature": float(1.0 / self.inv_t), "pooling": self.pooling, "shared": self.shared,
+                "learn_temperature": bool(self.log_inv_t.requires_grad)}
         (d / "biencoder.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BiEncoder:
+        """Load what save_pretrained wrote (an exported stage), locally only."""
+        from transformers import AutoModel
+
+        d = Path(directory)
+        meta_path = d / "biencoder.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{d}: not an exported bi-encoder (no biencoder.json next to query/ and entity/)")
+        meta = json.loads(meta_path.read_text())
+        query = AutoModel.from_pretrained(d / "query", local_files_only=True)
+        entity = None if meta["shared"] else AutoModel.from_pretrained(d / "entity", local_files_only=True)
+        net = cls(query, entity, shared=meta["shared"], pooling=meta["pooling"], temperature=meta["temperature"],
+                  learn_temperature=meta.get("learn_temperature", True))
+        return net.eval()

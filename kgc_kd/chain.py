@@ -1,0 +1,144 @@
+"""Assemble and run the chain: teacher -> pre-distillation -> student grades, one Trainer per stage.
+
+All stages share one KGDataModule; the `ProgressiveDistillation` callback records, exports and hands
+each stage over. Every stage is seeded with the same run seed, so a baseline chain (distill=none) sees
+the same data order and initialisation as the distilled one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+
+from kgc_kd.callbacks.progressive import ProgressiveDistillation
+from kgc_kd.config import run_name, to_plain
+from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.lit.distill_module import DistillModule
+from kgc_kd.lit.kgc_module import KGCModule
+from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.plm import load_tokenizer
+from kgc_kd.models.student import build_student, num_layers
+from kgc_kd.reporting import write_report, write_text_atomic
+
+
+def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
+    d = cfg.data
+    return KGDataModule(
+        d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
+        num_workers=d.num_workers, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
+        name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
+    )
+
+
+def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
+    t = {k: v for k, v in to_plain(cfg.trainer).items() if v is not None}
+    return {**t, **overrides}
+
+
+def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: ProgressiveDistillation):
+    ckpt = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mrr",
+                           mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
+    callbacks = [ckpt, callback]
+    logger = False
+    if cfg.run.logger == "csv":
+        logger = CSVLogger(save_dir=str(stage_dir), name="logs", version="")
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks)
+    if epochs is not None:
+        kw["max_epochs"] = epochs
+    return L.Trainer(**kw)
+
+
+def _fit_and_test(trainer: L.Trainer, module: L.LightningModule, dm: KGDataModule, stage_dir: Path) -> None:
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)  # resume if interrupted
+    best = trainer.checkpoint_callback.best_model_path
+    trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+
+
+def _optim(cfg: DictConfig, lr: float | None) -> dict:
+    o = to_plain(cfg.optim)
+    return {**o, "lr": lr} if lr is not None else o
+
+
+def evaluate_untrained(cfg: DictConfig, module: L.LightningModule, dm: KGDataModule) -> dict[str, float]:
+    """Test metrics of the encoder before any training: the bar training has to clear."""
+    t = L.Trainer(**trainer_kwargs(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                                   enable_model_summary=False))
+    t.test(module, datamodule=dm, verbose=False)
+    return dict(module.last_eval["test"]["metrics"])
+
+
+def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, encoder=None) -> dict | None:
+    """Train (or load) the teacher; returns the untrained baseline metrics when measured."""
+    if chain.is_done("teacher"):
+        chain.resume_from("teacher")
+        return chain.state.get("untrained_test")
+    L.seed_everything(cfg.run.seed, workers=True)
+    info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm}
+    if cfg.teacher.load:
+        net = BiEncoder.from_pretrained(cfg.teacher.load)
+        module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
+        chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
+        trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False))
+        trainer.test(module, datamodule=dm, verbose=False)
+        return None
+    module = KGCModule(to_plain(cfg.model), _optim(cfg, cfg.teacher.lr), to_plain(cfg.eval), cfg.data.batch_size,
+                       encoder=encoder)
+    untrained = evaluate_untrained(cfg, module, dm) if cfg.eval.untrained_baseline else None
+    chain.state["untrained_test"] = untrained
+    chain.begin({**info, "layers": num_layers(module.net.query_encoder)})
+    stage_dir = chain.stage_dir("teacher")
+    _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, chain), module, dm, stage_dir)
+    return untrained
+
+
+def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, index: int) -> None:
+    st = cfg.stages[index]
+    if chain.is_done(st.name):
+        chain.resume_from(st.name)
+        return
+    L.seed_everything(cfg.run.seed, workers=True)
+    student, layer_map = build_student(chain.teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
+                                       plm=cfg.model.plm)
+    d = to_plain(cfg.distill)
+    stage = {**d, "name": st.name, "layers": st.layers, "layer_map": layer_map, "init": st.init,
+             "mask_rate": st.mask_rate,
+             **{k: getattr(st, k) for k in ("alpha", "beta", "pkd") if getattr(st, k) is not None}}
+    module = DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
+                           student=student, teacher=chain.teacher)
+    chain.begin({**stage, "kind": "student", "teacher_layers": num_layers(chain.teacher.query_encoder)})
+    stage_dir = chain.stage_dir(st.name)
+    _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, chain), module, dm, stage_dir)
+
+
+def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
+    start = time.time()
+    # Data and model first: a bad path or file fails before anything is written.
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
+    dm = build_datamodule(cfg, tokenizer)
+    print(dm.kg.summary(), flush=True)
+
+    run_dir = Path(cfg.run.root) / run_name(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+    if is_zero:
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    chain = ProgressiveDistillation(run_dir, tokenizer, save_predictions=cfg.eval.save_predictions)
+    untrained = run_teacher(cfg, dm, chain, encoder)
+    for i in range(len(cfg.stages)):
+        run_student(cfg, dm, chain, i)
+
+    rows = chain.rows()
+    result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
+              "wall_time_s": round(time.time() - start, 1)}
+    if is_zero:
+        summary = write_report(run_dir, result)
+        print(summary, flush=True)
+    return result

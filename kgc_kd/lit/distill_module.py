@@ -1,0 +1,151 @@
+"""A student stage of the chain: a smaller bi-encoder taught by the frozen previous stage (PMD).
+
+L = (1 - alpha - beta - pkd) * L_CE + alpha * L_SCORE + beta * L_MGFD + pkd * L_PKD, each term logged.
+The teacher is frozen the way distillation in Lightning needs it: no gradients, eval mode forced on
+every step (LightningModule.train() would otherwise re-enable its dropout), excluded from the optimizer,
+dropped from checkpoints, and run inside training_step so it shares the student's autocast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from kgc_kd.distill.masking import mask_tokens
+from kgc_kd.distill.mgfd import FeatureGenerator, mgfd_generation, mgfd_pmd, random_token_mask
+from kgc_kd.distill.pkd import pkd_loss
+from kgc_kd.distill.score import score_loss
+from kgc_kd.lit.base import BiEncoderModule
+from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.contrastive import contrastive_logits, in_batch_accuracy, infonce_loss
+from kgc_kd.models.student import num_layers, uniform_layer_map
+
+STAGE_DEFAULTS: dict[str, Any] = {
+    "alpha": 0.1, "beta": 0.1, "pkd": 0.0, "mask_rate": 0.0, "score_loss": "mse", "kd_temperature": 1.0,
+    "mgfd": "pmd", "generator": "mlp",
+}
+
+
+class DistillModule(BiEncoderModule):
+    def __init__(self, model: dict, optim: dict, eval: dict, stage: dict, batch_size: int, student: BiEncoder,
+                 teacher: BiEncoder):
+        super().__init__()
+        self.save_hyperparameters(ignore=["student", "teacher"])
+        st = {**STAGE_DEFAULTS, **stage}
+        if st["alpha"] + st["beta"] + st["pkd"] > 1.0:
+            raise ValueError(f"stage {st.get('name')}: alpha + beta + pkd must be <= 1 (CE keeps the rest)")
+        self.st = st
+        self.net = student.train()
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.strict_loading = False  # checkpoints carry no teacher weights
+        self.generators = None
+        if st["beta"] > 0 and st["mgfd"] == "generation":
+            d_s = self.net.query_encoder.config.hidden_size
+            d_t = self.teacher.query_encoder.config.hidden_size
+            self.generators = nn.ModuleDict({side: FeatureGenerator(d_s, d_t, st["generator"])
+                                             for side in ("query", "entity")})
+        elif st["mgfd"] not in ("pmd", "generation"):
+            raise ValueError(f"stage {st.get('name')}: mgfd={st['mgfd']!r}; expected pmd or generation")
+        self.pkd_map = uniform_layer_map(num_layers(self.teacher.query_encoder), num_layers(self.net.query_encoder))
+
+    def trainable_modules(self) -> list[nn.Module]:
+        return [self.net] + ([self.generators] if self.generators is not None else [])
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+
+    # ---- one model's view of a (masked) batch ---------------------------------------------------------
+    def _views(self, batch: dict, rate: float) -> dict[str, dict]:
+        """Masked inputs per encoder side; the SAME masked ids feed teacher and student (PMD)."""
+        mask_id = self.trainer.datamodule.tokens.mask_id
+        sides = {"hr": ("query", batch["hr"])}
+        if "entities" in batch:
+            sides["entities"] = ("entity", batch["entities"])
+        else:
+            sides["tail"], sides["head"] = ("entity", batch["tail"]), ("entity", batch["head"])
+        views = {}
+        for key, (side, inputs) in sides.items():
+            ids, counts = mask_tokens(inputs["input_ids"], inputs["attention_mask"], rate, mask_id)
+            views[key] = {"side": side, "inputs": {**inputs, "input_ids": ids}, "counts": counts}
+        return views
+
+    def _run(self, net: BiEncoder, views: dict, all_layers: bool) -> dict[str, dict]:
+        out = {}
+        for key, v in views.items():
+            vec, hidden, states = net.encode_with_states(v["side"], v["inputs"], all_layers)
+            out[key] = {"vec": vec, "hidden": hidden, "states": states}
+        return out
+
+    @staticmethod
+    def _rows(batch: dict, out: dict, views: dict) -> dict[str, Tensor]:
+        """hr / tail / head vectors per batch row, and the tail side's token states and mask counts."""
+        if "entities" in out:
+            e, ti, hi = out["entities"], batch["tail_index"], batch["head_index"]
+            return {"hr": out["hr"]["vec"], "tail": e["vec"][ti], "head": e["vec"][hi],
+                    "tail_hidden": e["hidden"][ti], "tail_counts": views["entities"]["counts"][ti]}
+        return {"hr": out["hr"]["vec"], "tail": out["tail"]["vec"], "head": out["head"]["vec"],
+                "tail_hidden": out["tail"]["hidden"], "tail_counts": views["tail"]["counts"]}
+
+    # ---- the objective --------------------------------------------------------------------------------
+    def distill_terms(self, batch: dict) -> dict[str, Tensor]:
+        st, cfg = self.st, self.hparams.model
+        self.teacher.eval()
+        pmd_masking = st["beta"] > 0 and st["mgfd"] == "pmd"
+        views = self._views(batch, st["mask_rate"] if pmd_masking else 0.0)
+        all_layers = st["pkd"] > 0
+        s_out = self._run(self.net, views, all_layers)
+        with torch.no_grad():
+            t_out = self._run(self.teacher, views, all_layers)
+        s, t = self._rows(batch, s_out, views), self._rows(batch, t_out, views)
+        sn = cfg["self_negative"]
+        logits_s = contrastive_logits(s["hr"], s["tail"], self.net.inv_t, margin=cfg["margin"],
+                                      fn_mask=batch["fn_mask"], head=s["head"] if sn else None,
+                                      self_mask=batch["self_mask"])
+        terms = {"ce": infonce_loss(logits_s), "acc@1": in_batch_accuracy(logits_s).detach()}
+        if st["alpha"] > 0:
+            with torch.no_grad():  # PMD: the teacher's logits carry no margin (teacher in eval mode)
+                logits_t = contrastive_logits(t["hr"], t["tail"], self.teacher.inv_t, margin=0.0,
+                                              fn_mask=batch["fn_mask"], head=t["head"] if sn else None,
+                                              self_mask=batch["self_mask"])
+            terms["score"] = score_loss(st["score_loss"], logits_s, logits_t, st["kd_temperature"])
+        if st["beta"] > 0:
+            terms["mgfd"] = self._mgfd(batch, views, s_out, t_out, s, t)
+        if st["pkd"] > 0:
+            terms["pkd"] = sum(pkd_loss(s_out[k]["states"], t_out[k]["states"], views[k]["inputs"]["attention_mask"],
+                                        self.pkd_map, self.net.pooling) for k in views) / len(views)
+        return terms
+
+    def _mgfd(self, batch, views, s_out, t_out, s, t) -> Tensor:
+        if self.st["mgfd"] == "pmd":  # per batch row, on the hr and tail inputs (PMD Eq. 2)
+            return (mgfd_pmd(s_out["hr"]["hidden"], t_out["hr"]["hidden"], views["hr"]["counts"])
+                    + mgfd_pmd(s["tail_hidden"], t["tail_hidden"], s["tail_counts"]))
+        total = 0.0
+        for key, v in views.items():
+            if key == "head":
+                continue
+            mask = v["inputs"]["attention_mask"]
+            hide = random_token_mask(mask, self.st["mask_rate"])
+            total = total + mgfd_generation(s_out[key]["hidden"], t_out[key]["hidden"], mask,
+                                            self.generators[v["side"]], hide)
+        return total
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        st = self.st
+        terms = self.distill_terms(batch)
+        loss = (1.0 - st["alpha"] - st["beta"] - st["pkd"]) * terms["ce"]
+        for name, w in (("score", st["alpha"]), ("mgfd", st["beta"]), ("pkd", st["pkd"])):
+            if name in terms:
+                loss = loss + w * terms[name]
+        bs = batch["triples"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=bs)
+        self.log("train/inv_t", self.net.inv_t.detach(), batch_size=bs)
+        return loss

@@ -1,0 +1,52 @@
+"""How big and how fast a bi-encoder is: the two axes of the compression trade-off."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from kgc_kd.models.biencoder import BiEncoder
+
+
+def _count(module: nn.Module, skip_embeddings: bool = False) -> int:
+    return sum(p.numel() for n, p in module.named_parameters() if not (skip_embeddings and "embeddings." in n))
+
+
+def parameter_counts(net: BiEncoder) -> dict[str, int]:
+    """Total (a shared encoder counted once, temperature included), per encoder, and without embeddings
+    (the part that shrinks with depth; embeddings are a fixed floor)."""
+    q, e = _count(net.query_encoder), _count(net.entity_encoder)
+    q_ne, e_ne = _count(net.query_encoder, True), _count(net.entity_encoder, True)
+    if net.shared:
+        e, e_ne = 0, 0
+    return {"params_total": q + e + 1, "params_query": q, "params_entity": _count(net.entity_encoder),
+            "params_no_embeddings": q_ne + e_ne}
+
+
+@torch.no_grad()
+def throughput(encode, loader, device: torch.device, key: str, max_items: int = 2048, warmup: int = 1) -> float:
+    """Items per second of `encode` over batches of `loader` (eval mode, no grad), after warm-up batches."""
+    def move(inputs):
+        return {k: v.to(device) for k, v in inputs.items()}
+
+    batches = []
+    n = 0
+    for batch in loader:
+        batches.append(move(batch[key]))
+        n += batch[key]["input_ids"].shape[0]
+        if n >= max_items:
+            break
+    for inputs in batches[:warmup]:
+        encode(inputs)
+    timed = batches[warmup:] or batches
+    count = sum(b["input_ids"].shape[0] for b in timed)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for inputs in timed:
+        encode(inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return count / max(time.perf_counter() - start, 1e-9)
