@@ -105,7 +105,7 @@ def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
         return
     L.seed_everything(cfg.run.seed, workers=True)
     student, layer_map = build_student(chain.teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
-                                       plm=cfg.model.plm)
+                                       plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature)
     d = to_plain(cfg.distill)
     stage = {**d, "name": st.name, "layers": st.layers, "layer_map": layer_map, "init": st.init,
              "mask_rate": st.mask_rate,

@@ -78,7 +78,7 @@ class TrainerCfg:
     strategy: str = "auto"
     num_nodes: int = 1
     precision: str = "32-true"
-    max_epochs: int = 3  # the embedded default must finish in < 15 min on a 2-core CPU
+    max_epochs: int = 1  # per stage unless the stage (or teacher.epochs) says otherwise
     max_steps: int = -1
     gradient_clip_val: float = 10.0
     accumulate_grad_batches: int = 1
@@ -105,7 +105,7 @@ class EvalCfg:
 @dataclass
 class TeacherCfg:
     load: Optional[str] = None  # an exported stage directory (query/ entity/ biencoder.json): skip training
-    epochs: Optional[int] = None  # default: trainer.max_epochs
+    epochs: Optional[int] = 2  # None: trainer.max_epochs (the embedded default chain must fit in 20 CPU minutes)
     lr: Optional[float] = None  # default: optim.lr
 
 

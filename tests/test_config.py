@@ -36,7 +36,7 @@ def test_defaults_without_arguments():
         cfg = load_config(argv)
         assert cfg.data.source == "umls"
         assert cfg.model.plm == "minilm"
-        assert cfg.trainer.max_epochs == TrainerCfg().max_epochs == 3
+        assert cfg.trainer.max_epochs == TrainerCfg().max_epochs == 1
         assert cfg.model.pooling == "mean"
         assert cfg.run.name is None
 

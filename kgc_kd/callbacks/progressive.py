@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from kgc_kd.data.kg import kg_to_json
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.size import parameter_counts, throughput
 from kgc_kd.reporting import write_json_atomic, write_predictions
@@ -94,7 +95,7 @@ class ProgressiveDistillation(Callback):
         if self.measure_latency:
             row.update(self._latency(trainer, net))
         if trainer.is_global_zero:
-            self._export(name, net, trainer.datamodule.kg)
+            self._export(name, net, trainer.datamodule)
             if self.save_predictions:
                 write_predictions(self.stage_dir(name) / "predictions_test.jsonl", trainer.datamodule.kg, ev)
             self.state["stages"][name] = row
@@ -117,7 +118,7 @@ class ProgressiveDistillation(Callback):
             net.train(was_training)
         return {"queries_per_s": round(q, 1), "entities_per_s": round(e, 1), "latency_device": device.type}
 
-    def _export(self, name: str, net: BiEncoder, kg) -> None:
+    def _export(self, name: str, net: BiEncoder, dm) -> None:
         """Write to a temporary directory and rename, so a half-written export is never mistaken for one."""
         final = self.export_dir(name)
         tmp = final.with_name(final.name + ".tmp")
@@ -125,9 +126,6 @@ class ProgressiveDistillation(Callback):
         with torch.no_grad():
             net_cpu = copy.deepcopy(net).cpu()
         net_cpu.save_pretrained(tmp, self.tokenizer)
-        kg_meta = {"name": kg.name, "source": kg.source, "entity_ids": kg.entity_ids, "entity_names": kg.entity_names,
-                   "entity_descs": kg.entity_descs, "relation_ids": kg.relation_ids,
-                   "relation_texts": kg.relation_texts}
-        (tmp / "kg.json").write_text(json.dumps(kg_meta))
+        (tmp / "kg.json").write_text(json.dumps(kg_to_json(dm.kg, max_length=dm.max_length)))
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)

@@ -48,6 +48,7 @@ class DistillModule(BiEncoderModule):
                                              for side in ("query", "entity")})
         elif st["mgfd"] not in ("pmd", "generation"):
             raise ValueError(f"stage {st.get('name')}: mgfd={st['mgfd']!r}; expected pmd or generation")
+        self.mask_id: int | None = None  # taken from the datamodule's tokenizer at fit time
         self.pkd_map = uniform_layer_map(num_layers(self.teacher.query_encoder), num_layers(self.net.query_encoder))
 
     def trainable_modules(self) -> list[nn.Module]:
@@ -64,7 +65,9 @@ class DistillModule(BiEncoderModule):
     # ---- one model's view of a (masked) batch ---------------------------------------------------------
     def _views(self, batch: dict, rate: float) -> dict[str, dict]:
         """Masked inputs per encoder side; the SAME masked ids feed teacher and student (PMD)."""
-        mask_id = self.trainer.datamodule.tokens.mask_id
+        if self.mask_id is None:
+            self.mask_id = self.trainer.datamodule.tokens.mask_id
+        mask_id = self.mask_id
         sides = {"hr": ("query", batch["hr"])}
         if "entities" in batch:
             sides["entities"] = ("entity", batch["entities"])

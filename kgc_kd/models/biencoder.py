@@ -74,22 +74,22 @@ class BiEncoder(nn.Module):
             enc.save_pretrained(d / name)
             if tokenizer is not None:
                 tokenizer.save_pretrained(d / name)
-        meta = {"temperature": float(1.0 / self.inv_t), "pooling": self.pooling, "shared": self.shared,
+        meta = {"temperature": float(1.0 / self.inv_t.detach()), "pooling": self.pooling, "shared": self.shared,
                 "learn_temperature": bool(self.log_inv_t.requires_grad)}
         (d / "biencoder.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BiEncoder:
         """Load what save_pretrained wrote (an exported stage), locally only."""
-        from transformers import AutoModel
+        from kgc_kd.models.plm import load_encoder  # no pooler: an exported encoder was saved without one
 
         d = Path(directory)
         meta_path = d / "biencoder.json"
         if not meta_path.is_file():
             raise FileNotFoundError(f"{d}: not an exported bi-encoder (no biencoder.json next to query/ and entity/)")
         meta = json.loads(meta_path.read_text())
-        query = AutoModel.from_pretrained(d / "query", local_files_only=True)
-        entity = None if meta["shared"] else AutoModel.from_pretrained(d / "entity", local_files_only=True)
+        query = load_encoder(str(d / "query"))
+        entity = None if meta["shared"] else load_encoder(str(d / "entity"))
         net = cls(query, entity, shared=meta["shared"], pooling=meta["pooling"], temperature=meta["temperature"],
                   learn_temperature=meta.get("learn_temperature", True))
         return net.eval()

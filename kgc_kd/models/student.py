@@ -65,7 +65,7 @@ def shrink_encoder(encoder: nn.Module, layer_map: list[int]) -> nn.Module:
 
 
 def build_student(teacher: BiEncoder, layers: int, *, layer_map: list[int] | None = None, init: str = "teacher",
-                  plm: str | None = None) -> tuple[BiEncoder, list[int]]:
+                  plm: str | None = None, learn_temperature: bool = True) -> tuple[BiEncoder, list[int]]:
     """The student bi-encoder and the layer map used (indices into the init source's layers)."""
     if init not in INITS:
         raise ValueError(f"init={init!r}; expected one of {INITS}")
@@ -83,5 +83,5 @@ def build_student(teacher: BiEncoder, layers: int, *, layer_map: list[int] | Non
     entity = None if teacher.shared else shrink_encoder(e_src, layer_map)
     kwargs = {"temperature": temperature} if temperature is not None else {}
     student = BiEncoder(query, entity, shared=teacher.shared, pooling=teacher.pooling,
-                        learn_temperature=teacher.log_inv_t.requires_grad, **kwargs)
+                        learn_temperature=learn_temperature, **kwargs)  # the teacher's flag is off: it is frozen
     return student.train(), layer_map

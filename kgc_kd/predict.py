@@ -1,0 +1,133 @@
+"""`python -m kgc_kd.predict RUN_OR_EXPORT --head NAME --relation TEXT [--top-k 10] [--queries FILE]`
+
+Ranks every entity as the tail of (head, relation, ?) with an exported stage (or the last stage of a
+run directory). Entity vectors are computed once and cached next to the export, so later queries only
+encode the query. Known answers from the KG's splits are marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset
+from kgc_kd.data.kg import KG, kg_from_json
+from kgc_kd.data.tokens import TokenCache
+from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.reporting import write_text_atomic
+
+
+def resolve_export(path: str, stage: str | None = None) -> Path:
+    p = Path(path)
+    if (p / "biencoder.json").is_file():
+        return p
+    state = p / "chain_state.json"
+    if state.is_file():
+        order = json.loads(state.read_text()).get("order", [])
+        name = stage or (order[-1] if order else None)
+        if name is None or name not in order:
+            raise FileNotFoundError(f"{p}: no finished stage {stage!r}; finished: {order}")
+        return p / "stages" / name / "export"
+    raise FileNotFoundError(f"{p}: neither an exported stage (biencoder.json) nor a run directory (chain_state.json)")
+
+
+class Predictor:
+    def __init__(self, export: Path, device: str = "cpu", batch_size: int = 256):
+        from transformers import AutoTokenizer
+
+        self.export = export
+        meta = json.loads((export / "kg.json").read_text())
+        self.kg: KG = kg_from_json(meta)
+        self.tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
+        self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)))
+        self.net = BiEncoder.from_pretrained(export).to(device).eval()
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.entity_vecs = self._entity_vectors()
+        self.known = self.kg.filter_index
+
+    def _move(self, inputs: dict) -> dict:
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def _entity_vectors(self) -> torch.Tensor:
+        weights = (self.export / "entity" / "model.safetensors")
+        key = hashlib.sha1(f"{weights.stat().st_mtime_ns}-{self.tokens.max_length}".encode()).hexdigest()[:12]
+        cache = self.export / f"entity_vectors-{key}.pt"
+        if cache.is_file():
+            return torch.load(cache).to(self.device)
+        collate = EntityCollator(self.tokens)
+        ids = torch.arange(self.kg.num_entities)
+        vecs = [self.net.encode_entity(self._move(collate(list(ids[i:i + self.batch_size]))["entity"]))
+                for i in range(0, len(ids), self.batch_size)]
+        out = torch.cat(vecs).float()
+        tmp = cache.with_name(cache.name + ".tmp")
+        torch.save(out.cpu(), tmp)
+        tmp.replace(cache)
+        return out
+
+    @torch.no_grad()
+    def rank(self, head: str, relation: str, top_k: int = 10) -> dict:
+        h, r = self.kg.entity_index(head), self.kg.relation_index(relation)
+        batch = QueryCollator(self.tokens)([torch.tensor([h, r, 0])])
+        q = self.net.encode_query(self._move(batch["hr"])).float()
+        scores = (q @ self.entity_vecs.t())[0].cpu()
+        top = scores.topk(min(top_k, len(scores)))
+        known = set(self.known.get((h, r), torch.empty(0)).tolist())
+        preds = [{"rank": i + 1, "id": self.kg.entity_ids[e], "name": self.kg.entity_names[e],
+                  "score": round(float(s), 5), "known": e in known}
+                 for i, (e, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()))]
+        return {"head": self.kg.entity_ids[h], "relation": self.kg.relation_text(r), "predictions": preds}
+
+
+def _print(result: dict) -> None:
+    print(f"({result['head']}, {result['relation']}, ?)")
+    for p in result["predictions"]:
+        mark = "  [known]" if p["known"] else ""
+        print(f"{p['rank']:>4}  {p['score']:.4f}  {p['name']} ({p['id']}){mark}")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(prog="python -m kgc_kd.predict", description=__doc__.splitlines()[0])
+    ap.add_argument("path", help="an exported stage directory, or a run directory (uses its last stage)")
+    ap.add_argument("--stage", help="stage name inside a run directory")
+    ap.add_argument("--head", help="head entity id or name")
+    ap.add_argument("--relation", help="relation id or text ('inverse <text>' predicts heads)")
+    ap.add_argument("--queries", help="file of head<TAB>relation lines; writes JSON lines to --output")
+    ap.add_argument("--output", help="where --queries results go (default: stdout)")
+    ap.add_argument("--top-k", type=int, default=10)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(argv)
+    if not args.queries and not (args.head and args.relation):
+        ap.error("give --head and --relation, or --queries FILE")
+    try:
+        pred = Predictor(resolve_export(args.path, args.stage), device=args.device)
+        if args.queries:
+            results = []
+            for lineno, line in enumerate(Path(args.queries).read_text().split("\n"), 1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\r").split("\t")
+                if len(parts) != 2:
+                    raise ValueError(f"{args.queries}:{lineno}: expected head<TAB>relation, got {line!r}")
+                results.append(pred.rank(parts[0], parts[1], args.top_k))
+            text = "\n".join(json.dumps(r) for r in results) + "\n"
+            if args.output:
+                write_text_atomic(Path(args.output), text)
+            else:
+                sys.stdout.write(text)
+            return results
+        result = pred.rank(args.head, args.relation, args.top_k)
+        _print(result)
+        return [result]
+    except (FileNotFoundError, KeyError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+import json
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModel
+
+from kgc_kd import fit
+from kgc_kd.chain import build_datamodule
+from kgc_kd.config import load_config
+from kgc_kd.lit.distill_module import DistillModule
+from kgc_kd.lit.kgc_module import KGCModule
+from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.plm import load_tokenizer
+
+STAGES = "stages=[{name: pre, layers: 4, mask_rate: 0.2}, {name: g2, layers: 2, mask_rate: 0.1}, {name: g1, layers: 1}]"
+
+
+def _argv(tmp_path, plm, *extra):
+    return ["data=synthetic", f"model.plm={plm}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+            "data.batch_size=8", "data.max_length=24", "optim.lr=1e-3", "teacher.epochs=1", "trainer.max_epochs=1",
+            f"run.root={tmp_path}", "run.name=chain", "eval.untrained_baseline=false", *extra]
+
+
+@pytest.fixture
+def plm4(tmp_path):
+    from conftest import make_tiny_bert, make_tokenizer
+
+    d = tmp_path / "plm4"
+    make_tiny_bert(num_layers=4).save_pretrained(d)
+    make_tokenizer().save_pretrained(d)
+    return d
+
+
+def test_three_stage_chain_runs_reports_and_exports(tmp_path, plm4):
+    result = fit.main(_argv(tmp_path, plm4, STAGES))
+    run = tmp_path / "chain"
+    rows = result["stages"]
+    assert [r["name"] for r in rows] == ["teacher", "pre", "g2", "g1"]
+    assert [r["layers"] for r in rows] == [4, 4, 2, 1]
+    assert [r["teacher_layers"] for r in rows[1:]] == [4, 4, 2]  # each grade taught by the stage before
+    assert rows[2]["layer_map"] == [1, 3] and rows[3]["layer_map"] == [1]
+    sizes = [r["params_no_embeddings"] for r in rows]
+    assert sizes[0] == sizes[1] > sizes[2] > sizes[3]
+    for r in rows:
+        assert r["queries_per_s"] > 0 and r["entities_per_s"] > 0 and 0 < r["test"]["mrr"] <= 1
+        assert (run / "stages" / r["name"] / "export" / "query" / "config.json").is_file()
+    report = json.loads((run / "report.json").read_text())
+    assert report["rows"][3]["params_total_change_pct"] < 0
+    md = (run / "report.md").read_text()
+    assert all(f"| {n} |" in md for n in ("teacher", "pre", "g2", "g1"))
+    assert (run / "report.png").stat().st_size > 1000
+    # student checkpoints carry no teacher weights and load with weights_only=True
+    ckpt = torch.load(rows[2]["best_checkpoint"])
+    assert not any(k.startswith("teacher.") for k in ckpt["state_dict"])
+
+
+def test_export_loads_with_transformers_and_gives_the_same_scores(tmp_path, plm4):
+    result = fit.main(_argv(tmp_path, plm4, "stages=[{name: g2, layers: 2}]"))
+    row = result["stages"][1]
+    export = tmp_path / "chain" / "stages" / "g2" / "export"
+    q = AutoModel.from_pretrained(export / "query")
+    assert q.config.num_hidden_layers == 2
+    # re-evaluate the exported model from disk: the same test metrics as recorded at the end of the stage
+    cfg = load_config(_argv(tmp_path, plm4))
+    dm = build_datamodule(cfg, load_tokenizer(str(plm4)))
+    module = KGCModule({"plm": str(plm4)}, {}, {"chunk_size": 256, "rerank_weight": 0.0, "rerank_hops": 0, "topk": 0},
+                       8, net=BiEncoder.from_pretrained(export))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(module, datamodule=dm, verbose=False)
+    got = module.last_eval["test"]["metrics"]
+    for key in ("mrr", "mr", "hits@1", "hits@10"):
+        assert got[key] == pytest.approx(row["test"][key], abs=1e-6)
+
+
+def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, plm4, monkeypatch):
+    argv = _argv(tmp_path, plm4, "stages=[{name: a, layers: 2}, {name: b, layers: 1, epochs: 2}]")
+    original = DistillModule.training_step
+
+    def crash_in_second_epoch_of_b(self, batch, batch_idx):
+        if self.st["name"] == "b" and self.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DistillModule, "training_step", crash_in_second_epoch_of_b)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit.main(argv)
+    run = tmp_path / "chain"
+    state = json.loads((run / "chain_state.json").read_text())
+    assert state["order"] == ["teacher", "a"]
+    assert (run / "stages" / "b" / "checkpoints" / "last.ckpt").is_file()
+    teacher_export_mtime = (run / "stages/teacher/export/biencoder.json").stat().st_mtime_ns
+
+    monkeypatch.setattr(DistillModule, "training_step", original)
+    calls = []
+    monkeypatch.setattr(KGCModule, "training_step", lambda *a, **k: calls.append(1))  # teacher must not retrain
+    result = fit.main(argv)
+    assert not calls
+    rows = {r["name"]: r for r in result["stages"]}
+    assert rows["teacher"] == state["stages"]["teacher"] and rows["a"] == state["stages"]["a"]
+    assert (run / "stages/teacher/export/biencoder.json").stat().st_mtime_ns == teacher_export_mtime
+    steps_per_epoch = rows["a"]["steps"]  # one epoch
+    assert rows["b"]["steps"] == 2 * steps_per_epoch and rows["b"]["epochs"] == 2

@@ -1,0 +1,78 @@
+import json
+
+import pytest
+import torch
+
+from conftest import make_tiny_bert, make_tokenizer
+from kgc_kd import predict
+from kgc_kd.data.batching import EntityCollator, QueryCollator
+from kgc_kd.data.kg import kg_to_json
+from kgc_kd.data.synthetic import synthetic_kg
+from kgc_kd.data.tokens import TokenCache
+from kgc_kd.models.biencoder import BiEncoder
+
+
+@pytest.fixture
+def export(tmp_path):
+    kg = synthetic_kg(20, 2, 40, seed=3)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    d = tmp_path / "run" / "stages" / "s" / "export"
+    net.save_pretrained(d, make_tokenizer())
+    (d / "kg.json").write_text(json.dumps(kg_to_json(kg, max_length=24)))
+    (tmp_path / "run" / "chain_state.json").write_text(json.dumps({"order": ["s"], "stages": {"s": {}}}))
+    return d, kg, net
+
+
+def _expected(kg, net, h, r, k):
+    tokens = TokenCache.build(kg, make_tokenizer(), 24)
+    with torch.no_grad():
+        e = net.encode_entity(EntityCollator(tokens)(list(torch.arange(kg.num_entities)))["entity"])
+        q = net.encode_query(QueryCollator(tokens)([torch.tensor([h, r, 0])])["hr"])
+    return (q @ e.t())[0].topk(k)
+
+
+def test_top_k_equals_brute_force_and_marks_known_answers(export, capsys):
+    d, kg, net = export
+    h, r, t = kg.train[0].tolist()
+    (result,) = predict.main([str(d), "--head", kg.entity_names[h], "--relation", kg.relation_texts[r],
+                              "--top-k", "5"])
+    exp = _expected(kg, net, h, r, 5)
+    assert [p["id"] for p in result["predictions"]] == [kg.entity_ids[i] for i in exp.indices.tolist()]
+    assert [p["score"] for p in result["predictions"]] == pytest.approx(exp.values.tolist(), abs=1e-4)
+    for p in result["predictions"]:
+        assert p["known"] == (p["id"] == kg.entity_ids[t])
+    assert "(" + kg.entity_ids[h] in capsys.readouterr().out
+
+
+def test_entity_vectors_are_cached_on_disk(export):
+    d, kg, _ = export
+    predict.main([str(d), "--head", kg.entity_ids[0], "--relation", kg.relation_texts[0]])
+    (cache,) = list(d.glob("entity_vectors-*.pt"))
+    stamp = cache.stat().st_mtime_ns
+    predict.main([str(d), "--head", kg.entity_ids[1], "--relation", kg.relation_texts[0]])
+    assert cache.stat().st_mtime_ns == stamp and len(list(d.glob("entity_vectors-*.pt"))) == 1
+
+
+def test_run_directory_and_query_file(export, tmp_path):
+    d, kg, _ = export
+    queries = tmp_path / "q.tsv"
+    queries.write_text(f"{kg.entity_ids[0]}\t{kg.relation_texts[0]}\n{kg.entity_ids[2]}\tinverse {kg.relation_texts[1]}\n")
+    out = tmp_path / "out.jsonl"
+    results = predict.main([str(tmp_path / "run"), "--queries", str(queries), "--output", str(out), "--top-k", "3"])
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert lines == results and len(lines) == 2 and lines[1]["relation"].startswith("inverse ")
+    assert all(len(x["predictions"]) == 3 for x in lines)
+
+
+def test_bad_input_is_a_clear_error(export, tmp_path, capsys):
+    d, kg, _ = export
+    with pytest.raises(SystemExit) as exc:
+        predict.main([str(d), "--head", "no such entity", "--relation", kg.relation_texts[0]])
+    assert exc.value.code == 2 and "no such entity" in capsys.readouterr().err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("only-one-field\n")
+    with pytest.raises(SystemExit):
+        predict.main([str(d), "--queries", str(bad)])
+    assert "bad.tsv:1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        predict.main([str(tmp_path), "--head", "x", "--relation", "y"])
