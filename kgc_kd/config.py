@@ -131,9 +131,13 @@ class StageCfg:
     mask_rate: float = 0.0  # PMD grades: 0.2, 0.1, 0.05, 0.0
     epochs: Optional[int] = None  # default: trainer.max_epochs
     lr: Optional[float] = None  # default: optim.lr
-    alpha: Optional[float] = None  # default: distill.alpha
+    alpha: Optional[float] = None  # default: distill.alpha (and likewise below: None = the distill group's)
     beta: Optional[float] = None
     pkd: Optional[float] = None
+    score_loss: Optional[str] = None
+    kd_temperature: Optional[float] = None
+    mgfd: Optional[str] = None
+    generator: Optional[str] = None
 
 
 def _default_stages() -> list[StageCfg]:

@@ -117,6 +117,8 @@ def format_report(result: dict) -> str:
                          f"init {r['init']}, layer map {r['layer_map']}, mask rate {r['mask_rate']}, "
                          f"alpha {r['alpha']}, beta {r['beta']}, pkd {r['pkd']}, score {r['score_loss']}, "
                          f"mgfd {r['mgfd']}; {r.get('steps')} steps in {r.get('fit_time_s')} s")
+        elif r.get("loaded_from"):
+            lines.append(f"- {r['name']}: loaded from {r['loaded_from']} (not trained in this run)")
         else:
             lines.append(f"- {r['name']}: {r.get('plm')}, {r.get('steps')} steps in {r.get('fit_time_s')} s")
     lines.append(f"\nwall time of this invocation: {result['wall_time_s']} s")

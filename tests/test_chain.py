@@ -13,7 +13,7 @@ from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 
-STAGES = "stages=[{name: pre, layers: 4, mask_rate: 0.2}, {name: g2, layers: 2, mask_rate: 0.1}, {name: g1, layers: 1}]"
+STAGES = "stages=[{name: pre, layers: 4, mask_rate: 0.2}, {name: g2, layers: 2, mask_rate: 0.1}, {name: g1, layers: 1, score_loss: kl, beta: 0.0}]"
 
 
 def _argv(tmp_path, plm, *extra):
@@ -40,6 +40,8 @@ def test_three_stage_chain_runs_reports_and_exports(tmp_path, plm4):
     assert [r["layers"] for r in rows] == [4, 4, 2, 1]
     assert [r["teacher_layers"] for r in rows[1:]] == [4, 4, 2]  # each grade taught by the stage before
     assert rows[2]["layer_map"] == [1, 3] and rows[3]["layer_map"] == [1]
+    assert (rows[2]["score_loss"], rows[2]["beta"]) == ("mse", 0.1)  # the distill group's defaults
+    assert (rows[3]["score_loss"], rows[3]["beta"]) == ("kl", 0.0)  # per-stage overrides
     sizes = [r["params_no_embeddings"] for r in rows]
     assert sizes[0] == sizes[1] > sizes[2] > sizes[3]
     for r in rows:

@@ -122,3 +122,14 @@ def test_a_stage_runs_in_bf16_mixed_on_cpu(tmp_path):
 def test_weights_above_one_are_rejected():
     with pytest.raises(ValueError, match="alpha \\+ beta \\+ pkd"):
         _module({"alpha": 0.6, "beta": 0.5})
+
+
+def test_ce_only_stage_never_runs_the_teacher(monkeypatch):
+    m = _module({"alpha": 0.0, "beta": 0.0, "pkd": 0.0, "mask_rate": 0.2, "layers": 1})
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the teacher ran")
+
+    monkeypatch.setattr(m.teacher, "encode_with_states", boom)
+    terms = m.distill_terms(_batch(_dm()))
+    assert set(terms) == {"ce", "acc@1"}

@@ -104,9 +104,12 @@ class DistillModule(BiEncoderModule):
         views = self._views(batch, st["mask_rate"] if pmd_masking else 0.0)
         all_layers = st["pkd"] > 0
         s_out = self._run(self.net, views, all_layers)
-        with torch.no_grad():
-            t_out = self._run(self.teacher, views, all_layers)
-        s, t = self._rows(batch, s_out, views), self._rows(batch, t_out, views)
+        s = self._rows(batch, s_out, views)
+        t_out, t = None, None
+        if st["alpha"] > 0 or st["beta"] > 0 or st["pkd"] > 0:  # CE alone (distill=none) needs no teacher
+            with torch.no_grad():
+                t_out = self._run(self.teacher, views, all_layers)
+            t = self._rows(batch, t_out, views)
         sn = cfg["self_negative"]
         logits_s = contrastive_logits(s["hr"], s["tail"], self.net.inv_t, margin=cfg["margin"],
                                       fn_mask=batch["fn_mask"], head=s["head"] if sn else None,
