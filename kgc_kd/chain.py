@@ -98,7 +98,7 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     return untrained
 
 
-STAGE_LOSS_KEYS = ("alpha", "beta", "pkd", "score_loss", "kd_temperature", "mgfd", "generator")
+STAGE_LOSS_KEYS = ("alpha", "beta", "pkd", "score_loss", "kd_temperature", "mgfd", "generator", "terms")
 
 
 def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, index: int) -> None:
@@ -112,7 +112,7 @@ def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     d = to_plain(cfg.distill)
     stage = {**d, "name": st.name, "layers": st.layers, "layer_map": layer_map, "init": st.init,
              "mask_rate": st.mask_rate,
-             **{k: getattr(st, k) for k in STAGE_LOSS_KEYS if getattr(st, k) is not None}}
+             **{k: to_plain(st)[k] for k in STAGE_LOSS_KEYS if getattr(st, k) is not None}}
     module = DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
                            student=student, teacher=chain.teacher)
     chain.begin({**stage, "kind": "student", "teacher_layers": num_layers(chain.teacher.query_encoder)})

@@ -110,6 +110,19 @@ class TeacherCfg:
 
 
 @dataclass
+class TermCfg:
+    """One named, weighted loss term (see kgc_kd/distill/objective.py for the names)."""
+
+    name: str = MISSING  # ce | score | mgfd | pkd | attn_kl | attn_score_mse | value_kl | qkv_relation |
+    #                      hidden_mse | qkv_mse | attn_out_mse | ffn_mid_mse | ffn_out_mse | emb_mse
+    weight: float = 1.0
+    layers: Any = "uniform"  # uniform | last | list of teacher layer indices, one per student layer
+    projection: str = "auto"  # auto (identity if widths match, else lowrank) | lowrank (U·V) | linear | identity
+    rank: int = 64
+    relation_heads: int = 12  # qkv_relation (MiniLM v2): must divide both widths
+
+
+@dataclass
 class DistillCfg:
     """The objective every student stage uses unless the stage overrides a weight (presets: conf/distill)."""
 
@@ -120,6 +133,7 @@ class DistillCfg:
     kd_temperature: float = 1.0  # for score_loss=kl
     mgfd: str = "pmd"  # pmd (masked input, pooled masked-position features) | generation (MGD-style generator)
     generator: str = "mlp"  # mgfd=generation: mlp | conv
+    terms: list[TermCfg] = field(default_factory=list)  # non-empty: the objective is this list; alpha/beta unused
 
 
 @dataclass
@@ -138,6 +152,7 @@ class StageCfg:
     kd_temperature: Optional[float] = None
     mgfd: Optional[str] = None
     generator: Optional[str] = None
+    terms: Optional[list[TermCfg]] = None
 
 
 def _default_stages() -> list[StageCfg]:

@@ -113,10 +113,13 @@ def format_report(result: dict) -> str:
                  f"{rows[0].get('latency_device', '?') if rows else '?'} at the end of each stage.")
     for r in rows:
         if r["kind"] == "student":
+            if r.get("terms"):
+                loss = "loss " + " + ".join(f"{t.get('weight', 1.0)}*{t['name']}" for t in r["terms"])
+            else:
+                loss = f"alpha {r['alpha']}, beta {r['beta']}, pkd {r['pkd']}"
             lines.append(f"- {r['name']}: {r['layers']} layers from the {r['teacher_layers']}-layer previous stage, "
-                         f"init {r['init']}, layer map {r['layer_map']}, mask rate {r['mask_rate']}, "
-                         f"alpha {r['alpha']}, beta {r['beta']}, pkd {r['pkd']}, score {r['score_loss']}, "
-                         f"mgfd {r['mgfd']}; {r.get('steps')} steps in {r.get('fit_time_s')} s")
+                         f"init {r['init']}, layer map {r['layer_map']}, mask rate {r['mask_rate']}, {loss}, "
+                         f"score {r['score_loss']}, mgfd {r['mgfd']}; {r.get('steps')} steps in {r.get('fit_time_s')} s")
         elif r.get("loaded_from"):
             lines.append(f"- {r['name']}: loaded from {r['loaded_from']} (not trained in this run)")
         else:

@@ -65,7 +65,7 @@ def test_teacher_and_student_see_the_same_masked_input():
     ids = views["hr"]["inputs"]["input_ids"]
     assert (ids == m.mask_id).any() and (ids[:, 0] != m.mask_id).all()
     # one masked view is computed per step and both models read it (the same tensors)
-    s_out, t_out = m._run(m.net, views, False), m._run(m.teacher, views, False)
+    s_out, t_out = m._run(m.net, views, False, None), m._run(m.teacher, views, False, None)
     assert s_out["hr"]["hidden"].shape == t_out["hr"]["hidden"].shape
 
 

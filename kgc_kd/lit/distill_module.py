@@ -1,9 +1,12 @@
-"""A student stage of the chain: a smaller bi-encoder taught by the frozen previous stage (PMD).
+"""A student stage of the chain: a smaller bi-encoder taught by the frozen previous stage.
 
-L = (1 - alpha - beta - pkd) * L_CE + alpha * L_SCORE + beta * L_MGFD + pkd * L_PKD, each term logged.
-The teacher is frozen the way distillation in Lightning needs it: no gradients, eval mode forced on
-every step (LightningModule.train() would otherwise re-enable its dropout), excluded from the optimizer,
-dropped from checkpoints, and run inside training_step so it shares the student's autocast.
+The objective is a weighted list of named terms: PMD's `ce`, `score`, `mgfd` (and `pkd`), plus the
+feature-level terms of `distill/objective.py` (MaKD's attention and FFN mimicry, TinyBERT, MiniLM).
+Without an explicit list it is PMD's L = (1 - alpha - beta - pkd) L_CE + alpha L_SCORE + beta L_MGFD
+(+ pkd L_PKD). Every term is logged. The teacher is frozen the way distillation in Lightning needs it:
+no gradients, eval mode forced on every step (LightningModule.train() would otherwise re-enable its
+dropout), excluded from the optimizer, dropped from checkpoints, run inside training_step so it shares
+the student's autocast, and not run at all when no term needs it.
 """
 
 from __future__ import annotations
@@ -15,17 +18,39 @@ from torch import Tensor, nn
 
 from kgc_kd.distill.masking import mask_tokens
 from kgc_kd.distill.mgfd import FeatureGenerator, mgfd_generation, mgfd_pmd, random_token_mask
+from kgc_kd.distill.objective import FEATURE_TERMS, LOGIT_TERMS, FeatureObjective
 from kgc_kd.distill.pkd import pkd_loss
 from kgc_kd.distill.score import score_loss
 from kgc_kd.lit.base import BiEncoderModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.contrastive import contrastive_logits, in_batch_accuracy, infonce_loss
+from kgc_kd.models.features import FeatureCapture
 from kgc_kd.models.student import num_layers, uniform_layer_map
 
 STAGE_DEFAULTS: dict[str, Any] = {
     "alpha": 0.1, "beta": 0.1, "pkd": 0.0, "mask_rate": 0.0, "score_loss": "mse", "kd_temperature": 1.0,
-    "mgfd": "pmd", "generator": "mlp",
+    "mgfd": "pmd", "generator": "mlp", "terms": None,
 }
+
+
+def stage_terms(st: dict) -> list[dict]:
+    """The stage's weighted terms: the explicit list, or PMD's alpha/beta(/pkd) form."""
+    if st.get("terms"):
+        terms = [dict(t) for t in st["terms"]]
+    else:
+        a, b, p = st["alpha"], st["beta"], st["pkd"]
+        if a + b + p > 1.0:
+            raise ValueError(f"stage {st.get('name')}: alpha + beta + pkd must be <= 1 (CE keeps the rest)")
+        terms = [{"name": "ce", "weight": 1.0 - a - b - p}]
+        terms += [{"name": n, "weight": w} for n, w in (("score", a), ("mgfd", b), ("pkd", p)) if w > 0]
+    known = LOGIT_TERMS + tuple(FEATURE_TERMS)
+    names = [t.get("name") for t in terms]
+    for n in names:
+        if n not in known:
+            raise ValueError(f"stage {st.get('name')}: unknown loss term {n!r}; known: {', '.join(known)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage {st.get('name')}: a loss term appears twice in {names}")
+    return terms
 
 
 class DistillModule(BiEncoderModule):
@@ -33,26 +58,30 @@ class DistillModule(BiEncoderModule):
                  teacher: BiEncoder):
         super().__init__()
         self.save_hyperparameters(ignore=["student", "teacher"])
-        st = {**STAGE_DEFAULTS, **stage}
-        if st["alpha"] + st["beta"] + st["pkd"] > 1.0:
-            raise ValueError(f"stage {st.get('name')}: alpha + beta + pkd must be <= 1 (CE keeps the rest)")
+        st = {**STAGE_DEFAULTS, **{k: v for k, v in stage.items() if v is not None}}
+        if st["mgfd"] not in ("pmd", "generation"):
+            raise ValueError(f"stage {st.get('name')}: mgfd={st['mgfd']!r}; expected pmd or generation")
         self.st = st
+        self.terms = stage_terms(st)
+        self.weights = {t["name"]: float(t.get("weight", 1.0)) for t in self.terms}
         self.net = student.train()
         self.teacher = teacher.requires_grad_(False).eval()
         self.strict_loading = False  # checkpoints carry no teacher weights
         self.generators = None
-        if st["beta"] > 0 and st["mgfd"] == "generation":
+        if "mgfd" in self.weights and st["mgfd"] == "generation":
             d_s = self.net.query_encoder.config.hidden_size
             d_t = self.teacher.query_encoder.config.hidden_size
             self.generators = nn.ModuleDict({side: FeatureGenerator(d_s, d_t, st["generator"])
                                              for side in ("query", "entity")})
-        elif st["mgfd"] not in ("pmd", "generation"):
-            raise ValueError(f"stage {st.get('name')}: mgfd={st['mgfd']!r}; expected pmd or generation")
+        self.features = None
+        if any(n in FEATURE_TERMS for n in self.weights):
+            self.features = FeatureObjective(self.terms, self.net.query_encoder, self.teacher.query_encoder)
         self.mask_id: int | None = None  # taken from the datamodule's tokenizer at fit time
         self.pkd_map = uniform_layer_map(num_layers(self.teacher.query_encoder), num_layers(self.net.query_encoder))
 
     def trainable_modules(self) -> list[nn.Module]:
-        return [self.net] + ([self.generators] if self.generators is not None else [])
+        """Student plus generator and projections: trained together, never exported."""
+        return [self.net] + [m for m in (self.generators, self.features) if m is not None]
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -79,11 +108,14 @@ class DistillModule(BiEncoderModule):
             views[key] = {"side": side, "inputs": {**inputs, "input_ids": ids}, "counts": counts}
         return views
 
-    def _run(self, net: BiEncoder, views: dict, all_layers: bool) -> dict[str, dict]:
+    def _run(self, net: BiEncoder, views: dict, all_layers: bool, wanted: dict | None) -> dict[str, dict]:
         out = {}
         for key, v in views.items():
-            vec, hidden, states = net.encode_with_states(v["side"], v["inputs"], all_layers)
-            out[key] = {"vec": vec, "hidden": hidden, "states": states}
+            encoder = net.query_encoder if v["side"] == "query" else net.entity_encoder
+            capture = FeatureCapture(encoder, wanted if wanted and key != "head" else {})
+            with capture:
+                vec, hidden, states = net.encode_with_states(v["side"], v["inputs"], all_layers)
+            out[key] = {"vec": vec, "hidden": hidden, "states": states, "features": capture.features}
         return out
 
     @staticmethod
@@ -98,37 +130,45 @@ class DistillModule(BiEncoderModule):
 
     # ---- the objective --------------------------------------------------------------------------------
     def distill_terms(self, batch: dict) -> dict[str, Tensor]:
-        st, cfg = self.st, self.hparams.model
+        st, cfg, w = self.st, self.hparams.model, self.weights
         self.teacher.eval()
-        pmd_masking = st["beta"] > 0 and st["mgfd"] == "pmd"
+        pmd_masking = "mgfd" in w and st["mgfd"] == "pmd"
         views = self._views(batch, st["mask_rate"] if pmd_masking else 0.0)
-        all_layers = st["pkd"] > 0
-        s_out = self._run(self.net, views, all_layers)
+        all_layers = "pkd" in w
+        s_out = self._run(self.net, views, all_layers, self.features.wanted("student") if self.features else None)
         s = self._rows(batch, s_out, views)
         t_out, t = None, None
-        if st["alpha"] > 0 or st["beta"] > 0 or st["pkd"] > 0:  # CE alone (distill=none) needs no teacher
+        if set(w) - {"ce"}:  # CE alone (distill=none) needs no teacher
             with torch.no_grad():
-                t_out = self._run(self.teacher, views, all_layers)
+                t_out = self._run(self.teacher, views, all_layers,
+                                  self.features.wanted("teacher") if self.features else None)
             t = self._rows(batch, t_out, views)
         sn = cfg["self_negative"]
         logits_s = contrastive_logits(s["hr"], s["tail"], self.net.inv_t, margin=cfg["margin"],
                                       fn_mask=batch["fn_mask"], head=s["head"] if sn else None,
                                       self_mask=batch["self_mask"])
         terms = {"ce": infonce_loss(logits_s), "acc@1": in_batch_accuracy(logits_s).detach()}
-        if st["alpha"] > 0:
+        if "score" in w:
             with torch.no_grad():  # PMD: the teacher's logits carry no margin (teacher in eval mode)
                 logits_t = contrastive_logits(t["hr"], t["tail"], self.teacher.inv_t, margin=0.0,
                                               fn_mask=batch["fn_mask"], head=t["head"] if sn else None,
                                               self_mask=batch["self_mask"])
             terms["score"] = score_loss(st["score_loss"], logits_s, logits_t, st["kd_temperature"])
-        if st["beta"] > 0:
-            terms["mgfd"] = self._mgfd(batch, views, s_out, t_out, s, t)
-        if st["pkd"] > 0:
+        if "mgfd" in w:
+            terms["mgfd"] = self._mgfd(views, s_out, t_out, s, t)
+        if "pkd" in w:
             terms["pkd"] = sum(pkd_loss(s_out[k]["states"], t_out[k]["states"], views[k]["inputs"]["attention_mask"],
                                         self.pkd_map, self.net.pooling) for k in views) / len(views)
+        if self.features is not None:
+            keys = [k for k in views if k != "head"]
+            terms.update(self.features(
+                {views[k]["side"]: s_out[k]["features"] for k in keys},
+                {views[k]["side"]: t_out[k]["features"] for k in keys},
+                {views[k]["side"]: views[k]["inputs"]["attention_mask"] for k in keys},
+            ))
         return terms
 
-    def _mgfd(self, batch, views, s_out, t_out, s, t) -> Tensor:
+    def _mgfd(self, views, s_out, t_out, s, t) -> Tensor:
         if self.st["mgfd"] == "pmd":  # per batch row, on the hr and tail inputs (PMD Eq. 2)
             return (mgfd_pmd(s_out["hr"]["hidden"], t_out["hr"]["hidden"], views["hr"]["counts"])
                     + mgfd_pmd(s["tail_hidden"], t["tail_hidden"], s["tail_counts"]))
@@ -143,12 +183,8 @@ class DistillModule(BiEncoderModule):
         return total
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        st = self.st
         terms = self.distill_terms(batch)
-        loss = (1.0 - st["alpha"] - st["beta"] - st["pkd"]) * terms["ce"]
-        for name, w in (("score", st["alpha"]), ("mgfd", st["beta"]), ("pkd", st["pkd"])):
-            if name in terms:
-                loss = loss + w * terms[name]
+        loss = sum(weight * terms[name] for name, weight in self.weights.items())
         bs = batch["triples"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in terms.items():
