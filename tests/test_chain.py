@@ -102,3 +102,18 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, pl
     assert (run / "stages/teacher/export/biencoder.json").stat().st_mtime_ns == teacher_export_mtime
     steps_per_epoch = rows["a"]["steps"]  # one epoch
     assert rows["b"]["steps"] == 2 * steps_per_epoch and rows["b"]["epochs"] == 2
+
+
+@pytest.mark.parametrize("preset", ["makd", "pmd_makd"])
+def test_chain_with_a_makd_preset_finishes_and_logs_each_term(tmp_path, plm4, preset):
+    result = fit.main(_argv(tmp_path, plm4, f"distill={preset}", "stages=[{name: g2, layers: 2, mask_rate: 0.2}]"))
+    row = result["stages"][1]
+    assert row["name"] == "g2" and 0 < row["test"]["mrr"] <= 1
+    assert [t["name"] for t in row["terms"]][:2] == ["ce", "score"]
+    logged = (tmp_path / "chain" / "stages" / "g2" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    for term in ("train/ce", "train/attn_kl", "train/ffn_mid_mse", "train/hidden_mse"):
+        assert term in logged
+    # projections train with the student but are not part of the export
+    export = tmp_path / "chain" / "stages" / "g2" / "export"
+    assert BiEncoder.from_pretrained(export).query_encoder.config.num_hidden_layers == 2
+    assert not any("projections" in p.name for p in export.rglob("*"))

@@ -39,9 +39,9 @@ def stage_terms(st: dict) -> list[dict]:
         terms = [dict(t) for t in st["terms"]]
     else:
         a, b, p = st["alpha"], st["beta"], st["pkd"]
-        if a + b + p > 1.0:
+        if a + b + p > 1.0 + 1e-9:
             raise ValueError(f"stage {st.get('name')}: alpha + beta + pkd must be <= 1 (CE keeps the rest)")
-        terms = [{"name": "ce", "weight": 1.0 - a - b - p}]
+        terms = [{"name": "ce", "weight": max(0.0, 1.0 - a - b - p)}]
         terms += [{"name": n, "weight": w} for n, w in (("score", a), ("mgfd", b), ("pkd", p)) if w > 0]
     known = LOGIT_TERMS + tuple(FEATURE_TERMS)
     names = [t.get("name") for t in terms]

@@ -48,15 +48,21 @@ class FeatureCapture:
 
     def __enter__(self) -> FeatureCapture:
         layers = encoder_layers(self.encoder)
-        for kind, indices in self.wanted.items():
-            for i in indices:
-                if kind == "embeddings":
-                    module = _submodule(self.encoder, "embeddings")
-                elif kind == "hidden":
-                    module = layers[i]
-                else:
-                    module = _submodule(layers[i], _LAYER_PATHS[kind])
-                self._handles.append(module.register_forward_hook(self._hook((kind, i))))
+        try:
+            for kind, indices in self.wanted.items():
+                for i in indices:
+                    if kind == "embeddings":
+                        module = _submodule(self.encoder, "embeddings")
+                    elif not 0 <= i < len(layers):
+                        raise IndexError(f"layer {i} requested for {kind!r}; the encoder has {len(layers)} layers")
+                    elif kind == "hidden":
+                        module = layers[i]
+                    else:
+                        module = _submodule(layers[i], _LAYER_PATHS[kind])
+                    self._handles.append(module.register_forward_hook(self._hook((kind, i))))
+        except BaseException:
+            self.__exit__()  # no hook may outlive a failed capture
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
