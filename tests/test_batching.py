@@ -122,3 +122,10 @@ def test_entity_collator(setup):
     assert set(out) == {"entity_ids", "entity"}
     assert out["entity_ids"].tolist() == [3, 0, 7, 4]
     check_encoding(out["entity"], [tokens.entity_ids(e) for e in (3, 0, 7, 4)], None, tokens.pad_id)
+
+
+def test_query_collator_keeps_the_query_index_column(setup):
+    kg, tokens, _, batch = setup
+    rows = torch.cat([batch, torch.arange(len(batch)).unsqueeze(1) + 10], dim=1)
+    out = QueryCollator(tokens)(list(rows))
+    assert torch.equal(out["triples"], batch) and out["query_index"].tolist() == list(range(10, 10 + len(batch)))

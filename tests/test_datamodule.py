@@ -83,7 +83,8 @@ def test_eval_loaders(dm, stage, split):
     got = torch.cat([b["triples"] for b in q_batches])
     assert torch.equal(got, dm.kg.with_inverse(dm.kg.split(split)))  # not shuffled, nothing dropped
     assert len(got) == 2 * len(dm.kg.split(split))
-    assert set(q_batches[0]) == {"triples", "hr"}
+    assert set(q_batches[0]) == {"triples", "hr", "query_index"}
+    assert torch.equal(torch.cat([b["query_index"] for b in q_batches]), torch.arange(len(got)))
 
 
 def test_connect_reuses_cache():

@@ -68,8 +68,12 @@ class QueryCollator:
         self.tokens = tokens
 
     def __call__(self, rows: list[Tensor]) -> dict:
-        triples = torch.stack(rows)
-        return {"triples": triples, "hr": _encode_hr(self.tokens, triples)}
+        rows = torch.stack(rows)
+        triples = rows[:, :3]
+        batch = {"triples": triples, "hr": _encode_hr(self.tokens, triples)}
+        if rows.shape[1] > 3:  # a 4th column numbers the queries, so copies padded in by DDP can be dropped
+            batch["query_index"] = rows[:, 3]
+        return batch
 
 
 class EntityCollator:

@@ -87,7 +87,8 @@ class KGDataModule(L.LightningDataModule):
                             shuffle=True, drop_last=True)
 
     def query_dataloader(self, split: str) -> DataLoader:
-        rows = self.kg.with_inverse(self.kg.split(split))
+        triples = self.kg.with_inverse(self.kg.split(split))
+        rows = torch.cat([triples, torch.arange(len(triples)).unsqueeze(1)], dim=1)  # (h, r, t, query index)
         return self._loader(rows, QueryCollator(self._require_tokens()), self.eval_batch_size)
 
     def entity_dataloader(self) -> DataLoader:

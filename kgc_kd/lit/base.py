@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
+from kgc_kd.data.negatives import in_batch_mask
 from kgc_kd.eval import evaluate_queries
 from kgc_kd.models.biencoder import BiEncoder
 
@@ -25,6 +26,28 @@ class BiEncoderModule(L.LightningModule):
         super().__init__()
         self._eval_store: dict[str, list[Tensor]] = {}
         self.last_eval: dict[str, Any] = {}
+
+    # ---- data-parallel helpers ----------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self._trainer is not None else 1
+
+    def gather_rows(self, x: Tensor, *, grads: bool = False) -> Tensor:
+        """Concatenate every rank's rows (rank order). With `grads`, gradients flow back to each rank's
+        own rows, so a loss on the global batch trains like one process seeing the whole batch."""
+        if self.world_size == 1:
+            return x
+        return self.all_gather(x, sync_grads=grads).reshape(-1, *x.shape[1:])
+
+    def global_batch(self, vectors: dict[str, Tensor], batch: dict) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor]:
+        """In-batch negatives over the GLOBAL batch (as SimKGC's DataParallel had them): vectors gathered with
+        gradients, the false-negative masks rebuilt on the gathered triples."""
+        if self.world_size == 1:
+            return vectors, batch["triples"], batch["fn_mask"], batch["self_mask"]
+        vectors = {k: self.gather_rows(v, grads=v.requires_grad) for k, v in vectors.items()}
+        triples = self.gather_rows(batch["triples"])
+        fn_mask, self_mask = in_batch_mask(triples, self.trainer.datamodule.known_train)
+        return vectors, triples, fn_mask, self_mask
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         """Modules the optimizer updates (subclasses add e.g. a feature generator)."""
@@ -38,6 +61,8 @@ class BiEncoderModule(L.LightningModule):
         else:
             self._eval_store.setdefault("triples", []).append(batch["triples"])
             self._eval_store.setdefault("query_vecs", []).append(self.net.encode_query(batch["hr"]))
+            if "query_index" in batch:
+                self._eval_store.setdefault("query_index", []).append(batch["query_index"])
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
@@ -56,14 +81,25 @@ class BiEncoderModule(L.LightningModule):
         if self.trainer.sanity_checking or "query_vecs" not in store:
             return {}
         kg = self.trainer.datamodule.kg
-        ids = torch.cat(store["entity_ids"])
-        vecs = torch.cat(store["entity_vecs"]).float()
+        # Under DDP each rank encoded a share (the sampler pads shares to equal size with repeats):
+        # gather everything, place entities by id and keep each query once, so every rank ranks the
+        # full split and reports the same metrics as a single process.
+        ids = self.gather_rows(torch.cat(store["entity_ids"]))
+        vecs = self.gather_rows(torch.cat(store["entity_vecs"]).float())
         entity_vecs = vecs.new_zeros(kg.num_entities, vecs.shape[1])
         entity_vecs[ids.to(vecs.device)] = vecs
-        triples = torch.cat(store["triples"])
+        triples = self.gather_rows(torch.cat(store["triples"]))
+        query_vecs = self.gather_rows(torch.cat(store["query_vecs"]).float())
+        if "query_index" in store:
+            index = self.gather_rows(torch.cat(store["query_index"]))
+            order = torch.argsort(index, stable=True)
+            first = torch.ones_like(index, dtype=torch.bool)
+            first[1:] = index[order][1:] != index[order][:-1]
+            keep = order[first]
+            triples, query_vecs = triples[keep], query_vecs[keep]
         ev = self.hparams.eval
         metrics, output = evaluate_queries(
-            torch.cat(store["query_vecs"]).float(), entity_vecs, triples, kg.num_relations, kg.filter_index,
+            query_vecs, entity_vecs, triples, kg.num_relations, kg.filter_index,
             adjacency=kg.train_graph if ev["rerank_weight"] and ev["rerank_hops"] else None,
             rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
             topk=ev["topk"] if prefix == "test" else 0,

@@ -33,26 +33,31 @@ class KGCModule(BiEncoderModule):
         self.prebatch = None
         if model.get("pre_batch", 0) > 0:
             dim = self.net.query_encoder.config.hidden_size
-            self.prebatch = PreBatchBuffer(model["pre_batch"], batch_size, dim)
+            self.prebatch = PreBatchBuffer(model["pre_batch"], batch_size, dim)  # resized on fit start under DDP
+
+    def on_fit_start(self) -> None:
+        if self.prebatch is not None and self.world_size > 1:  # the buffer holds global batches
+            p = self.prebatch
+            self.prebatch = PreBatchBuffer(len(p) // p.batch_size, p.batch_size * self.world_size,
+                                           p.vectors.shape[1]).to(self.device)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         cfg = self.hparams.model
-        vecs = self.net(batch)
+        vecs, triples, fn_mask, self_mask = self.global_batch(self.net(batch), batch)
         pb, pb_mask = None, None
         if self.prebatch is not None:
             known = self.trainer.datamodule.known_train
-            triples = batch["triples"]
             pb = self.prebatch.vectors.clone()  # push() below overwrites the buffer in place
             pb_mask = false_negative_mask(triples[:, :2], triples[:, 2], self.prebatch.triples[:, 2].clamp(min=0),
                                           known) | ~self.prebatch.filled[None, :]
         logits = contrastive_logits(
-            vecs["hr"], vecs["tail"], self.net.inv_t, margin=cfg["margin"], fn_mask=batch["fn_mask"],
-            head=vecs["head"] if cfg["self_negative"] else None, self_mask=batch["self_mask"],
+            vecs["hr"], vecs["tail"], self.net.inv_t, margin=cfg["margin"], fn_mask=fn_mask,
+            head=vecs["head"] if cfg["self_negative"] else None, self_mask=self_mask,
             prebatch=pb, prebatch_mask=pb_mask, prebatch_weight=cfg["pre_batch_weight"],
         )
         loss = infonce_loss(logits)
-        if self.prebatch is not None:
-            self.prebatch.push(vecs["tail"], batch["triples"])
+        if self.prebatch is not None:  # the global batch, so every rank's buffer stays identical
+            self.prebatch.push(vecs["tail"], triples)
         bs = logits.shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         self.log("train/acc@1", in_batch_accuracy(logits), batch_size=bs)
