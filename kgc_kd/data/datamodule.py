@@ -30,6 +30,7 @@ class KGDataModule(L.LightningDataModule):
         num_workers: int = 0,
         use_long_text: bool = True,
         dedup_entities: bool = True,
+        shuffle: bool = True,
         name_separator: str | None = None,
         synthetic: dict | None = None,
         tokenizer=None,
@@ -42,6 +43,7 @@ class KGDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.dedup_entities = dedup_entities
+        self.shuffle = shuffle  # off only for tests that compare runs batch by batch
         self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic}
         self._token_caches: dict[str, TokenCache] = {}
         self.tokens: TokenCache | None = None
@@ -84,7 +86,7 @@ class KGDataModule(L.LightningDataModule):
                 "(training drops the last incomplete batch, so no step would run)"
             )
         return self._loader(rows, TrainCollator(self._require_tokens(), self.known_train, self.dedup_entities), self.batch_size,
-                            shuffle=True, drop_last=True)
+                            shuffle=self.shuffle, drop_last=True)
 
     def query_dataloader(self, split: str) -> DataLoader:
         triples = self.kg.with_inverse(self.kg.split(split))

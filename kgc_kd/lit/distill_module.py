@@ -144,15 +144,16 @@ class DistillModule(BiEncoderModule):
                                   self.features.wanted("teacher") if self.features else None)
             t = self._rows(batch, t_out, views)
         sn = cfg["self_negative"]
-        logits_s = contrastive_logits(s["hr"], s["tail"], self.net.inv_t, margin=cfg["margin"],
-                                      fn_mask=batch["fn_mask"], head=s["head"] if sn else None,
-                                      self_mask=batch["self_mask"])
+        # logits over the global batch under DDP (student vectors gathered with gradients, teacher's without)
+        sv, _, fn_mask, self_mask = self.global_batch({k: s[k] for k in ("hr", "tail", "head")}, batch)
+        logits_s = contrastive_logits(sv["hr"], sv["tail"], self.net.inv_t, margin=cfg["margin"],
+                                      fn_mask=fn_mask, head=sv["head"] if sn else None, self_mask=self_mask)
         terms = {"ce": infonce_loss(logits_s), "acc@1": in_batch_accuracy(logits_s).detach()}
         if "score" in w:
             with torch.no_grad():  # PMD: the teacher's logits carry no margin (teacher in eval mode)
-                logits_t = contrastive_logits(t["hr"], t["tail"], self.teacher.inv_t, margin=0.0,
-                                              fn_mask=batch["fn_mask"], head=t["head"] if sn else None,
-                                              self_mask=batch["self_mask"])
+                tv = {k: self.gather_rows(t[k]) for k in ("hr", "tail", "head")}
+                logits_t = contrastive_logits(tv["hr"], tv["tail"], self.teacher.inv_t, margin=0.0,
+                                              fn_mask=fn_mask, head=tv["head"] if sn else None, self_mask=self_mask)
             terms["score"] = score_loss(st["score_loss"], logits_s, logits_t, st["kd_temperature"])
         if "mgfd" in w:
             terms["mgfd"] = self._mgfd(views, s_out, t_out, s, t)
