@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
+from kgc_kd import tracking
 from kgc_kd.callbacks.progressive import ProgressiveDistillation
 from kgc_kd.config import run_name, to_plain
 from kgc_kd.data.datamodule import KGDataModule
@@ -40,13 +41,16 @@ def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
     return {**t, **overrides}
 
 
-def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: ProgressiveDistillation):
+def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: ProgressiveDistillation,
+                   stage: dict | None = None):
     ckpt = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mrr",
                            mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
     callbacks = [ckpt, callback]
-    logger = False
-    if cfg.run.logger == "csv":
-        logger = CSVLogger(save_dir=str(stage_dir), name="logs", version="")
+    logger: list | bool = False
+    if cfg.run.logger in ("csv", "wandb"):  # the CSV log is kept with W&B too: it needs no service to read
+        logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version="")]
+        if cfg.run.logger == "wandb":
+            logger.append(tracking.stage_logger(cfg, stage_dir.parent.parent, stage_dir.name, stage or {}))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks)
     if epochs is not None:
@@ -59,6 +63,7 @@ def _fit_and_test(trainer: L.Trainer, module: L.LightningModule, dm: KGDataModul
     trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)  # resume if interrupted
     best = trainer.checkpoint_callback.best_model_path
     trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
+    tracking.finish_stage(trainer)  # one W&B run per stage: a reused run would drop the next stage's steps
 
 
 def _optim(cfg: DictConfig, lr: float | None) -> dict:
@@ -94,7 +99,7 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     chain.state["untrained_test"] = untrained
     chain.begin({**info, "layers": num_layers(module.net.query_encoder)})
     stage_dir = chain.stage_dir("teacher")
-    _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, chain), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, chain, info), module, dm, stage_dir)
     return untrained
 
 
@@ -117,7 +122,7 @@ def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
                            student=student, teacher=chain.teacher)
     chain.begin({**stage, "kind": "student", "teacher_layers": num_layers(chain.teacher.query_encoder)})
     stage_dir = chain.stage_dir(st.name)
-    _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, chain), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, chain, stage), module, dm, stage_dir)
 
 
 def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
@@ -144,4 +149,6 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)
+        if cfg.run.logger == "wandb":
+            tracking.log_report(cfg, run_dir, result)
     return result

@@ -166,7 +166,10 @@ class RunCfg:
     name: Optional[str] = None  # default: <data>-<hash of the config>, so a rerun finds its directory
     root: str = "runs"
     seed: int = 42
-    logger: str = "csv"  # csv | none
+    logger: str = "wandb"  # wandb (+ csv; offline without an API key) | csv | none
+    wandb_project: str = "kgc-kd"
+    wandb_entity: Optional[str] = None
+    wandb_log_model: bool = False  # upload stage checkpoints as W&B artifacts
 
 
 @dataclass
@@ -182,6 +185,7 @@ class Config:
     run: RunCfg = field(default_factory=RunCfg)
 
 
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 GROUPS = ("data", "model", "optim", "trainer", "eval", "teacher", "distill", "run")
 
 
@@ -291,7 +295,8 @@ def validate(cfg: DictConfig) -> None:
         (cfg.model.pre_batch >= 0, "model.pre_batch must be >= 0"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
-        (cfg.run.logger in ("csv", "none"), f"run.logger={cfg.run.logger!r}: expected csv or none"),
+        (cfg.run.logger in ("wandb", "csv", "none"), f"run.logger={cfg.run.logger!r}: expected wandb, csv or none"),
+        (cfg.trainer.precision in PRECISIONS, f"trainer.precision={cfg.trainer.precision!r}: expected one of {PRECISIONS}"),
         (cfg.distill.score_loss in ("mse", "kl"), f"distill.score_loss={cfg.distill.score_loss!r}: expected mse or kl"),
         (cfg.distill.mgfd in ("pmd", "generation"), f"distill.mgfd={cfg.distill.mgfd!r}: expected pmd or generation"),
     ]

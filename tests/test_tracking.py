@@ -1,0 +1,52 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kgc_kd import tracking
+
+
+@pytest.fixture
+def plm4(tmp_path):
+    from conftest import make_tiny_bert, make_tokenizer
+
+    d = tmp_path / "plm4"
+    make_tiny_bert(num_layers=4).save_pretrained(d)
+    make_tokenizer().save_pretrained(d)
+    return d
+
+
+def test_offline_wandb_writes_one_run_per_stage_and_a_report(tmp_path, plm4):
+    # a fresh process: wandb keeps process-wide state from the disabled-mode runs of other tests
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    subprocess.run([sys.executable, "-m", "kgc_kd.fit", "data=synthetic", f"model.plm={plm4}", "trainer.max_epochs=1", "trainer.accelerator=cpu",
+              "data.batch_size=8", "data.max_length=24", f"run.root={tmp_path / 'runs'}", "run.name=wb",
+              "run.logger=wandb", "trainer.enable_progress_bar=false", "eval.untrained_baseline=false",
+              "stages=[{name: s2, layers: 2}]"], env=env, check=True, capture_output=True, timeout=300)
+    runs = sorted((tmp_path / "runs" / "wb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3  # teacher, s2, report
+    records = [next(r.glob("run-*.wandb")).read_bytes() for r in runs]
+    for name, data in zip(("wb/teacher", "wb/s2"), records[:2]):
+        assert name.encode() in data  # the run's name; each stage is its own run in group "wb"
+        for key in (b"train/loss", b"val/mrr", b"test/mrr"):
+            assert key in data
+    assert b"train/score" in records[1] and b"train/score" not in records[0]  # per-term losses of the student
+    report = runs[2] / "files" / "media"
+    (table,) = list(report.rglob("*.table.json"))
+    rows = json.loads(table.read_text())["data"]
+    assert [r[0] for r in rows] == ["teacher", "s2"]
+    assert list(report.rglob("*.png"))
+
+
+def test_wandb_mode_is_offline_without_a_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    assert tracking.wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert tracking.wandb_mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert tracking.wandb_mode() == "disabled"
