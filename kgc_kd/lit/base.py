@@ -15,7 +15,7 @@ from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
 from kgc_kd.data.negatives import in_batch_mask
-from kgc_kd.eval import evaluate_queries
+from kgc_kd.eval import Ranks, RankingOutput, direction_metrics, evaluate_queries
 from kgc_kd.models.biencoder import BiEncoder
 
 
@@ -98,17 +98,43 @@ class BiEncoderModule(L.LightningModule):
             keep = order[first]
             triples, query_vecs = triples[keep], query_vecs[keep]
         ev = self.hparams.eval
-        metrics, output = evaluate_queries(
-            query_vecs, entity_vecs, triples, kg.num_relations, kg.filter_index,
-            adjacency=kg.train_graph if ev["rerank_weight"] and ev["rerank_hops"] else None,
-            rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
-            topk=ev["topk"] if prefix == "test" else 0,
-        )
+        # Ranking is split too: rank r scores queries [r * n/W, (r+1) * n/W) and the ranks are gathered.
+        n, world = len(triples), self.world_size
+        per = -(-n // world)
+        part = slice(min(self.global_rank * per, n), min((self.global_rank + 1) * per, n))
+        topk = ev["topk"] if prefix == "test" else 0
+        if part.stop > part.start:
+            metrics, output = evaluate_queries(
+                query_vecs[part], entity_vecs, triples[part], kg.num_relations, kg.filter_index,
+                adjacency=kg.train_graph if ev["rerank_weight"] and ev["rerank_hops"] else None,
+                rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
+                topk=topk,
+            )
+        else:  # more ranks than queries: this rank only contributes padding
+            empty = torch.empty(0)
+            k = min(topk, kg.num_entities)
+            output = RankingOutput(Ranks(empty, empty, empty), torch.empty(0, k, dtype=torch.long) if topk else None,
+                                   torch.empty(0, k) if topk else None)
+        if world > 1:
+            output = self._gather_ranking(output, per, n)
+            metrics = direction_metrics(output.ranks, triples[:, 1].cpu() >= kg.num_relations)
         self.last_eval[prefix] = {"metrics": metrics, "triples": triples.cpu(), "output": output}
         for k, v in metrics.items():
             if not (k.endswith("count") or k == "num_queries"):
                 self.log(f"{prefix}/{k}", float(v), prog_bar=k == "mrr", batch_size=1)
         return metrics
+
+    def _gather_ranking(self, output: RankingOutput, per: int, n: int) -> RankingOutput:
+        """Every rank's share of ranks (and top-k), padded to equal length for all_gather, in query order."""
+        def gather(x: Tensor | None, fill: float) -> Tensor | None:
+            if x is None:
+                return None
+            pad = x.new_full((per - len(x), *x.shape[1:]), fill)
+            return self.gather_rows(torch.cat([x, pad]).to(self.device)).cpu()[:n]
+
+        r = output.ranks
+        ranks = Ranks(*(gather(t, float("nan")) for t in (r.optimistic, r.pessimistic, r.realistic)))
+        return RankingOutput(ranks, gather(output.topk_ids, -1), gather(output.topk_scores, float("-inf")))
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")
