@@ -50,10 +50,19 @@ def tiny_bert():
     return make_tiny_bert()
 
 
+def save_tiny_plm(directory, num_layers: int = 2):
+    """A tiny model + tokenizer saved as a Hugging Face directory, usable as model.plm=<dir>."""
+    make_tiny_bert(num_layers=num_layers).save_pretrained(directory)
+    make_tokenizer().save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture
 def tiny_plm_dir(tmp_path):
-    """A tiny model + tokenizer saved as a Hugging Face directory, usable as model.plm=<dir>."""
-    d = tmp_path / "tiny-bert"
-    make_tiny_bert().save_pretrained(d)
-    make_tokenizer().save_pretrained(d)
-    return d
+    return save_tiny_plm(tmp_path / "tiny-bert")
+
+
+@pytest.fixture
+def plm4(tmp_path):
+    """A 4-layer tiny PLM: deep enough for a chain of shrinking students."""
+    return save_tiny_plm(tmp_path / "plm4", num_layers=4)

@@ -22,16 +22,6 @@ def _argv(tmp_path, plm, *extra):
             f"run.root={tmp_path}", "run.name=chain", "eval.untrained_baseline=false", *extra]
 
 
-@pytest.fixture
-def plm4(tmp_path):
-    from conftest import make_tiny_bert, make_tokenizer
-
-    d = tmp_path / "plm4"
-    make_tiny_bert(num_layers=4).save_pretrained(d)
-    make_tokenizer().save_pretrained(d)
-    return d
-
-
 def test_three_stage_chain_runs_reports_and_exports(tmp_path, plm4):
     result = fit.main(_argv(tmp_path, plm4, STAGES))
     run = tmp_path / "chain"

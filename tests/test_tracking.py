@@ -8,16 +8,6 @@ import pytest
 from kgc_kd import tracking
 
 
-@pytest.fixture
-def plm4(tmp_path):
-    from conftest import make_tiny_bert, make_tokenizer
-
-    d = tmp_path / "plm4"
-    make_tiny_bert(num_layers=4).save_pretrained(d)
-    make_tokenizer().save_pretrained(d)
-    return d
-
-
 def test_offline_wandb_writes_one_run_per_stage_and_a_report(tmp_path, plm4):
     # a fresh process: wandb keeps process-wide state from the disabled-mode runs of other tests
     env = {**os.environ, "WANDB_MODE": "offline"}
