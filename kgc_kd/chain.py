@@ -7,6 +7,8 @@ the same data order and initialisation as the distilled one.
 
 from __future__ import annotations
 
+import resource
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kgc_kd import tracking
 from kgc_kd.callbacks.progressive import ProgressiveDistillation
+from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.config import run_name, to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.distill_module import DistillModule
@@ -25,6 +28,12 @@ from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.reporting import write_report, write_text_atomic
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
@@ -45,7 +54,7 @@ def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callbac
                    stage: dict | None = None):
     ckpt = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mrr",
                            mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
-    callbacks = [ckpt, callback]
+    callbacks = [ckpt, PhaseTimer(), callback]  # the timer before the chain callback: it reads the timer
     logger: list | bool = False
     if cfg.run.logger in ("csv", "wandb"):  # the CSV log is kept with W&B too: it needs no service to read
         logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version="")]
@@ -95,8 +104,10 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
         return None
     module = KGCModule(to_plain(cfg.model), _optim(cfg, cfg.teacher.lr), to_plain(cfg.eval), cfg.data.batch_size,
                        encoder=encoder)
+    start = time.perf_counter()
     untrained = evaluate_untrained(cfg, module, dm) if cfg.eval.untrained_baseline else None
     chain.state["untrained_test"] = untrained
+    chain.state["untrained_eval_s"] = round(time.perf_counter() - start, 2)
     chain.begin({**info, "layers": num_layers(module.net.query_encoder)})
     stage_dir = chain.stage_dir("teacher")
     _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, chain, info), module, dm, stage_dir)
@@ -129,7 +140,8 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     start = time.time()
     # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
-    dm = build_datamodule(cfg, tokenizer)
+    dm = build_datamodule(cfg, tokenizer)  # loads the KG and tokenises every text once
+    setup_s = round(time.time() - start, 2)
     print(dm.kg.summary(), flush=True)
 
     run_dir = Path(cfg.run.root) / run_name(cfg)
@@ -145,7 +157,8 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
 
     rows = chain.rows()
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
-              "wall_time_s": round(time.time() - start, 1)}
+              "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
+              "untrained_eval_s": chain.state.get("untrained_eval_s"), "peak_rss_mib": peak_rss_mib()}
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)

@@ -124,7 +124,15 @@ def format_report(result: dict) -> str:
             lines.append(f"- {r['name']}: loaded from {r['loaded_from']} (not trained in this run)")
         else:
             lines.append(f"- {r['name']}: {r.get('plm')}, {r.get('steps')} steps in {r.get('fit_time_s')} s")
-    lines.append(f"\nwall time of this invocation: {result['wall_time_s']} s")
+    lines.append(f"\nwall time of this invocation: {result['wall_time_s']} s "
+                 f"(setup {result.get('setup_s', '?')} s, untrained baseline {result.get('untrained_eval_s') or 0} s); "
+                 f"peak resident memory {result.get('peak_rss_mib', '?')} MiB")
+    timed = [r for r in rows if r.get("phases_s")]
+    if timed:
+        names = ["data", "train", "eval", "latency", "export"]
+        lines += ["", "| stage | " + " | ".join(f"{n} (s)" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+        for r in timed:
+            lines.append(f"| {r['name']} | " + " | ".join(str(r['phases_s'].get(n, '-')) for n in names) + " |")
     return "\n".join(lines)
 
 

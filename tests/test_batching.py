@@ -7,8 +7,10 @@ import torch
 from conftest import make_tokenizer
 
 from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset, TrainCollator
+from kgc_kd.data.builtin import load_builtin
 from kgc_kd.data.kg import KG
 from kgc_kd.data.negatives import KnownTriples, in_batch_mask
+from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.data.tokens import TokenCache
 
 NAMES = ["red", "green thing", "blue small thing", "old", "new fast slow thing", "warm", "cold soft", "hard"]
@@ -129,3 +131,63 @@ def test_query_collator_keeps_the_query_index_column(setup):
     rows = torch.cat([batch, torch.arange(len(batch)).unsqueeze(1) + 10], dim=1)
     out = QueryCollator(tokens)(list(rows))
     assert torch.equal(out["triples"], batch) and out["query_index"].tolist() == list(range(10, 10 + len(batch)))
+
+
+# ---- the vectorised collators reproduce the original per-example ones -----------------------------------
+def _pad_per_row(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def _hr_per_row(tokens: TokenCache, triples: torch.Tensor) -> dict[str, torch.Tensor]:
+    pairs = [tokens.hr_ids(h, r) for h, r in triples[:, :2].tolist()]
+    ids, mask = _pad_per_row([p[0] for p in pairs], tokens.pad_id)
+    types, _ = _pad_per_row([p[1] for p in pairs], 0)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _entities_per_row(tokens: TokenCache, entities: torch.Tensor) -> dict[str, torch.Tensor]:
+    ids, mask = _pad_per_row([tokens.entity_ids(e) for e in entities.tolist()], tokens.pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def _assert_equal_batches(got: dict, ref: dict) -> None:
+    assert set(got) == set(ref)
+    for key, value in ref.items():
+        if isinstance(value, dict):
+            _assert_equal_batches(got[key], value)
+        else:
+            assert got[key].dtype == value.dtype and got[key].shape == value.shape, key
+            assert torch.equal(got[key], value), key
+
+
+@pytest.mark.parametrize("kg_name", ["nations", "synthetic"])
+@pytest.mark.parametrize("max_length", [5, 8, 16, 50])
+def test_collators_equal_the_per_example_reference(kg_name, max_length):
+    kg = load_builtin("nations") if kg_name == "nations" else synthetic_kg(40, 4, 300, seed=3)
+    tokens = TokenCache.build(kg, make_tokenizer(), max_length)
+    known = KnownTriples.train_of(kg)
+    rows = kg.with_inverse(kg.train)[torch.randperm(2 * len(kg.train), generator=torch.Generator().manual_seed(0))]
+    for batch in rows[:4 * 64].split(64):
+        b = len(batch)
+        for dedup in (False, True):
+            got = TrainCollator(tokens, known, dedup_entities=dedup)(list(batch))
+            ref = {"triples": batch, "hr": _hr_per_row(tokens, batch)}
+            ref["fn_mask"], ref["self_mask"] = in_batch_mask(batch, known)
+            if dedup:
+                ents, index = torch.unique(torch.cat([batch[:, 2], batch[:, 0]]), return_inverse=True)
+                ref.update(entities=_entities_per_row(tokens, ents), tail_index=index[:b], head_index=index[b:])
+            else:
+                ref.update(tail=_entities_per_row(tokens, batch[:, 2]), head=_entities_per_row(tokens, batch[:, 0]))
+            _assert_equal_batches(got, ref)
+        numbered = torch.cat([batch, torch.arange(b).unsqueeze(1)], dim=1)
+        _assert_equal_batches(QueryCollator(tokens)(list(numbered)),
+                              {"triples": batch, "hr": _hr_per_row(tokens, batch), "query_index": torch.arange(b)})
+    ids = torch.arange(kg.num_entities)
+    _assert_equal_batches(EntityCollator(tokens)(list(ids)),
+                          {"entity_ids": ids, "entity": _entities_per_row(tokens, ids)})

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kgc_kd.eval.evaluator import build_filter_index, evaluate_queries, rank_all_entities
+from kgc_kd.eval.filter import FilterIndex
 from kgc_kd.eval.rerank import build_adjacency
 
 
@@ -176,12 +177,13 @@ R = 2  # relations; ids >= R are inverses
 
 def test_build_filter_index_both_directions():
     idx = build_filter_index([torch.tensor([[0, 0, 1], [0, 0, 2]]), [[3, 1, 1]]], num_relations=R)
+    assert isinstance(idx, FilterIndex) and len(idx) == 5
     assert idx[(0, 0)].tolist() == [1, 2]
     assert idx[(1, 0 + R)].tolist() == [0]
     assert idx[(2, 0 + R)].tolist() == [0]
     assert idx[(3, 1)].tolist() == [1]
     assert idx[(1, 1 + R)].tolist() == [3]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"relation id {R} outside \[0, {R}\)"):
         build_filter_index([[[0, R, 1]]], num_relations=R)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from kgc_kd.data.kg import KG
+from kgc_kd.eval.filter import FilterIndex
 
 # A hand-built KG: 4 entities, 2 relations (ids 2 and 3 are their inverses).
 TRAIN = [(0, 0, 2), (0, 0, 1), (1, 0, 2), (0, 1, 3)]
@@ -116,6 +117,7 @@ def test_filter_index_covers_all_splits_both_directions():
         (3, 2): [0],
     }
     got = kg.filter_index
+    assert isinstance(got, FilterIndex) and len(got) == len(expected)
     assert set(got) == set(expected)
     for key, tails in expected.items():
         assert got[key].dtype == torch.long

@@ -10,7 +10,13 @@ from conftest import WORDS, make_tokenizer, tiny_vocab
 
 from kgc_kd.data.kg import KG
 from kgc_kd.data.text import entity_text, entity_texts, relation_texts
-from kgc_kd.data.tokens import TokenCache, pad, tokenizer_fingerprint, truncate_longest_first
+from kgc_kd.data.tokens import (
+    TokenCache,
+    pad,
+    tokenizer_fingerprint,
+    truncate_longest_first,
+    truncate_longest_first_batch,
+)
 
 
 def random_text(rng: random.Random, lo: int, hi: int) -> str:
@@ -184,6 +190,128 @@ def test_truncate_longest_first_invariants():
                 assert ka + kb == min(na + nb, budget)
 
 
+def test_truncate_longest_first_batch_equals_scalar():
+    na, nb = torch.meshgrid(torch.arange(20), torch.arange(20), indexing="ij")
+    na, nb = na.flatten(), nb.flatten()
+    for budget in range(1, 24):
+        ka, kb = truncate_longest_first_batch(na, nb, budget)
+        assert ka.dtype == kb.dtype == torch.long
+        ref = [truncate_longest_first(a, b, budget) for a, b in zip(na.tolist(), nb.tolist())]
+        assert list(zip(ka.tolist(), kb.tolist())) == ref, budget
+
+
+# ---- vectorised batches against the per-example reference -----------------------------------------------
+def pad_reference(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original per-row padding loop, kept as the reference."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def hr_reference(cache: TokenCache, h: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    pairs = [cache.hr_ids(a, b) for a, b in zip(h.tolist(), r.tolist())]
+    ids, mask = pad_reference([p[0] for p in pairs], cache.pad_id)
+    types, _ = pad_reference([p[1] for p in pairs], 0)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def entity_reference(cache: TokenCache, e: torch.Tensor) -> dict[str, torch.Tensor]:
+    ids, mask = pad_reference([cache.entity_ids(x) for x in e.tolist()], cache.pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def assert_same_batch(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
+    assert set(got) == set(ref) == {"input_ids", "attention_mask", "token_type_ids"}
+    for key in ref:
+        assert got[key].dtype == ref[key].dtype == torch.long, key
+        assert got[key].shape == ref[key].shape, key
+        assert torch.equal(got[key], ref[key]), key
+
+
+def grid_kg(n: int = 13) -> KG:
+    """Entity texts of exactly 0..n-1 tokens and relation texts of 0..n-1 tokens (inverses: 1..n): every
+    pair of lengths, ties, empty texts, and either side alone longer than max_length."""
+    return KG(name="grid", entity_ids=[f"e{i}" for i in range(n)],
+              entity_names=[" ".join(["red"] * k) for k in range(n)], entity_descs=[""] * n,
+              relation_ids=[f"r{k}" for k in range(n)], relation_texts=[" ".join(["blue"] * k) for k in range(n)],
+              train=torch.tensor([[0, 0, 0]]), valid=torch.zeros(0, 3), test=torch.zeros(0, 3))
+
+
+def all_pairs(kg: KG) -> tuple[torch.Tensor, torch.Tensor]:
+    h, r = torch.meshgrid(torch.arange(kg.num_entities), torch.arange(2 * kg.num_relations), indexing="ij")
+    return h.flatten(), r.flatten()
+
+
+@pytest.mark.parametrize("max_length", [5, 6, 7, 8, 11, 16])
+def test_batches_equal_reference_on_every_length_pair(tok, max_length):
+    kg = grid_kg()
+    cache = TokenCache.build(kg, tok, max_length)
+    assert cache.entity_len == list(range(13)) and cache.relation_len == list(range(13)) + list(range(1, 14))
+    h, r = all_pairs(kg)
+    assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
+    for i in range(len(h)):  # one row at a time: padded to its own length, no padding column
+        assert_same_batch(cache.hr_batch(h[i:i + 1], r[i:i + 1]), hr_reference(cache, h[i:i + 1], r[i:i + 1]))
+    e = torch.arange(kg.num_entities)
+    assert_same_batch(cache.entity_batch(e), entity_reference(cache, e))
+    for i in range(len(e)):
+        assert_same_batch(cache.entity_batch(e[i:i + 1]), entity_reference(cache, e[i:i + 1]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_batches_equal_reference_on_random_kgs(tok, seed):
+    kg = random_kg(seed, n=30, r=6)
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    for max_length in (5, 8, rng.randint(9, 20), 50):
+        cache = TokenCache.build(kg, tok, max_length)
+        assert any(n > max_length for n in cache.entity_len)  # truncated entity texts are exercised
+        h, r = all_pairs(kg)
+        assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
+        for _ in range(10):  # random batches with repeats, of random sizes
+            b = rng.randint(1, 40)
+            h = torch.randint(0, kg.num_entities, (b,), generator=g)
+            r = torch.randint(0, 2 * kg.num_relations, (b,), generator=g)
+            assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
+            assert_same_batch(cache.entity_batch(h), entity_reference(cache, h))
+
+
+def test_batches_with_long_relation_texts(tok):
+    # relation texts longer than max_length on their own, entities short, long, or empty
+    kg = KG(name="long", entity_ids=["a", "b", "c"], entity_names=["red", " ".join(["red"] * 20), ""],
+            entity_descs=["", "", ""], relation_ids=["r0", "r1"],
+            relation_texts=[" ".join(["blue"] * 30), "blue"], train=torch.tensor([[0, 0, 1]]),
+            valid=torch.zeros(0, 3), test=torch.zeros(0, 3))
+    for max_length in (5, 8, 12):
+        cache = TokenCache.build(kg, tok, max_length)
+        h, r = all_pairs(kg)
+        assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
+        e = torch.tensor([2, 2, 0, 1])
+        assert_same_batch(cache.entity_batch(e), entity_reference(cache, e))
+
+
+def test_tables_hold_the_cached_ids(tok, kg):
+    cache = TokenCache.build(kg, tok, 8)
+    for table, seqs, lengths, full in ((cache.entity_table, cache.entity, cache.entity_lengths, cache.entity_len),
+                                       (cache.relation_table, cache.relation, cache.relation_lengths,
+                                        cache.relation_len)):
+        assert table.dtype == lengths.dtype == torch.long
+        assert table.shape == (len(seqs), max(len(s) for s in seqs))
+        assert lengths.tolist() == full
+        for row, s in zip(table.tolist(), seqs):
+            assert row == s + [cache.pad_id] * (table.shape[1] - len(s))
+
+
+def test_empty_batch(tok, kg):
+    cache = TokenCache.build(kg, tok, 8)
+    none = torch.zeros(0, dtype=torch.long)
+    for enc in (cache.hr_batch(none, none), cache.entity_batch(none)):
+        assert all(v.shape == (0, 0) and v.dtype == torch.long for v in enc.values())
+
+
 # ---- fingerprint and padding --------------------------------------------------------------------------
 def test_tokenizer_fingerprint():
     from transformers import BertTokenizer
@@ -211,3 +339,15 @@ def test_pad():
     assert ids.tolist() == [[1, 2], [3, 4]] and mask.tolist() == [[1, 1], [1, 1]]
     ids, _ = pad([[1], [2, 3]], pad_id=99)
     assert ids.tolist() == [[1, 99], [2, 3]]
+
+
+def test_pad_equals_reference_loop():
+    rng = random.Random(0)
+    for _ in range(50):
+        seqs = [[rng.randint(1, 99) for _ in range(rng.randint(0, 9))] for _ in range(rng.randint(1, 8))]
+        ids, mask = pad(seqs, pad_id=0)
+        ref_ids, ref_mask = pad_reference(seqs, pad_id=0)
+        assert ids.dtype == mask.dtype == torch.long
+        assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask), seqs
+    ids, mask = pad([[], []], pad_id=7)
+    assert ids.shape == mask.shape == (2, 0)

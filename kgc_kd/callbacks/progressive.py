@@ -21,6 +21,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.data.kg import kg_to_json
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.size import parameter_counts, throughput
@@ -92,12 +93,19 @@ class ProgressiveDistillation(Callback):
         row = {**info, **self._fit, **parameter_counts(net),
                "temperature": float(1.0 / net.inv_t.detach()),
                "test": {k: float(ev["metrics"][k]) for k in TEST_KEYS if k in ev["metrics"]}}
+        timer = next((c for c in trainer.callbacks if isinstance(c, PhaseTimer)), None)
+        phases = timer.phases() if timer is not None else {}
         if self.measure_latency:
+            start = time.perf_counter()
             row.update(self._latency(trainer, net))
+            phases["latency"] = round(time.perf_counter() - start, 2)
         if trainer.is_global_zero:
+            start = time.perf_counter()
             self._export(name, net, trainer.datamodule)
             if self.save_predictions:
                 write_predictions(self.stage_dir(name) / "predictions_test.jsonl", trainer.datamodule.kg, ev)
+            phases["export"] = round(time.perf_counter() - start, 2)
+            row["phases_s"] = phases
             self.state["stages"][name] = row
             order = self.state.setdefault("order", [])
             if name not in order:

@@ -1,4 +1,8 @@
-"""Datasets of triples, queries and entities, and the collate functions that turn them into model inputs."""
+"""Datasets of triples, queries and entities, and the collate functions that turn them into model inputs.
+
+Collation runs once per batch on the loader's hot path, so it is tensor ops on whole batches
+(`TokenCache.hr_batch` / `entity_batch`), never a Python loop over the examples.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kgc_kd.data.negatives import KnownTriples, in_batch_mask
-from kgc_kd.data.tokens import TokenCache, pad
+from kgc_kd.data.tokens import TokenCache
 
 
 class RowDataset(Dataset):
@@ -24,15 +28,11 @@ class RowDataset(Dataset):
 
 
 def _encode_hr(tokens: TokenCache, triples: Tensor) -> dict[str, Tensor]:
-    pairs = [tokens.hr_ids(h, r) for h, r in triples[:, :2].tolist()]
-    ids, mask = pad([p[0] for p in pairs], tokens.pad_id)
-    types, _ = pad([p[1] for p in pairs], 0)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+    return tokens.hr_batch(triples[:, 0], triples[:, 1])
 
 
 def _encode_entities(tokens: TokenCache, entities: Tensor) -> dict[str, Tensor]:
-    ids, mask = pad([tokens.entity_ids(e) for e in entities.tolist()], tokens.pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+    return tokens.entity_batch(entities)
 
 
 class TrainCollator:

@@ -15,6 +15,8 @@ from functools import cached_property
 import torch
 from torch import Tensor
 
+from kgc_kd.eval.filter import FilterIndex
+
 SPLITS = ("train", "valid", "test")
 
 
@@ -98,18 +100,10 @@ class KG:
         return getattr(self, name)
 
     # ---- indexes ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _hr_index(triples: Tensor) -> dict[tuple[int, int], Tensor]:
-        acc: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for h, r, t in triples.tolist():
-            acc[(h, r)].append(t)
-        return {k: torch.tensor(sorted(set(v)), dtype=torch.long) for k, v in acc.items()}
-
     @cached_property
-    def filter_index(self) -> dict[tuple[int, int], Tensor]:
+    def filter_index(self) -> FilterIndex:
         """(h, r) -> every known answer over train + valid + test, both directions (filtered setting)."""
-        every = torch.cat([self.with_inverse(self.split(s)) for s in SPLITS])
-        return self._hr_index(every)
+        return FilterIndex.from_forward(torch.cat([self.split(s) for s in SPLITS]), self.num_relations)
 
     @cached_property
     def train_hr2tails(self) -> dict[tuple[int, int], frozenset[int]]:

@@ -1,11 +1,14 @@
 """Filtered link-prediction evaluation for text bi-encoders (no Lightning dependency)."""
 
 from .evaluator import RankingOutput, build_filter_index, evaluate_queries, rank_all_entities
+from .filter import FilterIndex, QueryAnswers
 from .metrics import direction_metrics, rank_metrics
 from .ranks import RANK_TYPES, Ranks, rank_gold
 from .rerank import apply_rerank_, build_adjacency, neighbourhood
 
 __all__ = [
+    "FilterIndex",
+    "QueryAnswers",
     "RANK_TYPES",
     "Ranks",
     "RankingOutput",

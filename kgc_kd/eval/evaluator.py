@@ -3,6 +3,9 @@
 Only a (chunk_size, E) score block lives in memory at a time, so full-graph
 evaluation fits on GPU even for large entity sets. Order per chunk follows
 SimKGC: raw cosine scores -> graph re-rank -> filter known answers -> rank.
+Known answers come from a `FilterIndex`, which builds each chunk's exclusion mask
+with tensor ops; a plain (h, r) -> answers dict or a per-query list still works
+(the readable reference, and what older callers pass).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .filter import FilterIndex, QueryAnswers
 from .metrics import direction_metrics
 from .ranks import Ranks, rank_gold
 from .rerank import Adjacency, apply_rerank_
@@ -33,23 +37,13 @@ class RankingOutput:
     topk_scores: Tensor | None
 
 
-def build_filter_index(
-    triple_sets: Iterable[Tensor | Sequence[Sequence[int]]], num_relations: int
-) -> dict[tuple[int, int], Tensor]:
+def build_filter_index(triple_sets: Iterable[Tensor | Sequence[Sequence[int]]], num_relations: int) -> FilterIndex:
     """Known answers for both directions: (h, r) -> tails and (t, r + R) -> heads.
 
     Pass train, valid and test triples (forward relations only, r < R).
     """
-    acc: dict[tuple[int, int], set[int]] = {}
-    for triples in triple_sets:
-        rows = triples.tolist() if isinstance(triples, Tensor) else triples
-        for h, r, t in rows:
-            h, r, t = int(h), int(r), int(t)
-            if not 0 <= r < num_relations:
-                raise ValueError(f"relation id {r} outside [0, {num_relations}); pass forward triples only")
-            acc.setdefault((h, r), set()).add(t)
-            acc.setdefault((t, r + num_relations), set()).add(h)
-    return {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in acc.items()}
+    parts = [torch.as_tensor(t, dtype=torch.long).reshape(-1, 3) for t in triple_sets]
+    return FilterIndex.from_forward(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long), num_relations)
 
 
 def _exclusion_mask(
@@ -69,7 +63,7 @@ def rank_all_entities(
     query_vecs: Tensor,
     entity_vecs: Tensor,
     gold: Tensor,
-    known_answers: Sequence[Tensor | Sequence[int]],
+    known_answers: Sequence[Tensor | Sequence[int]] | QueryAnswers,
     *,
     heads: Tensor | None = None,
     adjacency: Adjacency | None = None,
@@ -81,7 +75,8 @@ def rank_all_entities(
     """Rank ``gold[i]`` among all entities for query ``i`` (filtered setting).
 
     ``known_answers[i]`` lists every true answer of query i; all but the gold
-    are removed from the competition. Scoring runs in float32 on
+    are removed from the competition. Pass ``FilterIndex.lookup(h, r)`` for the
+    vectorised path, or a per-query list. Scoring runs in float32 on
     ``entity_vecs``' device; results are returned on CPU.
     """
     if query_vecs.ndim != 2 or entity_vecs.ndim != 2 or query_vecs.shape[1] != entity_vecs.shape[1]:
@@ -121,7 +116,11 @@ def rank_all_entities(
             scores = q @ ent.T
             if do_rerank:
                 apply_rerank_(scores, heads[start:stop], adjacency, rerank_hops, rerank_weight, cache=nbr_cache)
-            exclude = _exclusion_mask(known_answers[start:stop], num_e, device)
+            known = known_answers[start:stop]
+            if isinstance(known, QueryAnswers):
+                exclude = known.mask(num_e, device)
+            else:
+                exclude = _exclusion_mask(known, num_e, device)
             rows = torch.arange(stop - start, device=device)
             exclude[rows, g] = False
             rank_parts.append(rank_gold(scores, g, exclude).cpu())
@@ -145,7 +144,7 @@ def evaluate_queries(
     entity_vecs: Tensor,
     triples: Tensor,
     num_relations: int,
-    filter_index: Mapping[tuple[int, int], Tensor | Sequence[int]],
+    filter_index: FilterIndex | Mapping[tuple[int, int], Tensor | Sequence[int]],
     *,
     adjacency: Adjacency | None = None,
     rerank_hops: int = 0,
@@ -153,7 +152,10 @@ def evaluate_queries(
     chunk_size: int = 256,
     topk: int = 0,
 ) -> tuple[dict[str, float], RankingOutput]:
-    """Metrics for query triples (h, r, t) with r in [0, 2R); r >= R are head predictions."""
+    """Metrics for query triples (h, r, t) with r in [0, 2R); r >= R are head predictions.
+
+    ``filter_index`` maps (h, r) to its known answers: a `FilterIndex` (vectorised) or a plain dict.
+    """
     triples = torch.as_tensor(triples).long()
     if triples.ndim != 2 or triples.shape[1] != 3:
         raise ValueError(f"triples must be (Q, 3), got {tuple(triples.shape)}")
@@ -162,8 +164,15 @@ def evaluate_queries(
     h, r, t = triples.cpu().unbind(1)
     if triples.shape[0] and (int(r.min()) < 0 or int(r.max()) >= 2 * num_relations):
         raise ValueError(f"relation ids must lie in [0, {2 * num_relations}) (forward + inverse)")
-    empty = torch.empty(0, dtype=torch.long)
-    known = [filter_index.get(key, empty) for key in zip(h.tolist(), r.tolist())]
+    known: QueryAnswers | list[Tensor | Sequence[int]]
+    if isinstance(filter_index, FilterIndex):
+        if filter_index.num_relations_total != 2 * num_relations:
+            raise ValueError(f"the filter index covers {filter_index.num_relations_total} relation ids, "
+                             f"the queries {2 * num_relations} (forward + inverse)")
+        known = filter_index.lookup(h, r)
+    else:
+        empty = torch.empty(0, dtype=torch.long)
+        known = [filter_index.get(key, empty) for key in zip(h.tolist(), r.tolist())]
     out = rank_all_entities(
         query_vecs,
         entity_vecs,

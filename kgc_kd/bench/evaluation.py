@@ -1,0 +1,99 @@
+"""Evaluation speed and memory: encoding entities and queries, ranking, and how memory scales.
+
+Two parts. On the real KG (the configured PLM and data): entities encoded/s, queries encoded/s,
+queries ranked/s and the peak memory of one full filtered evaluation of the test split (entity
+vectors computed once and shared by both directions, as in `lit/base.py`). On synthetic KGs with
+random embeddings (1e3 .. 1e5 entities): ranking time and peak memory, which must grow as
+O(chunk x entities) + the embeddings themselves, never O(queries x entities).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kgc_kd.bench.measure import PeakMemory, timed
+from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.eval import build_filter_index, evaluate_queries
+from kgc_kd.models.biencoder import BiEncoder
+
+
+def _batches(loader, key: str, device) -> list[dict]:
+    return [{k: v.to(device) for k, v in b[key].items()} for b in loader]
+
+
+@torch.no_grad()
+def encode_all(encode, batches: list[dict]) -> torch.Tensor:
+    return torch.cat([encode(b) for b in batches])
+
+
+@torch.no_grad()
+def real_evaluation(net: BiEncoder, dm: KGDataModule, *, chunk_size: int, warmup: int, repeats: int,
+                    device: torch.device | str = "cpu", split: str = "test") -> dict:
+    net = net.to(device).eval()
+    kg = dm.kg
+    ent_batches = _batches(dm.entity_dataloader(), "entity", device)
+    q_loader = dm.query_dataloader(split)
+    q_batches = _batches(q_loader, "hr", device)
+    triples = torch.cat([b["triples"] for b in q_loader])
+    n_e, n_q = kg.num_entities, len(triples)
+    ent = timed(lambda: encode_all(net.encode_entity, ent_batches), warmup=warmup, repeats=repeats, device=device)
+    qry = timed(lambda: encode_all(net.encode_query, q_batches), warmup=warmup, repeats=repeats, device=device)
+    e_vecs = encode_all(net.encode_entity, ent_batches)
+    q_vecs = encode_all(net.encode_query, q_batches)
+    filt = kg.filter_index
+
+    def rank():
+        return evaluate_queries(q_vecs, e_vecs, triples, kg.num_relations, filt, chunk_size=chunk_size)
+
+    rk = timed(rank, warmup=warmup, repeats=repeats, device=device)
+
+    def full():  # what one evaluation costs end to end: entities once, queries of both directions, ranking
+        return evaluate_queries(encode_all(net.encode_query, q_batches), encode_all(net.encode_entity, ent_batches),
+                                triples, kg.num_relations, filt, chunk_size=chunk_size)
+
+    with PeakMemory(device) as mem:
+        full()
+    full_t = timed(full, warmup=0, repeats=max(1, repeats // 2), device=device)
+    return {
+        "split": split, "num_entities": n_e, "num_queries": n_q, "chunk_size": chunk_size,
+        "entities_per_s": n_e / ent["median_s"], "queries_encoded_per_s": n_q / qry["median_s"],
+        "queries_ranked_per_s": n_q / rk["median_s"],
+        "queries_evaluated_per_s": n_q / full_t["median_s"],
+        "entity_encode_s": ent["median_s"], "query_encode_s": qry["median_s"], "rank_s": rk["median_s"],
+        "full_eval_s": full_t["median_s"],
+        "peak_mib": mem.peak_mib, "peak_delta_mib": mem.delta_mib, "memory_method": mem.method,
+    }
+
+
+def synthetic_ranking(num_entities: int, num_queries: int, *, dim: int = 384, num_relations: int = 10,
+                      train_per_entity: int = 2, chunk_size: int = 256, repeats: int = 1, seed: int = 0,
+                      device: torch.device | str = "cpu") -> dict:
+    """Rank `num_queries` random queries (half tail, half head prediction) against `num_entities`
+    random unit vectors, filtered by a random train graph of `train_per_entity` x E triples."""
+    g = torch.Generator().manual_seed(seed)
+    n_test = max(1, num_queries // 2)
+    e = torch.randint(num_entities, (n_test + train_per_entity * num_entities, 2), generator=g)
+    r = torch.randint(num_relations, (len(e), 1), generator=g)
+    triples = torch.cat([e[:, :1], r, e[:, 1:]], dim=1)
+    test, train = triples[:n_test], triples[n_test:]
+    queries = torch.cat([test, torch.stack([test[:, 2], test[:, 1] + num_relations, test[:, 0]], 1)])[:num_queries]
+    filt = build_filter_index([train, test], num_relations)
+    ent = torch.nn.functional.normalize(torch.randn(num_entities, dim, generator=g), dim=1).to(device)
+    qv = torch.nn.functional.normalize(torch.randn(len(queries), dim, generator=g), dim=1).to(device)
+
+    def rank():
+        return evaluate_queries(qv, ent, queries, num_relations, filt, chunk_size=chunk_size)
+
+    with PeakMemory(device) as mem:
+        metrics, _ = rank()
+    t = timed(rank, warmup=0, repeats=repeats, device=device)
+    emb_mib = (ent.numel() + qv.numel()) * 4 / 2**20
+    return {
+        "num_entities": num_entities, "num_queries": len(queries), "dim": dim, "chunk_size": chunk_size,
+        "rank_s": t["median_s"], "queries_ranked_per_s": len(queries) / t["median_s"],
+        "peak_mib": mem.peak_mib, "peak_delta_mib": mem.delta_mib, "memory_method": mem.method,
+        "embeddings_mib": emb_mib,
+        # one chunk's float scores + bool filter mask: the working set the ranking is allowed
+        "chunk_working_set_mib": chunk_size * num_entities * 5 / 2**20,
+        "mrr": float(metrics["mrr"]),
+    }

@@ -1,0 +1,135 @@
+"""Known answers of every (entity, relation) query as flat tensors, so filtering needs no Python loop.
+
+The filtered setting removes every known answer but the gold from a query's competition. A dict of
+(h, r) -> answers costs a Python lookup per query and per-query work to build the (Q, E) mask; this CSR
+layout (sorted keys, each coded as one int64 h * num_relations_total + r; offsets; flat sorted answers)
+serves a whole batch of queries with searchsorted and repeat_interleave, and is built with unique/sort,
+not a loop per triple. It still reads like the dict it replaced: `idx[(h, r)]`, `(h, r) in idx`, `get`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["FilterIndex", "QueryAnswers"]
+
+
+class FilterIndex(Mapping[tuple[int, int], Tensor]):
+    """(h, r) -> sorted distinct answers, for relation ids in [0, num_relations_total) (inverses included)."""
+
+    def __init__(self, codes: Tensor, offsets: Tensor, answers: Tensor, num_relations_total: int):
+        self.codes = codes  # (K,) sorted distinct keys as one int64 each: h * num_relations_total + r
+        self.offsets = offsets  # (K + 1,) the answers of codes[i] are answers[offsets[i]:offsets[i + 1]]
+        self.answers = answers  # (M,) sorted within each key
+        self.num_relations_total = num_relations_total
+
+    @classmethod
+    def from_triples(cls, triples: Tensor, num_relations_total: int) -> FilterIndex:
+        """Rows (h, r, t) with r in [0, num_relations_total): t is a known answer of (h, r)."""
+        triples = torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3)
+        h, r, t = triples.unbind(1)
+        if len(triples) and (int(r.min()) < 0 or int(r.max()) >= num_relations_total or int(h.min()) < 0):
+            raise ValueError(f"triples need entity ids >= 0 and relation ids in [0, {num_relations_total})")
+        pairs = torch.stack([h * num_relations_total + r, t], dim=1)
+        if len(pairs):
+            pairs = torch.unique(pairs, dim=0)  # sorted by key, then answer; duplicates dropped
+        codes, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        return cls(codes, offsets, pairs[:, 1].contiguous(), num_relations_total)
+
+    @classmethod
+    def from_forward(cls, triples: Tensor, num_relations: int) -> FilterIndex:
+        """Both directions of forward triples (r < R): (h, r) -> t and (t, r + R) -> h."""
+        triples = torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3)
+        h, r, t = triples.unbind(1)
+        bad = (r < 0) | (r >= num_relations)
+        if bad.any():
+            raise ValueError(f"relation id {int(r[bad][0])} outside [0, {num_relations}); pass forward triples only")
+        inverse = torch.stack([t, r + num_relations, h], dim=1)
+        return cls.from_triples(torch.cat([triples, inverse]), 2 * num_relations)
+
+    # ---- batched lookups ---------------------------------------------------------------------------
+    def lookup(self, h: Tensor, r: Tensor) -> QueryAnswers:
+        """Where the answers of each query (h[i], r[i]) lie in `answers` (none for an unknown key)."""
+        h, r = torch.as_tensor(h, dtype=torch.long).reshape(-1), torch.as_tensor(r, dtype=torch.long).reshape(-1)
+        if len(self.codes) == 0:
+            return QueryAnswers(self, torch.zeros_like(h), torch.zeros_like(h))
+        code = h * self.num_relations_total + r
+        pos = torch.searchsorted(self.codes, code).clamp(max=len(self.codes) - 1)
+        found = (self.codes[pos] == code) & (h >= 0) & (r >= 0) & (r < self.num_relations_total)
+        start = self.offsets[pos]
+        return QueryAnswers(self, start, torch.where(found, self.offsets[pos + 1] - start, 0))
+
+    def exclusion_mask(self, h: Tensor, r: Tensor, num_entities: int,
+                       device: torch.device | str | None = None) -> Tensor:
+        """(Q, num_entities) bool: True at every known answer of query (h[i], r[i])."""
+        return self.lookup(h, r).mask(num_entities, device)
+
+    # ---- the dict view -------------------------------------------------------------------------------
+    def _span(self, key: object) -> tuple[int, int] | None:
+        try:
+            h, r = (int(x) for x in key)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            return None
+        found = self.lookup(torch.tensor([h]), torch.tensor([r]))
+        start, count = int(found.start[0]), int(found.count[0])
+        return (start, start + count) if count else None
+
+    def __getitem__(self, key: tuple[int, int]) -> Tensor:
+        span = self._span(key)
+        if span is None:
+            raise KeyError(key)
+        return self.answers[span[0]:span[1]]
+
+    def __contains__(self, key: object) -> bool:
+        return self._span(key) is not None
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        h, r = self.codes.div(self.num_relations_total, rounding_mode="floor"), self.codes % self.num_relations_total
+        return iter(zip(h.tolist(), r.tolist()))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FilterIndex):
+            return NotImplemented
+        return (self.num_relations_total == other.num_relations_total and torch.equal(self.codes, other.codes)
+                and torch.equal(self.offsets, other.offsets) and torch.equal(self.answers, other.answers))
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"FilterIndex({len(self)} keys, {len(self.answers)} answers, {self.num_relations_total} relations)"
+
+
+@dataclass(frozen=True)
+class QueryAnswers:
+    """The known answers of Q queries as slices of one FilterIndex; slice it to get a chunk of queries."""
+
+    index: FilterIndex
+    start: Tensor  # (Q,) offset of query i's answers in index.answers
+    count: Tensor  # (Q,) how many (0 where the query's key is unknown)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def __getitem__(self, part: slice) -> QueryAnswers:
+        return QueryAnswers(self.index, self.start[part], self.count[part])
+
+    def mask(self, num_entities: int, device: torch.device | str | None = None) -> Tensor:
+        """(Q, num_entities) bool, True at each query's known answers."""
+        mask = torch.zeros(len(self), num_entities, dtype=torch.bool, device=device)
+        total = int(self.count.sum())
+        if total == 0:
+            return mask
+        rows = torch.repeat_interleave(torch.arange(len(self)), self.count)
+        # the j-th answer overall is answer (j - first j of its query) of that query, at start + that
+        first = self.count.cumsum(0) - self.count
+        cols = self.index.answers[torch.repeat_interleave(self.start - first, self.count) + torch.arange(total)]
+        mask[rows.to(mask.device), cols.to(mask.device)] = True
+        return mask
