@@ -47,9 +47,9 @@ def build_filter_index(triple_sets: Iterable[Tensor | Sequence[Sequence[int]]], 
 
 
 def _exclusion_mask(
-    known: Sequence[Tensor | Sequence[int]], num_entities: int, device: torch.device
+    known: Sequence[Tensor | Sequence[int]], num_entities: int, device: torch.device, out: Tensor
 ) -> Tensor:
-    mask = torch.zeros(len(known), num_entities, dtype=torch.bool, device=device)
+    mask = out.zero_()
     cols = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in known]
     lengths = torch.tensor([c.numel() for c in cols], dtype=torch.long)
     if int(lengths.sum()) == 0:
@@ -107,25 +107,36 @@ def rank_all_entities(
     id_parts: list[Tensor] = []
     score_parts: list[Tensor] = []
 
+    # One workspace for all chunks (scores, filter mask, comparison mask): a fresh (chunk, E) block
+    # per chunk would be released to the allocator each time and, with glibc's growing mmap threshold,
+    # kept as fragmented heap, so resident memory grew with the number of chunks instead of staying
+    # at one chunk's working set.
+    rows_max = min(chunk_size, num_q)
+    score_buf = torch.empty(rows_max, num_e, device=device)
+    exclude_buf = torch.empty(rows_max, num_e, dtype=torch.bool, device=device)
+    compare_buf = torch.empty(rows_max, num_e, dtype=torch.bool, device=device)
+
     with torch.no_grad():
         ent = entity_vecs.detach().float()
         for start in range(0, num_q, chunk_size):
             stop = min(start + chunk_size, num_q)
+            n = stop - start
             q = query_vecs[start:stop].to(device=device, dtype=torch.float32)
             g = gold[start:stop].to(device)
-            scores = q @ ent.T
+            scores = torch.mm(q, ent.T, out=score_buf[:n])
             if do_rerank:
                 apply_rerank_(scores, heads[start:stop], adjacency, rerank_hops, rerank_weight, cache=nbr_cache)
             known = known_answers[start:stop]
             if isinstance(known, QueryAnswers):
-                exclude = known.mask(num_e, device)
+                exclude = known.mask(num_e, device, out=exclude_buf[:n])
             else:
-                exclude = _exclusion_mask(known, num_e, device)
-            rows = torch.arange(stop - start, device=device)
+                exclude = _exclusion_mask(known, num_e, device, out=exclude_buf[:n])
+            rows = torch.arange(n, device=device)
             exclude[rows, g] = False
-            rank_parts.append(rank_gold(scores, g, exclude).cpu())
+            rank_parts.append(rank_gold(scores, g, exclude, workspace=compare_buf[:n]).cpu())
             if k > 0:
-                filtered = scores.masked_fill_(exclude | torch.isnan(scores), float("-inf"))
+                filtered = scores.masked_fill_(exclude, float("-inf"))
+                filtered.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
                 top_s, top_i = filtered.topk(k, dim=1)
                 top_i = top_i.masked_fill(torch.isneginf(top_s), -1)
                 id_parts.append(top_i.cpu())

@@ -121,9 +121,13 @@ class QueryAnswers:
     def __getitem__(self, part: slice) -> QueryAnswers:
         return QueryAnswers(self.index, self.start[part], self.count[part])
 
-    def mask(self, num_entities: int, device: torch.device | str | None = None) -> Tensor:
-        """(Q, num_entities) bool, True at each query's known answers."""
-        mask = torch.zeros(len(self), num_entities, dtype=torch.bool, device=device)
+    def mask(self, num_entities: int, device: torch.device | str | None = None, *, out: Tensor | None = None) -> Tensor:
+        """(Q, num_entities) bool, True at each query's known answers (written into `out` when given, so a
+        chunked evaluation reuses one buffer instead of allocating a mask per chunk)."""
+        if out is not None:
+            mask = out.zero_()
+        else:
+            mask = torch.zeros(len(self), num_entities, dtype=torch.bool, device=device)
         total = int(self.count.sum())
         if total == 0:
             return mask

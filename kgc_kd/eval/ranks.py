@@ -55,7 +55,8 @@ class Ranks:
         )
 
 
-def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None) -> Ranks:
+def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None, *,
+              workspace: Tensor | None = None) -> Ranks:
     """Filtered rank of ``gold`` in each row of ``scores`` (higher score = better).
 
     ``exclude`` marks the other known answers: they must not push the gold
@@ -65,7 +66,9 @@ def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None) -> Ra
     rank) rather than silently ranked first, so a broken model cannot look good.
 
     Comparisons are in float32: low-precision scores are upcast (a copy), and
-    ``scores`` is never modified.
+    ``scores`` is never modified. ``workspace``, a (Q, E) bool tensor, is
+    overwritten instead of allocating comparison masks (chunked evaluation
+    passes one buffer for every chunk).
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be (Q, E), got shape {tuple(scores.shape)}")
@@ -82,18 +85,26 @@ def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None) -> Ra
     gold_score = torch.where(torch.isnan(gold_score), torch.full_like(gold_score, float("-inf")), gold_score)
     gold_score = gold_score.unsqueeze(1)
 
-    # Candidates that may compete with the gold. NaN scores need no mask:
-    # every comparison with NaN is False.
+    # Candidates that may compete with the gold: all but the excluded ones and the gold itself (counted
+    # once, via the leading 1). NaN scores need no mask: every comparison with NaN is False.
     if exclude is not None:
         if exclude.shape != scores.shape:
             raise ValueError(f"exclude must have shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
-        competing = ~exclude.to(device=scores.device, dtype=torch.bool)
-    else:
-        competing = torch.ones_like(s, dtype=torch.bool)
-    competing[rows, gold] = False  # the gold is counted once, via the leading 1
+        exclude = exclude.to(device=scores.device, dtype=torch.bool)
+    if workspace is None:
+        workspace = torch.empty(s.shape, dtype=torch.bool, device=s.device)
+    elif workspace.shape != s.shape or workspace.dtype != torch.bool:
+        raise ValueError(f"workspace must be a bool tensor of shape {tuple(s.shape)}")
 
-    greater = ((s > gold_score) & competing).sum(dim=1)
-    not_smaller = ((s >= gold_score) & competing).sum(dim=1)
+    def count(compare) -> Tensor:
+        hits = compare(s, gold_score, out=workspace)
+        if exclude is not None:
+            hits.masked_fill_(exclude, False)
+        hits[rows, gold] = False
+        return hits.sum(dim=1)
+
+    greater = count(torch.gt)
+    not_smaller = count(torch.ge)
 
     optimistic = (1 + greater).float()
     pessimistic = (1 + not_smaller).float()
