@@ -27,6 +27,7 @@ from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
+from kgc_kd.models.vocab import used_token_ids
 from kgc_kd.reporting import write_report, write_text_atomic
 
 
@@ -96,7 +97,7 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     L.seed_everything(cfg.run.seed, workers=True)
     info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm}
     if cfg.teacher.load:
-        net = BiEncoder.from_pretrained(cfg.teacher.load)
+        net = BiEncoder.from_pretrained(cfg.teacher.load, source_ids=True)
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
         chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
         trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False))
@@ -124,10 +125,15 @@ def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
         return
     L.seed_everything(cfg.run.seed, workers=True)
     student, layer_map = build_student(chain.teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
-                                       plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature)
+                                       plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature,
+                                       shared=st.shared_encoder)
+    if st.prune_vocab and student.kept_ids is None:
+        kept = used_token_ids(dm.tokens.entity + dm.tokens.relation, chain.tokenizer)
+        student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
     d = to_plain(cfg.distill)
     stage = {**d, "name": st.name, "layers": st.layers, "layer_map": layer_map, "init": st.init,
-             "mask_rate": st.mask_rate,
+             "mask_rate": st.mask_rate, "shared_encoder": student.shared, "vocab_size": len(student.kept_ids or [])
+             or student.query_encoder.config.vocab_size,
              **{k: to_plain(st)[k] for k in STAGE_LOSS_KEYS if getattr(st, k) is not None}}
     module = DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
                            student=student, teacher=chain.teacher)

@@ -143,6 +143,8 @@ class StageCfg:
     layer_map: Optional[list[int]] = None  # default: uniform over the init source's layers
     init: str = "teacher"  # teacher (its fine-tuned weights) | plm (the original PLM, as PMD's code)
     mask_rate: float = 0.0  # PMD grades: 0.2, 0.1, 0.05, 0.0
+    shared_encoder: Optional[bool] = None  # one encoder for queries and entities; None: as the teacher
+    prune_vocab: bool = False  # keep only the word-pieces the KG's texts use (lossless on this KG)
     epochs: Optional[int] = None  # default: trainer.max_epochs
     lr: Optional[float] = None  # default: optim.lr
     alpha: Optional[float] = None  # default: distill.alpha (and likewise below: None = the distill group's)

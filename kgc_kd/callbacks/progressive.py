@@ -65,7 +65,7 @@ class ProgressiveDistillation(Callback):
 
     def resume_from(self, name: str) -> None:
         """A finished stage is skipped: its exported model becomes the next teacher."""
-        self.teacher = freeze(BiEncoder.from_pretrained(self.export_dir(name)))
+        self.teacher = freeze(BiEncoder.from_pretrained(self.export_dir(name), source_ids=True))
 
     def rows(self) -> list[dict[str, Any]]:
         return [self.state["stages"][n] for n in self.state.get("order", []) if n in self.state["stages"]]

@@ -65,8 +65,13 @@ def shrink_encoder(encoder: nn.Module, layer_map: list[int]) -> nn.Module:
 
 
 def build_student(teacher: BiEncoder, layers: int, *, layer_map: list[int] | None = None, init: str = "teacher",
-                  plm: str | None = None, learn_temperature: bool = True) -> tuple[BiEncoder, list[int]]:
-    """The student bi-encoder and the layer map used (indices into the init source's layers)."""
+                  plm: str | None = None, learn_temperature: bool = True,
+                  shared: bool | None = None) -> tuple[BiEncoder, list[int]]:
+    """The student bi-encoder and the layer map used (indices into the init source's layers).
+
+    `shared=True` gives the student one encoder for queries and entities (half the parameters of two),
+    started from the source's query encoder; None keeps the teacher's choice. A teacher with a pruned
+    vocabulary passes it on (init teacher)."""
     if init not in INITS:
         raise ValueError(f"init={init!r}; expected one of {INITS}")
     if init == "teacher":
@@ -78,10 +83,13 @@ def build_student(teacher: BiEncoder, layers: int, *, layer_map: list[int] | Non
         q_src = load_encoder(plm)
         e_src = q_src
         temperature = None
+    shared = teacher.shared if shared is None else shared
     layer_map = resolve_layer_map(num_layers(q_src), layers, layer_map)
     query = shrink_encoder(q_src, layer_map)
-    entity = None if teacher.shared else shrink_encoder(e_src, layer_map)
+    entity = None if shared else shrink_encoder(e_src, layer_map)
     kwargs = {"temperature": temperature} if temperature is not None else {}
-    student = BiEncoder(query, entity, shared=teacher.shared, pooling=teacher.pooling,
+    student = BiEncoder(query, entity, shared=shared, pooling=teacher.pooling,
                         learn_temperature=learn_temperature, **kwargs)  # the teacher's flag is off: it is frozen
+    if init == "teacher" and teacher.kept_ids is not None:
+        student._set_vocab(teacher.kept_ids, teacher.source_vocab_size)
     return student.train(), layer_map

@@ -1,0 +1,123 @@
+"""`python -m kgc_kd.bench [options] [key=value ...]`: the benchmark harness behind `make bench`.
+
+Writes OUT (JSON, every figure with its spread and how it was taken) and OUT with .md (the readable
+table). Sections (`--sections`, default all): `peak` matmul peak per precision, `train` training-step
+throughput and FLOP utilisation of the teacher and a student stage at fp32 and bf16-mixed, `eval`
+encoding/ranking speed and peak memory of a full evaluation on the configured KG, `scaling` ranking
+memory/time on random embeddings for growing entity counts, `stages` parameters and latency of every
+stage against the teacher, `chain` the default chain end to end (time by stage and phase, peak memory).
+`key=value` items configure the model and data exactly as for `kgc_kd.fit` (the chain gets them too),
+so tiny models make the harness fast in tests. Every ratio is taken within the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from kgc_kd.bench import chain_run, evaluation, peak, stages, train_step
+from kgc_kd.bench.table import format_tables
+from kgc_kd.chain import build_datamodule
+from kgc_kd.config import ConfigError, load_config
+from kgc_kd.lit.kgc_module import build_biencoder
+from kgc_kd.models.plm import load_tokenizer
+from kgc_kd.reporting import write_json_atomic, write_text_atomic
+
+SECTIONS = ("peak", "train", "eval", "scaling", "stages", "chain")
+PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m kgc_kd.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/bench/bench.json", help="the JSON file (the table goes next to it)")
+    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs before each measurement")
+    ap.add_argument("--repeats", type=int, default=5, help="timed runs; figures are their median")
+    ap.add_argument("--matmul-n", type=int, default=2048, help="size of the square matmul that measures the peak")
+    ap.add_argument("--stage", type=int, default=0, help="index of the student stage whose step is timed")
+    ap.add_argument("--scale-entities", type=int, nargs="+", default=[1_000, 10_000, 100_000])
+    ap.add_argument("--scale-queries", type=int, default=10_000)
+    ap.add_argument("--chain-run", help="read this finished run's report instead of running the chain")
+    ap.add_argument("--run", help="measure this finished run's exported stages (section stages)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("overrides", nargs="*", help="key=value configuration items, as for kgc_kd.fit")
+    return ap.parse_args(argv)
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        cfg = load_config(args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(cfg.model.plm)
+    dm = build_datamodule(cfg, tokenizer)
+    rw = {"warmup": args.warmup, "repeats": args.repeats}
+    result: dict = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "machine": machine(), "device": args.device, "overrides": args.overrides,
+                    "data": dm.kg.summary(), "plm": cfg.model.plm, **rw}
+
+    def save() -> None:  # after every section: a long run interrupted late still leaves its figures
+        write_json_atomic(out, result)
+        write_text_atomic(out.with_suffix(".md"), format_tables(result) + "\n")
+
+    sections = set(args.sections)
+    if "peak" in sections or "train" in sections:
+        result["matmul_peak"] = {p: peak.matmul_peak(p, n=args.matmul_n, device=args.device, **rw) for p in PRECISIONS}
+        save()
+    if "train" in sections:
+        rows = []
+        for kind in ("teacher", "student"):
+            if kind == "student" and not len(cfg.stages):
+                continue
+            for p, prec in PRECISIONS.items():
+                r = train_step.step_throughput(cfg, dm, kind, prec, stage_index=args.stage, **rw)
+                pk = result["matmul_peak"][p]["flops_per_s"]
+                r["peak_fraction"] = r["flops_per_s"] / pk if r["flops_per_s"] else None
+                rows.append(r)
+        for r in rows:  # bf16 speed-up of the same stage, same run
+            base = next(x for x in rows if x["stage"] == r["stage"] and x["precision"] == "32-true")
+            r["speedup_vs_fp32"] = r["examples_per_s"] / base["examples_per_s"]
+        result["train_step"] = rows
+        save()
+    if "eval" in sections:
+        net = build_biencoder(dict(cfg.model))
+        result["evaluation"] = evaluation.real_evaluation(net, dm, chunk_size=cfg.eval.chunk_size,
+                                                          device=args.device, **rw)
+        save()
+    if "scaling" in sections:
+        result["eval_scaling"] = [evaluation.synthetic_ranking(n, args.scale_queries, chunk_size=cfg.eval.chunk_size,
+                                                               device=args.device) for n in args.scale_entities]
+        save()
+    if "stages" in sections:
+        models = stages.exported_models(args.run) if args.run else stages.chain_models(cfg, dm, tokenizer)
+        result["stages"] = stages.stage_latency(models, dm, device=args.device, **rw)
+        save()
+    if "chain" in sections:
+        result["chain"] = (chain_run.read_chain_report(Path(args.chain_run)) if args.chain_run
+                           else chain_run.run_chain_subprocess(args.overrides, out.parent))
+        save()
+    print(format_tables(result), flush=True)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}", flush=True)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The default chain end to end: wall time by stage and phase, and the peak memory of the whole run.
+
+The chain runs as `python -m kgc_kd.fit` in a child process (so its peak resident memory is its own,
+read from the kernel's accounting of that child via os.wait4) with the CSV logger, in a fresh run
+directory under the benchmark's output. Phase times come from the run's report (PhaseTimer and the
+chain callback record data / train / eval / latency / export per stage). `--chain-run DIR` reads an
+existing run's report instead of training (its own recorded peak memory is used).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_chain_subprocess(overrides: list[str], out_dir: Path, *, name: str = "bench-chain") -> dict:
+    run_root = out_dir / "chain-runs"
+    shutil.rmtree(run_root / name, ignore_errors=True)  # a fresh run: an old state would skip stages
+    cmd = [sys.executable, "-m", "kgc_kd.fit", *overrides, "run.logger=csv", f"run.root={run_root}",
+           f"run.name={name}", "trainer.enable_progress_bar=false"]
+    log = out_dir / f"{name}.log"
+    start = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, "WANDB_MODE": "disabled"})
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = log.read_text().splitlines()[-20:]
+        raise RuntimeError(f"the chain exited with {code}; see {log}:\n" + "\n".join(tail))
+    kib = usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss / 1024
+    out = read_chain_report(run_root / name)
+    out.update(command=" ".join(cmd[1:]), process_wall_s=round(wall, 1), peak_rss_mib=round(kib / 1024, 1),
+               peak_rss_source="os.wait4 ru_maxrss of the chain process")
+    return out
+
+
+def read_chain_report(run_dir: Path) -> dict:
+    path = Path(run_dir) / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no report; is {run_dir} a finished run directory?")
+    rep = json.loads(path.read_text())
+    stages = [{"stage": r["name"], "layers": r.get("layers"), "steps": r.get("steps"), "fit_s": r.get("fit_time_s"),
+               "phases_s": r.get("phases_s", {}), "test_mrr": r["test"].get("mrr"),
+               "params_total": r.get("params_total")} for r in rep["stages"]]
+    return {"run_dir": str(run_dir), "wall_time_s": rep.get("wall_time_s"), "setup_s": rep.get("setup_s"),
+            "untrained_eval_s": rep.get("untrained_eval_s"), "peak_rss_mib": rep.get("peak_rss_mib"),
+            "peak_rss_source": "the run's own getrusage at its end", "stages": stages}

@@ -1,0 +1,71 @@
+"""The benchmark's JSON as Markdown tables: what a person reads, from what the machine reads."""
+
+from __future__ import annotations
+
+
+def _f(x, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def format_tables(b: dict) -> str:
+    lines = [f"# kgc-kd benchmark, {b['date']}", "",
+             f"{b['data']}; PLM {b['plm']}; device {b['device']}; {b['machine'].get('threads')} threads, torch "
+             f"{b['machine'].get('torch')}; medians of {b['repeats']} timed runs after {b['warmup']} warm-up", ""]
+    if "matmul_peak" in b:
+        lines += ["## Matmul peak", ""]
+        lines += _table(["precision", "n", "GFLOP/s"],
+                        [[p, str(r["n"]), _f(r["flops_per_s"] / 1e9)] for p, r in b["matmul_peak"].items()])
+        lines.append("")
+    if "train_step" in b:
+        lines += ["## Training step", ""]
+        lines += _table(
+            ["stage", "precision", "batch", "tokens", "s/step", "examples/s", "GFLOP/step", "GFLOP/s", "of peak",
+             "vs fp32"],
+            [[r["stage"], r["precision"], str(r["batch_size"]), str(r["tokens_per_step"]), _f(r["median_s"], "{:.3f}"),
+              _f(r["examples_per_s"]), _f((r["flops_per_step"] or 0) / 1e9), _f((r["flops_per_s"] or 0) / 1e9),
+              _f(r.get("peak_fraction"), "{:.0%}"), _f(r.get("speedup_vs_fp32"), "{:.2f}x")] for r in b["train_step"]])
+        lines += ["", "FLOPs: torch FlopCounterMode over one step (forward + backward, teacher forward included); "
+                  "'of peak' divides by the matmul peak at the same precision.", ""]
+    if "evaluation" in b:
+        e = b["evaluation"]
+        lines += ["## Evaluation (full filtered ranking, " + f"{e['num_queries']} {e['split']} queries x "
+                  f"{e['num_entities']} entities)", ""]
+        lines += _table(["entities/s", "queries encoded/s", "queries ranked/s", "whole eval (s)", "peak MiB",
+                         "eval's own MiB"],
+                        [[_f(e["entities_per_s"]), _f(e["queries_encoded_per_s"]), _f(e["queries_ranked_per_s"]),
+                          _f(e["full_eval_s"], "{:.2f}"), _f(e["peak_mib"]), _f(e["peak_delta_mib"])]])
+        lines.append("")
+    if "eval_scaling" in b:
+        lines += ["## Ranking memory vs entities (random 384-d embeddings)", ""]
+        lines += _table(["entities", "queries", "rank (s)", "queries/s", "peak MiB", "ranking's own MiB",
+                         "embeddings MiB", "one chunk MiB"],
+                        [[str(r["num_entities"]), str(r["num_queries"]), _f(r["rank_s"], "{:.2f}"),
+                          _f(r["queries_ranked_per_s"]), _f(r["peak_mib"]), _f(r["peak_delta_mib"]),
+                          _f(r["embeddings_mib"]), _f(r["chunk_working_set_mib"])] for r in b["eval_scaling"]])
+        lines.append("")
+    if "stages" in b:
+        lines += ["## Stages: size and inference latency", ""]
+        lines += _table(["stage", "layers", "shared", "vocab", "params", "vs teacher", "query batch ms",
+                         "entity batch ms", "query speed-up", "entity speed-up"],
+                        [[r["stage"], str(r["layers"]), "yes" if r["shared_encoder"] else "no", str(r["vocab_size"]),
+                          f"{r['params_total'] / 1e6:.2f}M", f"-{r['params_reduction_pct']:.1f}%",
+                          _f(r["query_batch_ms"]), _f(r["entity_batch_ms"]), _f(r["query_speedup"], "{:.2f}x"),
+                          _f(r["entity_speedup"], "{:.2f}x")] for r in b["stages"]])
+        lines.append("")
+    if "chain" in b:
+        c = b["chain"]
+        lines += [f"## Chain: {c['run_dir']}", "",
+                  f"wall {c.get('process_wall_s', c.get('wall_time_s'))} s (setup {c.get('setup_s')} s, untrained "
+                  f"baseline {c.get('untrained_eval_s')} s); peak resident memory {c.get('peak_rss_mib')} MiB "
+                  f"({c.get('peak_rss_source')})", ""]
+        names = ["data", "train", "eval", "latency", "export"]
+        lines += _table(["stage", "steps", "fit (s)"] + [f"{n} (s)" for n in names] + ["test MRR"],
+                        [[s["stage"], str(s.get("steps")), _f(s.get("fit_s"))]
+                         + [_f(s["phases_s"].get(n), "{:.1f}") for n in names] + [_f(s.get("test_mrr"), "{:.4f}")]
+                         for s in c["stages"]])
+        lines.append("")
+    return "\n".join(lines)
