@@ -1,5 +1,7 @@
 import math
 
+import pytest
+
 import torch
 from transformers import AutoModel
 
@@ -62,3 +64,58 @@ def test_save_pretrained_loads_back_with_transformers(tmp_path, tokenizer):
         assert torch.allclose(loaded(**x).last_hidden_state, enc(**x).last_hidden_state, atol=1e-6)
     meta = (tmp_path / "export" / "biencoder.json").read_text()
     assert '"temperature": 0.07' in meta
+
+
+def _tiny_pair():
+    from conftest import make_tokenizer
+
+    tok = make_tokenizer()
+    texts = ["red thing", "blue small number", "old entity of the relation"]
+    return tok, texts, tok(texts, padding=True, return_tensors="pt")
+
+
+def test_pruned_vocabulary_gives_identical_vectors_on_source_ids():
+    from kgc_kd.models.vocab import used_token_ids
+
+    tok, texts, batch = _tiny_pair()
+    net = BiEncoder(make_tiny_bert()).eval()
+    pruned = BiEncoder(make_tiny_bert()).eval()
+    kept = used_token_ids(tok(texts, add_special_tokens=False)["input_ids"], tok)
+    pruned.prune_vocabulary(kept, tok.vocab_size)
+    inputs = dict(batch)
+    with torch.no_grad():
+        assert torch.equal(net.encode_query(inputs), pruned.encode_query(inputs))
+        assert torch.equal(net.encode_entity(inputs), pruned.encode_entity(inputs))
+    rows = pruned.query_encoder.get_input_embeddings().weight.shape[0]
+    assert rows == len(kept) < tok.vocab_size
+    unseen = tok(["fast"], return_tensors="pt")  # a word-piece outside the kept ones
+    with pytest.raises(ValueError, match="dropped by vocabulary pruning"):
+        pruned.encode_query(dict(unseen))
+
+
+def test_pruned_export_reads_its_own_tokenizer_or_the_source_one(tmp_path):
+    from transformers import AutoTokenizer
+
+    from kgc_kd.models.vocab import used_token_ids
+
+    tok, texts, batch = _tiny_pair()
+    net = BiEncoder(make_tiny_bert(), shared=True).eval()
+    net.prune_vocabulary(used_token_ids(tok(texts, add_special_tokens=False)["input_ids"], tok), tok.vocab_size)
+    net.save_pretrained(tmp_path / "x", tok)
+    with torch.no_grad():
+        want = net.encode_query(dict(batch))
+        own_tok = AutoTokenizer.from_pretrained(tmp_path / "x" / "query", local_files_only=True)
+        standalone = BiEncoder.from_pretrained(tmp_path / "x")
+        got = standalone.encode_query(dict(own_tok(texts, padding=True, return_tensors="pt")))
+        assert torch.equal(got, want)
+        in_chain = BiEncoder.from_pretrained(tmp_path / "x", source_ids=True)
+        assert torch.equal(in_chain.encode_query(dict(batch)), want)
+    assert standalone.shared and standalone.kept_ids == net.kept_ids
+
+
+def test_prune_twice_is_refused():
+    tok, texts, _ = _tiny_pair()
+    net = BiEncoder(make_tiny_bert())
+    net.prune_vocabulary(torch.arange(10), tok.vocab_size)
+    with pytest.raises(ValueError, match="already pruned"):
+        net.prune_vocabulary(torch.arange(5), tok.vocab_size)

@@ -107,3 +107,28 @@ def test_chain_with_a_makd_preset_finishes_and_logs_each_term(tmp_path, plm4, pr
     export = tmp_path / "chain" / "stages" / "g2" / "export"
     assert BiEncoder.from_pretrained(export).query_encoder.config.num_hidden_layers == 2
     assert not any("projections" in p.name for p in export.rglob("*"))
+
+
+def test_compressed_students_prune_the_vocabulary_share_an_encoder_and_resume(tmp_path, plm4):
+    stages = ("stages=[{name: p4, layers: 4, prune_vocab: true}, "
+              "{name: s2, layers: 2, shared_encoder: true, prune_vocab: true}]")
+    result = fit.main(_argv(tmp_path, plm4, stages))
+    teacher, p4, s2 = result["stages"]
+    assert p4["vocab_size"] < teacher.get("vocab_size", 10**9) and p4["params_total"] < teacher["params_total"]
+    assert not p4["shared_encoder"] and s2["shared_encoder"] and s2["params_entity"] == s2["params_query"]
+    assert s2["params_total"] < p4["params_total"] / 2
+    export = tmp_path / "chain" / "stages" / "s2" / "export"
+    meta = json.loads((export / "biencoder.json").read_text())
+    assert meta["shared"] and len(meta["vocab"]["kept_ids"]) == s2["vocab_size"]
+    # the export is standalone: its own (pruned) tokenizer + model reproduce the recorded test metrics
+    tok = load_tokenizer(str(export / "query"))
+    assert len(tok) == s2["vocab_size"]
+    cfg = load_config(_argv(tmp_path, plm4))
+    dm = build_datamodule(cfg, tok)
+    module = KGCModule({"plm": str(plm4)}, {}, {"chunk_size": 256, "rerank_weight": 0.0, "rerank_hops": 0, "topk": 0},
+                       8, net=BiEncoder.from_pretrained(export))
+    L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).test(module, datamodule=dm, verbose=False)
+    assert module.last_eval["test"]["metrics"]["mrr"] == pytest.approx(s2["test"]["mrr"], abs=1e-6)
+    # a rerun resumes from the pruned exports (read with the source tokenizer) without retraining
+    again = fit.main(_argv(tmp_path, plm4, stages))
+    assert [r["test"] for r in again["stages"]] == [r["test"] for r in result["stages"]]
