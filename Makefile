@@ -1,7 +1,7 @@
 # kgc-kd developer commands. `make help` lists them.
 PYTHON ?= python
 
-.PHONY: help install test fit clean
+.PHONY: help install test fit bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ test:  ## the whole test suite (CPU, offline)
 
 fit:  ## the embedded default run (UMLS + packaged MiniLM)
 	$(PYTHON) -m kgc_kd.fit
+
+bench:  ## benchmark harness: runs/bench/bench.json + bench.md (MiniLM on UMLS; ~25 min on 2 CPU cores)
+	WANDB_MODE=disabled $(PYTHON) -m kgc_kd.bench $(BENCH_ARGS)
 
 clean:  ## remove run outputs and caches
 	rm -rf runs lightning_logs .pytest_cache
