@@ -133,3 +133,20 @@ def test_ce_only_stage_never_runs_the_teacher(monkeypatch):
     monkeypatch.setattr(m.teacher, "encode_with_states", boom)
     terms = m.distill_terms(_batch(_dm()))
     assert set(terms) == {"ce", "acc@1"}
+
+
+@pytest.mark.parametrize("dedup", [True, False])
+def test_the_teacher_encodes_each_input_of_a_step_once(dedup):
+    """One forward per input tensor of the batch (hr + distinct entities, or hr + tails + heads), however many
+    terms read the teacher's outputs: score, mgfd and pkd share them."""
+    m = _module({"alpha": 0.2, "beta": 0.2, "pkd": 0.1, "mask_rate": 0.2, "layers": 1})
+    rows_seen = []
+    for enc in {id(e): e for e in (m.teacher.query_encoder, m.teacher.entity_encoder)}.values():
+        enc.register_forward_hook(lambda mod, args, kwargs, out: rows_seen.append(kwargs["input_ids"].shape[0]),
+                                  with_kwargs=True)
+    batch = _batch(_dm(dedup))
+    m.distill_terms(batch)
+    if dedup:
+        assert rows_seen == [8, batch["entities"]["input_ids"].shape[0]]
+    else:
+        assert rows_seen == [8, 8, 8]
