@@ -118,25 +118,32 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
 STAGE_LOSS_KEYS = ("alpha", "beta", "pkd", "score_loss", "kd_temperature", "mgfd", "generator", "terms")
 
 
-def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, index: int) -> None:
+def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModule, tokenizer) -> DistillModule:
+    """Student stage `index` taught by `teacher`, exactly as the chain trains it (the benchmark times this)."""
     st = cfg.stages[index]
-    if chain.is_done(st.name):
-        chain.resume_from(st.name)
-        return
-    L.seed_everything(cfg.run.seed, workers=True)
-    student, layer_map = build_student(chain.teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
+    student, layer_map = build_student(teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
                                        plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature,
                                        shared=st.shared_encoder)
     if st.prune_vocab and student.kept_ids is None:
-        kept = used_token_ids(dm.tokens.entity + dm.tokens.relation, chain.tokenizer)
+        kept = used_token_ids(dm.tokens.entity + dm.tokens.relation, tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
     d = to_plain(cfg.distill)
     stage = {**d, "name": st.name, "layers": st.layers, "layer_map": layer_map, "init": st.init,
              "mask_rate": st.mask_rate, "shared_encoder": student.shared, "vocab_size": len(student.kept_ids or [])
              or student.query_encoder.config.vocab_size,
              **{k: to_plain(st)[k] for k in STAGE_LOSS_KEYS if getattr(st, k) is not None}}
-    module = DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
-                           student=student, teacher=chain.teacher)
+    return DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
+                         student=student, teacher=teacher)
+
+
+def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, index: int) -> None:
+    st = cfg.stages[index]
+    if chain.is_done(st.name):
+        chain.resume_from(st.name)
+        return
+    L.seed_everything(cfg.run.seed, workers=True)
+    module = build_stage(cfg, index, chain.teacher, dm, chain.tokenizer)
+    stage = module.hparams.stage
     chain.begin({**stage, "kind": "student", "teacher_layers": num_layers(chain.teacher.query_encoder)})
     stage_dir = chain.stage_dir(st.name)
     _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, chain, stage), module, dm, stage_dir)

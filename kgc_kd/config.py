@@ -158,9 +158,12 @@ class StageCfg:
 
 
 def _default_stages() -> list[StageCfg]:
-    """The embedded default chain on the 6-layer MiniLM: pre-distillation 6, then grades 4 and 2."""
-    return [StageCfg(name="pmd6", layers=6, mask_rate=0.2), StageCfg(name="pmd4", layers=4, mask_rate=0.1),
-            StageCfg(name="pmd2", layers=2, mask_rate=0.0)]
+    """The embedded default chain on the 6-layer MiniLM: pre-distillation 6, then grades 4 and 2. Every
+    student keeps only the KG's word-pieces (lossless), and the grades share one encoder between queries
+    and entities: parameters fall to a sixth of the teacher's (see README, "Smaller students")."""
+    return [StageCfg(name="pmd6", layers=6, mask_rate=0.2, prune_vocab=True),
+            StageCfg(name="pmd4", layers=4, mask_rate=0.1, prune_vocab=True, shared_encoder=True),
+            StageCfg(name="pmd2", layers=2, mask_rate=0.0, prune_vocab=True, shared_encoder=True)]
 
 
 @dataclass

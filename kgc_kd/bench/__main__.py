@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
             if kind == "student" and not len(cfg.stages):
                 continue
             for p, prec in PRECISIONS.items():
-                r = train_step.step_throughput(cfg, dm, kind, prec, stage_index=args.stage, **rw)
+                r = train_step.step_throughput(cfg, dm, tokenizer, kind, prec, stage_index=args.stage, **rw)
                 pk = result["matmul_peak"][p]["flops_per_s"]
                 r["peak_fraction"] = r["flops_per_s"] / pk if r["flops_per_s"] else None
                 rows.append(r)

@@ -71,7 +71,7 @@ def synthetic_ranking(num_entities: int, num_queries: int, *, dim: int = 384, nu
     """Rank `num_queries` random queries (half tail, half head prediction) against `num_entities`
     random unit vectors, filtered by a random train graph of `train_per_entity` x E triples."""
     g = torch.Generator().manual_seed(seed)
-    n_test = max(1, num_queries // 2)
+    n_test = max(1, -(-num_queries // 2))  # ceil: an odd count keeps every query
     e = torch.randint(num_entities, (n_test + train_per_entity * num_entities, 2), generator=g)
     r = torch.randint(num_relations, (len(e), 1), generator=g)
     triples = torch.cat([e[:, :1], r, e[:, 1:]], dim=1)

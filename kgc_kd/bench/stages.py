@@ -12,26 +12,22 @@ import torch
 from omegaconf import DictConfig
 
 from kgc_kd.bench.measure import timed
+from kgc_kd.chain import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.kgc_module import build_biencoder
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.size import parameter_counts
-from kgc_kd.models.student import build_student, num_layers
-from kgc_kd.models.vocab import used_token_ids
+from kgc_kd.models.student import num_layers
 
 
 def chain_models(cfg: DictConfig, dm: KGDataModule, tokenizer) -> list[tuple[str, BiEncoder]]:
     """(name, bi-encoder) for the teacher and each configured stage, each cut from the one before."""
     teacher = build_biencoder(to_plain(cfg.model)).eval()
     models, prev = [("teacher", teacher)], teacher
-    for st in cfg.stages:
-        student, _ = build_student(prev, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
-                                   plm=cfg.model.plm, shared=st.shared_encoder)
-        if st.prune_vocab and student.kept_ids is None:
-            kept = used_token_ids(dm.tokens.entity + dm.tokens.relation, tokenizer)
-            student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
-        models.append((st.name, student.eval()))
+    for i, st in enumerate(cfg.stages):
+        student = build_stage(cfg, i, prev, dm, tokenizer).net.eval()
+        models.append((st.name, student))
         prev = student
     return models
 

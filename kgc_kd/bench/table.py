@@ -26,7 +26,7 @@ def format_tables(b: dict) -> str:
             ["stage", "precision", "batch", "tokens", "s/step", "examples/s", "GFLOP/step", "GFLOP/s", "of peak",
              "vs fp32"],
             [[r["stage"], r["precision"], str(r["batch_size"]), str(r["tokens_per_step"]), _f(r["median_s"], "{:.3f}"),
-              _f(r["examples_per_s"]), _f((r["flops_per_step"] or 0) / 1e9), _f((r["flops_per_s"] or 0) / 1e9),
+              _f(r["examples_per_s"]), _f(r["flops_per_step"] and r["flops_per_step"] / 1e9), _f(r["flops_per_s"] and r["flops_per_s"] / 1e9),
               _f(r.get("peak_fraction"), "{:.0%}"), _f(r.get("speedup_vs_fp32"), "{:.2f}x")] for r in b["train_step"]])
         lines += ["", "FLOPs: torch FlopCounterMode over one step (forward + backward, teacher forward included); "
                   "'of peak' divides by the matmul peak at the same precision.", ""]

@@ -19,12 +19,12 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from kgc_kd.callbacks.timing import PhaseTimer
+from kgc_kd.chain import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.bench.measure import summarize
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule, build_biencoder
-from kgc_kd.models.student import build_student
 
 
 def fixed_batch(dm: KGDataModule, seed: int) -> dict:
@@ -38,25 +38,23 @@ def batch_tokens(batch: dict) -> int:
     return int(sum(int(s["attention_mask"].sum()) for s in sides))
 
 
-def build_module(cfg: DictConfig, kind: str, stage_index: int = 0) -> L.LightningModule:
-    """The teacher stage's module, or student stage `stage_index` taught by a (frozen) teacher built
-    from the PLM: an untrained teacher costs the same FLOPs as a trained one."""
+def build_module(cfg: DictConfig, kind: str, dm: KGDataModule, tokenizer, stage_index: int = 0) -> L.LightningModule:
+    """The teacher stage's module, or student stage `stage_index` as the chain builds it (layers, shared
+    encoder, pruned vocabulary, loss terms), taught by a frozen teacher cut the same way from the PLM:
+    an untrained teacher costs the same FLOPs as a trained one."""
     model, optim, ev = to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval)
     if kind == "teacher":
         return KGCModule(model, optim, ev, cfg.data.batch_size)
-    st = cfg.stages[stage_index]
     teacher = build_biencoder(model)
-    student, layer_map = build_student(teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
-                                       plm=cfg.model.plm)
-    stage = {**to_plain(cfg.distill), "name": st.name, "layers": st.layers, "mask_rate": st.mask_rate,
-             **{k: v for k, v in to_plain(st).items() if k in ("alpha", "beta", "pkd", "terms") and v is not None}}
-    return DistillModule(model, optim, ev, stage, cfg.data.batch_size, student=student, teacher=teacher)
+    for i in range(stage_index):  # the grades before this one, untrained
+        teacher = build_stage(cfg, i, teacher, dm, tokenizer).net
+    return build_stage(cfg, stage_index, teacher.requires_grad_(False).eval(), dm, tokenizer)
 
 
-def step_throughput(cfg: DictConfig, dm: KGDataModule, kind: str, precision: str, *, warmup: int, repeats: int,
-                    stage_index: int = 0, seed: int = 0) -> dict:
+def step_throughput(cfg: DictConfig, dm: KGDataModule, tokenizer, kind: str, precision: str, *, warmup: int,
+                    repeats: int, stage_index: int = 0, seed: int = 0) -> dict:
     torch.manual_seed(seed)
-    module = build_module(cfg, kind, stage_index)
+    module = build_module(cfg, kind, dm, tokenizer, stage_index)
     if isinstance(module, DistillModule):
         module.mask_id = dm.tokens.mask_id  # what the datamodule would hand it inside a chain
     batch = fixed_batch(dm, seed)

@@ -55,7 +55,7 @@ class PhaseTimer(Callback):
         if self._mark is not None:
             self.totals["data"] += now - self._mark
         self._batch_start = now
-        if self.count_flops_at is not None and batch_idx == self.count_flops_at:
+        if self.count_flops_at is not None and batch_idx == self.count_flops_at and trainer.current_epoch == 0:
             from torch.utils.flop_counter import FlopCounterMode
 
             self._counter = FlopCounterMode(display=False)

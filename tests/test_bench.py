@@ -1,0 +1,300 @@
+"""The benchmark harness (kgc_kd/bench): its primitives exactly, and the whole CLI once on a tiny model.
+
+No upper-bound timing assertions: the machine may be busy. Sleeps give lower bounds; counts, FLOPs,
+shapes and the JSON/Markdown structure are exact.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import pytest
+import torch
+
+from kgc_kd.bench import evaluation, measure, peak
+from kgc_kd.bench.table import format_tables
+
+
+# ---- measure.timed / summarize ------------------------------------------------------------------------------
+def test_timed_calls_warmup_plus_repeats_times():
+    calls = []
+    r = measure.timed(lambda: calls.append(1), warmup=2, repeats=3)
+    assert len(calls) == 5
+    assert r["repeats"] == 3
+    assert 0 <= r["min_s"] <= r["median_s"] <= r["max_s"]
+
+
+def test_timed_median_is_at_least_the_sleep():
+    r = measure.timed(lambda: time.sleep(0.01), warmup=0, repeats=3)
+    assert r["min_s"] >= 0.01 and r["median_s"] >= 0.01
+
+
+@pytest.mark.parametrize("repeats", [0, -1])
+def test_timed_rejects_no_repeats(repeats):
+    calls = []
+    with pytest.raises(ValueError, match="repeats"):
+        measure.timed(lambda: calls.append(1), warmup=1, repeats=repeats)
+    assert not calls
+
+
+def test_summarize_exact():
+    assert measure.summarize([3.0, 1.0, 2.0]) == {"median_s": 2.0, "min_s": 1.0, "max_s": 3.0, "repeats": 3}
+    assert measure.summarize([4.0, 1.0, 2.0, 3.0]) == {"median_s": 2.5, "min_s": 1.0, "max_s": 4.0, "repeats": 4}
+    assert measure.summarize([0.5]) == {"median_s": 0.5, "min_s": 0.5, "max_s": 0.5, "repeats": 1}
+
+
+# ---- measure.PeakMemory -------------------------------------------------------------------------------------
+MIB = 2**20
+
+
+def test_peak_memory_sees_a_touched_allocation_even_after_it_is_freed():
+    with measure.PeakMemory("cpu") as m:
+        x = torch.ones(200 * MIB // 4)  # 200 MiB of float32, every page written
+        del x
+    if m.method == "unavailable":
+        pytest.skip("this platform cannot reset the resident high-water mark")
+    assert m.method == "VmHWM after reset"
+    assert m.delta_mib >= 150
+    assert m.peak_mib >= m.delta_mib
+
+
+def test_peak_memory_of_an_empty_block_is_small():
+    with measure.PeakMemory("cpu") as m:
+        pass
+    if m.method == "unavailable":
+        pytest.skip("this platform cannot reset the resident high-water mark")
+    assert m.peak_mib > 0 and 0 <= m.delta_mib < 50
+
+
+def test_rss_is_positive():
+    rss = measure.rss_mib()
+    assert rss is None or rss > 0
+
+
+# ---- peak.matmul_peak ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_matmul_peak(precision):
+    r = peak.matmul_peak(precision, n=64, warmup=1, repeats=2)
+    assert r["precision"] == precision and r["n"] == 64
+    assert r["flops"] == 2 * 64**3
+    assert r["repeats"] == 2
+    assert r["flops_per_s"] > 0
+    assert r["flops_per_s"] == pytest.approx(r["flops"] / r["median_s"])
+
+
+# ---- evaluation.synthetic_ranking ---------------------------------------------------------------------------
+SCALING_KEYS = {"num_entities", "num_queries", "dim", "chunk_size", "rank_s", "queries_ranked_per_s", "peak_mib",
+                "peak_delta_mib", "memory_method", "embeddings_mib", "chunk_working_set_mib", "mrr"}
+
+
+def brute_force_mrr(qv, ent, queries, num_relations, forward_triples) -> float:
+    """Filtered realistic ranks by hand (float64 scores, a Python set of known answers per (h, r)), MRR as
+    the unweighted mean of the tail and head directions (SimKGC's convention, as direction_metrics)."""
+    known = defaultdict(set)
+    for h, r, t in forward_triples.tolist():
+        known[(h, r)].add(t)
+        known[(t, r + num_relations)].add(h)
+    scores = qv.double() @ ent.double().T
+    recip = {False: [], True: []}
+    for i, (h, r, t) in enumerate(queries.tolist()):
+        s, gold = scores[i], float(scores[i, t])
+        rivals = [e for e in range(len(ent)) if e != t and e not in known[(h, r)]]
+        greater = sum(1 for e in rivals if float(s[e]) > gold)
+        ties = sum(1 for e in rivals if float(s[e]) == gold)
+        recip[r >= num_relations].append(1.0 / (1 + greater + 0.5 * ties))
+    per_dir = [sum(v) / len(v) for v in recip.values() if v]
+    return sum(per_dir) / len(per_dir)
+
+
+def test_synthetic_ranking_matches_a_brute_force_ranking(monkeypatch):
+    seen = {}
+    real_filter, real_eval = evaluation.build_filter_index, evaluation.evaluate_queries
+
+    def spy_filter(sets, num_relations):
+        seen["filter_sets"] = [s.clone() for s in sets]
+        return real_filter(sets, num_relations)
+
+    def spy_eval(qv, ent, queries, num_relations, filt, **kw):
+        seen.update(qv=qv.clone(), ent=ent.clone(), queries=queries.clone(), num_relations=num_relations)
+        return real_eval(qv, ent, queries, num_relations, filt, **kw)
+
+    monkeypatch.setattr(evaluation, "build_filter_index", spy_filter)
+    monkeypatch.setattr(evaluation, "evaluate_queries", spy_eval)
+    n_e, n_q, dim, n_rel = 40, 24, 16, 3
+    r = evaluation.synthetic_ranking(n_e, n_q, dim=dim, num_relations=n_rel, chunk_size=7, seed=3)
+    assert set(r) == SCALING_KEYS
+    assert (r["num_entities"], r["num_queries"], r["dim"], r["chunk_size"]) == (n_e, n_q, dim, 7)
+    assert 0 < r["mrr"] <= 1
+    assert r["rank_s"] > 0 and r["queries_ranked_per_s"] == pytest.approx(n_q / r["rank_s"])
+    assert r["embeddings_mib"] == pytest.approx((n_e + n_q) * dim * 4 / MIB)
+    assert r["chunk_working_set_mib"] == pytest.approx(7 * n_e * 5 / MIB)
+
+    q, train_and_test = seen["queries"], seen["filter_sets"]
+    train, test = train_and_test
+    assert seen["num_relations"] == n_rel and len(q) == n_q and seen["qv"].shape == (n_q, dim)
+    assert seen["ent"].shape == (n_e, dim)
+    assert torch.allclose(seen["ent"].norm(dim=1), torch.ones(n_e))
+    # half tail prediction (the test triples), half head prediction (their inverses)
+    assert torch.equal(q[: n_q // 2], test) and (test[:, 1] < n_rel).all()
+    assert torch.equal(q[n_q // 2:], torch.stack([test[:, 2], test[:, 1] + n_rel, test[:, 0]], 1))
+    assert len(train) == 2 * n_e  # train_per_entity x entities
+    expected = brute_force_mrr(seen["qv"], seen["ent"], q, n_rel, torch.cat([train, test]))
+    assert r["mrr"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_synthetic_ranking_is_deterministic_in_its_seed():
+    a = evaluation.synthetic_ranking(30, 10, dim=8, seed=1)
+    b = evaluation.synthetic_ranking(30, 10, dim=8, seed=1)
+    assert a["mrr"] == b["mrr"] and a["num_queries"] == 10
+
+
+def test_synthetic_ranking_odd_query_count():
+    assert evaluation.synthetic_ranking(30, 7, dim=8)["num_queries"] == 7
+
+
+# ---- table.format_tables ------------------------------------------------------------------------------------
+HEADERS = {"matmul_peak": "## Matmul peak", "train_step": "## Training step", "evaluation": "## Evaluation",
+           "eval_scaling": "## Ranking memory vs entities", "stages": "## Stages", "chain": "## Chain"}
+
+
+def minimal_result(**sections) -> dict:
+    return {"date": "2025-01-01T00:00:00+00:00", "data": "toy KG", "plm": "tiny", "device": "cpu",
+            "machine": {"threads": 2, "torch": "x"}, "repeats": 3, "warmup": 1, **sections}
+
+
+def test_format_tables_renders_only_the_sections_present():
+    b = minimal_result(
+        matmul_peak={"fp32": {"n": 64, "flops_per_s": 2.5e9}},
+        eval_scaling=[{"num_entities": 50, "num_queries": 64, "rank_s": 0.25, "queries_ranked_per_s": 256.0,
+                       "peak_mib": None, "peak_delta_mib": None, "embeddings_mib": 1.0,
+                       "chunk_working_set_mib": 0.5}])
+    md = format_tables(b)
+    assert md.startswith("# kgc-kd benchmark, 2025-01-01T00:00:00+00:00")
+    assert "medians of 3 timed runs after 1 warm-up" in md
+    for key, header in HEADERS.items():
+        assert (header in md) == (key in b), key
+    assert "| fp32 | 64 | 2.5 |" in md
+    assert "| 50 | 64 | 0.25 | 256.0 | - | - | 1.0 | 0.5 |" in md  # unknown memory shows as '-'
+
+
+def test_format_tables_header_only():
+    md = format_tables(minimal_result())
+    assert not any(h in md for h in HEADERS.values())
+
+
+def test_format_tables_chain_with_missing_phases():
+    chain = {"run_dir": "runs/x", "wall_time_s": 9.0, "stages": [
+        {"stage": "teacher", "steps": 2, "fit_s": 3.0, "phases_s": {"data": 0.5, "train": 2.0}, "test_mrr": 0.25}]}
+    md = format_tables(minimal_result(chain=chain))
+    assert "## Chain: runs/x" in md and "wall 9.0 s" in md
+    assert "| teacher | 2 | 3.0 | 0.5 | 2.0 | - | - | - | 0.2500 |" in md
+    assert "## Matmul peak" not in md
+
+
+# ---- the whole harness --------------------------------------------------------------------------------------
+def bench_argv(tmp_path, plm, *extra) -> list[str]:
+    return ["--out", str(tmp_path / "bench.json"), "--scale-entities", "50", "200", "--scale-queries", "64",
+            "--matmul-n", "64", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+            "data.source=synthetic", f"model.plm={plm}", "trainer.accelerator=cpu", "data.batch_size=16",
+            "data.max_length=16", "teacher.epochs=1", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+            "eval.untrained_baseline=false", "stages=[{name: s1, layers: 1, prune_vocab: true, shared_encoder: true}]",
+            *extra]  # options after the overrides: --sections takes every word up to the next option
+
+
+def test_whole_harness_on_a_tiny_model(tmp_path, tiny_plm_dir, capsys):
+    from kgc_kd.bench.__main__ import main
+
+    result = main(bench_argv(tmp_path, tiny_plm_dir))
+    out = tmp_path / "bench.json"
+    b = json.loads(out.read_text())
+    assert set(HEADERS) <= set(b)
+    assert b["device"] == "cpu" and (b["warmup"], b["repeats"]) == (1, 1) and b["plm"] == str(tiny_plm_dir)
+    assert b["matmul_peak"].keys() == result["matmul_peak"].keys()
+
+    # matmul peak, per precision
+    assert set(b["matmul_peak"]) == {"fp32", "bf16"}
+    for p in b["matmul_peak"].values():
+        assert p["n"] == 64 and p["flops"] == 2 * 64**3 and p["flops_per_s"] > 0
+
+    # training step: teacher and s1 at both precisions
+    rows = b["train_step"]
+    assert [(r["stage"], r["precision"]) for r in rows] == [
+        ("teacher", "32-true"), ("teacher", "bf16-mixed"), ("s1", "32-true"), ("s1", "bf16-mixed")]
+    for r in rows:
+        assert r["flops_per_step"] > 0 and r["examples_per_s"] > 0 and r["flops_per_s"] > 0
+        assert r["batch_size"] == 16 and r["tokens_per_step"] > 0 and r["repeats"] == 1
+        pk = b["matmul_peak"]["fp32" if r["precision"] == "32-true" else "bf16"]["flops_per_s"]
+        assert r["peak_fraction"] == pytest.approx(r["flops_per_s"] / pk)
+        if r["precision"] == "32-true":
+            assert r["speedup_vs_fp32"] == 1.0
+
+    # evaluation on the synthetic KG
+    e = b["evaluation"]
+    assert e["split"] == "test" and e["num_entities"] == 30 and e["num_queries"] > 0
+    assert e["entities_per_s"] > 0 and e["queries_ranked_per_s"] > 0 and e["full_eval_s"] > 0
+
+    # ranking scaling
+    sc = b["eval_scaling"]
+    assert [r["num_entities"] for r in sc] == [50, 200] and all(r["num_queries"] == 64 for r in sc)
+    assert all(set(r) == SCALING_KEYS and 0 < r["mrr"] <= 1 for r in sc)
+
+    # stages: the pruned, shared 1-layer student against the teacher
+    teacher, s1 = b["stages"]
+    assert (teacher["stage"], s1["stage"]) == ("teacher", "s1")
+    assert (teacher["layers"], s1["layers"]) == (2, 1)
+    assert not teacher["shared_encoder"] and s1["shared_encoder"]
+    assert s1["vocab_size"] < teacher["vocab_size"]
+    assert s1["params_total"] < teacher["params_total"]
+    assert teacher["params_ratio"] == 1.0 and 0 < s1["params_reduction_pct"] < 100
+
+    # the chain, run as a child process
+    c = b["chain"]
+    assert c["peak_rss_mib"] > 0 and c["process_wall_s"] > 0
+    assert [s["stage"] for s in c["stages"]] == ["teacher", "s1"]
+    for s in c["stages"]:
+        assert {"data", "train", "eval", "export"} <= set(s["phases_s"])
+        assert s["steps"] == 2 and 0 < s["test_mrr"] <= 1
+    assert (tmp_path / "chain-runs" / "bench-chain" / "report.json").is_file()
+
+    md = (tmp_path / "bench.md").read_text()
+    assert all(h in md for h in HEADERS.values())
+    assert "| s1 | 1 | yes |" in md
+    assert "wrote " in capsys.readouterr().out
+
+
+def test_sections_select_what_is_measured(tmp_path, tiny_plm_dir):
+    from kgc_kd.bench.__main__ import main
+
+    b = main(bench_argv(tmp_path, tiny_plm_dir, "--sections", "scaling", "stages"))
+    assert "eval_scaling" in b and "stages" in b
+    assert not {"matmul_peak", "train_step", "evaluation", "chain"} & set(b)
+    md = (tmp_path / "bench.md").read_text()
+    assert HEADERS["eval_scaling"] in md and HEADERS["stages"] in md
+    assert HEADERS["train_step"] not in md and HEADERS["chain"] not in md
+    assert json.loads((tmp_path / "bench.json").read_text()).keys() == b.keys()
+
+
+def test_unknown_config_key_exits_2_naming_it(tmp_path, capsys):
+    from kgc_kd.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "b" / "bench.json"), "data.no_such_key=1"])
+    assert exc.value.code == 2
+    assert "no_such_key" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # nothing written
+
+
+# ---- known gaps ---------------------------------------------------------------------------------------------
+def test_train_step_student_is_built_as_the_chain_builds_it(tiny_plm_dir):
+    from kgc_kd.bench.train_step import build_module
+    from kgc_kd.chain import build_datamodule
+    from kgc_kd.config import load_config
+    from kgc_kd.models.plm import load_tokenizer
+
+    cfg = load_config(["data.source=synthetic", f"model.plm={tiny_plm_dir}",
+                       "stages=[{name: s1, layers: 1, shared_encoder: true, prune_vocab: true, score_loss: kl}]"])
+    tok = load_tokenizer(str(tiny_plm_dir))
+    module = build_module(cfg, "student", build_datamodule(cfg, tok), tok)
+    assert module.net.shared and module.net.kept_ids is not None and module.st["score_loss"] == "kl"
