@@ -32,7 +32,15 @@ from kgc_kd.reporting import write_report, write_text_atomic
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
+    """This process's own peak resident memory. On Linux that is VmHWM of its address space: getrusage's
+    ru_maxrss would also count the parent's resident memory at fork time (kept across exec), so a chain
+    started from a big process would report that process's size."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 

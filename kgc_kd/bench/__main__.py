@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
                                                           device=args.device, **rw)
         save()
     if "scaling" in sections:
-        result["eval_scaling"] = [evaluation.synthetic_ranking(n, args.scale_queries, chunk_size=cfg.eval.chunk_size,
-                                                               device=args.device) for n in args.scale_entities]
+        result["eval_scaling"] = [evaluation.synthetic_ranking_process(n, args.scale_queries, chunk_size=cfg.eval.chunk_size,
+                                                                       device=args.device)
+                                  for n in args.scale_entities]
         save()
     if "stages" in sections:
         models = stages.exported_models(args.run) if args.run else stages.chain_models(cfg, dm, tokenizer)

@@ -9,6 +9,8 @@ O(chunk x entities) + the embeddings themselves, never O(queries x entities).
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from kgc_kd.bench.measure import PeakMemory, timed
@@ -97,3 +99,30 @@ def synthetic_ranking(num_entities: int, num_queries: int, *, dim: int = 384, nu
         "chunk_working_set_mib": chunk_size * num_entities * 5 / 2**20,
         "mrr": float(metrics["mrr"]),
     }
+
+
+def synthetic_ranking_process(num_entities: int, num_queries: int, *, chunk_size: int = 256,
+                              device: str = "cpu") -> dict:
+    """`synthetic_ranking` in a fresh child process, so its peak resident memory is that of a process
+    doing only this evaluation (torch included), not whatever the benchmark ran before it. The child
+    reports its own VmHWM: the kernel's ru_maxrss of a child would include this process's size at fork."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "kgc_kd.bench.evaluation", str(num_entities), str(num_queries), str(chunk_size),
+           device]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":  # python -m kgc_kd.bench.evaluation ENTITIES QUERIES CHUNK DEVICE
+    import sys
+
+    from kgc_kd.chain import peak_rss_mib
+
+    e, q, c, dev = sys.argv[1:5]
+    row = synthetic_ranking(int(e), int(q), chunk_size=int(c), device=dev)
+    row["process_peak_mib"] = peak_rss_mib()
+    print(json.dumps(row))
