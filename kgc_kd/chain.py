@@ -106,6 +106,7 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm}
     if cfg.teacher.load:
         net = BiEncoder.from_pretrained(cfg.teacher.load, source_ids=True)
+        net.check_vocab(dm.tokens.entity + dm.tokens.relation)  # a pruned teacher from another KG fails here
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
         chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
         trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False))

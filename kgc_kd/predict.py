@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset
+from kgc_kd.data.batching import EntityCollator, QueryCollator
 from kgc_kd.data.kg import KG, kg_from_json
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder

@@ -66,3 +66,27 @@ def tiny_plm_dir(tmp_path):
 def plm4(tmp_path):
     """A 4-layer tiny PLM: deep enough for a chain of shrinking students."""
     return save_tiny_plm(tmp_path / "plm4", num_layers=4)
+
+
+# ---- per-example references for the vectorised batch builders (test_tokens, test_batching) -------------
+def pad_reference(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original per-row padding loop, kept as the reference."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def hr_reference(cache, h: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
+    pairs = [cache.hr_ids(a, b) for a, b in zip(h.tolist(), r.tolist())]
+    ids, mask = pad_reference([p[0] for p in pairs], cache.pad_id)
+    types, _ = pad_reference([p[1] for p in pairs], 0)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def entity_reference(cache, e: torch.Tensor) -> dict[str, torch.Tensor]:
+    ids, mask = pad_reference([cache.entity_ids(x) for x in e.tolist()], cache.pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}

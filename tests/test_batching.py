@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import make_tokenizer
+from conftest import entity_reference, hr_reference, make_tokenizer
 
 from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset, TrainCollator
 from kgc_kd.data.builtin import load_builtin
@@ -134,28 +134,6 @@ def test_query_collator_keeps_the_query_index_column(setup):
 
 
 # ---- the vectorised collators reproduce the original per-example ones -----------------------------------
-def _pad_per_row(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def _hr_per_row(tokens: TokenCache, triples: torch.Tensor) -> dict[str, torch.Tensor]:
-    pairs = [tokens.hr_ids(h, r) for h, r in triples[:, :2].tolist()]
-    ids, mask = _pad_per_row([p[0] for p in pairs], tokens.pad_id)
-    types, _ = _pad_per_row([p[1] for p in pairs], 0)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def _entities_per_row(tokens: TokenCache, entities: torch.Tensor) -> dict[str, torch.Tensor]:
-    ids, mask = _pad_per_row([tokens.entity_ids(e) for e in entities.tolist()], tokens.pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
-
 def _assert_equal_batches(got: dict, ref: dict) -> None:
     assert set(got) == set(ref)
     for key, value in ref.items():
@@ -177,17 +155,17 @@ def test_collators_equal_the_per_example_reference(kg_name, max_length):
         b = len(batch)
         for dedup in (False, True):
             got = TrainCollator(tokens, known, dedup_entities=dedup)(list(batch))
-            ref = {"triples": batch, "hr": _hr_per_row(tokens, batch)}
+            ref = {"triples": batch, "hr": hr_reference(tokens, batch[:, 0], batch[:, 1])}
             ref["fn_mask"], ref["self_mask"] = in_batch_mask(batch, known)
             if dedup:
                 ents, index = torch.unique(torch.cat([batch[:, 2], batch[:, 0]]), return_inverse=True)
-                ref.update(entities=_entities_per_row(tokens, ents), tail_index=index[:b], head_index=index[b:])
+                ref.update(entities=entity_reference(tokens, ents), tail_index=index[:b], head_index=index[b:])
             else:
-                ref.update(tail=_entities_per_row(tokens, batch[:, 2]), head=_entities_per_row(tokens, batch[:, 0]))
+                ref.update(tail=entity_reference(tokens, batch[:, 2]), head=entity_reference(tokens, batch[:, 0]))
             _assert_equal_batches(got, ref)
         numbered = torch.cat([batch, torch.arange(b).unsqueeze(1)], dim=1)
         _assert_equal_batches(QueryCollator(tokens)(list(numbered)),
-                              {"triples": batch, "hr": _hr_per_row(tokens, batch), "query_index": torch.arange(b)})
+                              {"triples": batch, "hr": hr_reference(tokens, batch[:, 0], batch[:, 1]), "query_index": torch.arange(b)})
     ids = torch.arange(kg.num_entities)
     _assert_equal_batches(EntityCollator(tokens)(list(ids)),
-                          {"entity_ids": ids, "entity": _entities_per_row(tokens, ids)})
+                          {"entity_ids": ids, "entity": entity_reference(tokens, ids)})

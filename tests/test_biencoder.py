@@ -119,3 +119,14 @@ def test_prune_twice_is_refused():
     net.prune_vocabulary(torch.arange(10), tok.vocab_size)
     with pytest.raises(ValueError, match="already pruned"):
         net.prune_vocabulary(torch.arange(5), tok.vocab_size)
+
+
+def test_check_vocab_refuses_text_a_pruned_model_cannot_read():
+    tok, texts, _ = _tiny_pair()
+    net = BiEncoder(make_tiny_bert())
+    from kgc_kd.models.vocab import used_token_ids
+
+    net.prune_vocabulary(used_token_ids(tok(texts, add_special_tokens=False)["input_ids"], tok), tok.vocab_size)
+    net.check_vocab(tok(texts, add_special_tokens=False)["input_ids"])  # its own KG's texts: fine
+    with pytest.raises(ValueError, match="dropped by vocabulary pruning"):
+        net.check_vocab(tok(["fast cold"], add_special_tokens=False)["input_ids"])

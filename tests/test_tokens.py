@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-from conftest import WORDS, make_tokenizer, tiny_vocab
+from conftest import WORDS, entity_reference, hr_reference, make_tokenizer, pad_reference, tiny_vocab
 
 from kgc_kd.data.kg import KG
 from kgc_kd.data.text import entity_text, entity_texts, relation_texts
@@ -201,29 +201,6 @@ def test_truncate_longest_first_batch_equals_scalar():
 
 
 # ---- vectorised batches against the per-example reference -----------------------------------------------
-def pad_reference(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The original per-row padding loop, kept as the reference."""
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def hr_reference(cache: TokenCache, h: torch.Tensor, r: torch.Tensor) -> dict[str, torch.Tensor]:
-    pairs = [cache.hr_ids(a, b) for a, b in zip(h.tolist(), r.tolist())]
-    ids, mask = pad_reference([p[0] for p in pairs], cache.pad_id)
-    types, _ = pad_reference([p[1] for p in pairs], 0)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
-def entity_reference(cache: TokenCache, e: torch.Tensor) -> dict[str, torch.Tensor]:
-    ids, mask = pad_reference([cache.entity_ids(x) for x in e.tolist()], cache.pad_id)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
-
-
 def assert_same_batch(got: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
     assert set(got) == set(ref) == {"input_ids", "attention_mask", "token_type_ids"}
     for key in ref:

@@ -58,12 +58,22 @@ class BiEncoder(nn.Module):
         device = self.log_inv_t.device
         self.input_map = id_map(torch.tensor(kept, dtype=torch.long), source_vocab_size).to(device)
 
+    def check_vocab(self, token_lists) -> None:
+        """Refuse, naming a dropped id, inputs this pruned bi-encoder cannot read: done once where a pruned
+        model meets a KG (e.g. a pruned stage loaded as teacher), not on every forward."""
+        if self.input_map is not None:
+            from kgc_kd.models.vocab import remap_ids
+
+            remap_ids([list(t) for t in token_lists], self.input_map.cpu())
+
     def _ids(self, inputs: dict[str, Tensor]) -> Tensor:
         ids = inputs["input_ids"]
         if self.input_map is None:
             return ids
         mapped = self.input_map[ids]
-        if bool((mapped < 0).any()):
+        # On CPU the check is free; on an accelerator it would synchronise every step, so there the ids are
+        # validated once up front (check_vocab) and a dropped id fails in the embedding lookup.
+        if not mapped.is_cuda and bool((mapped < 0).any()):
             from kgc_kd.models.vocab import remap_ids
 
             remap_ids(ids, self.input_map)  # raises, naming the dropped ids
