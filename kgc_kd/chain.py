@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kgc_kd import tracking
 from kgc_kd.callbacks.progressive import ProgressiveDistillation
+from kgc_kd.callbacks.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RngState
 from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.config import run_name, to_plain
 from kgc_kd.data.datamodule import KGDataModule
@@ -28,6 +29,7 @@ from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
+from kgc_kd.preflight import STAGE_LOSS_KEYS, check_run
 from kgc_kd.reporting import write_report, write_text_atomic
 
 
@@ -51,6 +53,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
         d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
         name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
+        drop_unknown=d.drop_unknown,
     )
 
 
@@ -63,14 +66,20 @@ def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callbac
                    stage: dict | None = None):
     ckpt = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mrr",
                            mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
-    callbacks = [ckpt, PhaseTimer(), callback]  # the timer before the chain callback: it reads the timer
+    # the timer before the chain callback (it reads the timer); RNG state and an interrupt checkpoint make a
+    # killed stage resume where it stopped (callbacks/resume.py)
+    callbacks = [ckpt, PhaseTimer(), callback, RngState(), CheckpointOnInterrupt(stage_dir / "checkpoints")]
     logger: list | bool = False
     if cfg.run.logger in ("csv", "wandb"):  # the CSV log is kept with W&B too: it needs no service to read
-        logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version="")]
+        # A resumed stage logs to logs/resume-N/: CSVLogger deletes an existing metrics.csv it would reuse.
+        resumes = len(list((stage_dir / "logs").glob("resume-*"))) + 1
+        version = f"resume-{resumes}" if (stage_dir / "checkpoints" / "last.ckpt").is_file() else ""
+        logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version=version)]
         if cfg.run.logger == "wandb":
             logger.append(tracking.stage_logger(cfg, stage_dir.parent.parent, stage_dir.name, stage or {}))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks)
+    kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks,
+                        plugins=[AtomicCheckpointIO()])
     if epochs is not None:
         kw["max_epochs"] = epochs
     return L.Trainer(**kw)
@@ -124,8 +133,6 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     return untrained
 
 
-STAGE_LOSS_KEYS = ("alpha", "beta", "pkd", "score_loss", "kd_temperature", "mgfd", "generator", "terms")
-
 
 def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModule, tokenizer) -> DistillModule:
     """Student stage `index` taught by `teacher`, exactly as the chain trains it (the benchmark times this)."""
@@ -165,6 +172,7 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     dm = build_datamodule(cfg, tokenizer)  # loads the KG and tokenises every text once
     setup_s = round(time.time() - start, 2)
     print(dm.kg.summary(), flush=True)
+    check_run(cfg, dm, tokenizer)  # every config/data/model mismatch fails here, before anything is written
 
     run_dir = Path(cfg.run.root) / run_name(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +188,8 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     rows = chain.rows()
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
               "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
-              "untrained_eval_s": chain.state.get("untrained_eval_s"), "peak_rss_mib": peak_rss_mib()}
+              "untrained_eval_s": chain.state.get("untrained_eval_s"), "peak_rss_mib": peak_rss_mib(),
+              "data_checks": {**getattr(dm.kg, "notes", {}), **getattr(dm.tokens, "truncated", {})}}
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)

@@ -45,6 +45,7 @@ class DataCfg:
     dedup_entities: bool = True  # encode each distinct entity of a batch once (exact at eval; shares dropout)
     use_long_text: bool = True  # KG-BERT dirs: entity2textlong as the description when present
     name_separator: Optional[str] = None  # KG-BERT WN18RR packs "lemma, definition": set ", "
+    drop_unknown: bool = False  # skip (and count) triples whose entity or relation has no text line; else an error
     synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
 
 
@@ -104,6 +105,7 @@ class EvalCfg:
 
 @dataclass
 class TeacherCfg:
+    only: bool = False  # train and evaluate the teacher alone (the stages are ignored)
     load: Optional[str] = None  # an exported stage directory (query/ entity/ biencoder.json): skip training
     epochs: Optional[int] = 2  # None: trainer.max_epochs (the embedded default chain must fit in 20 CPU minutes)
     lr: Optional[float] = None  # default: optim.lr
@@ -305,18 +307,35 @@ def validate(cfg: DictConfig) -> None:
         (cfg.distill.score_loss in ("mse", "kl"), f"distill.score_loss={cfg.distill.score_loss!r}: expected mse or kl"),
         (cfg.distill.mgfd in ("pmd", "generation"), f"distill.mgfd={cfg.distill.mgfd!r}: expected pmd or generation"),
     ]
+    if not cfg.teacher.only and len(cfg.stages) == 0:
+        checks.append((False, "stages: the list has no stages; a chain needs at least one student stage "
+                              "(to train and evaluate the teacher alone, set teacher.only=true)"))
+    for key in ("alpha", "beta", "pkd"):
+        v = cfg.distill[key]
+        checks.append((0.0 <= v <= 1.0, f"distill.{key}={v}: expected a weight in [0, 1]"))
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names) or "teacher" in names:
         checks.append((False, f"stages: names must be unique and not 'teacher', got {names}"))
     for i, st in enumerate(cfg.stages):
+        w = {k: cfg.distill[k] if st[k] is None else st[k] for k in ("alpha", "beta", "pkd")}
+        where = lambda k: f"stages[{i}].{k}" if st[k] is not None else f"distill.{k}"  # noqa: E731
         checks += [
-            (st.layers >= 1, f"stages[{i}].layers must be >= 1"),
-            (0.0 <= st.mask_rate < 1.0, f"stages[{i}].mask_rate must be in [0, 1)"),
+            (st.layers >= 1, f"stages[{i}].layers={st.layers}: expected >= 1"),
+            (0.0 <= st.mask_rate < 1.0, f"stages[{i}].mask_rate={st.mask_rate}: expected a rate in [0, 1)"),
             (st.init in ("teacher", "plm"), f"stages[{i}].init={st.init!r}: expected teacher or plm"),
+            (st.layer_map is None or len(st.layer_map) == st.layers,
+             f"stages[{i}].layer_map={list(st.layer_map or [])}: expected {st.layers} entries, one per student layer"),
+            (bool(st.terms) or sum(w.values()) <= 1.0 + 1e-9,
+             f"stages[{i}] ({st.name}): {where('alpha')} + {where('beta')} + {where('pkd')} = "
+             f"{w['alpha']:g} + {w['beta']:g} + {w['pkd']:g} > 1; expected at most 1 (CE keeps 1 minus their sum)"),
         ]
+        for k in ("alpha", "beta", "pkd"):
+            checks.append((0.0 <= w[k] <= 1.0, f"{where(k)}={w[k]}: expected a weight in [0, 1]"))
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    if cfg.teacher.only:  # the resolved config (written next to the run) shows what runs
+        cfg.stages = []
 
 
 def to_plain(cfg: DictConfig) -> dict:

@@ -10,22 +10,28 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a temporary sibling of `path`, flush it to disk, then rename it over `path`:
+    readers see the old file or the new one, never a part (the same filesystem, so the rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -155,10 +161,8 @@ def plot_report(path: Path, result: dict) -> None:
     ax.set_title(f"MRR vs size: {result['data'].split(':')[0]}")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    replace_atomically(path, lambda f: fig.savefig(f, dpi=120, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_report(run_dir: Path, result: dict) -> str:

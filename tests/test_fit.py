@@ -32,7 +32,7 @@ def _write_kgbert_dir(d):
 
 def test_fit_teacher_only_writes_run_directory(tmp_path, tiny_plm_dir):
     argv = FAST + ["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.max_epochs=2", f"run.root={tmp_path}",
-                   "run.name=e2e", "stages=[]"]
+                   "run.name=e2e", "teacher.only=true"]
     result = fit.main(argv)
     run = tmp_path / "e2e"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -58,7 +58,7 @@ def test_fit_teacher_only_writes_run_directory(tmp_path, tiny_plm_dir):
 def test_fit_on_hand_written_kgbert_directory(tmp_path, tiny_plm_dir):
     kg_dir = _write_kgbert_dir(tmp_path / "mykg")
     result = fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", "trainer.max_epochs=1",
-                              f"run.root={tmp_path / 'runs'}", "eval.untrained_baseline=false", "stages=[]"])
+                              f"run.root={tmp_path / 'runs'}", "eval.untrained_baseline=false", "teacher.only=true"])
     assert result["data"].startswith("mykg: 10 entities, 2 relations, 16 / 2 / 2")
     assert list((tmp_path / "runs").glob("mykg-*/metrics.json"))
     assert result["stages"][0]["test"]["mrr"] > 0

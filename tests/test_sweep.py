@@ -51,7 +51,7 @@ def test_local_sweep_runs_four_trials_and_ranks_them(tmp_path, tiny_plm_dir, mon
     monkeypatch.setenv("WANDB_MODE", "disabled")
     spec = {"name": "tiny", "method": "grid", "metric": {"name": "teacher/mrr", "goal": "maximize"},
             "parameters": {"optim.lr": {"values": [1e-4, 3e-3]}, "model.temperature": {"values": [0.05, 0.1]}},
-            "fixed": ["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.accelerator=cpu", "stages=[]",
+            "fixed": ["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.accelerator=cpu", "teacher.only=true",
                       "teacher.epochs=1", "data.batch_size=8", "data.max_length=24", "run.logger=none",
                       "eval.untrained_baseline=false", "trainer.enable_progress_bar=false"]}
     path = tmp_path / "tiny.yaml"

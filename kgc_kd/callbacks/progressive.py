@@ -135,5 +135,9 @@ class ProgressiveDistillation(Callback):
             net_cpu = copy.deepcopy(net).cpu()
         net_cpu.save_pretrained(tmp, self.tokenizer)
         (tmp / "kg.json").write_text(json.dumps(kg_to_json(dm.kg, max_length=dm.max_length)))
-        shutil.rmtree(final, ignore_errors=True)
+        old = final.with_name(final.name + ".old")  # a kill between the renames leaves the old export whole
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
         tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)

@@ -19,8 +19,13 @@ from kgc_kd.eval import Ranks, RankingOutput, direction_metrics, evaluate_querie
 from kgc_kd.models.biencoder import BiEncoder
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the stage, the step and the loss terms at fault."""
+
+
 class BiEncoderModule(L.LightningModule):
     net: BiEncoder
+    stage_name = "teacher"
 
     def __init__(self) -> None:
         super().__init__()
@@ -48,6 +53,37 @@ class BiEncoderModule(L.LightningModule):
         triples = self.gather_rows(batch["triples"])
         fn_mask, self_mask = in_batch_mask(triples, self.trainer.datamodule.known_train)
         return vectors, triples, fn_mask, self_mask
+
+    # ---- numerical faults ---------------------------------------------------------------------------------
+    def check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> Tensor:
+        """Stop before a non-finite loss reaches backward(): the weights (and the last checkpoint on disk) are
+        still the last good ones. One scalar read per step, small next to a transformer's forward."""
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.world_size > 1:  # every rank must stop together, or the others hang in the next all-reduce
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            return loss
+        weights = getattr(self, "weights", {"ce": 1.0})
+        bad = [f"{n}={float(v.detach().float().mean()):g} (weight {weights.get(n, 0.0):g})"
+               for n, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+        ckpt = self.trainer.checkpoint_callback
+        last = getattr(ckpt, "last_model_path", "") if ckpt is not None else ""
+        raise NonFiniteLossError(
+            f"stage {self.stage_name}: loss is {float(loss.detach()):g} at step {self.global_step} "
+            f"(epoch {self.current_epoch}, batch {batch_idx}); non-finite term(s): {', '.join(bad) or 'none on this rank'}. "
+            f"Training stopped before the update; last good checkpoint: {last or 'none yet (first epoch)'}. "
+            "Try a lower optim.lr, a smaller trainer.gradient_clip_val or trainer.precision=32-true; "
+            "rerunning the same command resumes from the last checkpoint."
+        )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Log the total gradient norm (before clipping) at the logging interval only: it costs a reduction
+        over every parameter."""
+        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) != 0:
+            return
+        grads = [p.grad for m in self.trainable_modules() for p in m.parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads).float(), batch_size=1)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         """Modules the optimizer updates (subclasses add e.g. a feature generator)."""

@@ -62,6 +62,7 @@ class DistillModule(BiEncoderModule):
         if st["mgfd"] not in ("pmd", "generation"):
             raise ValueError(f"stage {st.get('name')}: mgfd={st['mgfd']!r}; expected pmd or generation")
         self.st = st
+        self.stage_name = str(st.get("name", "student"))
         self.terms = stage_terms(st)
         self.weights = {t["name"]: float(t.get("weight", 1.0)) for t in self.terms}
         self.net = student.train()
@@ -186,6 +187,7 @@ class DistillModule(BiEncoderModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         terms = self.distill_terms(batch)
         loss = sum(weight * terms[name] for name, weight in self.weights.items())
+        self.check_finite(loss, {n: terms[n] for n in self.weights}, batch_idx)
         bs = batch["triples"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in terms.items():

@@ -118,6 +118,12 @@ class BiEncoder(nn.Module):
         """Two Hugging Face directories (query/, entity/) that AutoModel loads, plus the temperature.
         `tokenizer` is the source tokenizer; a pruned bi-encoder saves its pruned version."""
         d = Path(directory)
+        meta = {"temperature": float(1.0 / self.inv_t.detach()), "pooling": self.pooling, "shared": self.shared,
+                "learn_temperature": bool(self.log_inv_t.requires_grad)}
+        if tokenizer is not None:  # of the tokenizer whose ids the model reads in a chain: checked on teacher.load
+            from kgc_kd.data.tokens import tokenizer_fingerprint
+
+            meta["tokenizer"] = {"fingerprint": tokenizer_fingerprint(tokenizer), "size": len(tokenizer)}
         if tokenizer is not None and self.kept_ids is not None:
             from kgc_kd.models.vocab import prune_tokenizer
 
@@ -126,8 +132,6 @@ class BiEncoder(nn.Module):
             enc.save_pretrained(d / name)
             if tokenizer is not None:
                 tokenizer.save_pretrained(d / name)
-        meta = {"temperature": float(1.0 / self.inv_t.detach()), "pooling": self.pooling, "shared": self.shared,
-                "learn_temperature": bool(self.log_inv_t.requires_grad)}
         if self.kept_ids is not None:
             meta["vocab"] = {"source_vocab_size": self.source_vocab_size, "kept_ids": self.kept_ids}
         (d / "biencoder.json").write_text(json.dumps(meta, indent=2))

@@ -1,0 +1,111 @@
+"""Everything a chain can check before it writes anything or trains for an hour.
+
+A mistake that only surfaces when stage 3 starts (a layer map past the end of its teacher, a loss
+term's weights, a teacher exported with another tokenizer) would cost the hours spent on stages 1-2
+and leave a half-finished run directory. These checks need the config, the loaded KG and the tokenizer,
+never a built model; each error names the config key and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from kgc_kd.config import ConfigError, to_plain
+from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.data.tokens import tokenizer_fingerprint
+from kgc_kd.lit.distill_module import stage_terms
+from kgc_kd.models.plm import plm_config
+
+STAGE_LOSS_KEYS = ("alpha", "beta", "pkd", "score_loss", "kd_temperature", "mgfd", "generator", "terms")
+
+
+def stage_settings(cfg: DictConfig, index: int) -> dict:
+    """The distill group's settings with stage `index`'s overrides applied (what its module trains with)."""
+    st = to_plain(cfg.stages[index])
+    return {**to_plain(cfg.distill), **{k: st[k] for k in STAGE_LOSS_KEYS if st[k] is not None}, "name": st["name"]}
+
+
+def check_run(cfg: DictConfig, dm: KGDataModule, tokenizer) -> None:
+    check_batch_size(cfg, dm)
+    teacher_layers, teacher_vocab = check_teacher(cfg, tokenizer)
+    check_stages(cfg, teacher_layers)
+    check_plm_vocab(cfg, tokenizer, teacher_vocab)
+
+
+def check_batch_size(cfg: DictConfig, dm: KGDataModule) -> None:
+    devices = cfg.trainer.devices if isinstance(cfg.trainer.devices, int) and cfg.trainer.devices > 0 else 1
+    n, bs = len(dm.train_examples), cfg.data.batch_size
+    if bs * devices > n:
+        per = f" per device x {devices} devices" if devices > 1 else ""
+        raise ConfigError(
+            f"data.batch_size={bs}{per} exceeds the {n} training examples of {dm.kg.name} (train triples and their "
+            f"inverses); training drops the last incomplete batch, so no step would run: expected at most "
+            f"{n // devices}"
+        )
+
+
+def check_teacher(cfg: DictConfig, tokenizer) -> tuple[int, int]:
+    """The teacher's layer count and vocabulary size; a loaded teacher must read this tokenizer's ids."""
+    if not cfg.teacher.load:
+        conf = plm_config(cfg.model.plm)
+        return int(conf["num_hidden_layers"]), int(conf["vocab_size"])
+    d = Path(cfg.teacher.load).expanduser()
+    meta_path, conf_path = d / "biencoder.json", d / "query" / "config.json"
+    if not meta_path.is_file() or not conf_path.is_file():
+        raise ConfigError(f"teacher.load={cfg.teacher.load!r}: expected an exported stage directory "
+                          "(biencoder.json, query/, entity/: runs/<run>/stages/<stage>/export)")
+    meta, conf = json.loads(meta_path.read_text()), json.loads(conf_path.read_text())
+    vocab = int(meta["vocab"]["source_vocab_size"]) if meta.get("vocab") else int(conf["vocab_size"])
+    recorded = (meta.get("tokenizer") or {}).get("fingerprint")
+    mine = tokenizer_fingerprint(tokenizer)
+    if (recorded is not None and recorded != mine) or vocab != len(tokenizer):
+        raise ConfigError(
+            f"teacher.load={cfg.teacher.load!r} was trained with another tokenizer than model.plm={cfg.model.plm!r} "
+            f"(vocabulary {vocab} vs {len(tokenizer)}" + (", different tokens" if recorded not in (None, mine) else "")
+            + "): teacher and students must read the same token ids; expected model.plm to be the teacher's PLM"
+        )
+    return int(conf["num_hidden_layers"]), vocab
+
+
+def check_stages(cfg: DictConfig, teacher_layers: int) -> None:
+    """Each grade is cut from the stage before it (init=teacher) or from the PLM (init=plm)."""
+    plm_layers = None
+    source, source_layers = "the teacher", teacher_layers
+    for i, st in enumerate(cfg.stages):
+        if st.init == "plm":
+            if plm_layers is None:
+                plm_layers = int(plm_config(cfg.model.plm)["num_hidden_layers"])
+            src, n = f"model.plm ({cfg.model.plm})", plm_layers
+        else:
+            src, n = source, source_layers
+        if st.layers > n:
+            raise ConfigError(f"stages[{i}].layers={st.layers}: its source, {src}, has {n} layers; "
+                              f"expected at most {n}")
+        if st.layer_map is not None:
+            bad = [j for j in st.layer_map if not 0 <= j < n]
+            if bad:
+                raise ConfigError(f"stages[{i}].layer_map={list(st.layer_map)}: layer {bad[0]} does not exist in its "
+                                  f"source, {src}, which has {n} layers; expected indices 0..{n - 1}")
+        try:
+            stage_terms(stage_settings(cfg, i))
+        except ValueError as err:
+            raise ConfigError(f"stages[{i}]: {err}") from None
+        source, source_layers = f"stage {st.name}", st.layers
+
+
+def check_plm_vocab(cfg: DictConfig, tokenizer, teacher_vocab: int) -> None:
+    """Models built from model.plm (the teacher, init=plm students) must cover the tokenizer's ids."""
+    uses_plm = not cfg.teacher.load or any(st.init == "plm" for st in cfg.stages)
+    if not uses_plm:
+        return
+    vocab = int(plm_config(cfg.model.plm)["vocab_size"])
+    if vocab < len(tokenizer) or (cfg.teacher.load and vocab != teacher_vocab):
+        raise ConfigError(
+            f"model.plm={cfg.model.plm!r}: its embeddings have {vocab} rows but "
+            + (f"the teacher (teacher.load) reads {teacher_vocab} token ids" if cfg.teacher.load and vocab != teacher_vocab
+               else f"its tokenizer has {len(tokenizer)} tokens")
+            + "; expected the model and tokenizer of one PLM"
+        )
