@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import lightning as L
 import pytest
@@ -132,3 +137,88 @@ def test_compressed_students_prune_the_vocabulary_share_an_encoder_and_resume(tm
     # a rerun resumes from the pruned exports (read with the source tokenizer) without retraining
     again = fit.main(_argv(tmp_path, plm4, stages))
     assert [r["test"] for r in again["stages"]] == [r["test"] for r in result["stages"]]
+
+
+KILL_STAGES = "stages=[{name: s1, layers: 2}, {name: s2, layers: 1, epochs: 4}]"
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_sigkill_mid_student_stage_then_rerun_completes_like_an_uninterrupted_run(tmp_path, plm4):
+    """The same command, killed with SIGKILL in s2's second epoch, then rerun: finished stages are not
+    retrained and the final report equals an uninterrupted run's (the RNG state travels in last.ckpt)."""
+    extra = (KILL_STAGES, "run.logger=csv")
+    reference = fit.main(_argv(tmp_path / "ref", plm4, *extra))
+
+    argv = _argv(tmp_path / "killed", plm4, *extra)
+    run = tmp_path / "killed" / "chain"
+    marker = run / "stages" / "s2" / "checkpoints" / "last.ckpt"  # s2's first epoch is done
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    proc = subprocess.Popen([sys.executable, "-m", "kgc_kd.fit", *argv], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.kill()  # SIGKILL: no handler runs, whatever was being written stays as it was
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, f"the chain ended before it was killed:\n{err[-3000:]}"
+    state = json.loads((run / "chain_state.json").read_text())
+    assert state["order"] == ["teacher", "s1"], "the kill must land inside stage s2"
+    finished = {name: _files(run / "stages" / name / "export") for name in ("teacher", "s1")}
+
+    rerun = subprocess.run([sys.executable, "-m", "kgc_kd.fit", *argv], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    report = json.loads((run / "report.json").read_text())
+    rows = {r["name"]: r for r in report["stages"]}
+    assert list(rows) == ["teacher", "s1", "s2"]
+    for name in ("teacher", "s1"):  # not retrained: the same row, the same exported bytes
+        assert rows[name] == state["stages"][name]
+        assert _files(run / "stages" / name / "export") == finished[name]
+    assert (run / "stages" / "s2" / "logs" / "resume-1" / "metrics.csv").is_file()  # resumed, not restarted
+    assert rows["s2"]["epochs"] == 4 and rows["s2"]["steps"] == 4 * rows["s1"]["steps"]
+    for ref in reference["stages"]:
+        for key, value in ref["test"].items():
+            assert rows[ref["name"]]["test"][key] == pytest.approx(value, abs=1e-6), (ref["name"], key)
+
+
+def test_same_config_and_seed_give_identical_metrics(tmp_path, plm4):
+    extra = ("stages=[{name: s1, layers: 2, mask_rate: 0.2}]", "teacher.epochs=2")
+    first = fit.main(_argv(tmp_path / "a", plm4, *extra))
+    second = fit.main(_argv(tmp_path / "b", plm4, *extra))
+    assert [r["test"] for r in first["stages"]] == [r["test"] for r in second["stages"]]
+    assert [r["best_val_mrr"] for r in first["stages"]] == [r["best_val_mrr"] for r in second["stages"]]
+    other = fit.main(_argv(tmp_path / "c", plm4, *extra, "run.seed=7"))
+    assert [r["test"] for r in other["stages"]] != [r["test"] for r in first["stages"]]  # the seed matters
+
+
+def test_non_finite_loss_stops_the_stage_naming_step_and_term_and_keeps_the_last_checkpoint(
+        tmp_path, plm4, monkeypatch, capsys):
+    import kgc_kd.lit.distill_module as dmod
+
+    calls = []
+
+    def score_turning_nan(*args, **kwargs):
+        calls.append(1)
+        value = dmod.score_loss.__wrapped__(*args, **kwargs)
+        return value * float("nan") if len(calls) > 15 else value
+
+    score_turning_nan.__wrapped__ = dmod.score_loss
+    monkeypatch.setattr(dmod, "score_loss", score_turning_nan)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_argv(tmp_path, plm4, "stages=[{name: s1, layers: 2, epochs: 2}]"))
+    assert exit_info.value.code == fit.EXIT_NON_FINITE
+    state = json.loads((tmp_path / "chain" / "chain_state.json").read_text())
+    assert state["order"] == ["teacher"]
+    steps_per_epoch = state["stages"]["teacher"]["steps"]  # the teacher ran one epoch of the same loader
+    assert steps_per_epoch < 15 < 2 * steps_per_epoch
+    err = capsys.readouterr().err
+    assert "stage s1: loss is nan at step 15 " in err and f"(epoch 1, batch {15 - steps_per_epoch})" in err
+    assert "score=nan (weight 0.1)" in err and "ce=" not in err  # only the non-finite term is named
+    last = tmp_path / "chain" / "stages" / "s1" / "checkpoints" / "last.ckpt"
+    assert str(last) in err
+    ckpt = torch.load(last, weights_only=True)  # the end of epoch 0: every weight finite
+    assert ckpt["global_step"] == steps_per_epoch
+    assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())

@@ -7,6 +7,7 @@ import torch
 from conftest import make_tokenizer, tiny_vocab
 
 from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.data.io import DataFormatError, DataWarning
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.data.tokens import TokenCache
 
@@ -127,3 +128,36 @@ def test_given_kg_is_used_without_loading():
     d = KGDataModule(source="does-not-exist", kg=kg, batch_size=4)
     assert d.kg is kg
     assert d.known_train is d.known_train  # built once
+
+
+def write_kgbert_with_unknown(d):
+    d.mkdir()
+    (d / "entity2text.txt").write_text("a\tred thing\nb\tblue thing\nc\n", encoding="utf-8")
+    (d / "relation2text.txt").write_text("r\tpart of\n", encoding="utf-8")
+    (d / "train.tsv").write_text("a\tr\tb\nb\tr\tc\na\tr\tb\n", encoding="utf-8")
+    (d / "dev.tsv").write_text("a\tr\tc\nq\tr\ta\n", encoding="utf-8")
+    (d / "test.tsv").write_text("c\tr\ta\n", encoding="utf-8")
+    return d
+
+
+def test_drop_unknown_option(tmp_path):
+    d = write_kgbert_with_unknown(tmp_path / "kg")
+    with pytest.warns(DataWarning), pytest.raises(DataFormatError) as err:  # train.tsv was read (and warned on)
+        KGDataModule(str(d)).kg
+    assert str(err.value) == (f"{d / 'dev.tsv'}:2: unknown head id 'q' (not in the entity/relation files); "
+                              "set data.drop_unknown=true to skip such triples")
+    dm = KGDataModule(str(d), drop_unknown=True, batch_size=2)
+    with pytest.warns(DataWarning) as record:
+        kg = dm.kg
+    assert [str(w.message) for w in record] == [
+        f"{d / 'entity2text.txt'}:3: 1 of 3 entities have no text (no line or an empty one in entity2text.txt); "
+        "their ids are used as names, e.g. 'c' (an empty text)",
+        f"{d / 'train.tsv'}:3: 1 duplicate triple removed (the first occurrence is kept), first at line 3: "
+        "a repeat of line 1",
+        f"{d / 'dev.tsv'}:2: 1 triple skipped: unknown entity/relation ids (data.drop_unknown=true), first at "
+        "line 2: unknown head id 'q' (not in the entity/relation files)",
+    ]
+    assert kg.notes == {"entities_without_text": 1, "train.duplicates": 1, "valid.unknown_dropped": 1}
+    assert kg.train.tolist() == [[0, 0, 1], [1, 0, 2]] and kg.valid.tolist() == [[0, 0, 2]]
+    assert kg.entity_names == ["red thing", "blue thing", "c"]
+    assert dm.kg is kg  # loaded once: the warnings are not repeated

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
-from kgc_kd.data.io import DataFormatError, find_file, index_triples, read_rows, read_text_table
+from kgc_kd.data.io import (
+    DataFormatError,
+    DataWarning,
+    TripleCollector,
+    find_file,
+    index_triples,
+    read_rows,
+    read_text_table,
+    read_utf8,
+)
 
 
 def write(path, text: str):
@@ -60,6 +71,31 @@ def test_read_rows_not_utf8(tmp_path):
     assert str(p) in str(err.value)
 
 
+def test_not_utf8_names_line_column_and_expectation(tmp_path):
+    p = tmp_path / "dev.tsv"
+    # line 3, after "c\u00f6f" (4 bytes in UTF-8): the latin-1 e-acute is byte 5 of the line, offset 4 + 4 + 4
+    p.write_bytes("a\tb\n".encode() + "c\td\n".encode() + "c\u00f6f".encode() + b"\xe9\tx\n")
+    with pytest.raises(DataFormatError) as err:
+        list(read_rows(p, 2))
+    assert str(err.value) == (f"{p}:3: not UTF-8 text: byte 0xe9 at column 5 (byte offset 12); "
+                              "expected UTF-8 text; re-save the file as UTF-8")
+
+
+def test_not_utf8_on_the_first_line(tmp_path):
+    p = tmp_path / "entity2text.txt"
+    p.write_bytes(b"\xff\xfee\x001\x00\n")  # UTF-16 with its byte-order mark
+    with pytest.raises(DataFormatError, match=r"entity2text\.txt:1: not UTF-8 text: byte 0xff at column 1 .*"
+                                              r"expected UTF-8 text; re-save the file as UTF-8"):
+        read_text_table(p)
+
+
+def test_utf8_byte_order_mark_is_dropped(tmp_path):
+    p = tmp_path / "train.tsv"
+    p.write_bytes(b"\xef\xbb\xbf" + "a\tb\nc\td\n".encode())
+    assert list(read_rows(p, 2)) == [(1, ["a", "b"]), (2, ["c", "d"])]  # "a", not "\ufeffa"
+    assert read_utf8(p) == "a\tb\nc\td\n"
+
+
 def test_data_format_error_is_a_value_error():
     assert issubclass(DataFormatError, ValueError)
 
@@ -81,6 +117,14 @@ def test_read_text_table_duplicate_id(tmp_path):
         read_text_table(p)
     assert f"{p}:3:" in str(err.value)
     assert "'e1'" in str(err.value) and "twice" in str(err.value)
+    assert "first at line 1" in str(err.value)
+
+
+def test_read_text_table_empty_id(tmp_path):
+    p = write(tmp_path / "entity2text.txt", "e1\ta\n\tno id here\n")
+    with pytest.raises(DataFormatError) as err:
+        read_text_table(p)
+    assert str(err.value) == f"{p}:2: empty id; expected id<TAB>text: 'no id here'"
 
 
 # ---- index_triples ------------------------------------------------------------------------------------
@@ -106,6 +150,76 @@ def test_index_triples_unknown_id(tmp_path, line, kind, key):
     msg = str(err.value)
     assert f"{p}:2:" in msg
     assert f"unknown {kind} id {key!r}" in msg
+    assert msg.endswith("; set data.drop_unknown=true to skip such triples")
+
+
+ENTS, RELS = {"a": 0, "b": 1, "c": 2}, {"p": 0, "q": 1}
+
+
+def test_index_triples_drops_duplicates_keeps_order_and_warns_once(tmp_path):
+    p = write(tmp_path / "train.tsv", "a\tp\tb\nb\tq\tc\n\na\tp\tb\nc\tp\ta\nb\tq\tc\na\tp\tb\n")
+    notes: dict[str, int] = {}
+    with pytest.warns(DataWarning) as record:
+        t = index_triples(p, ENTS, RELS, split="train", notes=notes)
+    assert t.tolist() == [[0, 0, 1], [1, 1, 2], [2, 0, 0]]  # first occurrences, in file order
+    assert [str(w.message) for w in record] == [
+        f"{p}:4: 3 duplicate triples removed (the first occurrence is kept), first at line 4: a repeat of line 1"]
+    assert record[0].category is DataWarning and issubclass(DataWarning, UserWarning)
+    assert notes == {"train.duplicates": 3}
+
+
+def test_index_triples_unknown_ids_dropped_and_counted(tmp_path):
+    p = write(tmp_path / "dev.tsv", "a\tp\tb\na\tp\tzz\nyy\tp\tb\nb\tp\tc\na\tr9\tb\n")
+    notes: dict[str, int] = {}
+    with pytest.warns(DataWarning) as record:
+        t = index_triples(p, ENTS, RELS, split="valid", drop_unknown=True, notes=notes)
+    assert t.tolist() == [[0, 0, 1], [1, 0, 2]]
+    assert [str(w.message) for w in record] == [
+        f"{p}:2: 3 triples skipped: unknown entity/relation ids (data.drop_unknown=true), first at line 2: "
+        "unknown tail id 'zz' (not in the entity/relation files)"]
+    assert notes == {"valid.unknown_dropped": 3}
+
+
+def test_index_triples_clean_file_no_warning_no_notes(tmp_path):
+    p = write(tmp_path / "test.tsv", "a\tp\tb\nb\tp\ta\n")
+    notes: dict[str, int] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert index_triples(p, ENTS, RELS, split="test", drop_unknown=True, notes=notes).tolist() == [
+            [0, 0, 1], [1, 0, 0]]
+    assert notes == {}
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_index_triples_empty_split_refused_when_asked(tmp_path, text):
+    p = write(tmp_path / "test.tsv", text)
+    assert index_triples(p, ENTS, RELS).shape == (0, 3)  # allowed by default
+    with pytest.raises(DataFormatError) as err:
+        index_triples(p, ENTS, RELS, allow_empty=False)
+    assert str(err.value) == f"{p}: no triples; expected lines head<TAB>relation<TAB>tail"
+
+
+def test_index_triples_all_dropped_is_an_empty_split(tmp_path):
+    p = write(tmp_path / "test.tsv", "a\tp\tzz\nzz\tq\ta\n")
+    notes: dict[str, int] = {}
+    with pytest.warns(DataWarning, match=r"test\.tsv:1: 2 triples skipped"):
+        with pytest.raises(DataFormatError) as err:
+            index_triples(p, ENTS, RELS, split="test", drop_unknown=True, notes=notes, allow_empty=False)
+    assert str(err.value) == (
+        f"{p}:1: no triples left: all 2 have unknown entity/relation ids (data.drop_unknown=true), the first at "
+        "line 1: unknown tail id 'zz' (not in the entity/relation files); expected lines "
+        "head<TAB>relation<TAB>tail with known ids")
+    assert notes == {"test.unknown_dropped": 2}
+
+
+def test_triple_collector_duplicates_on_one_line(tmp_path):
+    # a compact JSON file has every item on line 1: duplicates are still found
+    out = TripleCollector(tmp_path / "train.txt.json", split="train", notes=(notes := {}))
+    for triple in [(0, 0, 1), (0, 0, 1), (1, 0, 0)]:
+        out.add(1, triple)
+    with pytest.warns(DataWarning, match=r"train\.txt\.json:1: 1 duplicate triple removed .* a repeat of line 1$"):
+        assert out.finish().tolist() == [[0, 0, 1], [1, 0, 0]]
+    assert notes == {"train.duplicates": 1}
 
 
 # ---- find_file -----------------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
 
 from kgc_kd.data.builtin import load_builtin
-from kgc_kd.data.io import DataFormatError
+from kgc_kd.data.io import DataFormatError, DataWarning
 from kgc_kd.data.kgbert import is_kgbert_dir, load_kgbert_dir
 
 REAL_UMLS = Path(__file__).resolve().parents[2] / "shared" / "data" / "umls"
@@ -91,10 +92,13 @@ def test_name_separator_splits_lemma_and_definition(tmp_path):
     put(d / "relation2text.txt", ["_hypernym\thypernym"])
     for split in ("train.tsv", "dev.tsv", "test.tsv"):
         put(d / split, ["01\t_hypernym\t02"])
-    kg = load_kgbert_dir(d, name_separator=", ")
+    with pytest.warns(DataWarning, match=r"entity2text\.txt:4: 1 of 4 entities have no text.* e\.g\. '04'"):
+        kg = load_kgbert_dir(d, name_separator=", ")
     assert kg.entity_names == ["land reform", "dog", "a", "04"]  # empty text -> the id
+    assert kg.notes == {"entities_without_text": 1}
     assert kg.entity_descs == ["a redistribution of land", "", "b, c", ""]
-    plain = load_kgbert_dir(d)
+    with pytest.warns(DataWarning, match=r"e\.g\. '04'"):
+        plain = load_kgbert_dir(d)
     assert plain.entity_names == ["land reform, a redistribution of land", "dog", "a, b, c", "04"]
     assert plain.entity_descs == ["", "", "", ""]
 
@@ -138,12 +142,136 @@ def test_unknown_entity_in_split(tmp_path):
     assert "'nope'" in msg
 
 
-def test_entities_txt_id_without_text(tmp_path):
+def test_clean_dir_gives_no_warning_and_no_notes(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kg = load_kgbert_dir(make_dir(tmp_path / "kg"), drop_unknown=True)
+    assert kg.notes == {}
+
+
+def test_malformed_dev_line_names_file_line_and_expectation(tmp_path):
     d = make_dir(tmp_path / "kg")
-    put(d / "entities.txt", ["e3", "e1", "e2", "e9"])
+    put(d / "dev.tsv", ["e3\tr1\te1", "", "e3 r1 e2"])
     with pytest.raises(DataFormatError) as err:
         load_kgbert_dir(d)
-    assert "entities.txt" in str(err.value) and "'e9'" in str(err.value)
+    assert str(err.value) == f"{d / 'dev.tsv'}:3: expected 3 tab-separated fields, found 1: 'e3 r1 e2'"
+
+
+def test_malformed_text_file_line(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "entity2text.txt", ["e1\tred thing", "e2\tblue thing", "\tgreen thing"])
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert str(err.value) == f"{d / 'entity2text.txt'}:3: empty id; expected id<TAB>text: 'green thing'"
+
+
+def test_entities_txt_duplicate_id(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "entities.txt", ["e3", "e1", "e2", "e1"])
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert str(err.value) == f"{d / 'entities.txt'}:4: id 'e1' appears twice (first at line 2)"
+
+
+def test_unknown_id_error_names_the_option(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "test.tsv", ["e1\thas_color\te3", "e1\tr7\te3"])
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert str(err.value) == (f"{d / 'test.tsv'}:2: unknown relation id 'r7' (not in the entity/relation files); "
+                              "set data.drop_unknown=true to skip such triples")
+
+
+def test_drop_unknown_skips_counts_and_warns_per_split_file(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "dev.tsv", ["e3\tr1\te1", "e3\tr1\tnope", "e1\tr1\te2", "x\tr1\ty", "e2\tr9\te1"])
+    put(d / "test.tsv", ["e1\thas_color\te3", "", "e1\thas_color\tgone"])
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d, drop_unknown=True)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'dev.tsv'}:2: 3 triples skipped: unknown entity/relation ids (data.drop_unknown=true), first at "
+        "line 2: unknown tail id 'nope' (not in the entity/relation files)",
+        f"{d / 'test.tsv'}:3: 1 triple skipped: unknown entity/relation ids (data.drop_unknown=true), first at "
+        "line 3: unknown tail id 'gone' (not in the entity/relation files)",
+    ]
+    assert kg.valid.tolist() == [[0, 0, 1], [1, 0, 2]]  # entities.txt order: e3 e1 e2
+    assert kg.test.tolist() == [[1, 1, 0]]
+    assert kg.train.tolist() == [[1, 0, 2], [2, 1, 0]]
+    assert kg.notes == {"valid.unknown_dropped": 3, "test.unknown_dropped": 1}
+
+
+def test_drop_unknown_leaving_a_split_empty_is_an_error(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "test.tsv", ["e1\thas_color\tgone", "gone\tr1\te1"])
+    with pytest.warns(DataWarning, match=r"test\.tsv:1: 2 triples skipped"):
+        with pytest.raises(DataFormatError) as err:
+            load_kgbert_dir(d, drop_unknown=True)
+    msg = str(err.value)
+    assert msg.startswith(f"{d / 'test.tsv'}:1: no triples left: all 2 have unknown entity/relation ids")
+    assert msg.endswith("expected lines head<TAB>relation<TAB>tail with known ids")
+
+
+@pytest.mark.parametrize("split_file", ["train.tsv", "dev.tsv", "test.tsv"])
+@pytest.mark.parametrize("lines", [[], ["", "  "]])
+def test_empty_split_file(tmp_path, split_file, lines):
+    d = make_dir(tmp_path / "kg")
+    put(d / split_file, lines, final_newline=bool(lines))
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert str(err.value) == f"{d / split_file}: no triples; expected lines head<TAB>relation<TAB>tail"
+
+
+def test_duplicate_triples_dropped_in_order_one_warning_per_file(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "train.tsv", ["e1\tr1\te2", "e2\thas_color\te3", "e1\tr1\te2", "e3\tr1\te1", "e2\thas_color\te3"])
+    put(d / "test.tsv", ["e1\thas_color\te3", "e1\thas_color\te3"])
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'train.tsv'}:3: 2 duplicate triples removed (the first occurrence is kept), first at line 3: "
+        "a repeat of line 1",
+        f"{d / 'test.tsv'}:2: 1 duplicate triple removed (the first occurrence is kept), first at line 2: "
+        "a repeat of line 1",
+    ]
+    assert kg.train.tolist() == [[1, 0, 2], [2, 1, 0], [0, 0, 1]]
+    assert kg.test.tolist() == [[1, 1, 0]]
+    assert kg.notes == {"train.duplicates": 2, "test.duplicates": 1}
+
+
+def test_entities_txt_id_without_text_uses_the_id(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "entities.txt", ["e3", "e1", "e2", "e9"])
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'entities.txt'}:4: 1 of 4 entities have no text (no line or an empty one in entity2text.txt); "
+        "their ids are used as names, e.g. 'e9' (listed in entities.txt, no line in entity2text.txt)"]
+    assert kg.entity_ids == ["e3", "e1", "e2", "e9"]
+    assert kg.entity_names == ["green thing", "red thing", "blue thing", "e9"]
+    assert kg.entity_descs == ["", "red thing is a red object", "", ""]
+    assert kg.notes == {"entities_without_text": 1}
+
+
+def test_entities_without_text_counted_in_one_warning(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "entity2text.txt", ["e1\tred thing", "e2\t  ", "e3"])  # e2: blank text, e3: id only
+    put(d / "entities.txt", ["e3", "e1", "e2", "e9"])  # e9: no line at all
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d)
+    assert [str(w.message) for w in record] == [  # the example: the first in entity order (e3)
+        f"{d / 'entity2text.txt'}:3: 3 of 4 entities have no text (no line or an empty one in entity2text.txt); "
+        "their ids are used as names, e.g. 'e3' (an empty text)"]
+    assert kg.entity_names == ["e3", "red thing", "e2", "e9"]
+    assert kg.notes == {"entities_without_text": 3}
+
+
+def test_not_utf8_split_file(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    (d / "dev.tsv").write_bytes(b"e3\tr1\te1\ne3\tr1\te\xe91\n")
+    with pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d)
+    assert str(err.value) == (f"{d / 'dev.tsv'}:2: not UTF-8 text: byte 0xe9 at column 8 (byte offset 16); "
+                              "expected UTF-8 text; re-save the file as UTF-8")
 
 
 def test_duplicate_entity_text_line(tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kgc_kd.data.io import DataFormatError
+from kgc_kd.data.io import DataFormatError, DataWarning
 from kgc_kd.data.sources import load_kg
 from kgc_kd.data.synthetic import synthetic_kg
 
@@ -95,3 +95,27 @@ def test_not_a_source(tmp_path, name):
     with pytest.raises(DataFormatError) as err:
         load_kg(source)
     assert repr(source) in str(err.value) and "umls" in str(err.value)
+
+
+@pytest.mark.parametrize("layout", ["kgbert", "simkgc"])
+def test_drop_unknown_reaches_the_directory_loaders(tmp_path, layout):
+    if layout == "kgbert":
+        d = write_kgbert(tmp_path / "kgb")
+        (d / "test.tsv").write_text("a\tr\tb\nb\tr\tzz\n", encoding="utf-8")
+        bad = d / "test.tsv"
+    else:
+        d = write_simkgc(tmp_path / "sim")
+        row = {"head_id": "x", "relation": "likes", "tail_id": "y"}
+        (d / "test.txt.json").write_text(json.dumps([row, {**row, "tail_id": "zz"}]), encoding="utf-8")
+        bad = d / "test.txt.json"
+    with pytest.raises(DataFormatError, match=r"set data\.drop_unknown=true to skip such triples") as err:
+        load_kg(str(d))
+    assert f"{bad}:" in str(err.value) and "'zz'" in str(err.value)
+    with pytest.warns(DataWarning, match=rf"^{bad}:[12]: 1 triple skipped: unknown entity/relation ids"):
+        kg = load_kg(str(d), drop_unknown=True)
+    assert len(kg.test) == 1 and kg.notes == {"test.unknown_dropped": 1}
+
+
+def test_drop_unknown_ignored_by_builtin_and_synthetic():
+    assert load_kg("nations", drop_unknown=True).num_entities == 14
+    assert load_kg("synthetic", drop_unknown=True).notes == {}

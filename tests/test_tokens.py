@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
 from conftest import WORDS, entity_reference, hr_reference, make_tokenizer, pad_reference, tiny_vocab
 
+from kgc_kd.data.io import DataWarning
 from kgc_kd.data.kg import KG
 from kgc_kd.data.text import entity_text, entity_texts, relation_texts
 from kgc_kd.data.tokens import (
@@ -57,6 +59,10 @@ def random_kg(seed: int, n: int = 24, r: int = 5) -> KG:
 def one_kg(ent: str, rel: str) -> KG:
     return KG(name="one", entity_ids=["a"], entity_names=[ent], entity_descs=[""], relation_ids=["r"],
               relation_texts=[rel], train=torch.tensor([[0, 0, 0]]), valid=torch.zeros(0, 3), test=torch.zeros(0, 3))
+
+
+# most tests here tokenise deliberately long texts: the truncation warning is tested on its own below
+pytestmark = pytest.mark.filterwarnings("ignore::kgc_kd.data.io.DataWarning")
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +152,54 @@ def test_hr_ids_hand_example(tok):
 def test_build_rejects_short_max_length(tok, kg):
     with pytest.raises(ValueError, match="data.max_length=4"):
         TokenCache.build(kg, tok, 4)
+
+
+def truncation_kg() -> KG:
+    # one-token words: entity texts of 1, 4 and 6 word pieces, relation "blue" (1) and "inverse blue" (2)
+    return KG(name="trunc", entity_ids=["a", "b", "c"], entity_names=["red", "red red red red", " ".join(["red"] * 6)],
+              entity_descs=["", "", ""], relation_ids=["r"], relation_texts=["blue"],
+              train=torch.tensor([[0, 0, 1], [1, 0, 2], [2, 0, 0]]), valid=torch.zeros(0, 3), test=torch.zeros(0, 3))
+
+
+def test_truncation_counted_and_reported_once(tok):
+    # max_length 7: entity texts over 5 pieces are cut (c). Queries are cut past 4 pieces of head + relation:
+    # forward heads a, b, c + "blue": 1+1, 4+1, 6+1 -> b, c; inverse (tail as head) b, c, a + "inverse blue":
+    # 4+2, 6+2, 1+2 -> b, c. 4 of the 6 training queries.
+    with pytest.warns(DataWarning) as record:
+        cache = TokenCache.build(truncation_kg(), tok, 7)
+    assert [str(w.message) for w in record] == [
+        "data.max_length=7: 1 of 3 entity texts and 4 of 6 training queries are truncated (word pieces past the "
+        "limit are cut; a larger data.max_length keeps them)"]
+    assert cache.truncated == {"entity_texts": 1, "train_queries": 4}
+    # agrees with the ids themselves: a query is truncated iff hr_ids fills max_length and drops pieces
+    h_r = [(h, r) for h, r, _ in truncation_kg().with_inverse(truncation_kg().train).tolist()]
+    assert sum(cache.entity_len[h] + cache.relation_len[r] + 3 > len(cache.hr_ids(h, r)[0]) for h, r in h_r) == 4
+
+
+def test_truncation_of_queries_only_and_quiet_build(tok):
+    with pytest.warns(DataWarning, match=r"data\.max_length=9: 0 of 3 entity texts and 2 of 6 training queries"):
+        cache = TokenCache.build(truncation_kg(), tok, 9)  # only c + relation (6+1+3, 6+2+3) exceed 9
+    assert cache.truncated == {"entity_texts": 0, "train_queries": 2}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TokenCache.build(truncation_kg(), tok, 7, warn=False).truncated == {"entity_texts": 1,
+                                                                                    "train_queries": 4}
+        none = TokenCache.build(truncation_kg(), tok, 11)  # 6 + 2 + 3 = 11 fits: nothing cut, no warning
+    assert none.truncated == {"entity_texts": 0, "train_queries": 0}
+
+
+def test_truncation_counts_every_training_query(tok):
+    kg = truncation_kg()
+    kg.train = torch.tensor([[2, 0, 0]] * 600)  # repeated triples still count: forward 6+1+3 > 9, inverse 1+2+3 not
+    with pytest.warns(DataWarning, match=r"^data\.max_length=9: 0 of 3 entity texts and 600 of 1,200 training "):
+        TokenCache.build(kg, tok, 9)
+
+
+def test_truncated_is_not_part_of_equality(tok):
+    a = TokenCache.build(truncation_kg(), tok, 11)
+    b = TokenCache.build(truncation_kg(), tok, 11)
+    b.truncated = {"entity_texts": 9, "train_queries": 9}
+    assert a == b
 
 
 # ---- truncate_longest_first ------------------------------------------------------------------------------

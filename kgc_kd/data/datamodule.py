@@ -34,6 +34,7 @@ class KGDataModule(L.LightningDataModule):
         name_separator: str | None = None,
         synthetic: dict | None = None,
         tokenizer=None,
+        drop_unknown: bool = False,
     ):
         super().__init__()
         self.source = source
@@ -44,7 +45,8 @@ class KGDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.dedup_entities = dedup_entities
         self.shuffle = shuffle  # off only for tests that compare runs batch by batch
-        self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic}
+        self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic,
+                             "drop_unknown": drop_unknown}
         self._token_caches: dict[str, TokenCache] = {}
         self.tokens: TokenCache | None = None
         self._known: KnownTriples | None = None

@@ -33,6 +33,9 @@ class KG:
     test: Tensor
     source: str = ""
     _entity_index: dict[str, int] = field(default_factory=dict, repr=False)
+    # what loading repaired, for a run report: "train.duplicates", "valid.unknown_dropped",
+    # "entities_without_text", ... -> count (nonzero counts only; not saved by kg_to_json)
+    notes: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n, r = len(self.entity_ids), len(self.relation_ids)

@@ -4,13 +4,26 @@ Splits are `train.tsv dev.tsv test.tsv` (head<TAB>relation<TAB>tail ids); text t
 `entity2text`, optional `entity2textlong` and `relation2text`, as `.txt` (what the KG-BERT release
 actually ships) or `.tsv`. KG-BERT's WN18RR packs "lemma, definition" into entity2text; `name_separator`
 splits it into SimKGC's name and description.
+
+Repairs, each reported by one `DataWarning` and counted in `KG.notes`: repeated triples in a split file
+are dropped; an entity without text (listed in `entities.txt` but not in entity2text, or with an empty
+text there) is named by its id; with `drop_unknown`, triples with ids outside the entity/relation files
+are dropped instead of being an error. A split file without triples is an error.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, find_file, index_triples, read_rows, read_text_table
+from kgc_kd.data.io import (
+    DataFormatError,
+    find_file,
+    index_triples,
+    read_rows,
+    read_text_table,
+    read_text_table_lines,
+    warn,
+)
 from kgc_kd.data.kg import KG
 
 TEXT_EXTS = (".txt", ".tsv")
@@ -22,39 +35,61 @@ def is_kgbert_dir(directory: Path) -> bool:
     return find_file(directory, ("entity2text",), TEXT_EXTS, required=False) is not None
 
 
-def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_separator: str | None = None) -> KG:
+def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_separator: str | None = None,
+                    drop_unknown: bool = False) -> KG:
     d = Path(directory)
     split_files = {s: find_file(d, stems, SPLIT_EXTS) for s, stems in SPLIT_STEMS.items()}
     ent_path = find_file(d, ("entity2text",), TEXT_EXTS)
     rel_path = find_file(d, ("relation2text",), TEXT_EXTS)
     long_path = find_file(d, ("entity2textlong",), TEXT_EXTS, required=False) if use_long_text else None
 
-    ent_text = read_text_table(ent_path)
+    ent_text, ent_lines = read_text_table_lines(ent_path)
     rel_text = read_text_table(rel_path)
     long_text = read_text_table(long_path) if long_path else {}
 
     ent_list_path = find_file(d, ("entities",), (".txt",), required=False)
+    listed: dict[str, int] = {}  # entity id -> its line in entities.txt
     if ent_list_path is not None:  # the release's entity order, so indices match other tools
-        entity_ids = [fields[0] for _, fields in read_rows(ent_list_path, 1, at_least=True)]
-        missing = [e for e in entity_ids if e not in ent_text]
-        if missing:
-            raise DataFormatError(f"{ent_list_path}: {len(missing)} ids have no line in {ent_path.name}, e.g. {missing[0]!r}")
+        for lineno, fields in read_rows(ent_list_path, 1, at_least=True):
+            e = fields[0]
+            if not e:
+                raise DataFormatError(f"{ent_list_path}:{lineno}: empty id; expected one entity id per line")
+            if e in listed:
+                raise DataFormatError(f"{ent_list_path}:{lineno}: id {e!r} appears twice (first at line {listed[e]})")
+            listed[e] = lineno
+        entity_ids = list(listed)
     else:
         entity_ids = list(ent_text)
     relation_ids = list(rel_text)
     entities = {e: i for i, e in enumerate(entity_ids)}
     relations = {r: i for i, r in enumerate(relation_ids)}
 
-    names, descs = [], []
+    names, descs, without_text = [], [], []
     for e in entity_ids:
-        name, desc = ent_text[e], ""
+        name, desc = ent_text.get(e, ""), ""
         if name_separator and name_separator in name:
             name, desc = (s.strip() for s in name.split(name_separator, 1))
+        if not name:
+            without_text.append(e)
         if e in long_text and long_text[e]:
             desc = long_text[e]
         names.append(name or e)
         descs.append(desc)
 
+    notes: dict[str, int] = {}
+    if without_text:
+        e = without_text[0]
+        if e in ent_text:
+            how = "an empty text" if not ent_text[e] else f"an empty name before {name_separator!r}"
+            path, line = ent_path, ent_lines[e]
+        else:
+            path, line, how = ent_list_path, listed[e], f"listed in {ent_list_path.name}, no line in {ent_path.name}"
+        warn(f"{path}:{line}: {len(without_text)} of {len(entity_ids)} entities have no text (no line or an empty "
+             f"one in {ent_path.name}); their ids are used as names, e.g. {e!r} ({how})")
+        notes["entities_without_text"] = len(without_text)
+
+    splits = {s: index_triples(p, entities, relations, split=s, drop_unknown=drop_unknown, notes=notes,
+                               allow_empty=False) for s, p in split_files.items()}
     return KG(
         name=d.name,
         entity_ids=entity_ids,
@@ -63,5 +98,6 @@ def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_s
         relation_ids=relation_ids,
         relation_texts=[rel_text[r] or r.replace("_", " ").strip() for r in relation_ids],
         source=f"kgbert:{d}",
-        **{s: index_triples(p, entities, relations) for s, p in split_files.items()},
+        notes=notes,
+        **splits,
     )

@@ -13,7 +13,9 @@ from kgc_kd.data.synthetic import synthetic_kg
 
 
 def load_kg(source: str, *, use_long_text: bool = True, name_separator: str | None = None,
-            synthetic: dict | None = None) -> KG:
+            synthetic: dict | None = None, drop_unknown: bool = False) -> KG:
+    """`drop_unknown` (directories only): skip, count and report triples with unknown entity/relation ids
+    instead of raising `DataFormatError` (built-in and synthetic KGs have none)."""
     if source in BUILTIN:
         return load_builtin(source)
     if source == "synthetic":
@@ -21,9 +23,10 @@ def load_kg(source: str, *, use_long_text: bool = True, name_separator: str | No
     d = Path(source).expanduser()
     if d.is_dir():
         if is_simkgc_dir(d):
-            return load_simkgc_dir(d)
+            return load_simkgc_dir(d, drop_unknown=drop_unknown)
         if is_kgbert_dir(d):
-            return load_kgbert_dir(d, use_long_text=use_long_text, name_separator=name_separator)
+            return load_kgbert_dir(d, use_long_text=use_long_text, name_separator=name_separator,
+                                   drop_unknown=drop_unknown)
         raise DataFormatError(
             f"{d}: not a KG directory; expected the KG-BERT layout (train.tsv dev.tsv test.tsv entity2text.txt "
             "relation2text.txt) or SimKGC's (train.txt.json valid.txt.json test.txt.json entities.json)"

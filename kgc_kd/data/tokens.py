@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from kgc_kd.data.io import warn as data_warning
 from kgc_kd.data.kg import KG
 from kgc_kd.data.text import entity_texts, relation_texts
 
@@ -42,6 +43,9 @@ class TokenCache:
     sep_id: int
     pad_id: int
     mask_id: int
+    # how many inputs max_length cuts: "entity_texts" ([CLS] text [SEP]) and "train_queries" ([CLS] head [SEP]
+    # relation [SEP] over the training triples and their inverses); set by `build`
+    truncated: dict[str, int] = field(default_factory=dict, compare=False)
     # the same ids and lengths as tensors, for the vectorised batch builders (derived in __post_init__)
     entity_table: Tensor = field(init=False, repr=False, compare=False)  # (E, Lmax) long, right-padded
     relation_table: Tensor = field(init=False, repr=False, compare=False)  # (2R, Lmax) long
@@ -54,7 +58,9 @@ class TokenCache:
         self.relation_lengths = torch.tensor(self.relation_len, dtype=torch.long)
 
     @classmethod
-    def build(cls, kg: KG, tokenizer, max_length: int) -> TokenCache:
+    def build(cls, kg: KG, tokenizer, max_length: int, *, warn: bool = True) -> TokenCache:
+        """Tokenise every text of `kg`; counts what max_length truncates (`truncated`) and, with `warn`,
+        reports it in one `DataWarning`."""
         if max_length < 5:
             raise ValueError(f"data.max_length={max_length} is too short for [CLS] entity [SEP] relation [SEP]")
         if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
@@ -66,8 +72,23 @@ class TokenCache:
 
         mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
         (ent, ent_len), (rel, rel_len) = ids(entity_texts(kg)), ids(relation_texts(kg))
-        return cls(ent, rel, ent_len, rel_len, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id,
-                   tokenizer.pad_token_id, mask_id)
+        cache = cls(ent, rel, ent_len, rel_len, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id,
+                    tokenizer.pad_token_id, mask_id)
+        cache.truncated = cache.count_truncated(kg.with_inverse(kg.train))
+        n_ent, n_query = cache.truncated["entity_texts"], cache.truncated["train_queries"]
+        if warn and (n_ent or n_query):
+            data_warning(f"data.max_length={max_length}: {n_ent:,} of {len(ent):,} entity texts and {n_query:,} of "
+                         f"{2 * len(kg.train):,} training queries are truncated (word pieces past the limit are cut; "
+                         "a larger data.max_length keeps them)")
+        return cache
+
+    def count_truncated(self, queries: Tensor) -> dict[str, int]:
+        """Entity texts longer than [CLS] text [SEP] allows, and rows (h, r, ...) of `queries` whose
+        [CLS] text(h) [SEP] text(r) [SEP] is longer than max_length."""
+        entities = int((self.entity_lengths > self.max_length - 2).sum())
+        h, r = queries[:, 0], queries[:, 1]
+        long = self.entity_lengths[h] + self.relation_lengths[r] + 3 > self.max_length
+        return {"entity_texts": entities, "train_queries": int(long.sum())}
 
     def hr_ids(self, h: int, r: int) -> tuple[list[int], list[int]]:
         """[CLS] text(h) [SEP] text(r) [SEP] with token types 0/1, truncated longest-first."""
