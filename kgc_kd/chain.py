@@ -38,13 +38,20 @@ def peak_rss_mib() -> float:
     ru_maxrss would also count the parent's resident memory at fork time (kept across exec), so a chain
     started from a big process would report that process's size."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
     except OSError:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def data_checks(dm: KGDataModule) -> dict[str, int]:
+    """What loading changed in the data (deduplicated, dropped, no text, truncated): nonzero counts."""
+    truncated = {f"truncated.{k}": v for k, v in dm.tokens.truncated.items() if v}
+    return {**dm.kg.notes, **truncated}
 
 
 def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
@@ -189,7 +196,7 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
               "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
               "untrained_eval_s": chain.state.get("untrained_eval_s"), "peak_rss_mib": peak_rss_mib(),
-              "data_checks": {**getattr(dm.kg, "notes", {}), **getattr(dm.tokens, "truncated", {})}}
+              "data_checks": data_checks(dm)}
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)

@@ -93,6 +93,9 @@ def format_report(result: dict) -> str:
     """Markdown: one row per stage, each number with its change against the teacher."""
     rows = result["stages"]
     lines = [f"run: {result['run_dir']}", f"data: {result['data']}", ""]
+    checks = result.get("data_checks")
+    if checks:  # what loading changed in the data (see the warnings of the run)
+        lines[-1:] = [f"data checks: {', '.join(f'{k} {v:,}' for k, v in checks.items())}", ""]
     head = ["stage", "layers", "params (total / w/o emb.)", "val MRR"] + [m[1] for m in METRICS] + ["queries/s",
                                                                                                    "entities/s"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

