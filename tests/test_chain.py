@@ -222,3 +222,27 @@ def test_non_finite_loss_stops_the_stage_naming_step_and_term_and_keeps_the_last
     ckpt = torch.load(last, weights_only=True)  # the end of epoch 0: every weight finite
     assert ckpt["global_step"] == steps_per_epoch
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
+
+
+def test_sigterm_saves_a_checkpoint_mid_epoch_exits_143_and_the_rerun_finishes(tmp_path, plm4, monkeypatch, capsys):
+    argv = _argv(tmp_path, plm4, "stages=[{name: s1, layers: 2, epochs: 2}]")
+    original = DistillModule.training_step
+
+    def sigterm_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:  # what a cluster's pre-emption sends
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DistillModule, "training_step", sigterm_at_step_3)
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(argv)
+    assert exit_info.value.code == fit.EXIT_SIGTERM == 143
+    out, err = capsys.readouterr()
+    last = tmp_path / "chain" / "stages" / "s1" / "checkpoints" / "last.ckpt"
+    assert f"SIGTERM: saved {last} at step 4" in out and "rerun the same command to resume" in err
+    assert torch.load(last, weights_only=True)["global_step"] == 4  # the step under way finished, then it stopped
+
+    monkeypatch.setattr(DistillModule, "training_step", original)
+    result = fit.main(argv)
+    rows = {r["name"]: r for r in result["stages"]}
+    assert rows["s1"]["steps"] == 2 * rows["teacher"]["steps"] and rows["s1"]["epochs"] == 2

@@ -1,8 +1,10 @@
 import lightning as L
+import pytest
 import torch
 
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.lit.base import NonFiniteLossError
 from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.models.contrastive import contrastive_logits, infonce_loss
 
@@ -96,3 +98,42 @@ def test_encoders_train_with_dropout_even_when_loaded_in_eval_mode():
 
     _trainer(max_steps=2, limit_val_batches=0, callbacks=[Probe()]).fit(module, datamodule=_dm())
     assert seen == [True, True]
+
+
+def test_gradient_norm_before_clipping_is_logged():
+    class Reference(L.Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            grads = [p.grad for p in pl_module.net.parameters() if p.grad is not None]
+            self.norm = float(sum((g.double() ** 2).sum() for g in grads) ** 0.5)
+
+    ref = Reference()
+    module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
+    trainer = _trainer(max_steps=1, limit_val_batches=0, log_every_n_steps=1, gradient_clip_val=1e-3, callbacks=[ref])
+    trainer.fit(module, datamodule=_dm())
+    assert ref.norm > 1e-3  # so the clipping did act, after the norm was logged
+    assert float(trainer.callback_metrics["train/grad_norm"]) == pytest.approx(ref.norm, rel=1e-5)
+
+
+def test_non_finite_loss_raises_naming_the_stage_step_and_term(monkeypatch):
+    import kgc_kd.lit.kgc_module as kmod
+
+    calls = []
+
+    def nan_on_third_call(logits):
+        calls.append(1)
+        loss = infonce_loss(logits)
+        return loss * float("inf") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(kmod, "infonce_loss", nan_on_third_call)
+    module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
+    before = {}
+
+    class Snapshot(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args):
+            before.update({n: p.detach().clone() for n, p in pl_module.net.named_parameters()})
+
+    with pytest.raises(NonFiniteLossError, match=r"stage teacher: loss is inf at step 2 \(epoch 0, batch 2\); "
+                                                 r"non-finite term\(s\): ce=inf \(weight 1\)\. Training stopped"):
+        _trainer(max_epochs=1, limit_val_batches=0, callbacks=[Snapshot()]).fit(module, datamodule=_dm())
+    # the step that produced the inf loss never updated the weights
+    assert all(torch.equal(p, before[n]) for n, p in module.net.named_parameters())
