@@ -325,7 +325,7 @@ def validate(cfg: DictConfig) -> None:
             (st.init in ("teacher", "plm"), f"stages[{i}].init={st.init!r}: expected teacher or plm"),
             (st.layer_map is None or len(st.layer_map) == st.layers,
              f"stages[{i}].layer_map={list(st.layer_map or [])}: expected {st.layers} entries, one per student layer"),
-            (bool(st.terms) or sum(w.values()) <= 1.0 + 1e-9,
+            (bool(st.terms if st.terms is not None else cfg.distill.terms) or sum(w.values()) <= 1.0 + 1e-9,
              f"stages[{i}] ({st.name}): {where('alpha')} + {where('beta')} + {where('pkd')} = "
              f"{w['alpha']:g} + {w['beta']:g} + {w['pkd']:g} > 1; expected at most 1 (CE keeps 1 minus their sum)"),
         ]

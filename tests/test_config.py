@@ -159,6 +159,38 @@ def test_validate_rejects(arg, fragment):
         load_config([arg])
 
 
+@pytest.mark.parametrize("args,message", [
+    (["stages=[]"], "stages: the list has no stages; a chain needs at least one student stage (to train and "
+                    "evaluate the teacher alone, set teacher.only=true)"),
+    (["stages.1.alpha=0.95"], "stages[1] (pmd4): stages[1].alpha + distill.beta + distill.pkd = 0.95 + 0.1 + 0 > 1; "
+                              "expected at most 1"),
+    (["distill.pkd=0.85"], "stages[0] (pmd6): distill.alpha + distill.beta + distill.pkd = 0.1 + 0.1 + 0.85 > 1"),
+    (["distill.alpha=-0.1"], "distill.alpha=-0.1: expected a weight in [0, 1]"),
+    (["stages.2.mask_rate=1.0"], "stages[2].mask_rate=1.0: expected a rate in [0, 1)"),
+    (["stages.0.mask_rate=-0.1"], "stages[0].mask_rate=-0.1: expected a rate in [0, 1)"),
+    (["stages.0.layer_map=[1,2]"], "stages[0].layer_map=[1, 2]: expected 6 entries, one per student layer"),
+    (["stages.1.layers=0"], "stages[1].layers=0: expected >= 1"),
+])
+def test_validate_names_the_key_and_the_expectation(args, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config(args)
+    assert message in str(exc.value)
+
+
+def test_weights_summing_to_one_and_explicit_terms_pass():
+    load_config(["distill.alpha=0.5", "distill.beta=0.5"])  # CE weight 0 is allowed
+    cfg = load_config(["distill.alpha=0.9", "distill.beta=0.9", "distill.terms=[{name: ce}, {name: score}]"])
+    assert [t.name for t in cfg.distill.terms] == ["ce", "score"]  # an explicit list does not use alpha/beta
+    with pytest.raises(ConfigError, match="stages\\[0\\] \\(pmd6\\): distill.alpha"):
+        load_config(["distill.alpha=0.9", "distill.beta=0.9", "stages.1.terms=[{name: ce}]"])  # stage 0 uses them
+
+
+def test_teacher_only_runs_no_stage_and_says_so_in_the_resolved_config():
+    cfg = load_config(["teacher.only=true"])
+    assert cfg.teacher.only and len(cfg.stages) == 0
+    assert "stages: []" in OmegaConf.to_yaml(cfg)
+
+
 def test_valid_edge_values_pass():
     cfg = load_config(["data.batch_size=2", "model.pooling=cls", "run.logger=none"])
     assert (cfg.data.batch_size, cfg.model.pooling, cfg.run.logger) == (2, "cls", "none")
