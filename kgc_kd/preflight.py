@@ -60,11 +60,13 @@ def check_teacher(cfg: DictConfig, tokenizer) -> tuple[int, int]:
     meta, conf = json.loads(meta_path.read_text()), json.loads(conf_path.read_text())
     vocab = int(meta["vocab"]["source_vocab_size"]) if meta.get("vocab") else int(conf["vocab_size"])
     recorded = (meta.get("tokenizer") or {}).get("fingerprint")
-    mine = tokenizer_fingerprint(tokenizer)
-    if (recorded is not None and recorded != mine) or vocab != len(tokenizer):
+    # The recorded fingerprint decides; without one (older exports) only too few embedding rows can be told
+    # apart: models often carry more rows than their tokenizer has tokens (padded vocabularies).
+    differs = recorded != tokenizer_fingerprint(tokenizer) if recorded is not None else vocab < len(tokenizer)
+    if differs:
         raise ConfigError(
             f"teacher.load={cfg.teacher.load!r} was trained with another tokenizer than model.plm={cfg.model.plm!r} "
-            f"(vocabulary {vocab} vs {len(tokenizer)}" + (", different tokens" if recorded not in (None, mine) else "")
+            f"(vocabulary {vocab} vs {len(tokenizer)}" + (", different tokens" if recorded is not None else "")
             + "): teacher and students must read the same token ids; expected model.plm to be the teacher's PLM"
         )
     return int(conf["num_hidden_layers"]), vocab
@@ -92,7 +94,8 @@ def check_stages(cfg: DictConfig, teacher_layers: int) -> None:
         try:
             stage_terms(stage_settings(cfg, i))
         except ValueError as err:
-            raise ConfigError(f"stages[{i}]: {err}") from None
+            key = f"stages[{i}].terms" if st.terms is not None else "distill.terms"
+            raise ConfigError(f"{key} (used by stages[{i}]): {err}") from None
         source, source_layers = f"stage {st.name}", st.layers
 
 

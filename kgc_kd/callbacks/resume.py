@@ -2,7 +2,7 @@
 
 A chain on a shared cluster is killed (pre-emption, time limit, OOM killer, a user's Ctrl-C). Rerunning
 the same command resumes from the stage's `last.ckpt`, so that file must never be half-written, and a
-resumed epoch should see the same data order and dropout as an uninterrupted one:
+run resumed from an epoch's end should see the same data order and dropout as an uninterrupted one:
 
 - `AtomicCheckpointIO` writes to a temporary file in the same directory, fsyncs and renames. Lightning's
   own save goes through an fsspec transaction whose temporary file lives in the system temp directory;
@@ -12,6 +12,8 @@ resumed epoch should see the same data order and dropout as an uninterrupted one
 - `CheckpointOnInterrupt` saves `last.ckpt` when the stage stops on SIGTERM (Lightning raises its
   SIGTERMException at the next batch boundary) or Ctrl-C, so at most one batch of work is lost. Other
   exceptions (a non-finite loss, a bug) save nothing: the last good checkpoint stays what it was.
+  Resuming from such a mid-epoch checkpoint continues the step count, but the rest of that epoch draws a
+  new shuffle (the data loader is not resumable), so it is not bit-identical to an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, OnExceptionCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kgc_kd.reporting import replace_atomically
@@ -68,7 +71,8 @@ class CheckpointOnInterrupt(OnExceptionCheckpoint):
         self.saved_at: int | None = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.training:
+        # FITTING covers the validation inside a fit too (trainer.training does not): an epoch's work is saved
+        if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or trainer.state.fn != TrainerFn.FITTING:
             return
         super().on_exception(trainer, pl_module, exception)
         self.saved_at = trainer.global_step
