@@ -200,3 +200,21 @@ def test_repairable_data_is_loaded_with_counts_in_the_report(tmp_path, tiny_plm_
                                      "truncated.entity_texts": 1, "truncated.train_queries": 3}
     report = json.loads((tmp_path / "runs" / next((tmp_path / "runs").iterdir()).name / "report.json").read_text())
     assert report["data_checks"] == result["data_checks"]
+
+
+def test_teacher_with_another_tokenizer_is_refused_before_training(tmp_path, tiny_plm_dir, capsys):
+    from conftest import make_tiny_bert, make_tokenizer
+    from kgc_kd.models.biencoder import BiEncoder
+
+    other = make_tokenizer()
+    other.add_tokens(["zyzzyva"])  # one more token: different ids from model.plm's tokenizer
+    BiEncoder(make_tiny_bert()).save_pretrained(tmp_path / "teacher", other)
+    with pytest.raises(SystemExit) as exc:
+        fit.main(FAST + ["data=synthetic", f"model.plm={tiny_plm_dir}", f"teacher.load={tmp_path / 'teacher'}",
+                         "stages=[{name: s, layers: 1}]", f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"teacher.load='{tmp_path / 'teacher'}' was trained with another tokenizer than model.plm=" in err
+    assert ", different tokens): teacher and students must read the same token ids; expected model.plm to be " \
+           "the teacher's PLM" in err
+    assert not (tmp_path / "runs").exists()
