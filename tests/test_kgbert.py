@@ -149,37 +149,20 @@ def test_clean_dir_gives_no_warning_and_no_notes(tmp_path):
     assert kg.notes == {}
 
 
-def test_malformed_dev_line_names_file_line_and_expectation(tmp_path):
+@pytest.mark.parametrize("name,lines,expected", [
+    ("dev.tsv", ["e3\tr1\te1", "", "e3 r1 e2"], ":3: expected 3 tab-separated fields, found 1: 'e3 r1 e2'"),
+    ("entity2text.txt", ["e1\tred thing", "e2\tblue thing", "\tgreen thing"],
+     ":3: empty id; expected id<TAB>text: 'green thing'"),
+    ("entities.txt", ["e3", "e1", "e2", "e1"], ":4: id 'e1' appears twice (first at line 2)"),
+    ("test.tsv", ["e1\thas_color\te3", "e1\tr7\te3"],
+     ":2: unknown relation id 'r7' (not in the entity/relation files); set data.drop_unknown=true to skip such triples"),
+], ids=["malformed split line", "empty text id", "entities.txt duplicate", "unknown id names the option"])
+def test_bad_line_names_file_line_and_expectation(tmp_path, name, lines, expected):
     d = make_dir(tmp_path / "kg")
-    put(d / "dev.tsv", ["e3\tr1\te1", "", "e3 r1 e2"])
+    put(d / name, lines)
     with pytest.raises(DataFormatError) as err:
         load_kgbert_dir(d)
-    assert str(err.value) == f"{d / 'dev.tsv'}:3: expected 3 tab-separated fields, found 1: 'e3 r1 e2'"
-
-
-def test_malformed_text_file_line(tmp_path):
-    d = make_dir(tmp_path / "kg")
-    put(d / "entity2text.txt", ["e1\tred thing", "e2\tblue thing", "\tgreen thing"])
-    with pytest.raises(DataFormatError) as err:
-        load_kgbert_dir(d)
-    assert str(err.value) == f"{d / 'entity2text.txt'}:3: empty id; expected id<TAB>text: 'green thing'"
-
-
-def test_entities_txt_duplicate_id(tmp_path):
-    d = make_dir(tmp_path / "kg")
-    put(d / "entities.txt", ["e3", "e1", "e2", "e1"])
-    with pytest.raises(DataFormatError) as err:
-        load_kgbert_dir(d)
-    assert str(err.value) == f"{d / 'entities.txt'}:4: id 'e1' appears twice (first at line 2)"
-
-
-def test_unknown_id_error_names_the_option(tmp_path):
-    d = make_dir(tmp_path / "kg")
-    put(d / "test.tsv", ["e1\thas_color\te3", "e1\tr7\te3"])
-    with pytest.raises(DataFormatError) as err:
-        load_kgbert_dir(d)
-    assert str(err.value) == (f"{d / 'test.tsv'}:2: unknown relation id 'r7' (not in the entity/relation files); "
-                              "set data.drop_unknown=true to skip such triples")
+    assert str(err.value) == f"{d / name}{expected}"
 
 
 def test_drop_unknown_skips_counts_and_warns_per_split_file(tmp_path):
