@@ -29,7 +29,7 @@ from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
-from kgc_kd.preflight import STAGE_LOSS_KEYS, check_run
+from kgc_kd.preflight import check_run, stage_settings
 from kgc_kd.reporting import write_report, write_text_atomic
 
 
@@ -140,7 +140,6 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     return untrained
 
 
-
 def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModule, tokenizer) -> DistillModule:
     """Student stage `index` taught by `teacher`, exactly as the chain trains it (the benchmark times this)."""
     st = cfg.stages[index]
@@ -150,11 +149,9 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
     if st.prune_vocab and student.kept_ids is None:
         kept = used_token_ids(dm.tokens.entity + dm.tokens.relation, tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
-    d = to_plain(cfg.distill)
-    stage = {**d, "name": st.name, "layers": st.layers, "layer_map": layer_map, "init": st.init,
-             "mask_rate": st.mask_rate, "shared_encoder": student.shared, "vocab_size": len(student.kept_ids or [])
-             or student.query_encoder.config.vocab_size,
-             **{k: to_plain(st)[k] for k in STAGE_LOSS_KEYS if getattr(st, k) is not None}}
+    stage = {**stage_settings(cfg, index), "layers": st.layers, "layer_map": layer_map, "init": st.init,
+             "mask_rate": st.mask_rate, "shared_encoder": student.shared,
+             "vocab_size": len(student.kept_ids or []) or student.query_encoder.config.vocab_size}
     return DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
                          student=student, teacher=teacher)
 

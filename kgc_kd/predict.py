@@ -44,7 +44,8 @@ class Predictor:
         meta = json.loads((export / "kg.json").read_text())
         self.kg: KG = kg_from_json(meta)
         self.tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
-        self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)))
+        # truncation was reported when the stage was trained: not again on every prediction
+        self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)), warn=False)
         self.net = BiEncoder.from_pretrained(export).to(device).eval()
         self.device, self.batch_size = torch.device(device), batch_size
         self.entity_vecs = self._entity_vectors()

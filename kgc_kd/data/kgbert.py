@@ -16,10 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from kgc_kd.data.io import (
-    DataFormatError,
     find_file,
     index_triples,
-    read_rows,
     read_text_table,
     read_text_table_lines,
     warn,
@@ -50,13 +48,7 @@ def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_s
     ent_list_path = find_file(d, ("entities",), (".txt",), required=False)
     listed: dict[str, int] = {}  # entity id -> its line in entities.txt
     if ent_list_path is not None:  # the release's entity order, so indices match other tools
-        for lineno, fields in read_rows(ent_list_path, 1, at_least=True):
-            e = fields[0]
-            if not e:
-                raise DataFormatError(f"{ent_list_path}:{lineno}: empty id; expected one entity id per line")
-            if e in listed:
-                raise DataFormatError(f"{ent_list_path}:{lineno}: id {e!r} appears twice (first at line {listed[e]})")
-            listed[e] = lineno
+        listed = read_text_table_lines(ent_list_path)[1]  # same rules: no empty or repeated id
         entity_ids = list(listed)
     else:
         entity_ids = list(ent_text)

@@ -6,6 +6,7 @@ internet must fail fast with a clear message, not hang on a download.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -58,8 +59,6 @@ def load_tokenizer(name_or_path: str):
 
 def plm_config(name_or_path: str) -> dict:
     """The encoder's config.json, read without building the model (layer count and vocabulary size)."""
-    import json
-
     return json.loads((resolve_plm(name_or_path) / "config.json").read_text())
 
 
