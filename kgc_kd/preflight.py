@@ -8,12 +8,16 @@ never a built model; each error names the config key and what was expected.
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from kgc_kd.config import ConfigError, to_plain
+from kgc_kd import tracking
+from kgc_kd.config import ConfigError, run_name, to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.tokens import tokenizer_fingerprint
 from kgc_kd.lit.distill_module import stage_terms
@@ -28,11 +32,80 @@ def stage_settings(cfg: DictConfig, index: int) -> dict:
     return {**to_plain(cfg.distill), **{k: st[k] for k in STAGE_LOSS_KEYS if st[k] is not None}, "name": st["name"]}
 
 
+WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
+
+
 def check_run(cfg: DictConfig, dm: KGDataModule, tokenizer) -> None:
     check_batch_size(cfg, dm)
     teacher_layers, teacher_vocab = check_teacher(cfg, tokenizer)
     check_stages(cfg, teacher_layers)
     check_plm_vocab(cfg, tokenizer, teacher_vocab)
+    check_outputs(cfg)
+
+
+# ---- what the run needs at its end: the report plot, a writable run directory, the logger ----------------
+def check_outputs(cfg: DictConfig) -> None:
+    """Everything a chain needs after its last stage, checked before its first step (nothing is written)."""
+    check_plot_library()
+    check_run_directory(Path(cfg.run.root) / run_name(cfg), "run.root")
+    check_logger(cfg.run.logger)
+
+
+def check_plot_library() -> None:
+    """report.png is drawn with matplotlib (headless Agg backend) after the last stage."""
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        importlib.import_module("matplotlib.pyplot")
+    except Exception as err:  # ImportError, or a broken install that fails while importing
+        raise ConfigError(
+            f"the report plot (report.png) needs matplotlib, which cannot be imported ({type(err).__name__}: {err}); "
+            "expected it installed with kgc-kd: `make install`, or `pip install 'matplotlib>=3.8'`"
+        ) from None
+
+
+def check_run_directory(run_dir: Path, key: str) -> None:
+    """`run_dir` exists as a writable directory, or can be created: every existing part of the path is a
+    directory and the deepest existing one accepts a new file (tried with a temporary file, removed at once)."""
+    path = run_dir.expanduser().absolute()
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise ConfigError(f"{key}: {existing} is a broken symbolic link; expected a directory for {path}")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} exists and is not a directory; the run directory {path} "
+                          "(report, checkpoints, exports) cannot be created there: expected a directory path")
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".kgc-kd-write-check-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key}: cannot write the run directory {path}: {existing} does not accept new files "
+                          f"({err.strerror or err}); expected a writable location") from None
+    for part in ("config.yaml", "report.json", "report.md", "report.png", "stages"):
+        target = path / part
+        want_dir = part == "stages"
+        if target.exists() and target.is_dir() != want_dir:
+            raise ConfigError(f"{key}: {target} exists and is {'not ' if want_dir else ''}a directory; "
+                              f"the run writes a {'directory' if want_dir else 'file'} there: expected it removed")
+
+
+def check_logger(logger: str) -> None:
+    """run.logger=wandb: the library imports, WANDB_MODE is one W&B knows, and online mode has an API key."""
+    if logger != "wandb":
+        return  # csv is Lightning's own CSVLogger, none logs nothing
+    try:
+        importlib.import_module("wandb")
+    except Exception as err:
+        raise ConfigError(f"run.logger=wandb: the wandb package cannot be imported ({type(err).__name__}: {err}); "
+                          "expected `make install`, or run.logger=csv") from None
+    env = os.environ.get("WANDB_MODE")
+    if env is not None and env not in WANDB_MODES:
+        raise ConfigError(f"run.logger=wandb: environment variable WANDB_MODE={env!r} is not a W&B mode; "
+                          f"expected one of {', '.join(WANDB_MODES)} (or unset: online with an API key, else offline)")
+    if tracking.wandb_mode() == "online" and not tracking.has_api_key():
+        raise ConfigError("run.logger=wandb with WANDB_MODE=online but no W&B API key (WANDB_API_KEY or ~/.netrc): "
+                          "expected `wandb login`, WANDB_MODE=offline (sync later with `wandb sync`), or run.logger=csv")
 
 
 def check_batch_size(cfg: DictConfig, dm: KGDataModule) -> None:

@@ -218,3 +218,15 @@ def test_teacher_with_another_tokenizer_is_refused_before_training(tmp_path, tin
     assert ", different tokens): teacher and students must read the same token ids; expected model.plm to be " \
            "the teacher's PLM" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_unwritable_run_root_is_refused_before_training(tmp_path, tiny_plm_dir, capsys):
+    kg_dir = _write_kgbert_dir(tmp_path / "kg")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        fit.main(FAST + [f"data={kg_dir}", f"model.plm={tiny_plm_dir}", f"run.root={tmp_path / 'afile' / 'runs'}",
+                         "teacher.only=true"])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert re.search(r"^error: run\.root: .*afile exists and is not a directory", err, re.M), err
+    assert (tmp_path / "afile").read_text() == "x"

@@ -3,6 +3,8 @@ with a ConfigError that names the config key and what was expected."""
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ from kgc_kd.chain import build_datamodule
 from kgc_kd.config import ConfigError, load_config
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
-from kgc_kd.preflight import check_batch_size, check_plm_vocab, check_run, check_stages, check_teacher
+from kgc_kd.preflight import (check_batch_size, check_logger, check_outputs, check_plm_vocab, check_plot_library,
+                              check_run, check_run_directory, check_stages, check_teacher)
 
 # The default synthetic KG (num_entities=30, num_relations=3, num_triples=90, seed=0): the 90 random draws
 # hold 54 distinct triples; valid = int(0.1 * 54) = 5, test = 5, train = 54 - 10 = 44 triples, and every
@@ -300,3 +303,74 @@ def test_teacher_from_a_padded_vocabulary_plm_can_be_loaded(tmp_path):
     _run(tmp_path, plm, "stages=[{name: g1, layers: 1}]")  # training from it passes preflight ...
     teacher = _export(tmp_path / "teacher", make_tokenizer(), vocab_size=VOCAB + 4)  # ... as its export would be
     _run(tmp_path, plm, f"teacher.load={teacher}", "stages=[{name: g1, layers: 1}]")
+
+
+# ---- what the run needs at its end: plot library, run directory, logger -------------------------------------
+def test_outputs_of_a_fresh_run_root_pass_and_nothing_is_left_behind(tmp_path):
+    cfg = load_config(["data=synthetic", f"run.root={tmp_path / 'runs'}", "run.logger=csv"])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    check_outputs(cfg)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # the write probe removed its file
+
+
+def test_missing_plot_library_is_refused_before_training(monkeypatch):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what Python does for a package that is not installed
+    with pytest.raises(ConfigError, match=r"report\.png\) needs matplotlib, which cannot be imported \(ModuleNotFoundError.*"
+                                          r"pip install 'matplotlib>=3\.8'"):
+        check_plot_library()
+
+
+def test_run_root_below_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=rf"run\.root: {re.escape(str(tmp_path / 'afile'))} exists and is not a "
+                                          r"directory"):
+        check_run_directory(tmp_path / "afile" / "runs" / "name", "run.root")
+
+
+def test_run_root_where_no_file_can_be_created_is_refused():
+    # /proc refuses new files even for root (CI runs as root, so permission bits would not show it)
+    with pytest.raises(ConfigError, match=r"run\.root: cannot write the run directory /proc/kgc-kd/x: /proc does not "
+                                          r"accept new files"):
+        check_run_directory(Path("/proc/kgc-kd/x"), "run.root")
+
+
+def test_run_root_through_a_broken_symlink_is_refused(tmp_path):
+    (tmp_path / "link").symlink_to(tmp_path / "gone")
+    with pytest.raises(ConfigError, match=r"is a broken symbolic link"):
+        check_run_directory(tmp_path / "link" / "run", "run.root")
+
+
+def test_a_directory_where_the_report_goes_is_refused(tmp_path):
+    (tmp_path / "run" / "report.png").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"report\.png exists and is a directory; the run writes a file there"):
+        check_run_directory(tmp_path / "run", "run.root")
+    check_run_directory(tmp_path / "other", "run.root")  # a new directory beside it is fine
+
+
+def test_csv_and_no_logger_need_nothing(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "nonsense")  # not read unless run.logger=wandb
+    check_logger("csv")
+    check_logger("none")
+
+
+def test_unknown_wandb_mode_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offlin")
+    with pytest.raises(ConfigError, match=r"WANDB_MODE='offlin' is not a W&B mode; expected one of online, offline, "
+                                          r"disabled"):
+        check_logger("wandb")
+
+
+def test_online_wandb_without_an_api_key_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("NETRC", raising=False)
+    with pytest.raises(ConfigError, match=r"WANDB_MODE=online but no W&B API key.*WANDB_MODE=offline"):
+        check_logger("wandb")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    check_logger("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY")
+    check_logger("wandb")
