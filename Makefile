@@ -1,7 +1,7 @@
 # kgc-kd developer commands. `make help` lists them.
 PYTHON ?= python
 
-.PHONY: help install test fit bench clean
+.PHONY: help install test smoke fit bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -12,6 +12,15 @@ install:  ## torch (CPU wheel) first, then the package (editable) with its dev e
 
 test:  ## the whole test suite (CPU, offline)
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
+
+SMOKE_DIR ?= runs/smoke
+SMOKE_OUT = report.md report.json report.png $(foreach s,teacher pmd6 pmd4 pmd2,stages/$(s)/export/biencoder.json)
+
+smoke:  ## the default chain end to end with two training batches per stage (~2 min on 2 CPU cores)
+	rm -rf $(SMOKE_DIR)
+	$(PYTHON) -m kgc_kd.fit trainer.limit_train_batches=2 run.root=$(SMOKE_DIR) run.name=default $(SMOKE_ARGS)
+	@for f in $(SMOKE_OUT); do test -s $(SMOKE_DIR)/default/$$f || { echo "smoke: $(SMOKE_DIR)/default/$$f is missing"; exit 1; }; done
+	@echo "smoke: every report file and stage export written under $(SMOKE_DIR)/default"
 
 fit:  ## the embedded default run (UMLS + packaged MiniLM)
 	$(PYTHON) -m kgc_kd.fit
