@@ -136,6 +136,10 @@ def format_report(result: dict) -> str:
     lines.append(f"\nwall time of this invocation: {result['wall_time_s']} s "
                  f"(setup {result.get('setup_s', '?')} s, untrained baseline {result.get('untrained_eval_s') or 0} s); "
                  f"peak resident memory {result.get('peak_rss_mib', '?')} MiB")
+    if result.get("precision"):
+        matmul = result.get("float32_matmul_precision")
+        lines.append(f"precision: {result['precision']} ({result.get('precision_reason', '')})"
+                     + (f"; float32 matmul precision {matmul} (TF32)" if matmul else ""))
     timed = [r for r in rows if r.get("phases_s")]
     if timed:
         names = ["data", "train", "eval", "latency", "export"]

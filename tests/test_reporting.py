@@ -171,3 +171,13 @@ def test_write_predictions_skips_empty_topk_slots(tmp_path):
     ids = [e for e, _ in row["topk"]]
     assert kg.entity_ids[-1] not in ids
     assert all(math.isfinite(s) for _, s in row["topk"])
+
+
+def test_report_says_which_precision_ran():
+    result = {**_report(), "precision": "bf16-mixed", "precision_reason": "trainer.precision unset: CUDA device "
+              "with bf16 support", "float32_matmul_precision": "high"}
+    assert ("precision: bf16-mixed (trainer.precision unset: CUDA device with bf16 support); float32 matmul "
+            "precision high (TF32)") in format_report(result).splitlines()
+    cpu = {**_report(), "precision": "32-true", "precision_reason": "trainer.precision unset: no CUDA device",
+           "float32_matmul_precision": None}
+    assert "precision: 32-true (trainer.precision unset: no CUDA device)" in format_report(cpu).splitlines()
