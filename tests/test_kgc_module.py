@@ -137,3 +137,13 @@ def test_non_finite_loss_raises_naming_the_stage_step_and_term(monkeypatch):
         _trainer(max_epochs=1, limit_val_batches=0, callbacks=[Snapshot()]).fit(module, datamodule=_dm())
     # the step that produced the inf loss never updated the weights
     assert all(torch.equal(p, before[n]) for n, p in module.net.named_parameters())
+
+
+@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_adamw_is_fused_exactly_when_the_parameters_live_on_cuda(accelerator):
+    torch.manual_seed(0)
+    module = KGCModule(MODEL, OPTIM, EVAL, 8, encoder=make_tiny_bert())
+    trainer = _trainer(accelerator=accelerator, max_steps=1, limit_val_batches=0)
+    trainer.fit(module, datamodule=_dm())
+    assert bool(trainer.optimizers[0].defaults["fused"]) == (accelerator == "gpu")
