@@ -5,7 +5,7 @@ import torch
 
 from kgc_kd.eval.evaluator import build_filter_index, evaluate_queries, rank_all_entities
 from kgc_kd.eval.filter import FilterIndex
-from kgc_kd.eval.rerank import build_adjacency
+from kgc_kd.eval.rerank import NeighbourGraph, Neighbourhoods
 
 
 def _score_queries(rows):
@@ -80,12 +80,92 @@ def test_chunked_with_rerank_matches_brute_force(chunk_size):
     near = (a @ a) > 0
     boost = near[heads].float() * 1.0
     out = rank_all_entities(
-        qv, ev, gold, known, heads=heads, adjacency=build_adjacency(train, num_e),
+        qv, ev, gold, known, heads=heads, adjacency=NeighbourGraph.from_triples(train, num_e),
         rerank_hops=2, rerank_weight=1.0, chunk_size=chunk_size,
     )
     ref = reference(qv, ev, gold, known, boost=boost)
     assert _tuples(out.ranks) == ref
     assert ref != reference(qv, ev, gold, known)  # the boost must matter in this case
+
+
+def _simkgc_bfs(adj, start, hops, max_nodes):
+    """SimKGC's per-head BFS (the pre-tensor implementation; see tests/test_rerank.py)."""
+    seen, frontier = {start}, [start]
+    for _ in range(hops):
+        nxt = []
+        for node in frontier:
+            for nb in adj[node]:
+                if nb not in seen:
+                    seen.add(nb)
+                    nxt.append(nb)
+                    if len(seen) > max_nodes:
+                        return []
+        frontier = nxt
+    return sorted(seen)
+
+
+def _random_graph_problem(seed, q=23, e=29):
+    qv, ev, gold, known = _random_problem(seed, q=q, e=e)
+    g = torch.Generator().manual_seed(50 + seed)
+    m = 40
+    train = torch.stack([torch.randint(0, e, (m,), generator=g), torch.zeros(m, dtype=torch.long),
+                         torch.randint(0, e, (m,), generator=g)], dim=1)
+    adj = [set() for _ in range(e)]
+    for h, _, t in train.tolist():
+        adj[h].add(t)
+        adj[t].add(h)
+    heads = torch.randint(0, e, (q,), generator=g)
+    return qv, ev, gold, known, train, adj, heads
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rerank_ranks_equal_the_python_bfs_reference(seed):
+    qv, ev, gold, known, train, adj, heads = _random_graph_problem(seed)
+    num_q, num_e = qv.shape[0], ev.shape[0]
+    graph = NeighbourGraph.from_triples(train, num_e)
+    weight = 1.0
+    seen = set()
+    for hops in range(4):
+        for max_nodes in (2, 6, 100_000):  # small caps cut off part of the neighbourhoods
+            boost = torch.zeros(num_q, num_e)
+            if hops > 0:  # hops=0 re-ranks nothing (SimKGC's n_hop=0 would still boost the head)
+                for i, h in enumerate(heads.tolist()):
+                    boost[i, _simkgc_bfs(adj, h, hops, max_nodes)] = weight
+            out = rank_all_entities(qv, ev, gold, known, heads=heads, rerank_hops=hops, rerank_weight=weight,
+                                    adjacency=graph.neighbourhoods(heads, hops, max_nodes), chunk_size=5, topk=4)
+            ref = reference(qv, ev, gold, known, boost=boost)
+            assert _tuples(out.ranks) == ref, (hops, max_nodes)
+            seen.add(tuple(ref))
+            # top-k: the best boosted, filtered scores, each id carrying its own score
+            scores = qv @ ev.T + boost
+            for i in range(num_q):
+                bad = {int(x) for x in known[i]} - {int(gold[i])}
+                best = sorted((float(scores[i, j]) for j in range(num_e) if j not in bad), reverse=True)[:4]
+                assert out.topk_scores[i].tolist() == best
+                assert [float(scores[i, j]) for j in out.topk_ids[i].tolist()] == best
+    assert len(seen) > 3  # hops and cut-offs changed the ranks
+
+
+def test_rerank_same_with_neighbourhoods_graph_or_lists():
+    qv, ev, gold, known, train, adj, heads = _random_graph_problem(9)
+    graph = NeighbourGraph.from_triples(train, ev.shape[0])
+    kw = dict(heads=heads, rerank_hops=2, rerank_weight=0.5, chunk_size=4, topk=3)
+    outs = [rank_all_entities(qv, ev, gold, known, adjacency=a, **kw)
+            for a in (graph.neighbourhoods(heads, 2), graph, [sorted(n) for n in adj],
+                      graph.neighbourhoods(heads[:3], 2))]  # the last one searches the other heads on demand
+    for o in outs[1:]:
+        assert _tuples(o.ranks) == _tuples(outs[0].ranks)
+        assert torch.equal(o.topk_ids, outs[0].topk_ids) and torch.equal(o.topk_scores, outs[0].topk_scores)
+
+
+def test_rerank_neighbourhoods_must_match_hops_and_entities():
+    qv, ev, gold, known, train, adj, heads = _random_graph_problem(1)
+    nbrs = NeighbourGraph.from_triples(train, ev.shape[0]).neighbourhoods(heads, 2)
+    with pytest.raises(ValueError, match="built for 2 hops, the re-ranking asks 3"):
+        rank_all_entities(qv, ev, gold, known, heads=heads, adjacency=nbrs, rerank_hops=3, rerank_weight=0.1)
+    small = NeighbourGraph.from_triples(train, ev.shape[0] + 1)
+    with pytest.raises(ValueError, match=f"graph has {ev.shape[0] + 1} entities"):
+        rank_all_entities(qv, ev, gold, known, heads=heads, adjacency=small, rerank_hops=2, rerank_weight=0.1)
 
 
 def test_filtering_hand_computed():
@@ -271,7 +351,7 @@ def test_evaluate_queries_reranks_around_query_head():
     # train graph 0 - 3 - 2; query (0, r0, ?) with gold 2, one hop
     qv, ev = _score_queries([[0.1, 0.5, 0.4, 0.2]])
     triples = torch.tensor([[0, 0, 2]])
-    adj = build_adjacency(torch.tensor([[0, 1, 3], [3, 0, 2]]), 4)
+    adj = NeighbourGraph.from_triples(torch.tensor([[0, 1, 3], [3, 0, 2]]), 4)
     _, plain = evaluate_queries(qv, ev, triples, R, {})
     assert plain.ranks.realistic.tolist() == [2.0]
     # boost {0, 3} (around the query head, not the gold): [0.35, 0.5, 0.4, 0.45]

@@ -147,6 +147,8 @@ def test_exclusion_mask_equals_naive(seed):
     assert isinstance(answers, QueryAnswers) and len(answers) == 120
     for start, stop in [(0, 1), (5, 17), (59, 61), (100, 120), (7, 7)]:  # chunks as rank_all_entities slices them
         assert torch.equal(answers[start:stop].mask(15), expected[start:stop])
+        rows, cols = answers[start:stop].pairs()
+        assert torch.equal(torch.stack([rows, cols], 1), expected[start:stop].nonzero())  # sorted, each once
 
 
 # ---- evaluation: FilterIndex and dict give the same numbers ---------------------------------------------

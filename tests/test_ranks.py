@@ -117,6 +117,39 @@ def test_brute_force_many_ties(seed):
         assert [_as_tuple(r, i) for i in range(q)] == [tuple(map(float, x)) for x in ref]
 
 
+def _pairs(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = mask.nonzero(as_tuple=True)
+    return rows, cols
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_excluded_pairs_equal_the_mask(seed):
+    g = torch.Generator().manual_seed(seed)
+    q, e = 25, 13
+    scores = torch.randint(0, 4, (q, e), generator=g).float()
+    scores[torch.rand(q, e, generator=g) < 0.1] = float("nan")  # NaN candidates and NaN golds among them
+    scores[torch.rand(q, e, generator=g) < 0.1] = float("-inf")
+    gold = torch.randint(0, e, (q,), generator=g)
+    exclude = torch.rand(q, e, generator=g) < 0.3
+    exclude[::3, :] |= torch.nn.functional.one_hot(gold[::3], e).bool()  # the gold among its known answers
+    ref = slow_ranks(scores, gold, exclude)
+    ws = torch.full((q, e), 5.0)
+    for r in (rank_gold(scores, gold, exclude), rank_gold(scores, gold, _pairs(exclude), workspace=ws)):
+        assert [_as_tuple(r, i) for i in range(q)] == [tuple(map(float, x)) for x in ref]
+
+
+def test_excluded_pairs_hand_computed():
+    scores = torch.tensor([[0.9, 0.5, 0.5, 0.1], [0.9, 0.5, 0.5, 0.1]])
+    gold = torch.tensor([1, 3])
+    # row 0: exclude the better one and the gold itself; row 1: exclude the tied pair (not ties of row 1's gold)
+    pairs = (torch.tensor([0, 0, 1]), torch.tensor([0, 1, 2]))
+    r = rank_gold(scores, gold, pairs)
+    assert _as_tuple(r, 0) == (1.0, 2.0, 1.5)
+    assert _as_tuple(r, 1) == (3.0, 3.0, 3.0)
+    empty = torch.empty(0, dtype=torch.long)
+    assert _as_tuple(rank_gold(scores, gold, (empty, empty)), 1) == (4.0, 4.0, 4.0)
+
+
 def test_input_validation():
     with pytest.raises(ValueError):
         rank_gold(torch.zeros(3), torch.tensor([0]))
@@ -126,6 +159,12 @@ def test_input_validation():
         rank_gold(torch.zeros(2, 3), torch.tensor([0, 3]))
     with pytest.raises(ValueError):
         rank_gold(torch.zeros(2, 3), torch.tensor([0, 1]), torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="differ in length"):
+        rank_gold(torch.zeros(2, 3), torch.tensor([0, 1]), (torch.tensor([0, 1]), torch.tensor([2])))
+    with pytest.raises(ValueError, match=r"\[0, 2\) x \[0, 3\)"):
+        rank_gold(torch.zeros(2, 3), torch.tensor([0, 1]), (torch.tensor([0]), torch.tensor([3])))
+    with pytest.raises(ValueError, match="float32 tensor of shape"):
+        rank_gold(torch.zeros(2, 3), torch.tensor([0, 1]), workspace=torch.zeros(2, 3, dtype=torch.bool))
 
 
 def test_ranks_cat_and_select():

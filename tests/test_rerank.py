@@ -1,9 +1,56 @@
+from collections import deque
+
 import pytest
 import torch
 
-from kgc_kd.eval.rerank import apply_rerank_, build_adjacency, neighbourhood
+from kgc_kd.eval.rerank import DEFAULT_MAX_NODES, NeighbourGraph, Neighbourhoods, apply_rerank_
 
-# Hand-drawn graph (undirected after build_adjacency):
+
+# ---- the readable reference: SimKGC's per-head Python BFS (what kgc_kd did before the tensor version) ------
+def reference_adjacency(triples, num_entities: int) -> list[list[int]]:
+    """Undirected neighbour lists of (h, r, t) rows."""
+    nbrs: list[set[int]] = [set() for _ in range(num_entities)]
+    for h, _, t in torch.as_tensor(triples).tolist():
+        nbrs[h].add(t)
+        nbrs[t].add(h)
+    return [sorted(s) for s in nbrs]
+
+
+def reference_neighbourhood(adjacency, start: int, hops: int, max_nodes: int = DEFAULT_MAX_NODES) -> list[int]:
+    """SimKGC's get_n_hop_entity_indices: BFS from `start` (itself included); [] as soon as it outgrows
+    max_nodes."""
+    seen = {start}
+    frontier = deque([start])
+    for _ in range(hops):
+        for _ in range(len(frontier)):
+            node = frontier.popleft()
+            for nb in adjacency[node]:
+                if nb not in seen:
+                    seen.add(nb)
+                    frontier.append(nb)
+                    if len(seen) > max_nodes:
+                        return []
+    return sorted(seen)
+
+
+def reference_rerank_(scores, heads, adjacency, hops, weight, max_nodes=DEFAULT_MAX_NODES):
+    """SimKGC's rerank_by_graph: index_add_ of the weight at each head's neighbourhood."""
+    for i, h in enumerate(heads.tolist()):
+        idx = torch.tensor(reference_neighbourhood(adjacency, h, hops, max_nodes), dtype=torch.long)
+        scores[i].index_add_(0, idx, torch.full((len(idx),), weight, dtype=scores.dtype))
+    return scores
+
+
+def random_graph(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    n = int(torch.randint(5, 200, (1,), generator=g))
+    m = int(torch.randint(0, 3 * n, (1,), generator=g))
+    triples = torch.stack([torch.randint(0, n, (m,), generator=g), torch.randint(0, 3, (m,), generator=g),
+                           torch.randint(0, n, (m,), generator=g)], dim=1)
+    return triples, n
+
+
+# Hand-drawn graph (undirected):
 #   0 - 1 - 2 - 3 - 4
 #       |
 #       5            6 (isolated)
@@ -12,12 +59,12 @@ NUM_ENTITIES = 7
 
 
 @pytest.fixture
-def adj():
-    return build_adjacency(TRIPLES, NUM_ENTITIES)
+def graph():
+    return NeighbourGraph.from_triples(TRIPLES, NUM_ENTITIES)
 
 
-def test_build_adjacency_is_undirected(adj):
-    assert adj == [[1], [0, 2, 5], [1, 3], [2, 4], [3], [1], []]
+def test_reference_adjacency_is_undirected():
+    assert reference_adjacency(TRIPLES, NUM_ENTITIES) == [[1], [0, 2, 5], [1, 3], [2, 4], [3], [1], []]
 
 
 @pytest.mark.parametrize(
@@ -31,29 +78,99 @@ def test_build_adjacency_is_undirected(adj):
         (2, 2, [0, 1, 2, 3, 4, 5]),
         (4, 2, [2, 3, 4]),
         (4, 10, [0, 1, 2, 3, 4, 5]),
-        (3, -1, []),
     ],
 )
-def test_neighbourhood(adj, start, hops, expected):
-    assert list(neighbourhood(adj, start, hops)) == expected
+def test_neighbourhoods_hand_computed(graph, start, hops, expected):
+    assert reference_neighbourhood(reference_adjacency(TRIPLES, NUM_ENTITIES), start, hops) == expected
+    nb = graph.neighbourhoods(torch.arange(NUM_ENTITIES), hops)
+    assert nb.members(start) == expected
+    assert int(nb.sizes[nb.slots(torch.tensor([start]))]) == len(expected)
 
 
-def test_neighbourhood_accepts_mapping(adj):
-    as_map = {i: set(n) for i, n in enumerate(adj) if n}
-    assert list(neighbourhood(as_map, 2, 2)) == [0, 1, 2, 3, 4, 5]
-    assert list(neighbourhood(as_map, 6, 2)) == [6]
-
-
-def test_neighbourhood_max_nodes_cutoff(adj):
+def test_max_nodes_cutoff_hand_computed(graph):
     # node 1 reaches 4 nodes (itself included) within one hop
-    assert list(neighbourhood(adj, 1, 1, max_nodes=4)) == [0, 1, 2, 5]
-    assert list(neighbourhood(adj, 1, 1, max_nodes=3)) == []
-    assert list(neighbourhood(adj, 4, 1, max_nodes=2)) == [3, 4]
+    assert graph.neighbourhoods([1], 1, max_nodes=4).members(1) == [0, 1, 2, 5]
+    assert graph.neighbourhoods([1], 1, max_nodes=3).members(1) == []
+    assert graph.neighbourhoods([4], 1, max_nodes=2).members(4) == [3, 4]
+    # a lone head keeps itself even under max_nodes=0 (SimKGC only checks after adding a node)
+    assert graph.neighbourhoods([6], 2, max_nodes=0).members(6) == [6]
+    assert graph.neighbourhoods([4], 0, max_nodes=0).members(4) == [4]
+    assert graph.neighbourhoods([4], 1, max_nodes=0).members(4) == []
 
 
-def test_apply_rerank_adds_weight_once(adj):
+@pytest.mark.parametrize("seed", range(8))
+def test_neighbourhoods_equal_the_python_bfs_on_random_graphs(seed):
+    triples, n = random_graph(seed)
+    adj = reference_adjacency(triples, n)
+    graph = NeighbourGraph.from_triples(triples, n)
+    heads = torch.arange(n).flip(0)  # order and duplicates of heads do not matter
+    heads = torch.cat([heads, heads[:7]])
+    for hops in range(4):
+        # small caps trigger SimKGC's cut-off on part of the heads; batch_heads=64 searches in several batches
+        for max_nodes in (0, 1, 3, 8, 40, DEFAULT_MAX_NODES):
+            nb = graph.neighbourhoods(heads, hops, max_nodes, batch_heads=64)
+            assert nb.heads.tolist() == list(range(n))
+            for h in range(n):
+                ref = reference_neighbourhood(adj, h, hops, max_nodes)
+                assert nb.members(h) == ref, (seed, hops, max_nodes, h)
+                assert int(nb.sizes[h]) == len(ref)
+
+
+def test_high_degree_nodes_are_padded_correctly():
+    # a star of 37 leaves around 0 (degree 37, padded to 64) plus a path 37 - 38 - 39 - 40
+    leaves = torch.arange(1, 38)
+    star = torch.stack([torch.zeros(37, dtype=torch.long), torch.zeros(37, dtype=torch.long), leaves], dim=1)
+    path = torch.tensor([[37, 0, 38], [38, 0, 39], [39, 0, 40]])
+    triples = torch.cat([star, path])
+    graph = NeighbourGraph.from_triples(triples, 41)
+    nb = graph.neighbourhoods(torch.arange(41), 2)
+    assert nb.members(5) == list(range(0, 38))
+    assert nb.members(38) == [0, 37, 38, 39, 40]
+    assert nb.members(0) == list(range(0, 39))
+
+
+def test_duplicate_and_self_loop_edges_change_nothing():
+    triples = torch.tensor([[0, 0, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1], [2, 0, 2]])
+    nb = NeighbourGraph.from_triples(triples, 3).neighbourhoods([0, 1, 2], 3)
+    assert (nb.members(0), nb.members(1), nb.members(2)) == ([0, 1], [0, 1], [2])
+
+
+def test_from_adjacency_list_and_mapping_make_the_same_graph(graph):
+    adj = reference_adjacency(TRIPLES, NUM_ENTITIES)
+    one_way = {0: [1], 1: [2, 5], 2: [3], 3: [4]}  # made undirected
+    for g in (NeighbourGraph.from_adjacency(adj), NeighbourGraph.from_adjacency(one_way, NUM_ENTITIES)):
+        nb = g.neighbourhoods(torch.arange(NUM_ENTITIES), 2)
+        assert [nb.members(h) for h in range(NUM_ENTITIES)] == [
+            reference_neighbourhood(adj, h, 2) for h in range(NUM_ENTITIES)]
+
+
+def test_covering_adds_missing_heads_only(graph):
+    nb = graph.neighbourhoods([4, 2], 1)
+    assert nb.covering(torch.tensor([2, 4, 4])) is nb
+    more = nb.covering(torch.tensor([0, 4]))
+    assert more.heads.tolist() == [0, 2, 4] and len(nb) == 2
+    assert [more.members(h) for h in (0, 2, 4)] == [[0, 1], [1, 2, 3], [3, 4]]
+    orphan = Neighbourhoods(nb.heads, nb.bits, nb.sizes, nb.num_entities, nb.hops, nb.max_nodes)
+    with pytest.raises(ValueError, match="no graph to search"):
+        orphan.covering(torch.tensor([0]))
+    with pytest.raises(KeyError, match="entity 0"):
+        nb.mask(torch.tensor([0]))
+
+
+def test_bad_arguments(graph):
+    with pytest.raises(ValueError, match="hops must be >= 0"):
+        graph.neighbourhoods([0], -1)
+    with pytest.raises(ValueError, match=r"entity ids in \[0, 7\)"):
+        graph.neighbourhoods([7], 1)
+    with pytest.raises(ValueError, match=r"entity ids in \[0, 3\)"):
+        NeighbourGraph.from_triples(torch.tensor([[0, 0, 3]]), 3)
+
+
+# ---- apply_rerank_ -----------------------------------------------------------------------------------------
+def test_apply_rerank_adds_weight_once(graph):
+    nb = graph.neighbourhoods([0, 6, 1], 1)
     scores = torch.zeros(3, NUM_ENTITIES)
-    out = apply_rerank_(scores, torch.tensor([0, 6, 1]), adj, hops=1, weight=0.25)
+    out = apply_rerank_(scores, torch.tensor([0, 6, 1]), nb, weight=0.25)
     assert out is scores
     expected = torch.zeros(3, NUM_ENTITIES)
     expected[0, [0, 1]] = 0.25
@@ -62,43 +179,37 @@ def test_apply_rerank_adds_weight_once(adj):
     assert torch.equal(scores, expected)
 
 
-def test_apply_rerank_on_random_scores_two_hops(adj):
-    torch.manual_seed(0)
-    base = torch.rand(4, NUM_ENTITIES)
-    scores = base.clone()
-    heads = torch.tensor([4, 4, 0, 6])
-    apply_rerank_(scores, heads, adj, hops=2, weight=0.05)
-    mask = torch.zeros(4, NUM_ENTITIES, dtype=torch.bool)
-    mask[0, [2, 3, 4]] = True
-    mask[1, [2, 3, 4]] = True
-    mask[2, [0, 1, 2, 5]] = True
-    mask[3, 6] = True
-    assert torch.equal(scores, torch.where(mask, base + 0.05, base))
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_rerank_equals_simkgc_index_add(seed, dtype):
+    triples, n = random_graph(seed)
+    adj = reference_adjacency(triples, n)
+    g = torch.Generator().manual_seed(seed)
+    heads = torch.randint(0, n, (9,), generator=g)
+    base = torch.randn(9, n, generator=g).to(dtype)
+    for hops, max_nodes in ((1, DEFAULT_MAX_NODES), (2, 5), (3, 30)):
+        nb = NeighbourGraph.from_triples(triples, n).neighbourhoods(heads, hops, max_nodes)
+        ours = apply_rerank_(base.clone(), heads, nb, 0.05)
+        ref = reference_rerank_(base.clone(), heads, adj, hops, 0.05, max_nodes)
+        assert ours.dtype == dtype and torch.equal(ours, ref)
 
 
-@pytest.mark.parametrize("hops,weight", [(0, 0.5), (2, 0.0), (-1, 0.5)])
-def test_apply_rerank_noop(adj, hops, weight):
+def test_apply_rerank_workspace_is_used(graph):
+    nb = graph.neighbourhoods([3], 1)
+    ws = torch.full((NUM_ENTITIES + 1,), 7.0)  # ceil(7 / 8) * 8 elements
+    scores = apply_rerank_(torch.zeros(1, NUM_ENTITIES), torch.tensor([3]), nb, 0.5, workspace=ws)
+    assert scores[0].tolist() == [0, 0, 0.5, 0.5, 0.5, 0, 0]
+    assert ws[:NUM_ENTITIES].tolist() == scores[0].tolist()
+
+
+def test_apply_rerank_noop_and_checks(graph):
+    nb = graph.neighbourhoods([1, 2], 2)
     scores = torch.rand(2, NUM_ENTITIES)
     before = scores.clone()
-    apply_rerank_(scores, torch.tensor([1, 2]), adj, hops=hops, weight=weight)
+    apply_rerank_(scores, torch.tensor([1, 2]), nb, weight=0.0)
+    apply_rerank_(scores, torch.tensor([1, 2]), None, weight=0.5)
     assert torch.equal(scores, before)
-
-
-def test_apply_rerank_uses_and_fills_cache(adj):
-    cache = {}
-    scores = torch.zeros(3, NUM_ENTITIES)
-    apply_rerank_(scores, torch.tensor([0, 0, 4]), adj, hops=1, weight=1.0, cache=cache)
-    assert sorted(cache) == [0, 4]
-    assert cache[0].tolist() == [0, 1]
-    # a pre-filled entry is trusted, proving neighbourhoods are not recomputed
-    cache = {3: torch.tensor([6])}
-    scores = torch.zeros(1, NUM_ENTITIES)
-    apply_rerank_(scores, torch.tensor([3]), adj, hops=1, weight=1.0, cache=cache)
-    assert scores[0].tolist() == [0, 0, 0, 0, 0, 0, 1]
-
-
-def test_apply_rerank_bf16(adj):
-    scores = torch.zeros(1, NUM_ENTITIES, dtype=torch.bfloat16)
-    apply_rerank_(scores, torch.tensor([5]), adj, hops=1, weight=0.5)
-    assert scores.dtype == torch.bfloat16
-    assert scores[0].float().tolist() == [0, 0.5, 0, 0, 0, 0.5, 0]
+    with pytest.raises(ValueError, match="3 entries for 2 score rows"):
+        apply_rerank_(scores, torch.tensor([1, 2, 2]), nb, weight=0.5)
+    with pytest.raises(ValueError, match="scores cover 5 entities"):
+        apply_rerank_(torch.zeros(2, 5), torch.tensor([1, 2]), nb, weight=0.5)

@@ -4,7 +4,7 @@ from .evaluator import RankingOutput, build_filter_index, evaluate_queries, rank
 from .filter import FilterIndex, QueryAnswers
 from .metrics import direction_metrics, rank_metrics
 from .ranks import RANK_TYPES, Ranks, rank_gold
-from .rerank import apply_rerank_, build_adjacency, neighbourhood
+from .rerank import NeighbourGraph, Neighbourhoods, apply_rerank_
 
 __all__ = [
     "FilterIndex",
@@ -12,12 +12,12 @@ __all__ = [
     "RANK_TYPES",
     "Ranks",
     "RankingOutput",
+    "NeighbourGraph",
+    "Neighbourhoods",
     "apply_rerank_",
-    "build_adjacency",
     "build_filter_index",
     "direction_metrics",
     "evaluate_queries",
-    "neighbourhood",
     "rank_all_entities",
     "rank_gold",
     "rank_metrics",

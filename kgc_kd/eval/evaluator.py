@@ -3,8 +3,9 @@
 Only a (chunk_size, E) score block lives in memory at a time, so full-graph
 evaluation fits on GPU even for large entity sets. Order per chunk follows
 SimKGC: raw cosine scores -> graph re-rank -> filter known answers -> rank.
-Known answers come from a `FilterIndex`, which builds each chunk's exclusion mask
-with tensor ops; a plain (h, r) -> answers dict or a per-query list still works
+Known answers come from a `FilterIndex` as (query, entity) index pairs, found with
+tensor ops; the ranking subtracts them from whole-row counts instead of masking a
+(chunk, E) block. A plain (h, r) -> answers dict or a per-query list still works
 (the readable reference, and what older callers pass).
 """
 
@@ -19,7 +20,7 @@ from torch import Tensor
 from .filter import FilterIndex, QueryAnswers
 from .metrics import direction_metrics
 from .ranks import Ranks, rank_gold
-from .rerank import Adjacency, apply_rerank_
+from .rerank import Adjacency, NeighbourGraph, Neighbourhoods, apply_rerank_
 
 __all__ = ["RankingOutput", "rank_all_entities", "evaluate_queries", "build_filter_index"]
 
@@ -46,17 +47,37 @@ def build_filter_index(triple_sets: Iterable[Tensor | Sequence[Sequence[int]]], 
     return FilterIndex.from_forward(torch.cat(parts) if parts else torch.zeros(0, 3, dtype=torch.long), num_relations)
 
 
-def _exclusion_mask(
-    known: Sequence[Tensor | Sequence[int]], num_entities: int, device: torch.device, out: Tensor
-) -> Tensor:
-    mask = out.zero_()
+def _known_pairs(known: Sequence[Tensor | Sequence[int]] | QueryAnswers,
+                 device: torch.device) -> tuple[Tensor, Tensor]:
+    """(rows, cols) of every known answer of a chunk of queries, each position once."""
+    if isinstance(known, QueryAnswers):
+        return known.pairs(device)  # distinct by construction
     cols = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in known]
     lengths = torch.tensor([c.numel() for c in cols], dtype=torch.long)
     if int(lengths.sum()) == 0:
-        return mask
-    rows = torch.repeat_interleave(torch.arange(len(known)), lengths).to(device)
-    mask[rows, torch.cat(cols).to(device)] = True
-    return mask
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, empty.clone()
+    rows = torch.repeat_interleave(torch.arange(len(known)), lengths)
+    flat = torch.cat(cols)
+    width = int(flat.max()) + 1
+    codes = torch.unique(rows * width + flat)  # a plain list may repeat an answer
+    return (codes // width).to(device), (codes % width).to(device)
+
+
+def _neighbourhoods(adjacency: Neighbourhoods | NeighbourGraph | Adjacency, heads: Tensor, hops: int,
+                    num_entities: int, device: torch.device) -> Neighbourhoods:
+    """The neighbourhoods of every head: precomputed ones (extended if a head is missing), else searched now."""
+    if isinstance(adjacency, Neighbourhoods):
+        if adjacency.hops != hops:
+            raise ValueError(f"the neighbourhoods were built for {adjacency.hops} hops, the re-ranking asks {hops}")
+        nbrs = adjacency.to(device).covering(heads)
+    else:
+        graph = adjacency if isinstance(adjacency, NeighbourGraph) else NeighbourGraph.from_adjacency(
+            adjacency, num_entities)
+        nbrs = graph.to(device).neighbourhoods(heads, hops)
+    if nbrs.num_entities != num_entities:
+        raise ValueError(f"the re-ranking graph has {nbrs.num_entities} entities, the ranking {num_entities}")
+    return nbrs
 
 
 def rank_all_entities(
@@ -66,7 +87,7 @@ def rank_all_entities(
     known_answers: Sequence[Tensor | Sequence[int]] | QueryAnswers,
     *,
     heads: Tensor | None = None,
-    adjacency: Adjacency | None = None,
+    adjacency: Neighbourhoods | NeighbourGraph | Adjacency | None = None,
     rerank_hops: int = 0,
     rerank_weight: float = 0.0,
     chunk_size: int = 256,
@@ -78,6 +99,10 @@ def rank_all_entities(
     are removed from the competition. Pass ``FilterIndex.lookup(h, r)`` for the
     vectorised path, or a per-query list. Scoring runs in float32 on
     ``entity_vecs``' device; results are returned on CPU.
+
+    Re-ranking (``rerank_hops > 0`` and ``rerank_weight != 0``) needs the query ``heads`` and their
+    neighbourhoods: best precomputed `Neighbourhoods` (built once per run for every head to come), or a
+    `NeighbourGraph` / neighbour lists to search the heads of this call.
     """
     if query_vecs.ndim != 2 or entity_vecs.ndim != 2 or query_vecs.shape[1] != entity_vecs.shape[1]:
         raise ValueError(
@@ -92,29 +117,31 @@ def rank_all_entities(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if topk < 0:
         raise ValueError(f"topk must be >= 0, got {topk}")
+    device = entity_vecs.device
     do_rerank = rerank_hops > 0 and rerank_weight != 0
+    nbrs: Neighbourhoods | None = None
     if do_rerank:
         if heads is None or adjacency is None:
             raise ValueError("re-ranking needs both heads and adjacency")
         heads = torch.as_tensor(heads).long().reshape(-1)
         if heads.shape[0] != num_q:
             raise ValueError(f"heads has {heads.shape[0]} entries for {num_q} queries")
+        heads = heads.to(device)
+        nbrs = _neighbourhoods(adjacency, heads, rerank_hops, num_e, device)
 
-    device = entity_vecs.device
     k = min(topk, num_e)
-    nbr_cache: dict[int, Tensor] = {}
     rank_parts: list[Ranks] = []
     id_parts: list[Tensor] = []
     score_parts: list[Tensor] = []
 
-    # One workspace for all chunks (scores, filter mask, comparison mask): a fresh (chunk, E) block
-    # per chunk would be released to the allocator each time and, with glibc's growing mmap threshold,
-    # kept as fragmented heap, so resident memory grew with the number of chunks instead of staying
-    # at one chunk's working set.
+    # One workspace for all chunks (scores, comparison results): a fresh (chunk, E) block per chunk would be
+    # released to the allocator each time and, with glibc's growing mmap threshold, kept as fragmented
+    # heap, so resident memory grew with the number of chunks instead of staying at one chunk's working
+    # set. Known answers are never a (chunk, E) mask: rank_gold subtracts them, top-k overwrites them.
     rows_max = min(chunk_size, num_q)
     score_buf = torch.empty(rows_max, num_e, device=device)
-    exclude_buf = torch.empty(rows_max, num_e, dtype=torch.bool, device=device)
-    compare_buf = torch.empty(rows_max, num_e, dtype=torch.bool, device=device)
+    compare_buf = torch.empty(rows_max, num_e, device=device)
+    bonus_buf = torch.empty(rows_max * nbrs.bits.shape[1] * 8, device=device) if nbrs is not None else None
 
     with torch.no_grad():
         ent = entity_vecs.detach().float()
@@ -124,19 +151,14 @@ def rank_all_entities(
             q = query_vecs[start:stop].to(device=device, dtype=torch.float32)
             g = gold[start:stop].to(device)
             scores = torch.mm(q, ent.T, out=score_buf[:n])
-            if do_rerank:
-                apply_rerank_(scores, heads[start:stop], adjacency, rerank_hops, rerank_weight, cache=nbr_cache)
-            known = known_answers[start:stop]
-            if isinstance(known, QueryAnswers):
-                exclude = known.mask(num_e, device, out=exclude_buf[:n])
-            else:
-                exclude = _exclusion_mask(known, num_e, device, out=exclude_buf[:n])
-            rows = torch.arange(n, device=device)
-            exclude[rows, g] = False
-            rank_parts.append(rank_gold(scores, g, exclude, workspace=compare_buf[:n]).cpu())
+            if nbrs is not None:
+                apply_rerank_(scores, heads[start:stop], nbrs, rerank_weight, workspace=bonus_buf)
+            rows, cols = _known_pairs(known_answers[start:stop], device)
+            rank_parts.append(rank_gold(scores, g, (rows, cols), workspace=compare_buf[:n]).cpu())
             if k > 0:
-                filtered = scores.masked_fill_(exclude, float("-inf"))
-                filtered.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+                others = cols != g[rows]
+                scores[rows[others], cols[others]] = float("-inf")
+                filtered = scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
                 top_s, top_i = filtered.topk(k, dim=1)
                 top_i = top_i.masked_fill(torch.isneginf(top_s), -1)
                 id_parts.append(top_i.cpu())
@@ -157,7 +179,7 @@ def evaluate_queries(
     num_relations: int,
     filter_index: FilterIndex | Mapping[tuple[int, int], Tensor | Sequence[int]],
     *,
-    adjacency: Adjacency | None = None,
+    adjacency: Neighbourhoods | NeighbourGraph | Adjacency | None = None,
     rerank_hops: int = 0,
     rerank_weight: float = 0.0,
     chunk_size: int = 256,

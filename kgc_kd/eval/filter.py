@@ -128,12 +128,19 @@ class QueryAnswers:
             mask = out.zero_()
         else:
             mask = torch.zeros(len(self), num_entities, dtype=torch.bool, device=device)
+        rows, cols = self.pairs(mask.device)
+        mask[rows, cols] = True
+        return mask
+
+    def pairs(self, device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """Every (query, answer) as two flat index tensors, query by query, answers sorted and distinct: the
+        sparse form of `mask`, for a ranking that subtracts known answers instead of masking a (Q, E) block."""
         total = int(self.count.sum())
         if total == 0:
-            return mask
+            empty = torch.empty(0, dtype=torch.long, device=device)
+            return empty, empty.clone()
         rows = torch.repeat_interleave(torch.arange(len(self)), self.count)
         # the j-th answer overall is answer (j - first j of its query) of that query, at start + that
         first = self.count.cumsum(0) - self.count
         cols = self.index.answers[torch.repeat_interleave(self.start - first, self.count) + torch.arange(total)]
-        mask[rows.to(mask.device), cols.to(mask.device)] = True
-        return mask
+        return (rows, cols) if device is None else (rows.to(device), cols.to(device))

@@ -55,20 +55,23 @@ class Ranks:
         )
 
 
-def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None, *,
+def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | tuple[Tensor, Tensor] | None = None, *,
               workspace: Tensor | None = None) -> Ranks:
     """Filtered rank of ``gold`` in each row of ``scores`` (higher score = better).
 
-    ``exclude`` marks the other known answers: they must not push the gold
-    down, so they are dropped from the comparison. The gold itself is always
-    kept, even if it is marked (known-answer lists usually contain it).
-    NaN candidates never count. A NaN *gold* score is treated as -inf (worst
-    rank) rather than silently ranked first, so a broken model cannot look good.
+    ``exclude`` marks the other known answers: they must not push the gold down, so they are dropped
+    from the comparison. Give it as a (Q, E) bool mask, or as a pair ``(rows, cols)`` of index tensors
+    listing distinct (query, entity) positions: no (Q, E) mask is then built, the comparisons run over
+    whole rows and the excluded positions are subtracted afterwards. The gold itself is always kept, even
+    if it is marked (known-answer lists usually contain it). NaN candidates never count. A NaN *gold*
+    score is treated as -inf (worst rank) rather than silently ranked first, so a broken model cannot
+    look good.
 
-    Comparisons are in float32: low-precision scores are upcast (a copy), and
-    ``scores`` is never modified. ``workspace``, a (Q, E) bool tensor, is
-    overwritten instead of allocating comparison masks (chunked evaluation
-    passes one buffer for every chunk).
+    Comparisons are in float32: low-precision scores are upcast (a copy), and ``scores`` is never
+    modified. Each comparison is written as 0.0/1.0 into ``workspace``, a (Q, E) float32 tensor
+    (allocated when not given; chunked evaluation passes one buffer for every chunk), and summed as
+    floats: exact, since every partial sum is an integer below 2^24 (float64 sums beyond that), and far
+    faster than summing bools on CPU.
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be (Q, E), got shape {tuple(scores.shape)}")
@@ -85,23 +88,38 @@ def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | None = None, *,
     gold_score = torch.where(torch.isnan(gold_score), torch.full_like(gold_score, float("-inf")), gold_score)
     gold_score = gold_score.unsqueeze(1)
 
-    # Candidates that may compete with the gold: all but the excluded ones and the gold itself (counted
-    # once, via the leading 1). NaN scores need no mask: every comparison with NaN is False.
-    if exclude is not None:
+    mask: Tensor | None = None
+    pairs: tuple[Tensor, Tensor] | None = None
+    if isinstance(exclude, tuple):
+        pr, pc = (torch.as_tensor(x, device=scores.device).long().reshape(-1) for x in exclude)
+        if pr.shape != pc.shape:
+            raise ValueError(f"exclude rows and cols differ in length: {pr.shape[0]} and {pc.shape[0]}")
+        if len(pr) and (int(pr.min()) < 0 or int(pr.max()) >= num_q or int(pc.min()) < 0 or int(pc.max()) >= num_e):
+            raise ValueError(f"exclude positions must lie in [0, {num_q}) x [0, {num_e})")
+        keep = pc != gold[pr]
+        pairs = (pr[keep], pc[keep])
+    elif exclude is not None:
         if exclude.shape != scores.shape:
             raise ValueError(f"exclude must have shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
-        exclude = exclude.to(device=scores.device, dtype=torch.bool)
+        mask = exclude.to(device=scores.device, dtype=torch.bool)
     if workspace is None:
-        workspace = torch.empty(s.shape, dtype=torch.bool, device=s.device)
-    elif workspace.shape != s.shape or workspace.dtype != torch.bool:
-        raise ValueError(f"workspace must be a bool tensor of shape {tuple(s.shape)}")
+        workspace = torch.empty(s.shape, dtype=torch.float32, device=s.device)
+    elif workspace.shape != s.shape or workspace.dtype != torch.float32:
+        raise ValueError(f"workspace must be a float32 tensor of shape {tuple(s.shape)}")
+    sum_dtype = torch.float32 if num_e < 2**24 else torch.float64
 
+    # Candidates that may compete with the gold: all but the excluded ones and the gold itself (counted
+    # once, via the leading 1). NaN scores need no mask: every comparison with NaN is False.
     def count(compare) -> Tensor:
         hits = compare(s, gold_score, out=workspace)
-        if exclude is not None:
-            hits.masked_fill_(exclude, False)
-        hits[rows, gold] = False
-        return hits.sum(dim=1)
+        if mask is not None:
+            hits.masked_fill_(mask, 0.0)
+        hits[rows, gold] = 0.0
+        total = hits.sum(dim=1, dtype=sum_dtype).long()
+        if pairs is not None and len(pairs[0]):
+            wrongly = compare(s[pairs], gold_score[pairs[0], 0]).long()
+            total -= torch.zeros_like(total).index_add_(0, pairs[0], wrongly)
+        return total
 
     greater = count(torch.gt)
     not_smaller = count(torch.ge)

@@ -1,101 +1,331 @@
 """SimKGC graph re-ranking: boost candidates near the query entity in the train graph.
 
-Text encoders alone ignore graph structure; SimKGC adds a constant bonus to
-every entity within ``hops`` hops of the query head (the head itself
-included) in the undirected training graph, which mostly helps WN18RR.
+Text encoders alone ignore graph structure; SimKGC adds a constant bonus to every entity within ``hops``
+hops of the query head (the head itself included) in the undirected training graph, which mostly helps
+WN18RR. As in SimKGC, a neighbourhood larger than ``max_nodes`` gives no bonus at all (hub entities would
+otherwise boost a large part of the graph), and each (query, entity) pair gets the bonus once.
+
+SimKGC runs a Python breadth-first search per query; here every head of a batch is searched at once, on
+the evaluation device, with tensor operations only:
+
+- `NeighbourGraph` lays the graph out once: nodes grouped by degree, each group's neighbour lists padded to
+  one width, so a hop is a few `index_select`s and bitwise ORs, not a loop over nodes;
+- the search is bit-parallel: node n holds one bit per head (64 heads per int64 word), and one hop ORs
+  each node's word row with its neighbours' rows, so a hop costs (edges x heads / 64) word operations;
+- `Neighbourhoods` keeps the result per head as a bitset over entities (entity 8k + r is bit r of byte k),
+  H x E / 8 bytes; a chunk of queries unpacks its rows into the (chunk, E) bonus it adds to the scores.
+
+Neighbourhoods depend only on the train graph, the hops and the heads, so a run builds them once for its
+validation and test heads (`KGDataModule.rerank_neighbourhoods`) and every stage reuses them.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["build_adjacency", "neighbourhood", "apply_rerank_"]
+__all__ = ["NeighbourGraph", "Neighbourhoods", "apply_rerank_", "DEFAULT_MAX_NODES"]
 
+DEFAULT_MAX_NODES = 100_000  # SimKGC's max_nodes
 Adjacency = Sequence[Sequence[int]] | Mapping[int, Iterable[int]]
 
-
-def build_adjacency(triples: Tensor | Sequence[Sequence[int]], num_entities: int) -> list[list[int]]:
-    """Undirected neighbour lists from (h, r, t) triples; pass train triples only (no leakage)."""
-    nbrs: list[set[int]] = [set() for _ in range(num_entities)]
-    rows = triples.tolist() if isinstance(triples, Tensor) else triples
-    for h, _, t in rows:
-        nbrs[int(h)].add(int(t))
-        nbrs[int(t)].add(int(h))
-    return [sorted(s) for s in nbrs]
+# exact-width groups for the common small degrees, then powers of two (padding at most doubles the work)
+_EXACT_DEGREES = 4
 
 
-def _neighbours_of(adjacency: Adjacency, node: int) -> Iterable[int]:
-    if isinstance(adjacency, Mapping):
-        return adjacency.get(node, ())
-    return adjacency[node]
+def _degree_class(deg: Tensor) -> Tensor:
+    """The padded neighbour-list width each node's group uses (0 for isolated nodes)."""
+    pow2 = torch.ones_like(deg) << torch.ceil(torch.log2(deg.clamp(min=1).double())).long()
+    return torch.where(deg <= _EXACT_DEGREES, deg, pow2)
 
 
-def neighbourhood(adjacency: Adjacency, start: int, hops: int, max_nodes: int = 100_000) -> list[int]:
-    """Sorted ids within ``hops`` hops of ``start`` (itself included).
+def _or_fold(t: Tensor) -> Tensor:
+    """(n, D, W) -> (n, W): bitwise OR over the middle dimension (torch has no OR reduction)."""
+    while t.shape[1] > 1:
+        half = t.shape[1] // 2
+        folded = t[:, :half] | t[:, half:2 * half]
+        if t.shape[1] % 2:
+            folded[:, 0] |= t[:, 2 * half]
+        t = folded
+    return t[:, 0]
 
-    As in SimKGC, a neighbourhood larger than ``max_nodes`` yields ``[]``:
-    hub entities would otherwise boost a large part of the graph.
+
+# Transpose of the 8 x 8 bit matrix held in each int64 (bit 8r + c <-> bit 8c + r), Hacker's Delight 7-3.
+# Right shifts are arithmetic on int64, but each mask clears the bits a sign extension could reach.
+_T8 = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0))
+
+
+def _transpose8_(x: Tensor) -> Tensor:
+    for shift, mask in _T8:
+        t = (x ^ (x >> shift)) & mask
+        x ^= t ^ (t << shift)
+    return x
+
+
+def _bits_by_head(words: Tensor, num_heads: int) -> Tensor:
+    """(N, W) int64, bit j of word w of row n = head 64w + j reaches entity n  ->  (num_heads, ceil(N/8))
+    uint8, bit r of byte k of row h = head h reaches entity 8k + r. A bit-matrix transpose in 8 x 8 blocks."""
+    n, w = words.shape
+    n8 = -(-n // 8)
+    if n8 * 8 != n:
+        words = torch.cat([words, words.new_zeros(n8 * 8 - n, w)])
+    # [entity block k, entity r in the block, head byte j]: one int64 per (head byte, entity block) holds an
+    # 8 x 8 block with rows = entities and bits = heads; transposed, rows = heads and bits = entities.
+    blocks = words.view(torch.uint8).view(n8, 8, w * 8).permute(2, 0, 1).contiguous()
+    blocks = _transpose8_(blocks.view(torch.int64).view(w * 8, n8))
+    out = blocks.view(torch.uint8).view(w * 8, n8, 8).permute(0, 2, 1).reshape(w * 64, n8)
+    return out[:num_heads]
+
+
+def _popcount_rows(bits: Tensor) -> Tensor:
+    """Set bits per row of a uint8 matrix (SWAR on bytes: uint8 shifts are logical)."""
+    x = bits - ((bits >> 1) & 0x55)
+    x = (x & 0x33) + ((x >> 2) & 0x33)
+    x = (x + (x >> 4)) & 0x0F
+    return x.sum(dim=1, dtype=torch.int64)
+
+
+_BIT_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _bit_table(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(256, 8): row b holds the 8 bits of byte value b (bit r in column r) as 0/1 of `dtype`."""
+    key = (device, dtype)
+    if key not in _BIT_TABLES:
+        b = torch.arange(256)
+        _BIT_TABLES[key] = ((b.unsqueeze(1) >> torch.arange(8)) & 1).to(device=device, dtype=dtype)
+    return _BIT_TABLES[key]
+
+
+class NeighbourGraph:
+    """The undirected train graph, laid out for a bit-parallel breadth-first search from many heads.
+
+    Nodes are renumbered so that nodes of one degree class are contiguous (`position[entity]`); group g
+    covers positions [lo, hi) and lists their neighbours' positions, padded with the all-zero row
+    `num_entities`, in an (hi - lo) x width index.
     """
-    if hops < 0:
-        return []
-    start = int(start)
-    seen = {start}
-    frontier = deque([start])
-    for _ in range(hops):
-        for _ in range(len(frontier)):
-            node = frontier.popleft()
-            for nb in _neighbours_of(adjacency, node):
-                nb = int(nb)
-                if nb not in seen:
-                    seen.add(nb)
-                    frontier.append(nb)
-                    if len(seen) > max_nodes:
-                        return []
-    return sorted(seen)
+
+    def __init__(self, num_entities: int, src: Tensor, dst: Tensor, device: torch.device | str | None = None):
+        """Directed edge lists `src -> dst`; both directions of every edge must be present (see
+        `from_triples`). Self-loops and duplicate edges are dropped: they never change a neighbourhood."""
+        device = torch.device(device) if device is not None else src.device
+        n = int(num_entities)
+        src, dst = src.long().reshape(-1).cpu(), dst.long().reshape(-1).cpu()
+        if len(src) and (int(torch.minimum(src, dst).min()) < 0 or int(torch.maximum(src, dst).max()) >= n):
+            raise ValueError(f"edge endpoints must be entity ids in [0, {n})")
+        keep = src != dst
+        codes = torch.unique(src[keep] * n + dst[keep])  # sorted by source, then target; duplicates dropped
+        src, dst = codes // n, codes % n
+        deg = torch.bincount(src, minlength=n)
+        start = deg.cumsum(0) - deg
+        width = _degree_class(deg)
+        order = torch.argsort(width, stable=True)  # position -> entity
+        position = torch.empty(n, dtype=torch.long)
+        position[order] = torch.arange(n)
+        self.num_entities = n
+        self.num_edges = len(codes)  # directed: twice the undirected edges
+        self.position = position.to(device)
+        self.groups: list[tuple[int, int, int, Tensor]] = []  # (lo, hi, width, flat neighbour positions)
+        sorted_width = width[order]
+        for w in torch.unique(sorted_width).tolist():
+            if w == 0:
+                continue
+            lo = int(torch.searchsorted(sorted_width, w))
+            hi = int(torch.searchsorted(sorted_width, w, right=True))
+            nodes = order[lo:hi]
+            j = torch.arange(w)
+            slot = start[nodes].unsqueeze(1) + j
+            real = j < deg[nodes].unsqueeze(1)
+            nbr = torch.where(real, position[dst[slot.clamp(max=max(len(dst) - 1, 0))]], n)
+            self.groups.append((lo, hi, w, nbr.reshape(-1).to(device)))
+        self.device = device
+
+    @classmethod
+    def from_triples(cls, triples: Tensor | Sequence[Sequence[int]], num_entities: int,
+                     device: torch.device | str | None = None) -> NeighbourGraph:
+        """The undirected graph of (h, r, t) rows: pass train triples only (no leakage)."""
+        t = torch.as_tensor(triples, dtype=torch.long).reshape(-1, 3)
+        return cls(num_entities, torch.cat([t[:, 0], t[:, 2]]), torch.cat([t[:, 2], t[:, 0]]), device)
+
+    @classmethod
+    def from_adjacency(cls, adjacency: Adjacency, num_entities: int | None = None,
+                       device: torch.device | str | None = None) -> NeighbourGraph:
+        """From neighbour lists (a list indexed by entity, or a mapping entity -> neighbours), made undirected."""
+        items = adjacency.items() if isinstance(adjacency, Mapping) else enumerate(adjacency)
+        src: list[int] = []
+        dst: list[int] = []
+        for node, nbrs in items:
+            for nb in nbrs:
+                src.append(int(node))
+                dst.append(int(nb))
+        if num_entities is None:
+            num_entities = max([len(adjacency) if not isinstance(adjacency, Mapping) else 0, *(x + 1 for x in src + dst)])
+        s, d = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long)
+        return cls(num_entities, torch.cat([s, d]), torch.cat([d, s]), device)
+
+    def to(self, device: torch.device | str) -> NeighbourGraph:
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        moved = object.__new__(NeighbourGraph)
+        moved.__dict__.update(self.__dict__)
+        moved.position = self.position.to(device)
+        moved.groups = [(lo, hi, w, idx.to(device)) for lo, hi, w, idx in self.groups]
+        moved.device = device
+        return moved
+
+    def _reach(self, positions: Tensor, hops: int) -> Tensor:
+        """(N + 1, ceil(H / 64)) int64 words by node position: bit j of word w = head 64w + j reaches it."""
+        n, num_heads = self.num_entities, len(positions)
+        words = torch.zeros(n + 1, -(-num_heads // 64), dtype=torch.int64, device=self.device)
+        i = torch.arange(num_heads, device=self.device)
+        words.index_put_((positions, i // 64), torch.ones_like(i) << (i % 64), accumulate=True)
+        isolated = self.groups[0][0] if self.groups else n  # positions [0, first group) have no edges
+        for _ in range(hops):
+            nxt = torch.empty_like(words)
+            nxt[:isolated] = words[:isolated]
+            nxt[n] = 0
+            for lo, hi, w, nbr in self.groups:
+                gathered = words.index_select(0, nbr).view(hi - lo, w, -1)
+                torch.bitwise_or(words[lo:hi], _or_fold(gathered), out=nxt[lo:hi])
+            words = nxt
+        return words
+
+    def neighbourhoods(self, heads: Tensor | Sequence[int], hops: int, max_nodes: int = DEFAULT_MAX_NODES, *,
+                       batch_heads: int = 4096) -> Neighbourhoods:
+        """Entities within `hops` hops of each distinct head (itself included); none where there are more
+        than `max_nodes` (SimKGC's cut-off). Heads are searched `batch_heads` at a time: the search holds
+        (entities x batch_heads / 8) bytes, plus one degree group's gathered rows."""
+        if hops < 0:
+            raise ValueError(f"hops must be >= 0, got {hops}")
+        if batch_heads < 1:
+            raise ValueError(f"batch_heads must be >= 1, got {batch_heads}")
+        heads = torch.unique(torch.as_tensor(heads, dtype=torch.long).reshape(-1).to(self.device))
+        n = self.num_entities
+        if len(heads) and (int(heads.min()) < 0 or int(heads.max()) >= n):
+            raise ValueError(f"heads must be entity ids in [0, {n})")
+        n8 = -(-n // 8)
+        bits = torch.zeros(len(heads), n8, dtype=torch.uint8, device=self.device)
+        batch_heads = -(-batch_heads // 64) * 64
+        order = self.position  # entity -> position; rows back in entity order below
+        for start in range(0, len(heads), batch_heads):
+            part = heads[start:start + batch_heads]
+            words = self._reach(order[part], hops)
+            bits[start:start + len(part)] = _bits_by_head(words[order], len(part))
+        sizes = _popcount_rows(bits)
+        # SimKGC stops as soon as the set outgrows max_nodes, which needs a second member: a lone head
+        # always keeps itself
+        cut = sizes > max(int(max_nodes), 1)
+        bits[cut] = 0
+        sizes = sizes.masked_fill(cut, 0)
+        return Neighbourhoods(heads, bits, sizes, n, hops, int(max_nodes), graph=self)
 
 
-def apply_rerank_(
-    scores: Tensor,
-    heads: Tensor,
-    adjacency: Adjacency | None,
-    hops: int,
-    weight: float,
-    *,
-    max_nodes: int = 100_000,
-    cache: MutableMapping[int, Tensor] | None = None,
-) -> Tensor:
-    """Add ``weight`` in place to ``scores[i, n]`` for each n near ``heads[i]``.
+class Neighbourhoods:
+    """The k-hop neighbourhood of each of a set of heads, as bitsets over entities (see module docstring)."""
 
-    ``cache`` may be shared across chunks of one evaluation, since BFS is the
-    costly part and many queries share a head. ``hops <= 0`` or ``weight == 0``
-    is a no-op (note: SimKGC with n_hop=0 would still boost the head itself).
+    def __init__(self, heads: Tensor, bits: Tensor, sizes: Tensor, num_entities: int, hops: int, max_nodes: int,
+                 graph: NeighbourGraph | None = None):
+        self.heads = heads  # (H,) sorted distinct entity ids
+        self.bits = bits  # (H, ceil(E / 8)) uint8, all zero where the neighbourhood was cut off
+        self.sizes = sizes  # (H,) members per head (0 where cut off)
+        self.num_entities = num_entities
+        self.hops = hops
+        self.max_nodes = max_nodes
+        self.graph = graph  # to extend to heads not searched yet (see `covering`)
+        self._slot = torch.full((num_entities,), -1, dtype=torch.long, device=heads.device)
+        self._slot[heads] = torch.arange(len(heads), device=heads.device)
+
+    def __len__(self) -> int:
+        return len(self.heads)
+
+    def __repr__(self) -> str:
+        return (f"Neighbourhoods({len(self)} heads, {self.hops} hops, max_nodes {self.max_nodes}, "
+                f"{self.num_entities} entities, {self.bits.device})")
+
+    @property
+    def device(self) -> torch.device:
+        return self.bits.device
+
+    def slots(self, heads: Tensor) -> Tensor:
+        """Row of each head; -1 where the head was not searched."""
+        return self._slot[torch.as_tensor(heads, dtype=torch.long, device=self.device).reshape(-1)]
+
+    def covering(self, heads: Tensor) -> Neighbourhoods:
+        """Self if every head was searched, else a copy that adds the missing heads (searched now)."""
+        heads = torch.as_tensor(heads, dtype=torch.long, device=self.device).reshape(-1)
+        missing = torch.unique(heads[self.slots(heads) < 0])
+        if len(missing) == 0:
+            return self
+        if self.graph is None:
+            raise ValueError(f"{len(missing)} heads (e.g. entity {int(missing[0])}) have no neighbourhood here "
+                             "and there is no graph to search them")
+        extra = self.graph.neighbourhoods(missing, self.hops, self.max_nodes)
+        heads = torch.cat([self.heads, extra.heads])
+        order = torch.argsort(heads)
+        return Neighbourhoods(heads[order], torch.cat([self.bits, extra.bits])[order],
+                              torch.cat([self.sizes, extra.sizes])[order], self.num_entities, self.hops,
+                              self.max_nodes, graph=self.graph)
+
+    def to(self, device: torch.device | str) -> Neighbourhoods:
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        graph = self.graph.to(device) if self.graph is not None else None
+        return Neighbourhoods(self.heads.to(device), self.bits.to(device), self.sizes.to(device),
+                              self.num_entities, self.hops, self.max_nodes, graph=graph)
+
+    def packed(self, heads: Tensor) -> Tensor:
+        """(Q, ceil(E / 8)) uint8: the bitset of each head's neighbourhood."""
+        slots = self.slots(heads)
+        if bool((slots < 0).any()):
+            missing = torch.as_tensor(heads, device=self.device).reshape(-1)[slots < 0]
+            raise KeyError(f"entity {int(missing[0])} has no neighbourhood here (use covering(heads) first)")
+        return self.bits[slots]
+
+    def mask(self, heads: Tensor, *, value: float = 1.0, dtype: torch.dtype = torch.bool,
+             out: Tensor | None = None) -> Tensor:
+        """(Q, E): `value` where the entity is in head[i]'s neighbourhood, else 0 (True/False for bool).
+
+        Unpacked by table look-up, one byte (8 entities) at a time; `out`, a tensor of at least
+        Q * ceil(E / 8) * 8 elements of `dtype`, receives the values instead of a new block.
+        """
+        packed = self.packed(heads).long().view(-1)
+        table = _bit_table(self.device, dtype)
+        if value != 1.0:
+            table = table * value
+        n8 = self.bits.shape[1]
+        if out is not None:
+            out = out.reshape(-1)[: packed.numel() * 8].view(-1, 8)
+        block = torch.index_select(table, 0, packed, out=out) if out is not None else table[packed]
+        return block.view(-1, n8 * 8)[:, : self.num_entities]
+
+    def members(self, head: int) -> list[int]:
+        """Sorted entity ids within reach of `head` ([] where cut off): the readable view, for tests."""
+        return self.mask(torch.tensor([int(head)]))[0].nonzero().flatten().tolist()
+
+
+def apply_rerank_(scores: Tensor, heads: Tensor, neighbourhoods: Neighbourhoods | None, weight: float, *,
+                  workspace: Tensor | None = None) -> Tensor:
+    """Add ``weight`` in place to ``scores[i, n]`` for every n in the neighbourhood of ``heads[i]``.
+
+    Each (query, entity) gets the bonus once, and ``scores[i, n] + weight`` is rounded exactly as
+    SimKGC's ``index_add_`` rounds it (elsewhere ``+ 0`` leaves the score unchanged). ``weight == 0`` or
+    no neighbourhoods is a no-op. ``workspace`` (at least Q * ceil(E / 8) * 8 elements of the scores'
+    dtype, on their device) holds the unpacked bonus; without it a block is allocated.
     """
-    if weight == 0 or hops <= 0 or adjacency is None:
+    if weight == 0 or neighbourhoods is None:
         return scores
     heads = torch.as_tensor(heads).reshape(-1)
     if heads.shape[0] != scores.shape[0]:
         raise ValueError(f"heads has {heads.shape[0]} entries for {scores.shape[0]} score rows")
-    if cache is None:
-        cache = {}
-    row_idx: list[Tensor] = []
-    col_idx: list[Tensor] = []
-    for i, h in enumerate(heads.tolist()):
-        nb = cache.get(h)
-        if nb is None:
-            nb = torch.tensor(neighbourhood(adjacency, h, hops, max_nodes), dtype=torch.long)
-            cache[h] = nb
-        if nb.numel():
-            col_idx.append(nb)
-            row_idx.append(torch.full_like(nb, i))
-    if not col_idx:
-        return scores
-    rows = torch.cat(row_idx).to(scores.device)
-    cols = torch.cat(col_idx).to(scores.device)
-    # (row, col) pairs are unique, so each entry gets the bonus exactly once.
-    bonus = torch.full((rows.shape[0],), float(weight), dtype=scores.dtype, device=scores.device)
-    scores.index_put_((rows, cols), bonus, accumulate=True)
-    return scores
+    if scores.shape[1] != neighbourhoods.num_entities:
+        raise ValueError(f"scores cover {scores.shape[1]} entities, the neighbourhoods "
+                         f"{neighbourhoods.num_entities}")
+    if scores.device != neighbourhoods.device:
+        neighbourhoods = neighbourhoods.to(scores.device)
+    # the table holds weight cast to the scores' dtype, as SimKGC's bonus tensor is
+    bonus = neighbourhoods.mask(heads, value=float(weight), dtype=scores.dtype, out=workspace)
+    return scores.add_(bonus)
