@@ -177,6 +177,7 @@ class RunCfg:
     wandb_project: str = "kgc-kd"
     wandb_entity: Optional[str] = None
     wandb_log_model: bool = False  # upload stage checkpoints as W&B artifacts
+    wandb_group: Optional[str] = None  # W&B group of the stage runs (default: the run name); not part of the hash
 
 
 @dataclass
@@ -346,6 +347,7 @@ def to_plain(cfg: DictConfig) -> dict:
 def config_hash(cfg: DictConfig) -> str:
     plain = to_plain(cfg)
     plain.get("run", {}).pop("name", None)
+    plain.get("run", {}).pop("wandb_group", None)  # where W&B files a run, not what it trains
     return hashlib.sha1(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:8]
 
 

@@ -33,7 +33,8 @@ def wandb_mode() -> str:
 
 
 def _init_kwargs(cfg: DictConfig, run_dir: Path, name: str, job_type: str, extra: dict) -> dict:
-    return {"project": cfg.run.wandb_project, "entity": cfg.run.wandb_entity, "group": run_name(cfg),
+    group = cfg.run.wandb_group or run_name(cfg)  # a comparison (kgc_kd.compare) groups all its chains
+    return {"project": cfg.run.wandb_project, "entity": cfg.run.wandb_entity, "group": group,
             "name": f"{run_name(cfg)}/{name}", "job_type": job_type, "dir": str(run_dir),
             "config": {**to_plain(cfg), "stage": extra}, "mode": wandb_mode(), "reinit": "finish_previous"}
 

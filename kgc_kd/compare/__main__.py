@@ -1,0 +1,85 @@
+"""`python -m kgc_kd.compare --objectives none,pmd,makd [--seeds 3] [--teacher EXPORT] [--name NAME] [key=value ...]`
+
+Trains the same student grades with each objective (a `conf/distill/` preset, as `distill=NAME` of
+`python -m kgc_kd.fit`) and each seed, all taught by one teacher, and reports mean ± std per grade.
+`key=value` items are ordinary fit items (config=FILE, data=nations, teacher.epochs=1, stages=...),
+applied to every chain. Without `--teacher` the teacher is trained once (the `teacher.only=true` run of
+the same items) and its export is loaded by every chain (`teacher.load=`); `--teacher` names an export
+instead. `--seeds N` runs the seeds run.seed, run.seed + 1, ..., run.seed + N - 1 (`--seeds 1,7,9`: these);
+a seed changes the students' data order, dropout, masks and new projections, never the teacher.
+Every chain is a normal run directory under run.root (a rerun reads finished ones and resumes the
+rest); the comparison goes to <run.root>/compare/<name>/compare.json, compare.md and compare.png.
+Exit status as fit: 2 for bad input (nothing trained), 3 for a non-finite loss, 143 on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import shlex
+import sys
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from kgc_kd.compare.aggregate import aggregate
+from kgc_kd.compare.plan import build_plan
+from kgc_kd.compare.report import log_wandb, write
+from kgc_kd.compare.run import run_plan
+from kgc_kd.config import ConfigError
+from kgc_kd.data.io import DataFormatError
+from kgc_kd.fit import EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_SIGTERM
+from kgc_kd.lit.base import NonFiniteLossError
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m kgc_kd.compare", description=__doc__.splitlines()[0])
+    ap.add_argument("--objectives", required=True, help="comma-separated distill presets, e.g. none,pmd,makd")
+    ap.add_argument("--seeds", default="3", help="N seeds from run.seed on, or a comma-separated list (default 3)")
+    ap.add_argument("--teacher", help="an exported teacher (runs/<run>/stages/teacher/export): not trained here")
+    ap.add_argument("--name", help="the comparison's directory under <run.root>/compare/ (default: from the config)")
+    ap.add_argument("overrides", nargs="*", help="key=value items for every chain, as for kgc_kd.fit")
+    return ap.parse_intermixed_args(argv)
+
+
+def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    plan = build_plan(args.objectives, args.seeds, args.overrides, teacher=args.teacher, name=args.name)
+    print(f"[compare] {plan.name}: {len(plan.objectives)} objectives x {len(plan.seeds)} seeds "
+          f"({', '.join(map(str, plan.seeds))}), grades {', '.join(plan.grades)}; teacher "
+          + (f"trained once in {plan.teacher.run_dir}" if plan.teacher else f"from {plan.teacher_export}"), flush=True)
+    ran = run_plan(plan)
+    comparison = {
+        "name": plan.name, "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "objectives": plan.objectives, "seeds": plan.seeds, "overrides": plan.overrides,
+        "std": "sample standard deviation over seeds (ddof=1); null when n = 1",
+        "grades": aggregate(ran["runs"], plan.grades), "teacher": ran["teacher"], "chains": ran["chains"],
+    }
+    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+        text = write(plan.out_dir, comparison)
+        print(text, flush=True)
+        print(f"[compare] wrote {plan.out_dir / 'compare.json'}, compare.md, compare.png", flush=True)
+        if plan.base.run.logger == "wandb":
+            log_wandb(plan.base, plan.out_dir, comparison)
+    return comparison
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    try:
+        return compare(args, shlex.join(["python", "-m", "kgc_kd.compare", *argv]))
+    except (ConfigError, DataFormatError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_NON_FINITE) from None
+    except SIGTERMException:
+        print("stopped by SIGTERM after saving the stage's last.ckpt; rerun the same command to resume",
+              file=sys.stderr)
+        raise SystemExit(EXIT_SIGTERM) from None
+
+
+if __name__ == "__main__":
+    main()

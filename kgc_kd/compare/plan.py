@@ -1,0 +1,147 @@
+"""What a comparison will run, decided and checked before anything trains.
+
+Every chain is an ordinary `python -m kgc_kd.fit` run whose arguments are the comparison's key=value
+items plus `distill=<objective>`, `run.seed=<seed>` and `teacher.load=<the teacher's export>`; the
+teacher (unless `--teacher` names an export) is the `teacher.only=true` run of the same items. Each
+config goes through `load_config`, so an unknown objective, key or preset fails here, naming it, and
+the run directories are the ones `fit` itself would derive (`run_name`: a rerun finds them).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig
+
+from kgc_kd.config import ConfigError, config_hash, load_config, presets, run_name
+from kgc_kd.preflight import STAGE_LOSS_KEYS
+
+
+@dataclass
+class Chain:
+    objective: str
+    seed: int
+    argv: list[str]  # the `python -m kgc_kd.fit` arguments of this chain
+    cfg: DictConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.root) / run_name(self.cfg)
+
+
+@dataclass
+class Plan:
+    name: str
+    out_dir: Path  # <run.root>/compare/<name>
+    objectives: list[str]
+    seeds: list[int]
+    overrides: list[str]
+    base: DictConfig  # the items alone: the settings shared by every chain
+    teacher_export: str
+    teacher: Optional[Chain] = None  # the teacher.only run when this comparison trains the teacher
+    chains: list[Chain] = field(default_factory=list)
+
+    @property
+    def grades(self) -> list[str]:
+        return [str(s.name) for s in self.chains[0].cfg.stages]
+
+
+def parse_objectives(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    available = presets("distill")
+    unknown = [n for n in names if n not in available]
+    if not names or unknown:
+        raise ConfigError(f"--objectives {text!r}: " + (f"unknown objective(s) {', '.join(unknown)}" if unknown
+                          else "no objective given") + f"; expected distill presets from {available}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--objectives {text!r}: an objective is listed twice")
+    return names
+
+
+def parse_seeds(text: str, base_seed: int) -> list[int]:
+    """`N`: the N seeds run.seed, run.seed + 1, ...; `a,b,c`: exactly these seeds."""
+    text = text.strip()
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: expected a number of seeds or a comma-separated list of integers") from None
+    if "," not in text and len(seeds) == 1:
+        if seeds[0] < 1:
+            raise ConfigError(f"--seeds {text}: expected a number of seeds >= 1 or a comma-separated list")
+        return [base_seed + i for i in range(seeds[0])]
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: expected distinct integer seeds")
+    return seeds
+
+
+def _key(item: str) -> str:
+    return item.split("=", 1)[0].strip() if "=" in item else ""
+
+
+def check_items(overrides: list[str]) -> None:
+    """Items a comparison sets itself, per chain, are refused with what to use instead."""
+    for item in overrides:
+        key = _key(item)
+        if key == "distill":
+            raise ConfigError(f"argument {item!r}: the objectives set distill= for each chain; list them in --objectives")
+        if key == "run.name":
+            raise ConfigError(f"argument {item!r}: every chain needs its own run directory (derived from its config); "
+                              "name the comparison with --name")
+
+
+def _check_base(base: DictConfig) -> None:
+    if base.teacher.only:
+        raise ConfigError("teacher.only=true: a comparison trains student grades; set teacher.only=false "
+                          "(the teacher is trained once with the teacher.* settings, or given by --teacher)")
+    if base.run.name:
+        raise ConfigError(f"run.name={base.run.name!r}: every chain needs its own run directory; name the "
+                          "comparison with --name instead")
+    for i, st in enumerate(base.stages):
+        for k in STAGE_LOSS_KEYS:
+            if st[k] is not None:
+                raise ConfigError(f"stages[{i}].{k} ({st.name}) overrides the objective under comparison; expected "
+                                  "each grade to train with the objective's settings: remove it")
+
+
+def chain_argv(overrides: list[str], objective: str, seed: int, teacher_export: str, group: str) -> list[str]:
+    """The objective's preset goes after the other items (so a config file cannot undo it) and before the
+    explicit distill.* items (which adjust every objective alike)."""
+    distill_items = [o for o in overrides if _key(o).startswith("distill.")]
+    rest = [o for o in overrides if o not in distill_items]
+    return [*rest, f"distill={objective}", *distill_items, f"run.seed={seed}", f"teacher.load={teacher_export}",
+            f"run.wandb_group={group}"]
+
+
+def default_name(base: DictConfig, objectives: list[str], seeds: list[int]) -> str:
+    data = Path(str(base.data.source).rstrip("/")).name or "data"
+    return f"{data}-{config_hash(base)}-{'_'.join(objectives)}-{len(seeds)}seeds"
+
+
+def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optional[str] = None,
+               name: Optional[str] = None) -> Plan:
+    check_items(overrides)
+    base = load_config(overrides)
+    _check_base(base)
+    objs = parse_objectives(objectives)
+    seed_list = parse_seeds(seeds, int(base.run.seed))
+    if base.teacher.load and teacher and str(base.teacher.load) != teacher:
+        raise ConfigError(f"--teacher {teacher!r} and teacher.load={base.teacher.load!r} disagree; give one")
+    teacher = teacher or (str(base.teacher.load) if base.teacher.load else None)
+    name = name or default_name(base, objs, seed_list)
+    if not re.fullmatch(r"[\w.+-]+", name):
+        raise ConfigError(f"--name {name!r}: expected letters, digits, '.', '_', '+' or '-' (it names a directory)")
+    plan = Plan(name=name, out_dir=Path(base.run.root) / "compare" / name, objectives=objs, seeds=seed_list,
+                overrides=list(overrides), base=base, teacher_export=teacher or "")
+    if teacher is None:
+        argv = [*overrides, "teacher.only=true", f"run.wandb_group={name}"]
+        t_cfg = load_config(argv)
+        plan.teacher = Chain("teacher", int(t_cfg.run.seed), argv, t_cfg)
+        plan.teacher_export = str(plan.teacher.run_dir / "stages" / "teacher" / "export")
+    for obj in objs:
+        for seed in seed_list:
+            argv = chain_argv(overrides, obj, seed, plan.teacher_export, name)
+            plan.chains.append(Chain(obj, seed, argv, load_config(argv)))
+    return plan

@@ -1,0 +1,122 @@
+"""Run a comparison's plan: preflight every chain, the teacher once, then each (objective, seed) chain.
+
+Chains run in this process through `kgc_kd.chain.run_chain`, one after another. Nothing carries over
+from one chain to the next: each builds its own data module, tokenizer and models, and every stage
+seeds all generators with its chain's `run.seed` (`L.seed_everything`), so a chain gives the same
+metrics here as alone under `python -m kgc_kd.fit` (tested). A chain whose run directory already has
+every stage done (as `ProgressiveDistillation` records them) and its report is read, not run again;
+an interrupted one resumes inside `run_chain` like any fit run.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import math
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kgc_kd.callbacks.progressive import ProgressiveDistillation
+from kgc_kd.chain import build_datamodule, run_chain
+from kgc_kd.compare.plan import Chain, Plan
+from kgc_kd.models.plm import load_tokenizer
+from kgc_kd.preflight import check_run
+
+
+def preflight(plan: Plan) -> None:
+    """Data, model and every chain's stages and loss terms, checked before the teacher trains."""
+    tokenizer = load_tokenizer(plan.base.model.plm)
+    dm = build_datamodule(plan.base, tokenizer)
+    if plan.teacher is not None:
+        check_run(plan.teacher.cfg, dm, tokenizer)
+    exported = (Path(plan.teacher_export) / "biencoder.json").is_file()
+    for chain in plan.chains:
+        cfg = chain.cfg
+        if plan.teacher is not None and not exported:  # the teacher to be trained is model.plm's architecture
+            cfg = copy.deepcopy(cfg)
+            cfg.teacher.load = None
+        check_run(cfg, dm, tokenizer)
+
+
+def finished_result(chain: Chain) -> dict[str, Any] | None:
+    """The report of a chain whose every stage is done, or None (then it must run or resume)."""
+    report = chain.run_dir / "report.json"
+    names = ["teacher", *(str(s.name) for s in chain.cfg.stages)]
+    if not report.is_file() or not (chain.run_dir / "chain_state.json").is_file():
+        return None
+    state = ProgressiveDistillation(chain.run_dir)
+    if not all(state.is_done(n) for n in names):
+        return None
+    return json.loads(report.read_text())
+
+
+def run_one(chain: Chain) -> tuple[dict[str, Any], str, float]:
+    """(result, status, seconds): status is `done before` (read), or `ran` (trained or resumed)."""
+    start = time.perf_counter()
+    done = finished_result(chain)
+    if done is not None:
+        return done, "done before", round(time.perf_counter() - start, 1)
+    print(f"[compare] {chain.objective} seed {chain.seed}: {shlex.join(['python', '-m', 'kgc_kd.fit', *chain.argv])}",
+          flush=True)
+    try:
+        result = run_chain(chain.cfg)
+    finally:  # free the chain's models before the next one (accelerator memory too)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return result, "ran", round(time.perf_counter() - start, 1)
+
+
+def export_digest(export: str | Path) -> str:
+    """sha256 over the export's files (names and bytes): the same digest means the same teacher."""
+    h = hashlib.sha256()
+    root = Path(export)
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith("entity_vectors")):
+        h.update(str(p.relative_to(root)).encode() + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def student_metrics(result: dict[str, Any]) -> dict[str, dict[str, float]]:
+    return {r["name"]: r["test"] for r in result["stages"] if r.get("kind") == "student"}
+
+
+def run_plan(plan: Plan) -> dict[str, Any]:
+    """Everything compare.json records, apart from the aggregation."""
+    preflight(plan)
+    teacher: dict[str, Any] = {"export": plan.teacher_export}
+    if plan.teacher is not None:
+        result, status, secs = run_one(plan.teacher)
+        row = result["stages"][0]
+        teacher.update({"run_dir": str(plan.teacher.run_dir), "status": status, "seconds": secs, "seed": plan.teacher.seed,
+                        "command": shlex.join(["python", "-m", "kgc_kd.fit", *plan.teacher.argv]),
+                        "trained_steps": row.get("steps"), "test": row["test"]})
+    else:
+        teacher.update({"run_dir": None, "status": "given (--teacher)"})
+    chains, runs = [], {obj: [] for obj in plan.objectives}
+    for chain in plan.chains:
+        result, status, secs = run_one(chain)
+        rows = {r["name"]: r for r in result["stages"]}
+        t_row = rows["teacher"]
+        chains.append({"objective": chain.objective, "seed": chain.seed, "run_dir": str(chain.run_dir),
+                       "status": status, "seconds": secs, "teacher_loaded_from": t_row.get("loaded_from"),
+                       "teacher_test": t_row["test"], "command": shlex.join(["python", "-m", "kgc_kd.fit", *chain.argv]),
+                       "argv": chain.argv})
+        runs[chain.objective].append({"seed": chain.seed, "run_dir": str(chain.run_dir),
+                                      "test": student_metrics(result)})
+    teacher.setdefault("test", chains[0]["teacher_test"])
+    teacher["sha256"] = export_digest(plan.teacher_export)
+    # every chain loaded the same export and measured the same teacher: seeds never touch it
+    ref = chains[0]["teacher_test"]
+    teacher["same_in_every_chain"] = all(
+        c["teacher_loaded_from"] == plan.teacher_export
+        and all(math.isclose(c["teacher_test"][k], v, abs_tol=1e-6) for k, v in ref.items()) for c in chains)
+    return {"teacher": teacher, "chains": chains, "runs": runs}
