@@ -60,7 +60,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
         d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
         name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
-        drop_unknown=d.drop_unknown,
+        drop_unknown=d.drop_unknown, link_graph=d.link_graph,
     )
 
 
@@ -122,7 +122,7 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
     info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm}
     if cfg.teacher.load:
         net = BiEncoder.from_pretrained(cfg.teacher.load, source_ids=True)
-        net.check_vocab(dm.tokens.entity + dm.tokens.relation)  # a pruned teacher from another KG fails here
+        net.check_vocab(dm.tokens.token_lists())  # a pruned teacher from another KG fails here
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
         chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
         trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False))
@@ -147,7 +147,7 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
                                        plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature,
                                        shared=st.shared_encoder)
     if st.prune_vocab and student.kept_ids is None:
-        kept = used_token_ids(dm.tokens.entity + dm.tokens.relation, tokenizer)
+        kept = used_token_ids(dm.tokens.token_lists(), tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
     stage = {**stage_settings(cfg, index), "layers": st.layers, "layer_map": layer_map, "init": st.init,
              "mask_rate": st.mask_rate, "shared_encoder": student.shared,

@@ -46,6 +46,7 @@ class DataCfg:
     use_long_text: bool = True  # KG-BERT dirs: entity2textlong as the description when present
     name_separator: Optional[str] = None  # KG-BERT WN18RR packs "lemma, definition": set ", "
     drop_unknown: bool = False  # skip (and count) triples whose entity or relation has no text line; else an error
+    link_graph: bool = False  # SimKGC's neighbour text: short descriptions get 10 train neighbours' names
     synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
 
 

@@ -45,7 +45,8 @@ class Predictor:
         self.kg: KG = kg_from_json(meta)
         self.tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
         # truncation was reported when the stage was trained: not again on every prediction
-        self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)), warn=False)
+        self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)), warn=False,
+                                       link_graph=bool(meta.get("link_graph", False)))
         self.net = BiEncoder.from_pretrained(export).to(device).eval()
         self.device, self.batch_size = torch.device(device), batch_size
         self.entity_vecs = self._entity_vectors()
@@ -57,7 +58,8 @@ class Predictor:
     @torch.no_grad()
     def _entity_vectors(self) -> torch.Tensor:
         weights = (self.export / "entity" / "model.safetensors")
-        key = hashlib.sha1(f"{weights.stat().st_mtime_ns}-{self.tokens.max_length}".encode()).hexdigest()[:12]
+        text = f"{self.tokens.max_length}-{self.tokens.link is not None}"  # inputs differ with neighbour text
+        key = hashlib.sha1(f"{weights.stat().st_mtime_ns}-{text}".encode()).hexdigest()[:12]
         cache = self.export / f"entity_vectors-{key}.pt"
         if cache.is_file():
             return torch.load(cache).to(self.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import entity_reference, hr_reference, make_tokenizer
+from conftest import entity_reference, hr_reference, link_kg, make_tokenizer, minilm_tokenizer, simkgc_vectorize
 
 from kgc_kd.data.batching import EntityCollator, QueryCollator, RowDataset, TrainCollator
 from kgc_kd.data.builtin import load_builtin
@@ -169,3 +169,63 @@ def test_collators_equal_the_per_example_reference(kg_name, max_length):
     ids = torch.arange(kg.num_entities)
     _assert_equal_batches(EntityCollator(tokens)(list(ids)),
                           {"entity_ids": ids, "entity": entity_reference(tokens, ids)})
+
+
+# ---- data.link_graph: the collators leave out the training partner, evaluation shows every neighbour ----
+@pytest.fixture(scope="module")
+def link_setup():
+    kg = link_kg()
+    tok = minilm_tokenizer()
+    return kg, tok, TokenCache.build(kg, tok, 24, link_graph=True, warn=False), KnownTriples.train_of(kg)
+
+
+@pytest.mark.parametrize("dedup", [False, True])
+def test_train_collator_link_graph_equals_simkgc(link_setup, dedup):
+    kg, tok, tokens, known = link_setup
+    rows = kg.with_inverse(kg.train)
+    # every training example, in batches that repeat entities with and without their partner listed
+    batches = [rows, rows[:12], torch.cat([rows[:5], rows[:5], rows[-3:]]), rows[[0, 17, 0, 17, 5]]]
+    for batch in batches:
+        out = TrainCollator(tokens, known, dedup_entities=dedup)(list(batch))
+        refs = [simkgc_vectorize(kg, tok, h, r, t, 24, is_test=False) for h, r, t in batch.tolist()]
+        check_encoding(out["hr"], [x["hr"] for x in refs], [x["hr_types"] for x in refs], tokens.pad_id)
+        if dedup:
+            enc = out["entities"]
+            rows_ids = [strip(enc["input_ids"][i], enc["attention_mask"][i]) for i in range(len(enc["input_ids"]))]
+            assert [rows_ids[i] for i in out["tail_index"].tolist()] == [x["tail"] for x in refs]
+            assert [rows_ids[i] for i in out["head_index"].tolist()] == [x["head"] for x in refs]
+            # one input per distinct (entity, whole text): an entity shown with and without its partner is two
+            # (texts compared before truncation: cut at 24 pieces, different neighbour lists can look alike)
+            full = [simkgc_vectorize(kg, tok, h, r, t, 10**6, is_test=False) for h, r, t in batch.tolist()]
+            texts = {(t, tuple(x["tail"])) for t, x in zip(batch[:, 2].tolist(), full)}
+            texts |= {(h, tuple(x["head"])) for h, x in zip(batch[:, 0].tolist(), full)}
+            assert len(rows_ids) == len(texts)
+            check_encoding(enc, rows_ids, None, tokens.pad_id)  # padded to the longest of the batch
+        else:
+            check_encoding(out["tail"], [x["tail"] for x in refs], None, tokens.pad_id)
+            check_encoding(out["head"], [x["head"] for x in refs], None, tokens.pad_id)
+
+
+def test_train_collator_link_graph_dedup_keeps_distinct_texts_apart(link_setup):
+    kg, _, tokens, known = link_setup
+    hub, n12, n8 = 0, kg.entity_ids.index("n12"), kg.entity_ids.index("n8")
+    # the hub as head of (hub, n12): n12 left out; of (hub, n8): n8 is 11th, not listed -> the full text,
+    # the same as the hub as tail of the inverse of (hub, n8)
+    batch = torch.tensor([[hub, 1, n12], [hub, 1, n8], [n8, 3, hub]])
+    out = TrainCollator(tokens, known, dedup_entities=True)(list(batch))
+    head, tail = out["head_index"].tolist(), out["tail_index"].tolist()
+    assert head[0] != head[1] and head[1] == tail[2]
+    assert len(out["entities"]["input_ids"]) == 4  # hub without n12, hub, n12 without hub, n8 (no names shown)
+
+
+def test_eval_collators_link_graph_equal_simkgc_without_exclusion(link_setup):
+    kg, tok, tokens, _ = link_setup
+    rows = kg.with_inverse(torch.cat([kg.valid, kg.test, kg.train[:4]]))  # a training triple too: no exclusion
+    numbered = torch.cat([rows, torch.arange(len(rows)).unsqueeze(1)], dim=1)
+    out = QueryCollator(tokens)(list(numbered))
+    refs = [simkgc_vectorize(kg, tok, h, r, t, 24, is_test=True) for h, r, t in rows.tolist()]
+    check_encoding(out["hr"], [x["hr"] for x in refs], [x["hr_types"] for x in refs], tokens.pad_id)
+    ids = torch.tensor([13, 0, 15, 4, 6, 8])
+    out = EntityCollator(tokens)(list(ids))
+    check_encoding(out["entity"], [simkgc_vectorize(kg, tok, -1, 0, e, 24, is_test=True)["tail"] for e in ids.tolist()],
+                   None, tokens.pad_id)

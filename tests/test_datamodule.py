@@ -161,3 +161,36 @@ def test_drop_unknown_option(tmp_path):
     assert kg.train.tolist() == [[0, 0, 1], [1, 0, 2]] and kg.valid.tolist() == [[0, 0, 2]]
     assert kg.entity_names == ["red thing", "blue thing", "c"]
     assert dm.kg is kg  # loaded once: the warnings are not repeated
+
+
+def test_link_graph_option_reaches_the_loaders():
+    plain = make_dm(tokenizer=make_tokenizer())
+    linked = make_dm(link_graph=True, tokenizer=make_tokenizer())
+    assert plain.link_graph is False and plain.tokens.link is None
+    assert linked.tokens.link is not None and linked.tokens.link.graph.num_entities == linked.kg.num_entities
+    e = torch.arange(linked.kg.num_entities)
+    assert not torch.equal(linked.tokens.text_lengths(e), plain.tokens.text_lengths(e))  # names were appended
+    # the same triples in the same order (no shuffle), the inputs now as the link-graph cache builds them
+    plain.shuffle = linked.shuffle = False
+    batch = next(iter(linked.train_dataloader()))
+    h, r, t = batch["triples"].unbind(1)
+    assert torch.equal(batch["triples"], next(iter(plain.train_dataloader()))["triples"])
+    want = linked.tokens.hr_batch(h, r, t)
+    assert all(torch.equal(batch["hr"][k], want[k]) for k in want)
+    entities, queries = linked.val_dataloader()
+    first = next(iter(entities))
+    ids = first["entity_ids"]
+    assert all(torch.equal(first["entity"][k], v) for k, v in linked.tokens.entity_batch(ids).items())
+    q = next(iter(queries))
+    want = linked.tokens.hr_batch(q["triples"][:, 0], q["triples"][:, 1])  # evaluation: no exclusion
+    assert all(torch.equal(q["hr"][k], want[k]) for k in want)
+
+
+def test_build_datamodule_passes_link_graph():
+    from kgc_kd.chain import build_datamodule
+    from kgc_kd.config import load_config
+
+    for value in (False, True):
+        cfg = load_config(["data.source=synthetic", f"data.link_graph={str(value).lower()}"])
+        dm = build_datamodule(cfg, make_tokenizer())
+        assert dm.link_graph is value and (dm.tokens.link is not None) is value

@@ -7,7 +7,17 @@ import warnings
 
 import pytest
 import torch
-from conftest import WORDS, entity_reference, hr_reference, make_tokenizer, pad_reference, tiny_vocab
+from conftest import (
+    WORDS,
+    entity_reference,
+    hr_reference,
+    link_kg,
+    make_tokenizer,
+    minilm_tokenizer,
+    pad_reference,
+    simkgc_vectorize,
+    tiny_vocab,
+)
 
 from kgc_kd.data.io import DataWarning
 from kgc_kd.data.kg import KG
@@ -382,3 +392,186 @@ def test_pad_equals_reference_loop():
         assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask), seqs
     ids, mask = pad([[], []], pad_id=7)
     assert ids.shape == mask.shape == (2, 0)
+
+
+# ---- data.link_graph: SimKGC's neighbour text, assembled from cached pieces ------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    return minilm_tokenizer()
+
+
+def train_and_eval_rows(kg: KG) -> tuple[torch.Tensor, torch.Tensor]:
+    return kg.with_inverse(kg.train), kg.with_inverse(torch.cat([kg.valid, kg.test]))
+
+
+@pytest.mark.parametrize("max_length", [12, 16, 24, 50, 128])
+def test_link_graph_ids_equal_simkgc_tokenized_strings(minilm, max_length):
+    """hr, tail and head-only inputs of every training example (partner left out) and evaluation query (all
+    neighbours), and every ranking candidate, against the real tokenizer on SimKGC's own strings."""
+    kg = link_kg()
+    cache = TokenCache.build(kg, minilm, max_length, link_graph=True, warn=False)
+    train, evaluation = train_and_eval_rows(kg)
+    for h, r, t in train.tolist():
+        ref = simkgc_vectorize(kg, minilm, h, r, t, max_length, is_test=False)
+        assert cache.hr_ids(h, r, exclude=t) == (ref["hr"], ref["hr_types"]), (h, r, t)
+        assert cache.entity_ids(t, exclude=h) == ref["tail"], (h, r, t)
+        assert cache.entity_ids(h, exclude=t) == ref["head"], (h, r, t)
+    for h, r, t in evaluation.tolist():
+        ref = simkgc_vectorize(kg, minilm, h, r, t, max_length, is_test=True)
+        assert cache.hr_ids(h, r) == (ref["hr"], ref["hr_types"]), (h, r, t)
+    for e in range(kg.num_entities):
+        assert cache.entity_ids(e) == simkgc_vectorize(kg, minilm, -1, 0, e, max_length, is_test=True)["tail"]
+
+
+def test_link_graph_hand_checked_texts(minilm):
+    """A few of the texts above spelled out: the 10 names in id-string order, the partner's name left out,
+    ":" kept for an empty description, dropped for a description that is only the name."""
+    kg = link_kg()
+    cache = TokenCache.build(kg, minilm, 128, link_graph=True, warn=False)
+
+    def text(e, exclude=None):
+        return minilm.decode(cache.entity_ids(e, exclude)[1:-1])
+
+    hub = ("hub : a central station, busy o ' neill co - op new york x - ray naive cafe rock ' n ' roll e - mail "
+           "dogs zurich st. louis")
+    assert text(0) == hub  # n1 n10 n11 n12 n2 n3 n4 n5 n6 n7: 10 of 12, by id string
+    assert text(0, exclude=kg.entity_ids.index("n12")) == hub.replace(" x - ray", "")  # 9 names
+    assert text(0, exclude=kg.entity_ids.index("n9")) == hub  # not among the 10: nothing changes
+    assert text(13) == "lonely :"  # no description, no neighbour
+    assert text(15) == "dog : cat" and text(15, exclude=14) == "dog"
+    assert text(4) == "x - ray : hub" and text(4, exclude=0) == "x - ray"
+    assert text(6) == "new york : " + " ".join(LONG[:20])  # 20 words: no names
+    assert text(8, exclude=8) == "3. 5 inch : hub"  # the self-loop's partner is itself
+
+
+LONG = "the quick brown fox jumps over a lazy dog while seven old owls sing softly".split() + \
+    "near an open river under grey winter clouds tonight".split()
+
+
+def random_link_kg(seed: int, n: int = 30, r: int = 4, edges: int = 90) -> KG:
+    """Random texts (tiny vocabulary) and a random train graph in which some entities have > 10 neighbours."""
+    rng = random.Random(seed)
+    base = random_kg(seed, n=n, r=r)
+    hubs = [0, 1]
+    train = [(rng.choice(hubs) if rng.random() < 0.4 else rng.randrange(n), rng.randrange(r), rng.randrange(n))
+             for _ in range(edges)]
+    return KG(name=f"link{seed}", entity_ids=[str(rng.randrange(10**6)) + f"-{i}" for i in range(n)],
+              entity_names=base.entity_names, entity_descs=base.entity_descs, relation_ids=base.relation_ids,
+              relation_texts=base.relation_texts, train=torch.tensor(train), valid=torch.zeros(0, 3),
+              test=torch.zeros(0, 3))
+
+
+def hr_reference_excluding(cache, h, r, x):
+    pairs = [cache.hr_ids(a, b, None if c < 0 else c) for a, b, c in zip(h.tolist(), r.tolist(), x.tolist())]
+    ids, mask = pad_reference([p[0] for p in pairs], cache.pad_id)
+    types, _ = pad_reference([p[1] for p in pairs], 0)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def entity_reference_excluding(cache, e, x):
+    ids, mask = pad_reference([cache.entity_ids(a, None if c < 0 else c) for a, c in zip(e.tolist(), x.tolist())],
+                              cache.pad_id)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_link_graph_batches_equal_reference(tok, seed):
+    kg = random_link_kg(seed)
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    for max_length in (5, 8, rng.randint(9, 20), 50):
+        cache = TokenCache.build(kg, tok, max_length, link_graph=True, warn=False)
+        assert cache.link.graph.shown(torch.arange(kg.num_entities)).sum(1).max() == 10  # capped lists exercised
+        h, r = all_pairs(kg)
+        none = torch.full_like(h, -1)
+        assert_same_batch(cache.hr_batch(h, r), hr_reference_excluding(cache, h, r, none))
+        assert_same_batch(cache.hr_batch(h, r, none), hr_reference_excluding(cache, h, r, none))
+        for _ in range(10):
+            b = rng.randint(1, 40)
+            rows = kg.with_inverse(kg.train)[torch.randint(0, 2 * len(kg.train), (b,), generator=g)]
+            h, r, t = rows.unbind(1)
+            for x in (t, cache.exclusion(h, t)):  # the raw partner and the effective one give the same inputs
+                assert_same_batch(cache.hr_batch(h, r, x), hr_reference_excluding(cache, h, r, x))
+                assert_same_batch(cache.entity_batch(h, x), entity_reference_excluding(cache, h, x))
+            x = torch.randint(-1, kg.num_entities, (b,), generator=g)  # any exclusion, listed or not
+            assert_same_batch(cache.entity_batch(t, x), entity_reference_excluding(cache, t, x))
+            for i in range(b):  # one row at a time: padded to its own length
+                assert_same_batch(cache.entity_batch(t[i:i + 1], x[i:i + 1]),
+                                  entity_reference_excluding(cache, t[i:i + 1], x[i:i + 1]))
+    empty = torch.zeros(0, dtype=torch.long)
+    for enc in (cache.hr_batch(empty, empty, empty), cache.entity_batch(empty, empty)):
+        assert all(v.shape == (0, 0) for v in enc.values())
+
+
+def test_link_graph_truncation_counts(minilm):
+    kg = link_kg()
+    for max_length in (12, 24, 128):
+        cache = TokenCache.build(kg, minilm, max_length, link_graph=True, warn=False)
+        full = 10**6  # SimKGC's texts, not truncated
+        long_entities = sum(len(simkgc_vectorize(kg, minilm, -1, 0, e, full, True)["tail"]) > max_length
+                            for e in range(kg.num_entities))
+        long_queries = sum(len(simkgc_vectorize(kg, minilm, h, r, t, full, False)["hr"]) > max_length
+                           for h, r, t in kg.with_inverse(kg.train).tolist())
+        assert cache.truncated == {"entity_texts": long_entities, "train_queries": long_queries}
+    assert long_entities == long_queries == 0  # 128 keeps everything
+
+
+def test_link_graph_token_lists_cover_the_colon_of_empty_descriptions(tok):
+    # no description anywhere: plain texts are bare names, but with neighbours SimKGC reads "name: ..."
+    kg = KG(name="c", entity_ids=["a", "b"], entity_names=["red", "blue"], entity_descs=["", ""],
+            relation_ids=["r"], relation_texts=["green"], train=torch.tensor([[0, 0, 1]]), valid=torch.zeros(0, 3),
+            test=torch.zeros(0, 3))
+    colon = tok.convert_tokens_to_ids(":")
+    plain = TokenCache.build(kg, tok, 16)
+    linked = TokenCache.build(kg, tok, 16, link_graph=True)
+    assert plain.link is None and plain.token_lists() == plain.entity + plain.relation
+    assert colon not in sum(linked.entity + linked.relation, [])
+    assert colon in sum(linked.token_lists(), []) and colon in linked.entity_ids(0)
+    assert linked != plain
+
+
+def test_link_graph_warns_where_a_name_continues_into_its_neighbours(tok):
+    # "red blue" with description "red": SimKGC strips the name from "red blue green" (neighbour "blue green")
+    kg = KG(name="w", entity_ids=["a", "b", "c"], entity_names=["red blue", "blue green", "old"],
+            entity_descs=["red", "", ""], relation_ids=["r"], relation_texts=["of"],
+            train=torch.tensor([[0, 0, 1], [2, 0, 0]]), valid=torch.zeros(0, 3), test=torch.zeros(0, 3))
+    with pytest.warns(DataWarning, match=r"data\.link_graph: 1 entities .* \(e\.g\. a: 'red blue'\)"):
+        TokenCache.build(kg, tok, 16, link_graph=True)
+    kg.entity_names[1] = "green"  # no longer continues the name: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TokenCache.build(kg, tok, 16, link_graph=True)
+
+
+def test_link_graph_rejects_a_tokenizer_that_keeps_punctuation_on_words():
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+
+    kg = KG(name="p", entity_ids=["a", "b"], entity_names=["red", "blue"], entity_descs=["red", ""],
+            relation_ids=["r"], relation_texts=["of"], train=torch.tensor([[0, 0, 1]]), valid=torch.zeros(0, 3),
+            test=torch.zeros(0, 3))
+    # split at whitespace only, "red:" is one word ([UNK]), so "red" is not a prefix of "red:"
+    raw = make_tokenizer()
+    raw.backend_tokenizer.pre_tokenizer = WhitespaceSplit()
+    assert raw.tokenize("red:") == ["[UNK]"]
+    with pytest.raises(ValueError, match=r"data\.link_graph: the word pieces of 'red' are not a prefix .*entity a"):
+        TokenCache.build(kg, raw, 16, link_graph=True)
+
+
+def test_link_graph_assembly_check_catches_a_mismatch(tok):
+    from transformers import BertTokenizer
+
+    kg = KG(name="m", entity_ids=["a", "b"], entity_names=["RED", "BLUE"], entity_descs=["", ""],
+            relation_ids=["r"], relation_texts=["of"], train=torch.tensor([[0, 0, 1]]), valid=torch.zeros(0, 3),
+            test=torch.zeros(0, 3))
+    cache = TokenCache.build(kg, tok, 16, link_graph=True)  # passes its own check
+    cased = BertTokenizer(vocab=tiny_vocab(), do_lower_case=False)  # "RED" -> [UNK]: other pieces
+    with pytest.raises(ValueError, match="data.link_graph: entity a: the word pieces assembled"):
+        cache.link.check_assembly(kg, cased, cache)
+
+
+def test_link_graph_off_is_the_plain_cache(tok, kg):
+    plain = TokenCache.build(kg, tok, 16)
+    assert TokenCache.build(kg, tok, 16, link_graph=False) == plain and plain.link is None
+    e = torch.arange(kg.num_entities)
+    assert plain.exclusion(e, e.flip(0)).tolist() == [-1] * kg.num_entities
+    assert plain.text_ids(3, exclude=5) == (plain.entity[3], plain.entity_len[3])

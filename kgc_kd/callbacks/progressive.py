@@ -134,7 +134,8 @@ class ProgressiveDistillation(Callback):
         with torch.no_grad():
             net_cpu = copy.deepcopy(net).cpu()
         net_cpu.save_pretrained(tmp, self.tokenizer)
-        (tmp / "kg.json").write_text(json.dumps(kg_to_json(dm.kg, max_length=dm.max_length)))
+        meta = {"max_length": dm.max_length, "link_graph": dm.link_graph}  # predict builds the same inputs
+        (tmp / "kg.json").write_text(json.dumps(kg_to_json(dm.kg, **meta)))
         old = final.with_name(final.name + ".old")  # a kill between the renames leaves the old export whole
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

@@ -2,6 +2,10 @@
 
 Collation runs once per batch on the loader's hot path, so it is tensor ops on whole batches
 (`TokenCache.hr_batch` / `entity_batch`), never a Python loop over the examples.
+
+With data.link_graph, training texts leave the example's partner out of their neighbour names (the head
+text and head-only input omit the tail, the tail text omits the head); queries and ranking candidates at
+evaluation show every neighbour (SimKGC's evaluate.py).
 """
 
 from __future__ import annotations
@@ -27,12 +31,12 @@ class RowDataset(Dataset):
         return self.rows[i]
 
 
-def _encode_hr(tokens: TokenCache, triples: Tensor) -> dict[str, Tensor]:
-    return tokens.hr_batch(triples[:, 0], triples[:, 1])
+def _encode_hr(tokens: TokenCache, triples: Tensor, exclude: Tensor | None = None) -> dict[str, Tensor]:
+    return tokens.hr_batch(triples[:, 0], triples[:, 1], exclude)
 
 
-def _encode_entities(tokens: TokenCache, entities: Tensor) -> dict[str, Tensor]:
-    return tokens.entity_batch(entities)
+def _encode_entities(tokens: TokenCache, entities: Tensor, exclude: Tensor | None = None) -> dict[str, Tensor]:
+    return tokens.entity_batch(entities, exclude)
 
 
 class TrainCollator:
@@ -41,7 +45,8 @@ class TrainCollator:
     With `dedup_entities`, every distinct head/tail entity of the batch is encoded once ("entities",
     indexed by "tail_index"/"head_index") instead of once per occurrence: on small KGs a batch repeats
     most entities, and this halves the entity-encoder work. Vectors are identical in eval mode; in
-    training, copies of one entity share a dropout mask."""
+    training, copies of one entity share a dropout mask. With data.link_graph "distinct" means the same
+    entity with the same text: one whose neighbour list holds the example's partner is a separate input."""
 
     def __init__(self, tokens: TokenCache, known: KnownTriples, dedup_entities: bool = True):
         self.tokens, self.known, self.dedup = tokens, known, dedup_entities
@@ -49,15 +54,18 @@ class TrainCollator:
     def __call__(self, rows: list[Tensor]) -> dict:
         triples = torch.stack(rows)
         fn_mask, self_mask = in_batch_mask(triples, self.known)
-        batch = {"triples": triples, "hr": _encode_hr(self.tokens, triples), "fn_mask": fn_mask,
+        h, t = triples[:, 0], triples[:, 2]
+        x_h, x_t = self.tokens.exclusion(h, t), self.tokens.exclusion(t, h)  # -1 without link_graph
+        batch = {"triples": triples, "hr": _encode_hr(self.tokens, triples, x_h), "fn_mask": fn_mask,
                  "self_mask": self_mask}
         if self.dedup:
-            ents, index = torch.unique(torch.cat([triples[:, 2], triples[:, 0]]), return_inverse=True)
+            n = len(self.tokens.entity) + 1  # key = entity * n + (exclusion + 1): the text's identity
+            keys, index = torch.unique(torch.cat([t * n + x_t + 1, h * n + x_h + 1]), return_inverse=True)
             b = len(triples)
-            batch.update(entities=_encode_entities(self.tokens, ents), tail_index=index[:b], head_index=index[b:])
+            batch.update(entities=_encode_entities(self.tokens, keys // n, keys % n - 1), tail_index=index[:b],
+                         head_index=index[b:])
         else:
-            batch.update(tail=_encode_entities(self.tokens, triples[:, 2]),
-                         head=_encode_entities(self.tokens, triples[:, 0]))
+            batch.update(tail=_encode_entities(self.tokens, t, x_t), head=_encode_entities(self.tokens, h, x_h))
         return batch
 
 

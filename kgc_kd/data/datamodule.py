@@ -35,6 +35,7 @@ class KGDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
         tokenizer=None,
         drop_unknown: bool = False,
+        link_graph: bool = False,
     ):
         super().__init__()
         self.source = source
@@ -45,6 +46,7 @@ class KGDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.dedup_entities = dedup_entities
         self.shuffle = shuffle  # off only for tests that compare runs batch by batch
+        self.link_graph = link_graph  # SimKGC's neighbour names after short descriptions (data.link_graph)
         self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic,
                              "drop_unknown": drop_unknown}
         self._token_caches: dict[str, TokenCache] = {}
@@ -68,7 +70,7 @@ class KGDataModule(L.LightningDataModule):
     def connect(self, tokenizer) -> None:
         key = f"{tokenizer_fingerprint(tokenizer)}-{self.max_length}"
         if key not in self._token_caches:
-            self._token_caches[key] = TokenCache.build(self.kg, tokenizer, self.max_length)
+            self._token_caches[key] = TokenCache.build(self.kg, tokenizer, self.max_length, link_graph=self.link_graph)
         self.tokens = self._token_caches[key]
 
     def _require_tokens(self) -> TokenCache:
