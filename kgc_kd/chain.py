@@ -60,7 +60,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
         d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=d.num_workers, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
         name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
-        drop_unknown=d.drop_unknown, link_graph=d.link_graph,
+        drop_unknown=d.drop_unknown, link_graph=d.link_graph, val_max_queries=cfg.eval.val_max_queries,
     )
 
 

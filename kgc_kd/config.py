@@ -102,6 +102,7 @@ class EvalCfg:
     topk: int = 10  # top-k predictions saved per test query
     save_predictions: bool = True
     untrained_baseline: bool = True  # test the untouched PLM first, so the gain from training is on record
+    val_max_queries: Optional[int] = None  # validation ranks a fixed seeded subset of this many queries (test: all)
 
 
 @dataclass
@@ -304,6 +305,8 @@ def validate(cfg: DictConfig) -> None:
         (cfg.model.pre_batch >= 0, "model.pre_batch must be >= 0"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
+        (cfg.eval.val_max_queries is None or cfg.eval.val_max_queries >= 1,
+         f"eval.val_max_queries={cfg.eval.val_max_queries}: expected a positive number of queries (or null: all)"),
         (cfg.run.logger in ("wandb", "csv", "none"), f"run.logger={cfg.run.logger!r}: expected wandb, csv or none"),
         (cfg.trainer.precision in PRECISIONS, f"trainer.precision={cfg.trainer.precision!r}: expected one of {PRECISIONS}"),
         (cfg.distill.score_loss in ("mse", "kl"), f"distill.score_loss={cfg.distill.score_loss!r}: expected mse or kl"),

@@ -246,3 +246,44 @@ def test_sigterm_saves_a_checkpoint_mid_epoch_exits_143_and_the_rerun_finishes(t
     result = fit.main(argv)
     rows = {r["name"]: r for r in result["stages"]}
     assert rows["s1"]["steps"] == 2 * rows["teacher"]["steps"] and rows["s1"]["epochs"] == 2
+
+
+def test_validation_every_second_epoch_through_the_chain(tmp_path, plm4, monkeypatch):
+    """trainer.check_val_every_n_epoch reaches every stage; ModelCheckpoint(monitor=val/mrr) keeps the validated
+    epoch and the final test uses it; a stage too short to validate tests its last weights. Validation ranks a
+    fixed subset (eval.val_max_queries), re-ranked with neighbourhoods searched once for the whole chain."""
+    from kgc_kd.data.datamodule import KGDataModule
+
+    searches = []
+    original = KGDataModule.rerank_neighbourhoods
+
+    def counting(self, hops, device):
+        before = dict(self._neighbourhoods)
+        out = original(self, hops, device)
+        searches.extend(k for k in self._neighbourhoods if k not in before)
+        return out
+
+    monkeypatch.setattr(KGDataModule, "rerank_neighbourhoods", counting)
+    stages = "stages=[{name: g2, layers: 2, epochs: 3}, {name: g1, layers: 1, epochs: 1}]"
+    result = fit.main(_argv(tmp_path, plm4, stages, "teacher.epochs=3", "trainer.check_val_every_n_epoch=2",
+                            "eval.val_max_queries=6", "eval.rerank_weight=0.05", "eval.rerank_hops=2",
+                            "run.logger=csv"))
+    rows = {r["name"]: r for r in result["stages"]}
+    assert searches == [(2, "cpu")]  # one search serves every validation and test of every stage
+    run = tmp_path / "chain"
+    for name in ("teacher", "g2"):
+        row = rows[name]
+        assert row["epochs"] == 3 and row["best_checkpoint"].endswith("best-epoch001.ckpt")
+        assert 0 < row["best_val_mrr"] <= 1
+        logged = (run / "stages" / name / "logs" / "metrics.csv").read_text().splitlines()
+        head = logged[0].split(",")
+        val_epochs = {line.split(",")[head.index("epoch")] for line in logged[1:]
+                      if line.split(",")[head.index("val/mrr")]}
+        assert val_epochs == {"1"}  # validated after the second epoch only
+        # the exported (tested) weights are the best checkpoint's, not those after the third epoch
+        best = torch.load(row["best_checkpoint"])["state_dict"]
+        net = BiEncoder.from_pretrained(run / "stages" / name / "export")
+        key = "query_encoder.encoder.layer.0.intermediate.dense.weight"
+        assert torch.equal(net.state_dict()[key], best["net." + key])
+    g1 = rows["g1"]  # one epoch, validation every second: never validated, tested with its final weights
+    assert g1["best_checkpoint"] == "" and g1["best_val_mrr"] is None and 0 < g1["test"]["mrr"] <= 1

@@ -170,6 +170,8 @@ def test_validate_rejects(arg, fragment):
     (["stages.0.mask_rate=-0.1"], "stages[0].mask_rate=-0.1: expected a rate in [0, 1)"),
     (["stages.0.layer_map=[1,2]"], "stages[0].layer_map=[1, 2]: expected 6 entries, one per student layer"),
     (["stages.1.layers=0"], "stages[1].layers=0: expected >= 1"),
+    (["eval.val_max_queries=0"], "eval.val_max_queries=0: expected a positive number of queries (or null: all)"),
+    (["eval.val_max_queries=-5"], "eval.val_max_queries=-5: expected a positive number of queries"),
 ])
 def test_validate_names_the_key_and_the_expectation(args, message):
     with pytest.raises(ConfigError) as exc:
@@ -194,6 +196,9 @@ def test_teacher_only_runs_no_stage_and_says_so_in_the_resolved_config():
 def test_valid_edge_values_pass():
     cfg = load_config(["data.batch_size=2", "model.pooling=cls", "run.logger=none"])
     assert (cfg.data.batch_size, cfg.model.pooling, cfg.run.logger) == (2, "cls", "none")
+    assert load_config([]).eval.val_max_queries is None  # default: every validation query
+    assert load_config(["eval.val_max_queries=1"]).eval.val_max_queries == 1
+    assert load_config(["eval.val_max_queries=5", "eval.val_max_queries=null"]).eval.val_max_queries is None
 
 
 def test_later_override_wins(conf, tmp_path):

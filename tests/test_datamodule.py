@@ -88,6 +88,49 @@ def test_eval_loaders(dm, stage, split):
     assert torch.equal(torch.cat([b["query_index"] for b in q_batches]), torch.arange(len(got)))
 
 
+def test_val_max_queries_ranks_a_fixed_seeded_subset():
+    full = torch.cat([b["triples"] for b in make_dm(tokenizer=make_tokenizer()).val_dataloader()[1]])
+    assert len(full) > 9
+    picks = []
+    for _ in range(2):  # a new datamodule (a new stage, a new epoch) picks the same queries
+        d = make_dm(tokenizer=make_tokenizer(), val_max_queries=9)
+        batches = list(d.val_dataloader()[1])
+        index = torch.cat([b["query_index"] for b in batches])
+        triples = torch.cat([b["triples"] for b in batches])
+        assert len(index) == 9 and torch.equal(index, index.unique())  # distinct, in split order
+        assert torch.equal(triples, full[index])  # each query keeps its original index
+        picks.append(index)
+        test = torch.cat([b["triples"] for b in d.test_dataloader()[1]])
+        assert torch.equal(test, d.kg.with_inverse(d.kg.test))  # the test split is always ranked in full
+    assert torch.equal(picks[0], picks[1])
+    expected = torch.randperm(len(full), generator=torch.Generator().manual_seed(0))[:9].sort().values
+    assert torch.equal(picks[0], expected)
+    # more than the split holds: all of it
+    d = make_dm(tokenizer=make_tokenizer(), val_max_queries=10_000)
+    assert torch.equal(torch.cat([b["triples"] for b in d.val_dataloader()[1]]), full)
+
+
+@pytest.mark.parametrize("bad", [0, -3])
+def test_val_max_queries_must_be_positive(bad):
+    with pytest.raises(ValueError, match=f"eval.val_max_queries={bad}: expected a positive number"):
+        make_dm(val_max_queries=bad)
+
+
+def test_rerank_neighbourhoods_cover_valid_and_test_heads_once(dm):
+    a = dm.rerank_neighbourhoods(2, "cpu")
+    assert dm.rerank_neighbourhoods(2, torch.device("cpu")) is a  # built once, shared by every stage
+    assert dm.rerank_neighbourhoods(1, "cpu") is not a and a.hops == 2
+    kg = dm.kg
+    assert a.heads.tolist() == sorted(set(torch.cat([kg.valid, kg.test])[:, [0, 2]].flatten().tolist()))
+    adj = {e: set() for e in range(kg.num_entities)}
+    for h, _, t in kg.train.tolist():
+        adj[h].add(t)
+        adj[t].add(h)
+    for h in a.heads.tolist():  # two hops by hand: the head, its neighbours and theirs
+        near = {h} | adj[h]
+        assert a.members(h) == sorted(near | {x for n in adj[h] for x in adj[n]})
+
+
 def test_connect_reuses_cache():
     d = make_dm()
     tok = make_tokenizer()

@@ -16,6 +16,7 @@ from kgc_kd.data.kg import KG
 from kgc_kd.data.negatives import KnownTriples
 from kgc_kd.data.sources import load_kg
 from kgc_kd.data.tokens import TokenCache, tokenizer_fingerprint
+from kgc_kd.eval.rerank import NeighbourGraph, Neighbourhoods
 
 
 class KGDataModule(L.LightningDataModule):
@@ -36,6 +37,7 @@ class KGDataModule(L.LightningDataModule):
         tokenizer=None,
         drop_unknown: bool = False,
         link_graph: bool = False,
+        val_max_queries: int | None = None,
     ):
         super().__init__()
         self.source = source
@@ -52,6 +54,10 @@ class KGDataModule(L.LightningDataModule):
         self._token_caches: dict[str, TokenCache] = {}
         self.tokens: TokenCache | None = None
         self._known: KnownTriples | None = None
+        if val_max_queries is not None and int(val_max_queries) < 1:
+            raise ValueError(f"eval.val_max_queries={val_max_queries}: expected a positive number of queries (or null)")
+        self.val_max_queries = val_max_queries  # validation ranks this seeded subset of queries (test: all)
+        self._neighbourhoods: dict[tuple[int, str], Neighbourhoods] = {}
         if tokenizer is not None:
             self.connect(tokenizer)
 
@@ -92,10 +98,25 @@ class KGDataModule(L.LightningDataModule):
         return self._loader(rows, TrainCollator(self._require_tokens(), self.known_train, self.dedup_entities), self.batch_size,
                             shuffle=self.shuffle, drop_last=True)
 
-    def query_dataloader(self, split: str) -> DataLoader:
+    def query_dataloader(self, split: str, max_queries: int | None = None) -> DataLoader:
         triples = self.kg.with_inverse(self.kg.split(split))
         rows = torch.cat([triples, torch.arange(len(triples)).unsqueeze(1)], dim=1)  # (h, r, t, query index)
+        if max_queries is not None and max_queries < len(rows):
+            # a fixed seed: every epoch and every stage of a chain ranks the same queries, so MRRs compare
+            keep = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:max_queries]
+            rows = rows[keep.sort().values]
         return self._loader(rows, QueryCollator(self._require_tokens()), self.eval_batch_size)
+
+    def rerank_neighbourhoods(self, hops: int, device: torch.device | str) -> Neighbourhoods:
+        """Train-graph neighbourhoods of every validation and test query head (both directions), searched
+        once per (hops, device) and shared by every stage and evaluation of the run."""
+        key = (int(hops), str(torch.device(device)))
+        if key not in self._neighbourhoods:
+            kg = self.kg
+            heads = torch.cat([kg.valid, kg.test])[:, [0, 2]]
+            graph = NeighbourGraph.from_triples(kg.train, kg.num_entities, device=device)
+            self._neighbourhoods[key] = graph.neighbourhoods(heads, hops)
+        return self._neighbourhoods[key]
 
     def entity_dataloader(self) -> DataLoader:
         rows = torch.arange(self.kg.num_entities)
@@ -103,7 +124,7 @@ class KGDataModule(L.LightningDataModule):
 
     # Evaluation = two loaders in order: all entities first, then the queries ranked against them.
     def val_dataloader(self) -> list[DataLoader]:
-        return [self.entity_dataloader(), self.query_dataloader("valid")]
+        return [self.entity_dataloader(), self.query_dataloader("valid", self.val_max_queries)]
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.entity_dataloader(), self.query_dataloader("test")]

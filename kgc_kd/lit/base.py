@@ -142,7 +142,9 @@ class BiEncoderModule(L.LightningModule):
         if part.stop > part.start:
             metrics, output = evaluate_queries(
                 query_vecs[part], entity_vecs, triples[part], kg.num_relations, kg.filter_index,
-                adjacency=kg.train_graph if ev["rerank_weight"] and ev["rerank_hops"] else None,
+                # searched once per run for every validation and test head, on this device (datamodule cache)
+                adjacency=(self.trainer.datamodule.rerank_neighbourhoods(ev["rerank_hops"], entity_vecs.device)
+                           if ev["rerank_weight"] and ev["rerank_hops"] > 0 else None),
                 rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
                 topk=topk,
             )
