@@ -29,6 +29,7 @@ from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
+from kgc_kd.precision import configure_matmul, resolve_precision
 from kgc_kd.preflight import check_run, stage_settings
 from kgc_kd.reporting import write_report, write_text_atomic
 
@@ -66,6 +67,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
 
 def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
     t = {k: v for k, v in to_plain(cfg.trainer).items() if v is not None}
+    t["precision"] = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)[0]
     return {**t, **overrides}
 
 
@@ -177,6 +179,10 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     setup_s = round(time.time() - start, 2)
     print(dm.kg.summary(), flush=True)
     check_run(cfg, dm, tokenizer)  # every config/data/model mismatch fails here, before anything is written
+    precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    matmul = configure_matmul(cfg.trainer.accelerator)
+    print(f"precision: {precision} ({why})" + (f"; float32 matmul precision {matmul} (TF32)" if matmul else ""),
+          flush=True)
 
     run_dir = Path(cfg.run.root) / run_name(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -193,7 +199,8 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
               "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
               "untrained_eval_s": chain.state.get("untrained_eval_s"), "peak_rss_mib": peak_rss_mib(),
-              "data_checks": data_checks(dm)}
+              "data_checks": data_checks(dm), "precision": precision, "precision_reason": why,
+              "float32_matmul_precision": matmul}
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)

@@ -79,7 +79,7 @@ class TrainerCfg:
     devices: Any = 1  # multi-GPU is opt-in (conf/trainer/ddp.yaml) until negatives are gathered across ranks
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: str = "32-true"
+    precision: Optional[str] = None  # None: bf16-mixed on a CUDA device with bf16, else 32-true (kgc_kd/precision.py)
     max_epochs: int = 1  # per stage unless the stage (or teacher.epochs) says otherwise
     max_steps: int = -1
     gradient_clip_val: float = 10.0
@@ -308,7 +308,7 @@ def validate(cfg: DictConfig) -> None:
         (cfg.eval.val_max_queries is None or cfg.eval.val_max_queries >= 1,
          f"eval.val_max_queries={cfg.eval.val_max_queries}: expected a positive number of queries (or null: all)"),
         (cfg.run.logger in ("wandb", "csv", "none"), f"run.logger={cfg.run.logger!r}: expected wandb, csv or none"),
-        (cfg.trainer.precision in PRECISIONS, f"trainer.precision={cfg.trainer.precision!r}: expected one of {PRECISIONS}"),
+        (cfg.trainer.precision is None or cfg.trainer.precision in PRECISIONS, f"trainer.precision={cfg.trainer.precision!r}: expected one of {PRECISIONS}"),
         (cfg.distill.score_loss in ("mse", "kl"), f"distill.score_loss={cfg.distill.score_loss!r}: expected mse or kl"),
         (cfg.distill.mgfd in ("pmd", "generation"), f"distill.mgfd={cfg.distill.mgfd!r}: expected pmd or generation"),
     ]
