@@ -241,6 +241,7 @@ def _pb_string(field: int, text: str) -> bytes:
     return bytes([(field << 3) | 2, len(data)]) + data
 
 
+@pytest.mark.slow  # a child process
 def test_wandb_offline_groups_the_chains_and_logs_the_table(compared, tmp_path):
     """A fresh process (wandb keeps process-wide state): the chain's stage runs are in the comparison's
     group, and the comparison's own run, in the same group, holds the table and the plot."""
