@@ -1,7 +1,7 @@
 # kgc-kd developer commands. `make help` lists them.
 PYTHON ?= python
 
-.PHONY: help install test smoke fit bench clean
+.PHONY: help install test smoke fit compare bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,11 @@ smoke:  ## the default chain end to end with two training batches per stage (~2 
 
 fit:  ## the embedded default run (UMLS + packaged MiniLM)
 	$(PYTHON) -m kgc_kd.fit
+
+COMPARE_ARGS ?= --objectives none,pmd,makd --seeds 3 config=conf/experiment/compare_umls.yaml
+
+compare:  ## objectives x seeds on one teacher (UMLS): runs/compare/<name>/compare.md (~1 h on 2 CPU cores)
+	$(PYTHON) -m kgc_kd.compare $(COMPARE_ARGS)
 
 bench:  ## benchmark harness: runs/bench/bench.json + bench.md (MiniLM on UMLS; ~25 min on 2 CPU cores)
 	WANDB_MODE=disabled $(PYTHON) -m kgc_kd.bench $(BENCH_ARGS)
