@@ -89,14 +89,17 @@ SCALING_KEYS = {"num_entities", "num_queries", "dim", "chunk_size", "rank_s", "q
                 "peak_delta_mib", "memory_method", "embeddings_mib", "chunk_working_set_mib", "mrr"}
 
 
-def brute_force_mrr(qv, ent, queries, num_relations, forward_triples) -> float:
+def brute_force_mrr(qv, ent, queries, num_relations, forward_triples, boost=None) -> float:
     """Filtered realistic ranks by hand (float64 scores, a Python set of known answers per (h, r)), MRR as
-    the unweighted mean of the tail and head directions (SimKGC's convention, as direction_metrics)."""
+    the unweighted mean of the tail and head directions (SimKGC's convention, as direction_metrics).
+    `boost`: a (Q, E) bonus added to the scores first (graph re-ranking)."""
     known = defaultdict(set)
     for h, r, t in forward_triples.tolist():
         known[(h, r)].add(t)
         known[(t, r + num_relations)].add(h)
     scores = qv.double() @ ent.double().T
+    if boost is not None:
+        scores = scores + boost.double()
     recip = {False: [], True: []}
     for i, (h, r, t) in enumerate(queries.tolist()):
         s, gold = scores[i], float(scores[i, t])
@@ -129,7 +132,7 @@ def test_synthetic_ranking_matches_a_brute_force_ranking(monkeypatch):
     assert 0 < r["mrr"] <= 1
     assert r["rank_s"] > 0 and r["queries_ranked_per_s"] == pytest.approx(n_q / r["rank_s"])
     assert r["embeddings_mib"] == pytest.approx((n_e + n_q) * dim * 4 / MIB)
-    assert r["chunk_working_set_mib"] == pytest.approx(7 * n_e * 5 / MIB)
+    assert r["chunk_working_set_mib"] == pytest.approx(7 * n_e * 8 / MIB)
 
     q, train_and_test = seen["queries"], seen["filter_sets"]
     train, test = train_and_test
@@ -154,9 +157,85 @@ def test_synthetic_ranking_odd_query_count():
     assert evaluation.synthetic_ranking(30, 7, dim=8)["num_queries"] == 7
 
 
+# ---- evaluation.rerank_evaluation ---------------------------------------------------------------------------
+def write_kgbert(d, seed: int = 0, num_entities: int = 40, num_relations: int = 3):
+    """A small random KG in the KG-BERT layout (as WN18RR ships: "lemma, definition" texts)."""
+    g = torch.Generator().manual_seed(seed)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "entity2text.txt").write_text("".join(f"e{i}\tword{i}, a thing number {i}\n" for i in range(num_entities)))
+    (d / "relation2text.txt").write_text("".join(f"r{i}\trelation {i}\n" for i in range(num_relations)))
+    triples = torch.stack([torch.randint(0, num_entities, (140,), generator=g),
+                           torch.randint(0, num_relations, (140,), generator=g),
+                           torch.randint(0, num_entities, (140,), generator=g)], dim=1).unique(dim=0)
+    triples = triples[torch.randperm(len(triples), generator=g)]
+    for name, part in (("test.tsv", triples[:10]), ("dev.tsv", triples[10:20]), ("train.tsv", triples[20:])):
+        (d / name).write_text("".join(f"e{h}\tr{r}\te{t}\n" for h, r, t in part.tolist()))
+    return d
+
+
+def bfs(adj, start, hops):
+    seen, frontier = {start}, [start]
+    for _ in range(hops):
+        frontier = [nb for node in frontier for nb in adj[node] if nb not in seen and not seen.add(nb)]
+    return sorted(seen)
+
+
+def test_rerank_evaluation_measures_the_reranked_ranking(tmp_path):
+    from kgc_kd.data.sources import load_kg
+
+    d = write_kgbert(tmp_path / "kg")
+    r = evaluation.rerank_evaluation(d, hops=2, weight=0.05, warmup=0, repeats=1, dim=16, chunk_size=7)
+    kg = load_kg(str(d), name_separator=", ")
+    assert (r["num_entities"], r["num_queries"], r["hops"], r["weight"]) == (40, 2 * len(kg.test), 2, 0.05)
+    for key in ("graph_build_s", "neighbourhood_s", "rank_rerank_s", "rank_plain_s", "matmul_s"):
+        assert r[key] > 0, key
+    assert r["queries_per_s"] == pytest.approx(r["num_queries"] / r["rank_rerank_s"])
+    # neighbourhoods and MRR against an independent reference: a Python BFS and a brute-force ranking
+    adj = defaultdict(set)
+    for h, _, t in kg.train.tolist():
+        adj[h].add(t)
+        adj[t].add(h)
+    queries, ent, qv = evaluation.rerank_problem(kg, dim=16)
+    heads = sorted(set(queries[:, 0].tolist()))
+    assert r["num_heads"] == len(heads) and r["cut_off_heads"] == 0
+    assert r["mean_neighbourhood"] == pytest.approx(sum(len(bfs(adj, h, 2)) for h in heads) / len(heads))
+    boost = torch.zeros(len(queries), 40)
+    for i, h in enumerate(queries[:, 0].tolist()):
+        boost[i, bfs(adj, h, 2)] = 0.05
+    forward = torch.cat([kg.train, kg.valid, kg.test])
+    assert r["mrr"] == pytest.approx(brute_force_mrr(qv, ent, queries, kg.num_relations, forward, boost), rel=1e-6)
+    assert r["mrr"] != pytest.approx(brute_force_mrr(qv, ent, queries, kg.num_relations, forward), rel=1e-6)
+
+
+def test_rerank_section_without_data_is_skipped_or_an_error(tmp_path, tiny_plm_dir, capsys, monkeypatch):
+    from kgc_kd.bench import __main__ as bench_main
+    from kgc_kd.bench.__main__ import main
+
+    assert "rerank" in bench_main.SECTIONS
+    absent = tmp_path / "no-wn18rr"
+    argv = ["--out", str(tmp_path / "b" / "bench.json"), "--rerank-data", str(absent), "--warmup", "0",
+            "--repeats", "1", "data.source=synthetic", f"model.plm={tiny_plm_dir}"]
+    with pytest.raises(SystemExit) as exc:  # asked for by name: exit 2 before anything is written
+        main(argv + ["--sections", "rerank"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"no WN18RR in the KG-BERT layout at {absent}" in err and "--rerank-data DIR" in err
+    assert not (tmp_path / "b").exists()
+    # among the default sections (here only two, to keep the test short): skipped, and said so on stderr,
+    # in the JSON and in the table, while the other sections run
+    monkeypatch.setattr(bench_main, "SECTIONS", ("scaling", "rerank"))
+    b = main(argv + ["--scale-entities", "50", "--scale-queries", "8"])
+    assert b["rerank_evaluation"]["skipped"].startswith(f"no WN18RR in the KG-BERT layout at {absent}")
+    assert [r["num_entities"] for r in b["eval_scaling"]] == [50]
+    assert "rerank section skipped: no WN18RR" in capsys.readouterr().err
+    md = (tmp_path / "b" / "bench.md").read_text()
+    assert f"## Re-ranked filtered ranking\n\nskipped: no WN18RR in the KG-BERT layout at {absent}" in md
+
+
 # ---- table.format_tables ------------------------------------------------------------------------------------
 HEADERS = {"matmul_peak": "## Matmul peak", "train_step": "## Training step", "evaluation": "## Evaluation",
-           "eval_scaling": "## Ranking memory vs entities", "stages": "## Stages", "chain": "## Chain"}
+           "eval_scaling": "## Ranking memory vs entities", "rerank_evaluation": "## Re-ranked filtered ranking",
+           "stages": "## Stages", "chain": "## Chain"}
 
 
 def minimal_result(**sections) -> dict:
@@ -195,8 +274,10 @@ def test_format_tables_chain_with_missing_phases():
 
 # ---- the whole harness --------------------------------------------------------------------------------------
 def bench_argv(tmp_path, plm, *extra) -> list[str]:
+    kg = write_kgbert(tmp_path / "kgbert")
     return ["--out", str(tmp_path / "bench.json"), "--scale-entities", "50", "200", "--scale-queries", "64",
-            "--matmul-n", "64", "--warmup", "1", "--repeats", "1", "--device", "cpu",
+            "--matmul-n", "64", "--warmup", "1", "--repeats", "1", "--device", "cpu", "--rerank-data", str(kg),
+            "--rerank-hops", "2",
             "data.source=synthetic", f"model.plm={plm}", "trainer.accelerator=cpu", "data.batch_size=16",
             "data.max_length=16", "teacher.epochs=1", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
             "eval.untrained_baseline=false", "stages=[{name: s1, layers: 1, prune_vocab: true, shared_encoder: true}]",
@@ -240,6 +321,11 @@ def test_whole_harness_on_a_tiny_model(tmp_path, tiny_plm_dir, capsys):
     assert [r["num_entities"] for r in sc] == [50, 200] and all(r["num_queries"] == 64 for r in sc)
     assert all(set(r) == SCALING_KEYS | {"process_peak_mib"} and 0 < r["mrr"] <= 1 for r in sc)
     assert all(r["process_peak_mib"] > 0 for r in sc)  # each size ran in its own process
+
+    # re-ranking on the small KG-BERT directory
+    rr = b["rerank_evaluation"]
+    assert (rr["num_entities"], rr["hops"], rr["weight"], rr["chunk_size"]) == (40, 2, 0.05, 256)
+    assert rr["neighbourhood_s"] > 0 and rr["rank_rerank_s"] > 0 and 0 < rr["mrr"] <= 1
 
     # stages: the pruned, shared 1-layer student against the teacher
     teacher, s1 = b["stages"]

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from kgc_kd.eval.ranks import Ranks, rank_gold
+from kgc_kd.eval.ranks import RankCounter, Ranks, rank_gold
 
 
 def _as_tuple(r: Ranks, i: int = 0) -> tuple[float, float, float]:
@@ -148,6 +148,36 @@ def test_excluded_pairs_hand_computed():
     assert _as_tuple(r, 1) == (3.0, 3.0, 3.0)
     empty = torch.empty(0, dtype=torch.long)
     assert _as_tuple(rank_gold(scores, gold, (empty, empty)), 1) == (4.0, 4.0, 4.0)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_counter_in_chunks_equals_the_reference(seed):
+    g = torch.Generator().manual_seed(seed)
+    q, e = 23, 11
+    scores = torch.randint(0, 4, (q, e), generator=g).float()
+    scores[torch.rand(q, e, generator=g) < 0.1] = float("nan")
+    gold = torch.randint(0, e, (q,), generator=g)
+    exclude = torch.rand(q, e, generator=g) < 0.3
+    rows, cols = exclude.nonzero(as_tuple=True)
+    shuffle = torch.randperm(len(rows), generator=g)  # pairs in any order
+    counter = RankCounter(gold, e, rows[shuffle], cols[shuffle])
+    for start, stop in [(10, 23), (0, 4), (4, 10)]:  # chunks in any order; a non-contiguous block
+        counter.add(start, scores[start:stop].T.contiguous().T)
+    r = counter.ranks()
+    assert [_as_tuple(r, i) for i in range(q)] == [tuple(map(float, x)) for x in slow_ranks(scores, gold, exclude)]
+
+
+def test_rank_counter_checks():
+    counter = RankCounter(torch.tensor([0, 1, 2]), 4)
+    counter.add(0, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="1 of 3 queries got no score rows"):
+        counter.ranks()
+    with pytest.raises(ValueError, match=r"rows \[2, 4\) outside the 3 queries"):
+        counter.add(2, torch.zeros(2, 4))
+    with pytest.raises(ValueError, match=r"scores must be \(n, 4\)"):
+        counter.add(2, torch.zeros(1, 5))
+    with pytest.raises(ValueError, match=r"gold ids must lie in \[0, 4\)"):
+        RankCounter(torch.tensor([4]), 4)
 
 
 def test_input_validation():

@@ -196,10 +196,14 @@ def test_apply_rerank_equals_simkgc_index_add(seed, dtype):
 
 def test_apply_rerank_workspace_is_used(graph):
     nb = graph.neighbourhoods([3], 1)
-    ws = torch.full((NUM_ENTITIES + 1,), 7.0)  # ceil(7 / 8) * 8 elements
+    assert nb.unpacked_width == 64  # 7 entities, one int64 word of bits per head
+    ws = torch.full((64,), 7.0)
     scores = apply_rerank_(torch.zeros(1, NUM_ENTITIES), torch.tensor([3]), nb, 0.5, workspace=ws)
     assert scores[0].tolist() == [0, 0, 0.5, 0.5, 0.5, 0, 0]
-    assert ws[:NUM_ENTITIES].tolist() == scores[0].tolist()
+    assert ws.tolist() == scores[0].tolist() + [0.0] * 57
+    for bad in (torch.zeros(63), torch.zeros(64, dtype=torch.float64), torch.zeros(128)[::2]):
+        with pytest.raises(ValueError, match="contiguous torch.float32 tensor of at least 64 elements"):
+            apply_rerank_(torch.zeros(1, NUM_ENTITIES), torch.tensor([3]), nb, 0.5, workspace=bad)
 
 
 def test_apply_rerank_noop_and_checks(graph):

@@ -4,7 +4,9 @@ Writes OUT (JSON, every figure with its spread and how it was taken) and OUT wit
 table). Sections (`--sections`, default all): `peak` matmul peak per precision, `train` training-step
 throughput and FLOP utilisation of the teacher and a student stage at fp32 and bf16-mixed, `eval`
 encoding/ranking speed and peak memory of a full evaluation on the configured KG, `scaling` ranking
-memory/time on random embeddings for growing entity counts, `stages` parameters and latency of every
+memory/time on random embeddings for growing entity counts, `rerank` SimKGC's graph re-ranking on WN18RR
+(`--rerank-data`, a KG-BERT directory) from random vectors, neighbourhood search and ranking timed
+apart, `stages` parameters and latency of every
 stage against the teacher, `chain` the default chain end to end (time by stage and phase, peak memory).
 `key=value` items configure the model and data exactly as for `kgc_kd.fit` (the chain gets them too),
 so tiny models make the harness fast in tests. Every ratio is taken within the same invocation.
@@ -29,20 +31,28 @@ from kgc_kd.lit.kgc_module import build_biencoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.reporting import write_json_atomic, write_text_atomic
 
-SECTIONS = ("peak", "train", "eval", "scaling", "stages", "chain")
+SECTIONS = ("peak", "train", "eval", "scaling", "rerank", "stages", "chain")
+# WN18RR for the rerank section: the benchmark (never the project at run time) may read the shared copy
+DEFAULT_RERANK_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wn18rr"
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m kgc_kd.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench/bench.json", help="the JSON file (the table goes next to it)")
-    ap.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="default: all")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs before each measurement")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs; figures are their median")
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the square matmul that measures the peak")
     ap.add_argument("--stage", type=int, default=0, help="index of the student stage whose step is timed")
     ap.add_argument("--scale-entities", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     ap.add_argument("--scale-queries", type=int, default=10_000)
+    ap.add_argument("--rerank-data", default=str(DEFAULT_RERANK_DATA),
+                    help="WN18RR in the KG-BERT layout for the rerank section (default: ../shared/data/wn18rr "
+                         "next to the repository)")
+    ap.add_argument("--rerank-hops", type=int, default=5, help="as conf/experiment/wn18rr_*.yaml (eval.rerank_hops)")
+    ap.add_argument("--rerank-weight", type=float, default=0.05,
+                    help="as conf/experiment/wn18rr_*.yaml (eval.rerank_weight)")
     ap.add_argument("--chain-run", help="read this finished run's report instead of running the chain")
     ap.add_argument("--run", help="measure this finished run's exported stages (section stages)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -65,6 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
+    sections = set(args.sections or SECTIONS)
+    missing = evaluation.missing_kgbert_files(args.rerank_data) if "rerank" in sections else []
+    rerank_skip = (f"no WN18RR in the KG-BERT layout at {args.rerank_data} (missing: {', '.join(missing)}); "
+                   "give the directory with --rerank-data DIR") if missing else None
+    if rerank_skip and args.sections:  # asked for by name: an error before anything runs
+        print(f"error: rerank section: {rerank_skip}", file=sys.stderr)
+        raise SystemExit(2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.model.plm)
@@ -78,7 +95,6 @@ def main(argv: list[str] | None = None) -> dict:
         write_json_atomic(out, result)
         write_text_atomic(out.with_suffix(".md"), format_tables(result) + "\n")
 
-    sections = set(args.sections)
     if "peak" in sections or "train" in sections:
         result["matmul_peak"] = {p: peak.matmul_peak(p, n=args.matmul_n, device=args.device, **rw) for p in PRECISIONS}
         save()
@@ -106,6 +122,15 @@ def main(argv: list[str] | None = None) -> dict:
         result["eval_scaling"] = [evaluation.synthetic_ranking_process(n, args.scale_queries, chunk_size=cfg.eval.chunk_size,
                                                                        device=args.device)
                                   for n in args.scale_entities]
+        save()
+    if "rerank" in sections:
+        if rerank_skip:
+            print(f"rerank section skipped: {rerank_skip}", file=sys.stderr, flush=True)
+            result["rerank_evaluation"] = {"skipped": rerank_skip}
+        else:
+            result["rerank_evaluation"] = evaluation.rerank_evaluation(
+                args.rerank_data, hops=args.rerank_hops, weight=args.rerank_weight, chunk_size=cfg.eval.chunk_size,
+                device=args.device, **rw)
         save()
     if "stages" in sections:
         models = stages.exported_models(args.run) if args.run else stages.chain_models(cfg, dm, tokenizer)

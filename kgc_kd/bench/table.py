@@ -49,6 +49,25 @@ def format_tables(b: dict) -> str:
                           _f(r["embeddings_mib"]), _f(r["chunk_working_set_mib"])] for r in b["eval_scaling"]])
         lines += ["", "process peak: a fresh process doing only this ranking (torch included); own: its growth "
                   "while ranking (one chunk's scores and masks, reused across chunks).", ""]
+    if "rerank_evaluation" in b:
+        r = b["rerank_evaluation"]
+        if "skipped" in r:
+            lines += ["## Re-ranked filtered ranking", "", f"skipped: {r['skipped']}", ""]
+        else:
+            lines += [f"## Re-ranked filtered ranking ({r['data'].split(':')[0]} {r['split']}: {r['num_queries']} queries x "
+                      f"{r['num_entities']} entities, {r['hops']} hops, weight {r['weight']:g}; random {r['dim']}-d "
+                      "vectors)", ""]
+            lines += _table(["heads", "mean neighbourhood", "cut off", "graph (s)", "neighbourhoods (s)",
+                             "rank + re-rank (s)", "rank alone (s)", "scores alone (s)", "queries/s", "peak MiB",
+                             "ranking's own MiB"],
+                            [[str(r["num_heads"]), _f(r["mean_neighbourhood"]), str(r["cut_off_heads"]),
+                              _f(r["graph_build_s"], "{:.2f}"), _f(r["neighbourhood_s"], "{:.2f}"),
+                              _f(r["rank_rerank_s"], "{:.2f}"), _f(r["rank_plain_s"], "{:.2f}"),
+                              _f(r.get("matmul_s"), "{:.2f}"),
+                              _f(r["queries_per_s"]), _f(r["peak_mib"]), _f(r["peak_delta_mib"])]])
+            lines += ["", "graph and neighbourhoods: once per run (every stage reuses them); rank: scores, re-ranking "
+                      f"bonus, filtering and ranks of every query, chunk {r['chunk_size']}; scores alone: just the "
+                      "float32 query x entity products, the floor of any exact ranking.", ""]
     if "stages" in b:
         lines += ["## Stages: size and inference latency", ""]
         lines += _table(["stage", "layers", "shared", "vocab", "params", "vs teacher", "query batch ms",

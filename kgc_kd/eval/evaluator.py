@@ -19,8 +19,8 @@ from torch import Tensor
 
 from .filter import FilterIndex, QueryAnswers
 from .metrics import direction_metrics
-from .ranks import Ranks, rank_gold
-from .rerank import Adjacency, NeighbourGraph, Neighbourhoods, apply_rerank_
+from .ranks import RankCounter, Ranks
+from .rerank import Adjacency, NeighbourGraph, Neighbourhoods
 
 __all__ = ["RankingOutput", "rank_all_entities", "evaluate_queries", "build_filter_index"]
 
@@ -49,19 +49,19 @@ def build_filter_index(triple_sets: Iterable[Tensor | Sequence[Sequence[int]]], 
 
 def _known_pairs(known: Sequence[Tensor | Sequence[int]] | QueryAnswers,
                  device: torch.device) -> tuple[Tensor, Tensor]:
-    """(rows, cols) of every known answer of a chunk of queries, each position once."""
+    """(rows, cols) of every known answer of every query, each position once, sorted by query."""
     if isinstance(known, QueryAnswers):
-        return known.pairs(device)  # distinct by construction
-    cols = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in known]
-    lengths = torch.tensor([c.numel() for c in cols], dtype=torch.long)
-    if int(lengths.sum()) == 0:
-        empty = torch.empty(0, dtype=torch.long, device=device)
-        return empty, empty.clone()
-    rows = torch.repeat_interleave(torch.arange(len(known)), lengths)
-    flat = torch.cat(cols)
-    width = int(flat.max()) + 1
-    codes = torch.unique(rows * width + flat)  # a plain list may repeat an answer
-    return (codes // width).to(device), (codes % width).to(device)
+        rows, cols = known.pairs()  # distinct by construction, query by query
+    else:
+        lists = [torch.as_tensor(k, dtype=torch.long).reshape(-1) for k in known]
+        lengths = torch.tensor([c.numel() for c in lists], dtype=torch.long)
+        rows = torch.repeat_interleave(torch.arange(len(known)), lengths)
+        cols = torch.cat(lists) if lists else torch.empty(0, dtype=torch.long)
+        if len(cols):
+            width = int(cols.max()) + 1
+            codes = torch.unique(rows * width + cols)  # a plain list may repeat an answer; sorted by query
+            rows, cols = codes // width, codes % width
+    return rows.to(device), cols.to(device)
 
 
 def _neighbourhoods(adjacency: Neighbourhoods | NeighbourGraph | Adjacency, heads: Tensor, hops: int,
@@ -130,18 +130,24 @@ def rank_all_entities(
         nbrs = _neighbourhoods(adjacency, heads, rerank_hops, num_e, device)
 
     k = min(topk, num_e)
-    rank_parts: list[Ranks] = []
     id_parts: list[Tensor] = []
     score_parts: list[Tensor] = []
 
     # One workspace for all chunks (scores, comparison results): a fresh (chunk, E) block per chunk would be
     # released to the allocator each time and, with glibc's growing mmap threshold, kept as fragmented
     # heap, so resident memory grew with the number of chunks instead of staying at one chunk's working
-    # set. Known answers are never a (chunk, E) mask: rank_gold subtracts them, top-k overwrites them.
+    # set. Known answers are never a (chunk, E) mask: the counter subtracts them, top-k overwrites them.
+    # Everything per query (known answers, neighbourhood rows, the weighted bit table) is looked up once,
+    # so a chunk runs a fixed handful of operations: a busy machine pays per operation, not per element.
     rows_max = min(chunk_size, num_q)
     score_buf = torch.empty(rows_max, num_e, device=device)
     compare_buf = torch.empty(rows_max, num_e, device=device)
-    bonus_buf = torch.empty(rows_max * nbrs.bits.shape[1] * 8, device=device) if nbrs is not None else None
+    known_rows, known_cols = _known_pairs(known_answers, device)
+    counter = RankCounter(gold, num_e, known_rows, known_cols, device=device)
+    if nbrs is not None:
+        slots = nbrs.checked_slots(heads)
+        table = nbrs.table(float(rerank_weight), torch.float32)  # the weight as SimKGC's float32 bonus holds it
+        bonus_buf = torch.empty(rows_max * nbrs.unpacked_width, device=device)
 
     with torch.no_grad():
         ent = entity_vecs.detach().float()
@@ -149,24 +155,22 @@ def rank_all_entities(
             stop = min(start + chunk_size, num_q)
             n = stop - start
             q = query_vecs[start:stop].to(device=device, dtype=torch.float32)
-            g = gold[start:stop].to(device)
             scores = torch.mm(q, ent.T, out=score_buf[:n])
-            if nbrs is not None:
-                apply_rerank_(scores, heads[start:stop], nbrs, rerank_weight, workspace=bonus_buf)
-            rows, cols = _known_pairs(known_answers[start:stop], device)
-            rank_parts.append(rank_gold(scores, g, (rows, cols), workspace=compare_buf[:n]).cpu())
+            if nbrs is not None:  # + weight once per (query, neighbour); + 0 elsewhere changes nothing
+                scores.add_(nbrs.unpack(slots[start:stop], table, out=bonus_buf))
+            counter.add(start, scores, compare_buf[:n])
             if k > 0:
-                others = cols != g[rows]
-                scores[rows[others], cols[others]] = float("-inf")
+                rows, cols = counter.excluded(start, stop)  # known answers but the gold
+                scores[rows, cols] = float("-inf")
                 filtered = scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
                 top_s, top_i = filtered.topk(k, dim=1)
                 top_i = top_i.masked_fill(torch.isneginf(top_s), -1)
-                id_parts.append(top_i.cpu())
-                score_parts.append(top_s.cpu())
+                id_parts.append(top_i)
+                score_parts.append(top_s)
 
-    ranks = Ranks.cat(rank_parts)
+    ranks = counter.ranks().cpu()
     if k > 0:
-        return RankingOutput(ranks, torch.cat(id_parts), torch.cat(score_parts))
+        return RankingOutput(ranks, torch.cat(id_parts).cpu(), torch.cat(score_parts).cpu())
     if topk > 0:  # no entities at all
         return RankingOutput(ranks, torch.empty(num_q, 0, dtype=torch.long), torch.empty(num_q, 0))
     return RankingOutput(ranks, None, None)

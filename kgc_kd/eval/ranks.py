@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RANK_TYPES", "Ranks", "rank_gold"]
+__all__ = ["RANK_TYPES", "Ranks", "RankCounter", "rank_gold"]
 
 RANK_TYPES = ("optimistic", "pessimistic", "realistic")
 
@@ -55,23 +55,114 @@ class Ranks:
         )
 
 
+class RankCounter:
+    """Filtered ranks of the gold of Q queries, fed score rows chunk by chunk (`add`), read once (`ranks`).
+
+    Per chunk only dense work runs: the gold's score, and two whole-row comparisons (greater, greater or
+    equal) written as 0.0/1.0 into a float32 workspace and summed as floats (exact: every partial sum is an
+    integer below 2^24, float64 sums beyond that; far faster than summing bools on CPU). Known answers
+    are not masked: their scores are gathered (a few per query), and `ranks` subtracts those that counted,
+    for every query at once. So a chunk costs a fixed handful of operations, whatever its known answers.
+    """
+
+    def __init__(self, gold: Tensor, num_entities: int, exclude_rows: Tensor | None = None,
+                 exclude_cols: Tensor | None = None, *, device: torch.device | str | None = None):
+        """`exclude_rows`/`exclude_cols`: distinct (query, entity) positions of the known answers, the
+        gold's own among them or not (it is always kept)."""
+        device = torch.device(device) if device is not None else torch.as_tensor(gold).device
+        self.gold = torch.as_tensor(gold).long().reshape(-1).to(device)
+        num_q = len(self.gold)
+        if num_q and (int(self.gold.min()) < 0 or int(self.gold.max()) >= num_entities):
+            raise ValueError(f"gold ids must lie in [0, {num_entities}), got range "
+                             f"[{int(self.gold.min())}, {int(self.gold.max())}]")
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        rows = empty if exclude_rows is None else torch.as_tensor(exclude_rows).long().reshape(-1).to(device)
+        cols = empty if exclude_cols is None else torch.as_tensor(exclude_cols).long().reshape(-1).to(device)
+        if rows.shape != cols.shape:
+            raise ValueError(f"exclude rows and cols differ in length: {rows.shape[0]} and {cols.shape[0]}")
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= num_q or int(cols.min()) < 0
+                          or int(cols.max()) >= num_entities):
+            raise ValueError(f"exclude positions must lie in [0, {num_q}) x [0, {num_entities})")
+        keep = cols != self.gold[rows]
+        rows, cols = rows[keep], cols[keep]
+        if len(rows) > 1 and not bool((rows[1:] >= rows[:-1]).all()):
+            order = torch.argsort(rows, stable=True)
+            rows, cols = rows[order], cols[order]
+        self.rows, self.cols = rows, cols
+        self._flat = rows * num_entities + cols  # position in a row-major block whose first row is query 0
+        # pairs of queries [a, b): [offsets[a], offsets[b])
+        self.offsets = torch.searchsorted(self.rows, torch.arange(num_q + 1, device=device)).tolist()
+        self.num_entities = num_entities
+        sum_dtype = torch.float32 if num_entities < 2**24 else torch.float64
+        self.gold_raw = torch.full((num_q,), float("nan"), device=device)
+        self.greater = torch.zeros(num_q, dtype=sum_dtype, device=device)
+        self.not_smaller = torch.zeros(num_q, dtype=sum_dtype, device=device)
+        self.pair_scores = torch.full((len(self.rows),), float("nan"), device=device)
+        self.seen = torch.zeros(num_q, dtype=torch.bool, device=device)
+
+    def excluded(self, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """(rows relative to `start`, cols) of the known answers (gold excluded) of queries [start, stop)."""
+        a, b = self.offsets[start], self.offsets[stop]
+        return self.rows[a:b] - start, self.cols[a:b]
+
+    def add(self, start: int, scores: Tensor, workspace: Tensor | None = None) -> None:
+        """Score rows of queries [start, start + len(scores)). Scores are read (float32; lower precision is
+        upcast, a copy), never modified; `workspace` is a float32 tensor of their shape (else allocated)."""
+        if scores.ndim != 2 or scores.shape[1] != self.num_entities:
+            raise ValueError(f"scores must be (n, {self.num_entities}), got shape {tuple(scores.shape)}")
+        n = scores.shape[0]
+        stop = start + n
+        if start < 0 or stop > len(self.gold):
+            raise ValueError(f"rows [{start}, {stop}) outside the {len(self.gold)} queries")
+        s = scores.float()
+        raw = torch.gather(s, 1, self.gold[start:stop].unsqueeze(1))
+        self.gold_raw[start:stop] = raw[:, 0]
+        # a NaN gold ranks last (-inf), so a broken model cannot look good; NaN candidates never count
+        gold_score = torch.nan_to_num(raw, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        if workspace is None:
+            workspace = torch.empty(s.shape, dtype=torch.float32, device=s.device)
+        elif workspace.shape != s.shape or workspace.dtype != torch.float32:
+            raise ValueError(f"workspace must be a float32 tensor of shape {tuple(s.shape)}")
+        torch.sum(torch.gt(s, gold_score, out=workspace), dim=1, dtype=self.greater.dtype,
+                  out=self.greater[start:stop])
+        torch.sum(torch.ge(s, gold_score, out=workspace), dim=1, dtype=self.not_smaller.dtype,
+                  out=self.not_smaller[start:stop])
+        a, b = self.offsets[start], self.offsets[stop]
+        if b > a:
+            self.pair_scores[a:b] = torch.take(s, self._flat[a:b] - start * self.num_entities)
+        self.seen[start:stop] = True
+
+    def ranks(self) -> Ranks:
+        """Optimistic, pessimistic and realistic ranks of every query (on the counter's device)."""
+        if not bool(self.seen.all()):
+            raise ValueError(f"{int((~self.seen).sum())} of {len(self.gold)} queries got no score rows")
+        gold_score = torch.nan_to_num(self.gold_raw, nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+        # the whole-row counts included the gold itself (greater or equal to itself unless NaN) and every
+        # known answer that beat or tied it: subtract them
+        greater = self.greater.long()
+        not_smaller = self.not_smaller.long() - (self.gold_raw >= gold_score).long()
+        if len(self.rows):
+            g = gold_score[self.rows]
+            greater -= torch.zeros_like(greater).index_add_(0, self.rows, (self.pair_scores > g).long())
+            not_smaller -= torch.zeros_like(greater).index_add_(0, self.rows, (self.pair_scores >= g).long())
+        optimistic = (1 + greater).float()
+        pessimistic = (1 + not_smaller).float()
+        return Ranks(optimistic=optimistic, pessimistic=pessimistic, realistic=0.5 * (optimistic + pessimistic))
+
+
 def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | tuple[Tensor, Tensor] | None = None, *,
               workspace: Tensor | None = None) -> Ranks:
     """Filtered rank of ``gold`` in each row of ``scores`` (higher score = better).
 
     ``exclude`` marks the other known answers: they must not push the gold down, so they are dropped
     from the comparison. Give it as a (Q, E) bool mask, or as a pair ``(rows, cols)`` of index tensors
-    listing distinct (query, entity) positions: no (Q, E) mask is then built, the comparisons run over
-    whole rows and the excluded positions are subtracted afterwards. The gold itself is always kept, even
-    if it is marked (known-answer lists usually contain it). NaN candidates never count. A NaN *gold*
-    score is treated as -inf (worst rank) rather than silently ranked first, so a broken model cannot
-    look good.
+    listing distinct (query, entity) positions. The gold itself is always kept, even if it is marked
+    (known-answer lists usually contain it). NaN candidates never count. A NaN *gold* score is treated as
+    -inf (worst rank) rather than silently ranked first, so a broken model cannot look good.
 
     Comparisons are in float32: low-precision scores are upcast (a copy), and ``scores`` is never
-    modified. Each comparison is written as 0.0/1.0 into ``workspace``, a (Q, E) float32 tensor
-    (allocated when not given; chunked evaluation passes one buffer for every chunk), and summed as
-    floats: exact, since every partial sum is an integer below 2^24 (float64 sums beyond that), and far
-    faster than summing bools on CPU.
+    modified. ``workspace``, a (Q, E) float32 tensor, receives the comparisons (see `RankCounter`, which
+    this runs for one chunk).
     """
     if scores.ndim != 2:
         raise ValueError(f"scores must be (Q, E), got shape {tuple(scores.shape)}")
@@ -79,52 +170,14 @@ def rank_gold(scores: Tensor, gold: Tensor, exclude: Tensor | tuple[Tensor, Tens
     gold = torch.as_tensor(gold, device=scores.device).long().reshape(-1)
     if gold.shape[0] != num_q:
         raise ValueError(f"gold has {gold.shape[0]} entries for {num_q} score rows")
-    if num_q and (int(gold.min()) < 0 or int(gold.max()) >= num_e):
-        raise ValueError(f"gold ids must lie in [0, {num_e}), got range [{int(gold.min())}, {int(gold.max())}]")
-
-    s = scores.float()  # no copy if already float32; we only read from it
-    rows = torch.arange(num_q, device=scores.device)
-    gold_score = s[rows, gold]
-    gold_score = torch.where(torch.isnan(gold_score), torch.full_like(gold_score, float("-inf")), gold_score)
-    gold_score = gold_score.unsqueeze(1)
-
-    mask: Tensor | None = None
-    pairs: tuple[Tensor, Tensor] | None = None
     if isinstance(exclude, tuple):
-        pr, pc = (torch.as_tensor(x, device=scores.device).long().reshape(-1) for x in exclude)
-        if pr.shape != pc.shape:
-            raise ValueError(f"exclude rows and cols differ in length: {pr.shape[0]} and {pc.shape[0]}")
-        if len(pr) and (int(pr.min()) < 0 or int(pr.max()) >= num_q or int(pc.min()) < 0 or int(pc.max()) >= num_e):
-            raise ValueError(f"exclude positions must lie in [0, {num_q}) x [0, {num_e})")
-        keep = pc != gold[pr]
-        pairs = (pr[keep], pc[keep])
+        rows, cols = exclude
     elif exclude is not None:
         if exclude.shape != scores.shape:
             raise ValueError(f"exclude must have shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
-        mask = exclude.to(device=scores.device, dtype=torch.bool)
-    if workspace is None:
-        workspace = torch.empty(s.shape, dtype=torch.float32, device=s.device)
-    elif workspace.shape != s.shape or workspace.dtype != torch.float32:
-        raise ValueError(f"workspace must be a float32 tensor of shape {tuple(s.shape)}")
-    sum_dtype = torch.float32 if num_e < 2**24 else torch.float64
-
-    # Candidates that may compete with the gold: all but the excluded ones and the gold itself (counted
-    # once, via the leading 1). NaN scores need no mask: every comparison with NaN is False.
-    def count(compare) -> Tensor:
-        hits = compare(s, gold_score, out=workspace)
-        if mask is not None:
-            hits.masked_fill_(mask, 0.0)
-        hits[rows, gold] = 0.0
-        total = hits.sum(dim=1, dtype=sum_dtype).long()
-        if pairs is not None and len(pairs[0]):
-            wrongly = compare(s[pairs], gold_score[pairs[0], 0]).long()
-            total -= torch.zeros_like(total).index_add_(0, pairs[0], wrongly)
-        return total
-
-    greater = count(torch.gt)
-    not_smaller = count(torch.ge)
-
-    optimistic = (1 + greater).float()
-    pessimistic = (1 + not_smaller).float()
-    realistic = 0.5 * (optimistic + pessimistic)
-    return Ranks(optimistic=optimistic, pessimistic=pessimistic, realistic=realistic)
+        rows, cols = exclude.to(device=scores.device, dtype=torch.bool).nonzero(as_tuple=True)
+    else:
+        rows = cols = None
+    counter = RankCounter(gold, num_e, rows, cols, device=scores.device)
+    counter.add(0, scores, workspace)
+    return counter.ranks()

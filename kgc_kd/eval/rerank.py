@@ -13,7 +13,7 @@ the evaluation device, with tensor operations only:
 - the search is bit-parallel: node n holds one bit per head (64 heads per int64 word), and one hop ORs
   each node's word row with its neighbours' rows, so a hop costs (edges x heads / 64) word operations;
 - `Neighbourhoods` keeps the result per head as a bitset over entities (entity 8k + r is bit r of byte k),
-  H x E / 8 bytes; a chunk of queries unpacks its rows into the (chunk, E) bonus it adds to the scores.
+  H x E / 8 bytes (rows padded to whole int64 words); a chunk of queries unpacks its rows into the (chunk, E) bonus it adds to the scores.
 
 Neighbourhoods depend only on the train graph, the hops and the heads, so a run builds them once for its
 validation and test heads (`KGDataModule.rerank_neighbourhoods`) and every stage reuses them.
@@ -41,34 +41,29 @@ def _degree_class(deg: Tensor) -> Tensor:
     return torch.where(deg <= _EXACT_DEGREES, deg, pow2)
 
 
-def _or_fold(t: Tensor) -> Tensor:
-    """(n, D, W) -> (n, W): bitwise OR over the middle dimension (torch has no OR reduction)."""
-    while t.shape[1] > 1:
-        half = t.shape[1] // 2
-        folded = t[:, :half] | t[:, half:2 * half]
-        if t.shape[1] % 2:
-            folded[:, 0] |= t[:, 2 * half]
-        t = folded
-    return t[:, 0]
-
-
 # Transpose of the 8 x 8 bit matrix held in each int64 (bit 8r + c <-> bit 8c + r), Hacker's Delight 7-3.
 # Right shifts are arithmetic on int64, but each mask clears the bits a sign extension could reach.
 _T8 = ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0))
 
 
 def _transpose8_(x: Tensor) -> Tensor:
-    for shift, mask in _T8:
-        t = (x ^ (x >> shift)) & mask
-        x ^= t ^ (t << shift)
+    tmp = torch.empty_like(x)
+    for shift, mask in _T8:  # t = (x ^ (x >> s)) & m; x ^= t ^ (t << s), without temporaries
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        tmp ^= x
+        tmp &= mask
+        x ^= tmp
+        tmp <<= shift
+        x ^= tmp
     return x
 
 
 def _bits_by_head(words: Tensor, num_heads: int) -> Tensor:
-    """(N, W) int64, bit j of word w of row n = head 64w + j reaches entity n  ->  (num_heads, ceil(N/8))
-    uint8, bit r of byte k of row h = head h reaches entity 8k + r. A bit-matrix transpose in 8 x 8 blocks."""
+    """(N, W) int64, bit j of word w of row n = head 64w + j reaches entity n  ->  (num_heads, 8 * ceil(N/64))
+    uint8, bit r of byte k of row h = head h reaches entity 8k + r (zero past N, so each row is a whole
+    number of int64 words). A bit-matrix transpose in 8 x 8 blocks."""
     n, w = words.shape
-    n8 = -(-n // 8)
+    n8 = -(-n // 64) * 8
     if n8 * 8 != n:
         words = torch.cat([words, words.new_zeros(n8 * 8 - n, w)])
     # [entity block k, entity r in the block, head byte j]: one int64 per (head byte, entity block) holds an
@@ -80,11 +75,16 @@ def _bits_by_head(words: Tensor, num_heads: int) -> Tensor:
 
 
 def _popcount_rows(bits: Tensor) -> Tensor:
-    """Set bits per row of a uint8 matrix (SWAR on bytes: uint8 shifts are logical)."""
-    x = bits - ((bits >> 1) & 0x55)
-    x = (x & 0x33) + ((x >> 2) & 0x33)
-    x = (x + (x >> 4)) & 0x0F
-    return x.sum(dim=1, dtype=torch.int64)
+    """Set bits per row of a uint8 matrix whose rows are whole int64 words (SWAR popcount per word; right
+    shifts are arithmetic on int64, so each step masks, and after the third step every word is >= 0)."""
+    x = bits.view(torch.int64)
+    x = x - ((x >> 1) & 0x5555555555555555)
+    x = (x & 0x3333333333333333) + ((x >> 2) & 0x3333333333333333)
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0F
+    x = x + (x >> 8)
+    x = x + (x >> 16)
+    x = x + (x >> 32)
+    return (x & 0x7F).sum(dim=1)
 
 
 _BIT_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}
@@ -104,7 +104,7 @@ class NeighbourGraph:
 
     Nodes are renumbered so that nodes of one degree class are contiguous (`position[entity]`); group g
     covers positions [lo, hi) and lists their neighbours' positions, padded with the all-zero row
-    `num_entities`, in an (hi - lo) x width index.
+    `num_entities`, as a width x (hi - lo) index flattened slot by slot.
     """
 
     def __init__(self, num_entities: int, src: Tensor, dst: Tensor, device: torch.device | str | None = None):
@@ -139,7 +139,8 @@ class NeighbourGraph:
             slot = start[nodes].unsqueeze(1) + j
             real = j < deg[nodes].unsqueeze(1)
             nbr = torch.where(real, position[dst[slot.clamp(max=max(len(dst) - 1, 0))]], n)
-            self.groups.append((lo, hi, w, nbr.reshape(-1).to(device)))
+            # slot-major (the j-th neighbour of every node, then the (j+1)-th): folds OR contiguous blocks
+            self.groups.append((lo, hi, w, nbr.T.reshape(-1).to(device)))
         self.device = device
 
     @classmethod
@@ -177,27 +178,45 @@ class NeighbourGraph:
         return moved
 
     def _reach(self, positions: Tensor, hops: int) -> Tensor:
-        """(N + 1, ceil(H / 64)) int64 words by node position: bit j of word w = head 64w + j reaches it."""
+        """(N + 1, ceil(H / 64)) int64 words by node position: bit j of word w = head 64w + j reaches it.
+
+        One hop: each node ORs its row with its neighbours' rows of the previous hop. A group gathers its
+        neighbour rows ((hi - lo) x width x W words) and folds them pairwise in place (torch has no OR
+        reduction); two word matrices alternate, so a hop allocates nothing."""
         n, num_heads = self.num_entities, len(positions)
-        words = torch.zeros(n + 1, -(-num_heads // 64), dtype=torch.int64, device=self.device)
+        width_words = -(-num_heads // 64)
+        words = torch.zeros(n + 1, width_words, dtype=torch.int64, device=self.device)  # row n: the padding
         i = torch.arange(num_heads, device=self.device)
         words.index_put_((positions, i // 64), torch.ones_like(i) << (i % 64), accumulate=True)
-        isolated = self.groups[0][0] if self.groups else n  # positions [0, first group) have no edges
+        if not self.groups or hops == 0:
+            return words
+        nxt = torch.zeros_like(words)
+        isolated = self.groups[0][0]  # positions [0, first group) have no edges
+        gathered = torch.empty(max(len(g[3]) for g in self.groups), width_words, dtype=torch.int64,
+                               device=self.device)
         for _ in range(hops):
-            nxt = torch.empty_like(words)
             nxt[:isolated] = words[:isolated]
-            nxt[n] = 0
             for lo, hi, w, nbr in self.groups:
-                gathered = words.index_select(0, nbr).view(hi - lo, w, -1)
-                torch.bitwise_or(words[lo:hi], _or_fold(gathered), out=nxt[lo:hi])
-            words = nxt
+                t = torch.index_select(words, 0, nbr, out=gathered[: len(nbr)]).view(w, hi - lo, width_words)
+                while w > 2:
+                    half = w // 2
+                    if w % 2:
+                        t[0] |= t[w - 1]
+                    t[:half] |= t[half:2 * half]
+                    t, w = t[:half], half
+                out = nxt[lo:hi]
+                torch.bitwise_or(t[0], t[1] if w == 2 else words[lo:hi], out=out)
+                if w == 2:
+                    out |= words[lo:hi]
+            words, nxt = nxt, words
         return words
 
     def neighbourhoods(self, heads: Tensor | Sequence[int], hops: int, max_nodes: int = DEFAULT_MAX_NODES, *,
-                       batch_heads: int = 4096) -> Neighbourhoods:
+                       batch_heads: int = 8192) -> Neighbourhoods:
         """Entities within `hops` hops of each distinct head (itself included); none where there are more
         than `max_nodes` (SimKGC's cut-off). Heads are searched `batch_heads` at a time: the search holds
-        (entities x batch_heads / 8) bytes, plus one degree group's gathered rows."""
+        two (entities x batch_heads / 8)-byte word matrices, plus the largest degree group's gathered rows
+        (at most twice the edges x batch_heads / 8 bytes). The result holds heads x entities / 8 bytes."""
         if hops < 0:
             raise ValueError(f"hops must be >= 0, got {hops}")
         if batch_heads < 1:
@@ -206,8 +225,7 @@ class NeighbourGraph:
         n = self.num_entities
         if len(heads) and (int(heads.min()) < 0 or int(heads.max()) >= n):
             raise ValueError(f"heads must be entity ids in [0, {n})")
-        n8 = -(-n // 8)
-        bits = torch.zeros(len(heads), n8, dtype=torch.uint8, device=self.device)
+        bits = torch.zeros(len(heads), -(-n // 64) * 8, dtype=torch.uint8, device=self.device)
         batch_heads = -(-batch_heads // 64) * 64
         order = self.position  # entity -> position; rows back in entity order below
         for start in range(0, len(heads), batch_heads):
@@ -229,7 +247,7 @@ class Neighbourhoods:
     def __init__(self, heads: Tensor, bits: Tensor, sizes: Tensor, num_entities: int, hops: int, max_nodes: int,
                  graph: NeighbourGraph | None = None):
         self.heads = heads  # (H,) sorted distinct entity ids
-        self.bits = bits  # (H, ceil(E / 8)) uint8, all zero where the neighbourhood was cut off
+        self.bits = bits  # (H, 8 * ceil(E / 64)) uint8, all zero where the neighbourhood was cut off
         self.sizes = sizes  # (H,) members per head (0 where cut off)
         self.num_entities = num_entities
         self.hops = hops
@@ -248,6 +266,11 @@ class Neighbourhoods:
     @property
     def device(self) -> torch.device:
         return self.bits.device
+
+    @property
+    def unpacked_width(self) -> int:
+        """Entities per unpacked row: E rounded up to whole int64 words of bits (the rest is never set)."""
+        return self.bits.shape[1] * 8
 
     def slots(self, heads: Tensor) -> Tensor:
         """Row of each head; -1 where the head was not searched."""
@@ -277,30 +300,41 @@ class Neighbourhoods:
         return Neighbourhoods(self.heads.to(device), self.bits.to(device), self.sizes.to(device),
                               self.num_entities, self.hops, self.max_nodes, graph=graph)
 
-    def packed(self, heads: Tensor) -> Tensor:
-        """(Q, ceil(E / 8)) uint8: the bitset of each head's neighbourhood."""
+    def checked_slots(self, heads: Tensor) -> Tensor:
+        """Row of each head; KeyError naming a head that was not searched."""
         slots = self.slots(heads)
         if bool((slots < 0).any()):
             missing = torch.as_tensor(heads, device=self.device).reshape(-1)[slots < 0]
             raise KeyError(f"entity {int(missing[0])} has no neighbourhood here (use covering(heads) first)")
-        return self.bits[slots]
+        return slots
+
+    def packed(self, heads: Tensor) -> Tensor:
+        """(Q, 8 * ceil(E / 64)) uint8: the bitset of each head's neighbourhood."""
+        return self.bits[self.checked_slots(heads)]
+
+    def table(self, value: float = 1.0, dtype: torch.dtype = torch.bool) -> Tensor:
+        """(256, 8): row b holds `value` (cast to `dtype`) at the set bits of byte value b, else 0."""
+        table = _bit_table(self.device, dtype)
+        return table * value if value != 1.0 else table
+
+    def unpack(self, slots: Tensor, table: Tensor, out: Tensor | None = None) -> Tensor:
+        """(Q, E) of `table`'s values for the rows `slots`: one table look-up per byte (8 entities). `out`,
+        a contiguous tensor of the table's dtype with at least Q x `unpacked_width` elements, receives them
+        instead of a new block."""
+        packed = torch.index_select(self.bits, 0, slots).long().view(-1)
+        if out is not None:
+            if out.numel() < packed.numel() * 8 or out.dtype != table.dtype or not out.is_contiguous():
+                raise ValueError(f"out must be a contiguous {table.dtype} tensor of at least "
+                                 f"{packed.numel() * 8} elements")
+            out = out.view(-1)[: packed.numel() * 8].view(-1, 8)
+        block = torch.index_select(table, 0, packed, out=out) if out is not None else table[packed]
+        return block.view(len(slots), -1)[:, : self.num_entities]
 
     def mask(self, heads: Tensor, *, value: float = 1.0, dtype: torch.dtype = torch.bool,
              out: Tensor | None = None) -> Tensor:
-        """(Q, E): `value` where the entity is in head[i]'s neighbourhood, else 0 (True/False for bool).
-
-        Unpacked by table look-up, one byte (8 entities) at a time; `out`, a tensor of at least
-        Q * ceil(E / 8) * 8 elements of `dtype`, receives the values instead of a new block.
-        """
-        packed = self.packed(heads).long().view(-1)
-        table = _bit_table(self.device, dtype)
-        if value != 1.0:
-            table = table * value
-        n8 = self.bits.shape[1]
-        if out is not None:
-            out = out.reshape(-1)[: packed.numel() * 8].view(-1, 8)
-        block = torch.index_select(table, 0, packed, out=out) if out is not None else table[packed]
-        return block.view(-1, n8 * 8)[:, : self.num_entities]
+        """(Q, E): `value` where the entity is in head[i]'s neighbourhood, else 0 (True/False for bool);
+        `out` as for `unpack`."""
+        return self.unpack(self.checked_slots(heads), self.table(value, dtype), out)
 
     def members(self, head: int) -> list[int]:
         """Sorted entity ids within reach of `head` ([] where cut off): the readable view, for tests."""
@@ -313,8 +347,9 @@ def apply_rerank_(scores: Tensor, heads: Tensor, neighbourhoods: Neighbourhoods 
 
     Each (query, entity) gets the bonus once, and ``scores[i, n] + weight`` is rounded exactly as
     SimKGC's ``index_add_`` rounds it (elsewhere ``+ 0`` leaves the score unchanged). ``weight == 0`` or
-    no neighbourhoods is a no-op. ``workspace`` (at least Q * ceil(E / 8) * 8 elements of the scores'
-    dtype, on their device) holds the unpacked bonus; without it a block is allocated.
+    no neighbourhoods is a no-op. ``workspace`` (a contiguous tensor of the scores' dtype on their device,
+    at least Q x ``neighbourhoods.unpacked_width`` elements) holds the unpacked bonus; without it a block is
+    allocated.
     """
     if weight == 0 or neighbourhoods is None:
         return scores
