@@ -54,7 +54,8 @@ def format_tables(b: dict) -> str:
         if "skipped" in r:
             lines += ["## Re-ranked filtered ranking", "", f"skipped: {r['skipped']}", ""]
         else:
-            lines += [f"## Re-ranked filtered ranking ({r['data'].split(':')[0]} {r['split']}: {r['num_queries']} queries x "
+            name = r["data"].split(":")[0]
+            lines += [f"## Re-ranked filtered ranking ({name} {r['split']}: {r['num_queries']} queries x "
                       f"{r['num_entities']} entities, {r['hops']} hops, weight {r['weight']:g}; random {r['dim']}-d "
                       "vectors)", ""]
             lines += _table(["heads", "mean neighbourhood", "cut off", "graph (s)", "neighbourhoods (s)",

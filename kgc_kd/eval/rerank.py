@@ -13,7 +13,8 @@ the evaluation device, with tensor operations only:
 - the search is bit-parallel: node n holds one bit per head (64 heads per int64 word), and one hop ORs
   each node's word row with its neighbours' rows, so a hop costs (edges x heads / 64) word operations;
 - `Neighbourhoods` keeps the result per head as a bitset over entities (entity 8k + r is bit r of byte k),
-  H x E / 8 bytes (rows padded to whole int64 words); a chunk of queries unpacks its rows into the (chunk, E) bonus it adds to the scores.
+  H x E / 8 bytes (rows padded to whole int64 words); a chunk of queries unpacks its rows, by table
+  look-up, into the (chunk, E) bonus it adds to the scores.
 
 Neighbourhoods depend only on the train graph, the hops and the heads, so a run builds them once for its
 validation and test heads (`KGDataModule.rerank_neighbourhoods`) and every stage reuses them.
@@ -162,7 +163,8 @@ class NeighbourGraph:
                 src.append(int(node))
                 dst.append(int(nb))
         if num_entities is None:
-            num_entities = max([len(adjacency) if not isinstance(adjacency, Mapping) else 0, *(x + 1 for x in src + dst)])
+            listed = 0 if isinstance(adjacency, Mapping) else len(adjacency)
+            num_entities = max([listed, *(x + 1 for x in src + dst)])
         s, d = torch.tensor(src, dtype=torch.long), torch.tensor(dst, dtype=torch.long)
         return cls(num_entities, torch.cat([s, d]), torch.cat([d, s]), device)
 
