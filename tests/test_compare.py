@@ -77,14 +77,14 @@ def test_plan_from_the_umls_comparison_file():
     assert plan.teacher.cfg.data.source == "umls" and list(plan.teacher.cfg.stages) == []
     assert plan.teacher_export == str(plan.teacher.run_dir / "stages" / "teacher" / "export")
     assert plan.grades == ["pmd6", "pmd4", "pmd2"] and plan.seeds == [42, 43, 44]
-    assert [(c.objective, c.seed) for c in plan.chains] == [(o, s) for o in ("none", "pmd", "makd") for s in (42, 43, 44)]
+    assert [(c.objective, c.seed) for c in plan.chains] == [(o, s) for s in (42, 43, 44) for o in ("none", "pmd", "makd")]
     assert len({c.run_dir for c in plan.chains}) == 9 and plan.out_dir == Path("runs") / "compare" / plan.name
     for c in plan.chains:
         assert c.cfg.run.seed == c.seed and c.cfg.teacher.load == plan.teacher_export and c.cfg.teacher.epochs == 3
         assert c.cfg.run.wandb_group == plan.name
         # the directory is the one `fit` derives from the same items: the W&B group is not part of it
         assert c.run_dir.name == run_name(load_config(c.argv[:-1]))
-    none, makd = plan.chains[0].cfg.distill, plan.chains[-1].cfg.distill
+    none, makd = plan.chains[0].cfg.distill, plan.chains[2].cfg.distill
     assert (none.alpha, none.beta, list(none.terms)) == (0.0, 0.0, [])
     assert [t.name for t in makd.terms][:3] == ["ce", "score", "attn_kl"]
     assert makd.kd_temperature == 2.0  # a distill.* item adjusts every objective, after its preset

@@ -140,8 +140,8 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
         t_cfg = load_config(argv)
         plan.teacher = Chain("teacher", int(t_cfg.run.seed), argv, t_cfg)
         plan.teacher_export = str(plan.teacher.run_dir / "stages" / "teacher" / "export")
-    for obj in objs:
-        for seed in seed_list:
+    for seed in seed_list:  # seed by seed: an interrupted comparison has every objective for its first seeds
+        for obj in objs:
             argv = chain_argv(overrides, obj, seed, plan.teacher_export, name)
             plan.chains.append(Chain(obj, seed, argv, load_config(argv)))
     return plan
