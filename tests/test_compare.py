@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import save_tiny_plm
 from kgc_kd import fit
+import kgc_kd.compare.__main__ as compare_main
 from kgc_kd.compare.__main__ import main
 from kgc_kd.compare.aggregate import aggregate, beats_baseline, mean_std
 from kgc_kd.compare.plan import build_plan
@@ -146,10 +147,28 @@ def compared(tmp_path_factory):
     plm = save_tiny_plm(base / "plm4", num_layers=4)
     argv = ["--objectives", "none,pmd", "--seeds", "2", "--name", "tiny", *fast_items(plm, base / "runs")]
     calls: list[str] = []
+    writes: list[dict] = []  # what each write of the comparison's files held (the real write still runs)
+
+    def spy(out_dir, comparison, _write=compare_main.write):
+        text = _write(out_dir, comparison)
+        writes.append({**json.loads((out_dir / "compare.json").read_text()), "md": (out_dir / "compare.md").read_text()})
+        return text
+
     with pytest.MonkeyPatch.context() as mp:
         _count_steps(mp, calls)
+        mp.setattr(compare_main, "write", spy)
         result = main(argv)
-    return {"root": base / "runs", "plm": plm, "argv": argv, "result": result, "calls": calls}
+    return {"root": base / "runs", "plm": plm, "argv": argv, "result": result, "calls": calls, "writes": writes}
+
+
+def test_files_are_rewritten_after_every_chain_so_an_interrupted_comparison_shows_its_seeds(compared):
+    w = compared["writes"]
+    assert [(x["complete"], x["chains_done"], x["chains_planned"]) for x in w] == [
+        (False, 1, 4), (False, 2, 4), (False, 3, 4), (True, 4, 4)]
+    # seed by seed: after two chains seed 42 has both objectives, and the paired difference exists
+    assert [(c["objective"], c["seed"]) for c in w[1]["chains"]] == [("none", 42), ("pmd", 42)]
+    assert w[1]["grades"]["g1"]["pmd"]["vs_none"]["n"] == 1 and w[1]["grades"]["g1"]["pmd"]["mrr_std"] is None
+    assert "**In progress: 2 of 4 chains done**" in w[1]["md"] and "In progress" not in w[-1]["md"]
 
 
 def test_compare_writes_json_markdown_and_plot_with_every_field(compared):

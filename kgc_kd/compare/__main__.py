@@ -48,14 +48,26 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
     print(f"[compare] {plan.name}: {len(plan.objectives)} objectives x {len(plan.seeds)} seeds "
           f"({', '.join(map(str, plan.seeds))}), grades {', '.join(plan.grades)}; teacher "
           + (f"trained once in {plan.teacher.run_dir}" if plan.teacher else f"from {plan.teacher_export}"), flush=True)
-    ran = run_plan(plan)
-    comparison = {
-        "name": plan.name, "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "objectives": plan.objectives, "seeds": plan.seeds, "overrides": plan.overrides,
-        "std": "sample standard deviation over seeds (ddof=1); null when n = 1",
-        "grades": aggregate(ran["runs"], plan.grades), "teacher": ran["teacher"], "chains": ran["chains"],
-    }
-    if L.fabric.utilities.rank_zero.rank_zero_only.rank == 0:
+    is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
+
+    def record(ran: dict[str, Any], done: bool) -> dict[str, Any]:
+        return {
+            "name": plan.name, "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "complete": done, "chains_done": len(ran["chains"]), "chains_planned": len(plan.chains),
+            "objectives": plan.objectives, "seeds": plan.seeds, "overrides": plan.overrides,
+            "std": "sample standard deviation over seeds (ddof=1); null when n = 1",
+            "grades": aggregate(ran["runs"], plan.grades), "teacher": ran["teacher"], "chains": ran["chains"],
+        }
+
+    def partial(ran: dict[str, Any]) -> None:
+        if is_zero:
+            write(plan.out_dir, record(ran, done=False))
+            print(f"[compare] {len(ran['chains'])}/{len(plan.chains)} chains done: {plan.out_dir / 'compare.md'} "
+                  "updated", flush=True)
+
+    ran = run_plan(plan, on_chain=partial)
+    comparison = record(ran, done=True)
+    if is_zero:
         text = write(plan.out_dir, comparison)
         print(text, flush=True)
         print(f"[compare] wrote {plan.out_dir / 'compare.json'}, compare.md, compare.png", flush=True)

@@ -47,6 +47,9 @@ def verdict_lines(comparison: dict[str, Any]) -> list[str]:
 def format_markdown(comparison: dict[str, Any]) -> str:
     t = comparison["teacher"]
     lines = [f"# Comparison `{comparison['name']}`", "", f"{comparison['date']}: `{comparison['command']}`", ""]
+    if comparison.get("complete") is False:
+        lines += [f"**In progress: {comparison['chains_done']} of {comparison['chains_planned']} chains done** "
+                  "(rerun the same command to continue; finished chains are read, not retrained).", ""]
     t_test = t.get("test") or {}
     how = (f"trained once for this comparison ({t['run_dir']}, {t.get('trained_steps')} steps, seed {t.get('seed')})"
            if t.get("run_dir") else "given with --teacher")
@@ -88,6 +91,8 @@ def plot(path: Path, comparison: dict[str, Any]) -> None:
     width = 0.6 / max(len(objectives), 1)
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(grades) + 2), 4))
     for j, obj in enumerate(objectives):
+        if any(obj not in comparison["grades"][g] for g in grades):
+            continue  # no chain of this objective has finished yet (a comparison in progress)
         xs = [i - 0.3 + width * (j + 0.5) for i in range(len(grades))]
         means = [comparison["grades"][g][obj]["mrr_mean"] for g in grades]
         stds = [comparison["grades"][g][obj]["mrr_std"] or 0.0 for g in grades]

@@ -18,7 +18,7 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -89,8 +89,9 @@ def student_metrics(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {r["name"]: r["test"] for r in result["stages"] if r.get("kind") == "student"}
 
 
-def run_plan(plan: Plan) -> dict[str, Any]:
-    """Everything compare.json records, apart from the aggregation."""
+def run_plan(plan: Plan, on_chain: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Everything compare.json records, apart from the aggregation. `on_chain` gets the record so far after
+    every chain (the comparison's files are rewritten then, so an interrupted run still shows its seeds)."""
     preflight(plan)
     teacher: dict[str, Any] = {"export": plan.teacher_export}
     if plan.teacher is not None:
@@ -112,6 +113,9 @@ def run_plan(plan: Plan) -> dict[str, Any]:
                        "argv": chain.argv})
         runs[chain.objective].append({"seed": chain.seed, "run_dir": str(chain.run_dir),
                                       "test": student_metrics(result)})
+        if on_chain is not None and len(chains) < len(plan.chains):
+            on_chain({"teacher": {**teacher, "test": teacher.get("test", chains[0]["teacher_test"])},
+                      "chains": chains, "runs": runs})
     teacher.setdefault("test", chains[0]["teacher_test"])
     teacher["sha256"] = export_digest(plan.teacher_export)
     # every chain loaded the same export and measured the same teacher: seeds never touch it
