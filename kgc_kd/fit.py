@@ -7,6 +7,7 @@ before `fit` is deterministic: the run directory comes from the config, never fr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 
@@ -22,11 +23,12 @@ EXIT_NON_FINITE = 3  # training diverged: the stage's last good checkpoint is ke
 EXIT_SIGTERM = 128 + signal.SIGTERM  # what a shell reports for a process killed by SIGTERM
 
 
-def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
+@contextlib.contextmanager
+def exit_statuses():
+    """Turn the errors a run reports into `error: ...` on stderr and the exit statuses above (also used by
+    `kgc_kd.compare`)."""
     try:
-        cfg = load_config(argv)
-        return run_chain(cfg)
+        yield
     except (ConfigError, DataFormatError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT) from None
@@ -37,6 +39,13 @@ def main(argv: list[str] | None = None) -> dict:
         print("stopped by SIGTERM after saving the stage's last.ckpt; rerun the same command to resume",
               file=sys.stderr)
         raise SystemExit(EXIT_SIGTERM) from None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    with exit_statuses():
+        cfg = load_config(argv)
+        return run_chain(cfg)
 
 
 if __name__ == "__main__":

@@ -21,16 +21,12 @@ import sys
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from kgc_kd.compare.aggregate import aggregate
 from kgc_kd.compare.plan import build_plan
 from kgc_kd.compare.report import log_wandb, write
 from kgc_kd.compare.run import run_plan
-from kgc_kd.config import ConfigError
-from kgc_kd.data.io import DataFormatError
-from kgc_kd.fit import EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_SIGTERM
-from kgc_kd.lit.base import NonFiniteLossError
+from kgc_kd.fit import exit_statuses
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -79,18 +75,8 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
-    try:
+    with exit_statuses():
         return compare(args, shlex.join(["python", "-m", "kgc_kd.compare", *argv]))
-    except (ConfigError, DataFormatError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
-    except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(EXIT_NON_FINITE) from None
-    except SIGTERMException:
-        print("stopped by SIGTERM after saving the stage's last.ckpt; rerun the same command to resume",
-              file=sys.stderr)
-        raise SystemExit(EXIT_SIGTERM) from None
 
 
 if __name__ == "__main__":
