@@ -15,6 +15,7 @@ import kgc_kd.compare.__main__ as compare_main
 from kgc_kd.compare.__main__ import main
 from kgc_kd.compare.aggregate import aggregate, beats_baseline, mean_std
 from kgc_kd.compare.plan import build_plan
+from kgc_kd.compare.report import format_markdown, verdict_lines
 from kgc_kd.config import conf_dir, load_config, run_name
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
@@ -94,6 +95,41 @@ def test_plan_from_the_umls_comparison_file():
     assert [c.cfg.teacher.load for c in explicit.chains] == ["some/export"] * 2
 
 
+def test_a_variant_is_a_row_of_its_own_and_leaves_the_other_chains_unchanged():
+    items = ["data=umls", "teacher.epochs=3"]
+    plain = build_plan("none,pmd", "2", items, teacher="t/export", name="x")
+    spec = "pmd_kl=pmd distill.score_loss=kl distill.kd_temperature=4 stages.0.mask_rate=0"
+    plan = build_plan("none,pmd", "2", items, teacher="t/export", name="x", variants=[spec])
+    assert plan.objectives == ["none", "pmd", "pmd_kl"]
+    assert plan.variants == {"pmd_kl": {"preset": "pmd", "items": spec.split()[1:]}}
+    assert [(c.objective, c.seed) for c in plan.chains] == [(o, s) for s in (42, 43) for o in ("none", "pmd", "pmd_kl")]
+    same = {(c.objective, c.seed): c.run_dir for c in plain.chains}
+    for c in plan.chains:
+        if c.objective != "pmd_kl":  # finished runs of the other rows are found again
+            assert c.run_dir == same[(c.objective, c.seed)] and c.argv == next(
+                p.argv for p in plain.chains if (p.objective, p.seed) == (c.objective, c.seed))
+    v = [c.cfg for c in plan.chains if c.objective == "pmd_kl"]
+    p = [c.cfg for c in plan.chains if c.objective == "pmd"]
+    assert [(c.distill.score_loss, c.distill.kd_temperature, c.stages[0].mask_rate) for c in v] == [("kl", 4.0, 0.0)] * 2
+    assert [(c.distill.score_loss, c.distill.kd_temperature, c.stages[0].mask_rate) for c in p] == [("mse", 1.0, 0.2)] * 2
+    assert v[0].distill.alpha == p[0].distill.alpha == 0.1  # the rest is the preset's
+    only = build_plan("", "1", items, teacher="t/export", name="y", variants=["a=none", "b=pmd distill.alpha=0.3"])
+    assert only.objectives == ["a", "b"] and only.chains[1].cfg.distill.alpha == 0.3
+
+
+def test_every_challenger_gets_its_verdict_and_variants_are_spelled_out():
+    grades = aggregate({"none": HAND["none"], "pmd": HAND["pmd"], "pmd_kl": HAND["pmd"][:1]}, ["g4", "g2"])
+    comparison = {"name": "c", "date": "d", "command": "cmd", "objectives": ["none", "pmd", "pmd_kl"],
+                  "variants": {"pmd_kl": {"preset": "pmd", "items": ["distill.score_loss=kl"]}}, "seeds": [1, 2, 3],
+                  "grades": grades, "teacher": {"export": "t", "test": {"mrr": 0.9, "hits@1": 0.8, "hits@10": 1.0}},
+                  "chains": []}
+    lines = verdict_lines(comparison)
+    assert lines[0].startswith("`pmd` beats `none`") and "g2 (+0.1100 vs spread 0.0200)" in lines[0]
+    assert "Not beyond the spread at: g4" in lines[1]
+    assert lines[2].startswith("`pmd_kl` beats `none`") and lines[3] == "Cannot tell (a single seed, no spread) at: g4, g2."
+    assert "Variant `pmd_kl`: `distill=pmd` `distill.score_loss=kl`." in format_markdown(comparison)
+
+
 def test_wandb_group_names_the_comparison_and_leaves_the_run_directory_alone(tmp_path):
     cfg = load_config(["run.wandb_group=cmp"])
     assert run_name(cfg) == run_name(load_config([]))
@@ -109,6 +145,12 @@ BAD = {
     "stage loss override": (["--objectives", "none", "stages=[{name: s, layers: 1, alpha: 0.5}]"], "stages[0].alpha"),
     "zero seeds": (["--objectives", "none", "--seeds", "0"], "--seeds 0"),
     "stage deeper than the teacher": (["--objectives", "none", "stages=[{name: s, layers: 9}]"], "stages[0].layers=9"),
+    "no objective": (["--seeds", "1"], "no objective given"),
+    "variant without preset": (["--objectives", "none", "--variant", "kl"], "expected 'LABEL=PRESET"),
+    "variant of an unknown preset": (["--objectives", "none", "--variant", "kl=nope"], "unknown objective 'nope'"),
+    "variant label taken": (["--objectives", "none,pmd", "--variant", "pmd=makd"], "already compared"),
+    "variant bad item": (["--objectives", "none", "--variant", "v=pmd distill.alphx=1"], "distill.alphx"),
+    "distilling baseline": (["--objectives", "none,pmd", "distill.alpha=0.3"], "baseline `none` distil"),
 }
 
 

@@ -2,6 +2,8 @@
 
 Trains the same student grades with each objective (a `conf/distill/` preset, as `distill=NAME` of
 `python -m kgc_kd.fit`) and each seed, all taught by one teacher, and reports mean ± std per grade.
+`--variant 'LABEL=PRESET key=value ...'` adds the row LABEL: that preset with items for its own chains only
+(e.g. a mask schedule or a KD temperature), so `none` and the other rows keep their finished runs.
 `key=value` items are ordinary fit items (config=FILE, data=nations, teacher.epochs=1, stages=...),
 applied to every chain. Without `--teacher` the teacher is trained once (the `teacher.only=true` run of
 the same items) and its export is loaded by every chain (`teacher.load=`); `--teacher` names an export
@@ -31,7 +33,10 @@ from kgc_kd.fit import exit_statuses
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m kgc_kd.compare", description=__doc__.splitlines()[0])
-    ap.add_argument("--objectives", required=True, help="comma-separated distill presets, e.g. none,pmd,makd")
+    ap.add_argument("--objectives", default="", help="comma-separated distill presets, e.g. none,pmd,makd")
+    ap.add_argument("--variant", action="append", default=[], metavar="'LABEL=PRESET key=value ...'",
+                    help="one more objective: a preset with items for its chains only, compared as the row LABEL "
+                         "(repeatable), e.g. --variant 'pmd_kl=pmd distill.score_loss=kl distill.kd_temperature=4'")
     ap.add_argument("--seeds", default="3", help="N seeds from run.seed on, or a comma-separated list (default 3)")
     ap.add_argument("--teacher", help="an exported teacher (runs/<run>/stages/teacher/export): not trained here")
     ap.add_argument("--name", help="the comparison's directory under <run.root>/compare/ (default: from the config)")
@@ -40,7 +45,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
-    plan = build_plan(args.objectives, args.seeds, args.overrides, teacher=args.teacher, name=args.name)
+    plan = build_plan(args.objectives, args.seeds, args.overrides, teacher=args.teacher, name=args.name,
+                      variants=args.variant)
     print(f"[compare] {plan.name}: {len(plan.objectives)} objectives x {len(plan.seeds)} seeds "
           f"({', '.join(map(str, plan.seeds))}), grades {', '.join(plan.grades)}; teacher "
           + (f"trained once in {plan.teacher.run_dir}" if plan.teacher else f"from {plan.teacher_export}"), flush=True)
@@ -50,7 +56,7 @@ def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
         return {
             "name": plan.name, "command": command, "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "complete": done, "chains_done": len(ran["chains"]), "chains_planned": len(plan.chains),
-            "objectives": plan.objectives, "seeds": plan.seeds, "overrides": plan.overrides,
+            "objectives": plan.objectives, "variants": plan.variants, "seeds": plan.seeds, "overrides": plan.overrides,
             "std": "sample standard deviation over seeds (ddof=1); null when n = 1",
             "grades": aggregate(ran["runs"], plan.grades), "teacher": ran["teacher"], "chains": ran["chains"],
         }

@@ -5,6 +5,10 @@ items plus `distill=<objective>`, `run.seed=<seed>` and `teacher.load=<the teach
 teacher (unless `--teacher` names an export) is the `teacher.only=true` run of the same items. Each
 config goes through `load_config`, so an unknown objective, key or preset fails here, naming it, and
 the run directories are the ones `fit` itself would derive (`run_name`: a rerun finds them).
+
+A variant (`--variant "LABEL=PRESET key=value ..."`) is an objective of its own: the preset plus items that
+apply to its chains only (a mask schedule, a KD temperature, weights), compared as a row named LABEL. The
+other objectives' chains, `none` included, keep their argv and so their finished run directories.
 """
 
 from __future__ import annotations
@@ -36,13 +40,14 @@ class Chain:
 class Plan:
     name: str
     out_dir: Path  # <run.root>/compare/<name>
-    objectives: list[str]
+    objectives: list[str]  # row labels: presets, then variant labels
     seeds: list[int]
     overrides: list[str]
     base: DictConfig  # the items alone: the settings shared by every chain
     teacher_export: str
     teacher: Optional[Chain] = None  # the teacher.only run when this comparison trains the teacher
     chains: list[Chain] = field(default_factory=list)
+    variants: dict[str, dict] = field(default_factory=dict)  # label -> {"preset": name, "items": [key=value]}
 
     @property
     def grades(self) -> list[str]:
@@ -51,6 +56,8 @@ class Plan:
 
 def parse_objectives(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names and not text.strip():
+        return []
     available = presets("distill")
     unknown = [n for n in names if n not in available]
     if not names or unknown:
@@ -59,6 +66,32 @@ def parse_objectives(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ConfigError(f"--objectives {text!r}: an objective is listed twice")
     return names
+
+
+def parse_variants(specs: list[str], objectives: list[str]) -> dict[str, dict]:
+    """`LABEL=PRESET key=value ...` -> {LABEL: {"preset": PRESET, "items": [...]}}, checked before anything runs."""
+    available = presets("distill")
+    out: dict[str, dict] = {}
+    for spec in specs:
+        words = spec.split()
+        head = words[0] if words else ""
+        label, _, preset = head.partition("=")
+        if not label or not preset:
+            raise ConfigError(f"--variant {spec!r}: expected 'LABEL=PRESET key=value ...', e.g. "
+                              "'pmd_nomask=pmd stages.0.mask_rate=0'")
+        if not re.fullmatch(r"[\w.+-]+", label):
+            raise ConfigError(f"--variant {spec!r}: label {label!r}: expected letters, digits, '.', '_', '+' or '-'")
+        if label in objectives or label in out:
+            raise ConfigError(f"--variant {spec!r}: the row {label!r} is already compared; give the variant its own label")
+        if preset not in available:
+            raise ConfigError(f"--variant {spec!r}: unknown objective {preset!r}; expected a distill preset from {available}")
+        items = words[1:]
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"--variant {spec!r}: item {item!r}: expected key=value")
+        check_items(items)
+        out[label] = {"preset": preset, "items": items}
+    return out
 
 
 def parse_seeds(text: str, base_seed: int) -> list[int]:
@@ -106,13 +139,25 @@ def _check_base(base: DictConfig) -> None:
                                   "each grade to train with the objective's settings: remove it")
 
 
-def chain_argv(overrides: list[str], objective: str, seed: int, teacher_export: str, group: str) -> list[str]:
+def chain_argv(overrides: list[str], objective: str, seed: int, teacher_export: str, group: str,
+               variant_items: tuple[str, ...] = ()) -> list[str]:
     """The objective's preset goes after the other items (so a config file cannot undo it) and before the
-    explicit distill.* items (which adjust every objective alike)."""
+    explicit distill.* items (which adjust every objective alike), then a variant's own items."""
     distill_items = [o for o in overrides if _key(o).startswith("distill.")]
     rest = [o for o in overrides if o not in distill_items]
-    return [*rest, f"distill={objective}", *distill_items, f"run.seed={seed}", f"teacher.load={teacher_export}",
-            f"run.wandb_group={group}"]
+    return [*rest, f"distill={objective}", *distill_items, *variant_items, f"run.seed={seed}",
+            f"teacher.load={teacher_export}", f"run.wandb_group={group}"]
+
+
+def _check_baseline(cfg: DictConfig, overrides: list[str]) -> None:
+    """`none` must stay CE only: an item for every objective (distill.alpha=...) must not make it distil."""
+    d = cfg.distill
+    terms = [str(t.name) for t in d.terms]
+    if d.alpha or d.beta or d.pkd or any(t != "ce" for t in terms):
+        items = [o for o in overrides if _key(o).startswith("distill.")]
+        raise ConfigError(f"{' '.join(items) or 'the items'} would make the CE-only baseline `none` distil "
+                          f"(alpha={d.alpha}, beta={d.beta}, pkd={d.pkd}, terms={terms}); give such settings to "
+                          "one objective with --variant 'LABEL=PRESET key=value ...'")
 
 
 def default_name(base: DictConfig, objectives: list[str], seeds: list[int]) -> str:
@@ -121,11 +166,15 @@ def default_name(base: DictConfig, objectives: list[str], seeds: list[int]) -> s
 
 
 def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optional[str] = None,
-               name: Optional[str] = None) -> Plan:
+               name: Optional[str] = None, variants: Optional[list[str]] = None) -> Plan:
     check_items(overrides)
     base = load_config(overrides)
     _check_base(base)
-    objs = parse_objectives(objectives)
+    presets_listed = parse_objectives(objectives)
+    variant_map = parse_variants(list(variants or []), presets_listed)
+    objs = presets_listed + list(variant_map)
+    if not objs:
+        raise ConfigError("--objectives: no objective given; expected distill presets (or --variant)")
     seed_list = parse_seeds(seeds, int(base.run.seed))
     if base.teacher.load and teacher and str(base.teacher.load) != teacher:
         raise ConfigError(f"--teacher {teacher!r} and teacher.load={base.teacher.load!r} disagree; give one")
@@ -134,7 +183,7 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
     if not re.fullmatch(r"[\w.+-]+", name):
         raise ConfigError(f"--name {name!r}: expected letters, digits, '.', '_', '+' or '-' (it names a directory)")
     plan = Plan(name=name, out_dir=Path(base.run.root) / "compare" / name, objectives=objs, seeds=seed_list,
-                overrides=list(overrides), base=base, teacher_export=teacher or "")
+                overrides=list(overrides), base=base, teacher_export=teacher or "", variants=variant_map)
     if teacher is None:
         argv = [*overrides, "teacher.only=true", f"run.wandb_group={name}"]
         t_cfg = load_config(argv)
@@ -142,6 +191,13 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
         plan.teacher_export = str(plan.teacher.run_dir / "stages" / "teacher" / "export")
     for seed in seed_list:  # seed by seed: an interrupted comparison has every objective for its first seeds
         for obj in objs:
-            argv = chain_argv(overrides, obj, seed, plan.teacher_export, name)
-            plan.chains.append(Chain(obj, seed, argv, load_config(argv)))
+            v = variant_map.get(obj, {"preset": obj, "items": []})
+            argv = chain_argv(overrides, v["preset"], seed, plan.teacher_export, name, tuple(v["items"]))
+            try:
+                cfg = load_config(argv)
+            except ConfigError as e:
+                raise ConfigError(f"objective {obj!r}: {e}") from None
+            if obj == "none":
+                _check_baseline(cfg, overrides)
+            plan.chains.append(Chain(obj, seed, argv, cfg))
     return plan

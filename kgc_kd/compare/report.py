@@ -17,15 +17,18 @@ def _pm(mean: float, std: Optional[float], fmt: str = "{:.4f}") -> str:
     return fmt.format(mean) + (f" ± {std:.4f}" if std is not None else " ± -")
 
 
-def first_challenger(objectives: list[str]) -> Optional[str]:
-    return next((o for o in objectives if o != BASELINE), None)
-
-
 def verdict_lines(comparison: dict[str, Any]) -> list[str]:
-    """Where the first objective other than `none` beats `none` by more than the seed spread."""
-    obj = first_challenger(comparison["objectives"])
-    if obj is None or BASELINE not in comparison["objectives"]:
+    """For every objective other than `none`: the grades where it beats `none` by more than the seed spread."""
+    if BASELINE not in comparison["objectives"]:
         return []
+    lines: list[str] = []
+    for obj in comparison["objectives"]:
+        if obj != BASELINE:
+            lines += _verdict(comparison, obj)
+    return lines
+
+
+def _verdict(comparison: dict[str, Any], obj: str) -> list[str]:
     beats = beats_baseline(comparison["grades"], obj)
     yes = [g for g, b in beats.items() if b is True]
     no = [g for g, b in beats.items() if b is False]
@@ -60,6 +63,8 @@ def format_markdown(comparison: dict[str, Any]) -> str:
                  "new projections). Mean ± sample std (n - 1) over seeds; ± - where n = 1. Test split, filtered, "
                  "realistic ranks, mean of head and tail prediction. Paired difference: the objective's MRR minus "
                  f"`{BASELINE}`'s with the same seed; wins = seeds where it is positive.")
+    for label, v in (comparison.get("variants") or {}).items():
+        lines.append(f"Variant `{label}`: `distill={v['preset']}` " + " ".join(f"`{i}`" for i in v["items"]) + ".")
     for grade, by_obj in comparison["grades"].items():
         lines += ["", f"## {grade}", "", "| objective | test MRR | n | H@1 | H@10 | MRR - none (paired) | wins / n |",
                   "|---|---|---|---|---|---|---|"]
@@ -131,7 +136,7 @@ def log_wandb(cfg, out_dir: Path, comparison: dict[str, Any]) -> None:
     name = comparison["name"]
     run = wandb.init(project=cfg.run.wandb_project, entity=cfg.run.wandb_entity, group=name, name=f"{name}/compare",
                      job_type="compare", dir=str(out_dir), mode=wandb_mode(), reinit="finish_previous",
-                     config={k: comparison[k] for k in ("objectives", "seeds", "overrides", "command")})
+                     config={k: comparison.get(k) for k in ("objectives", "variants", "seeds", "overrides", "command")})
     cols = ["grade", "objective", "n", "mrr_mean", "mrr_std", "hits@1_mean", "hits@1_std", "hits@10_mean",
             "hits@10_std", "mrr_vs_none_mean", "mrr_vs_none_std", "wins_vs_none"]
     table = wandb.Table(columns=cols)
