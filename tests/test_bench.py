@@ -187,8 +187,10 @@ def test_rerank_evaluation_measures_the_reranked_ranking(tmp_path):
     r = evaluation.rerank_evaluation(d, hops=2, weight=0.05, warmup=0, repeats=1, dim=16, chunk_size=7)
     kg = load_kg(str(d), name_separator=", ")
     assert (r["num_entities"], r["num_queries"], r["hops"], r["weight"]) == (40, 2 * len(kg.test), 2, 0.05)
-    for key in ("graph_build_s", "neighbourhood_s", "rank_rerank_s", "rank_plain_s", "matmul_s"):
+    for key in ("graph_build_s", "neighbourhood_s", "rank_rerank_s", "rank_plain_s", "matmul_s", "in_batch_mask_s",
+                "in_batch_mask_dense_s"):
         assert r[key] > 0, key
+    assert r["mask_batch"] == min(1024, 2 * len(kg.train))
     assert r["queries_per_s"] == pytest.approx(r["num_queries"] / r["rank_rerank_s"])
     # neighbourhoods and MRR against an independent reference: a Python BFS and a brute-force ranking
     adj = defaultdict(set)

@@ -159,3 +159,20 @@ def test_false_negative_mask_pre_batch_style(seed):
     got = false_negative_mask(q[:, :2], q[:, 2], cand, kt)
     ref = [[c == t or c in hr2tails.get((h, r), set()) for c in cand.tolist()] for h, r, t in q.tolist()]
     assert got.tolist() == ref
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_answers_among_equals_the_dense_search(seed):
+    """The CPU path (answers read as slices of the sorted keys) against every (query, candidate) key searched
+    at once; queries without train answers, repeated candidates and a one-candidate batch included."""
+    g = torch.Generator().manual_seed(seed)
+    n, r = 300, 4
+    tr = torch.stack([torch.randint(0, n, (2000,), generator=g), torch.randint(0, r, (2000,), generator=g),
+                      torch.randint(0, 40, (2000,), generator=g)], 1)  # tails crowd into 40 entities
+    kt = KnownTriples(tr, n, r)
+    h, rel = torch.randint(0, n, (64,), generator=g), torch.randint(0, r, (64,), generator=g)
+    for cand in (torch.randint(0, 60, (97,), generator=g), torch.tensor([7]), torch.empty(0, dtype=torch.long)):
+        dense = kt.contains(h[:, None], rel[:, None], cand[None, :])
+        got = kt.answers_among(h, rel, cand)
+        assert got.shape == (64, len(cand)) and torch.equal(got, dense)
+    assert kt.answers_among(h, rel, torch.arange(40)).any()  # the slices are not all empty

@@ -69,6 +69,10 @@ def format_tables(b: dict) -> str:
             lines += ["", "graph and neighbourhoods: once per run (every stage reuses them); rank: scores, re-ranking "
                       f"bonus, filtering and ranks of every query, chunk {r['chunk_size']}; scores alone: just the "
                       "float32 query x entity products, the floor of any exact ranking.", ""]
+            if "in_batch_mask_s" in r:
+                lines += [f"Training collate, in-batch false-negative mask of {r['mask_batch']} train examples (CPU): "
+                          f"{1000 * r['in_batch_mask_s']:.1f} ms (all-pairs key search: "
+                          f"{1000 * r['in_batch_mask_dense_s']:.1f} ms).", ""]
     if "stages" in b:
         lines += ["## Stages: size and inference latency", ""]
         lines += _table(["stage", "layers", "shared", "vocab", "params", "vs teacher", "query batch ms",
