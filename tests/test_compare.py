@@ -96,9 +96,9 @@ def test_plan_from_the_umls_comparison_file():
 
 
 def test_a_variant_is_a_row_of_its_own_and_leaves_the_other_chains_unchanged():
-    items = ["data=umls", "teacher.epochs=3"]
+    items = ["data=umls", "teacher.epochs=3", "stages.0.mask_rate=0.2"]
     plain = build_plan("none,pmd", "2", items, teacher="t/export", name="x")
-    spec = "pmd_kl=pmd distill.score_loss=kl distill.kd_temperature=4 stages.0.mask_rate=0"
+    spec = "pmd_kl=pmd distill.score_loss=kl distill.kd_temperature=4 stages.0.mask_rate=0"  # overrides the 0.2
     plan = build_plan("none,pmd", "2", items, teacher="t/export", name="x", variants=[spec])
     assert plan.objectives == ["none", "pmd", "pmd_kl"]
     assert plan.variants == {"pmd_kl": {"preset": "pmd", "items": spec.split()[1:]}}
