@@ -25,9 +25,9 @@ smoke:  ## the default chain end to end with two training batches per stage (77 
 fit:  ## the embedded default run (UMLS + packaged MiniLM)
 	$(PYTHON) -m kgc_kd.fit
 
-COMPARE_ARGS ?= --objectives none,pmd,makd --seeds 3 config=conf/experiment/compare_umls.yaml
+COMPARE_ARGS ?= --objectives none,pmd,makd,pmd_makd --seeds 3 config=conf/experiment/compare_umls.yaml
 
-compare:  ## objectives x seeds on one teacher (UMLS): runs/compare/<name>/compare.md (~1 h on 2 CPU cores)
+compare:  ## objectives x seeds on one teacher (UMLS): runs/compare/<name>/compare.md (~1 h 30 min on 2 CPU cores)
 	$(PYTHON) -m kgc_kd.compare $(COMPARE_ARGS)
 
 bench:  ## benchmark harness: runs/bench/bench.json + bench.md (MiniLM on UMLS; ~25 min on 2 CPU cores)
