@@ -127,7 +127,11 @@ def test_every_challenger_gets_its_verdict_and_variants_are_spelled_out():
     assert lines[0].startswith("`pmd` beats `none`") and "g2 (+0.1100 vs spread 0.0200)" in lines[0]
     assert "Not beyond the spread at: g4" in lines[1]
     assert lines[2].startswith("`pmd_kl` beats `none`") and lines[3] == "Cannot tell (a single seed, no spread) at: g4, g2."
-    assert "Variant `pmd_kl`: `distill=pmd` `distill.score_loss=kl`." in format_markdown(comparison)
+    md = format_markdown(comparison)
+    assert "Variant `pmd_kl`: `distill=pmd` `distill.score_loss=kl`." in md
+    assert "loaded unchanged by every chain: checked when every chain is done." in md  # not yet known: not "NO"
+    comparison["teacher"]["same_in_every_chain"] = False
+    assert "loaded unchanged by every chain: NO." in format_markdown(comparison)
 
 
 def test_wandb_group_names_the_comparison_and_leaves_the_run_directory_alone(tmp_path):

@@ -17,6 +17,11 @@ def _pm(mean: float, std: Optional[float], fmt: str = "{:.4f}") -> str:
     return fmt.format(mean) + (f" ± {std:.4f}" if std is not None else " ± -")
 
 
+def _same(flag: Optional[bool]) -> str:
+    """The teacher check runs once every chain is done: an interrupted comparison has not made it yet."""
+    return "checked when every chain is done" if flag is None else ("yes" if flag else "NO")
+
+
 def verdict_lines(comparison: dict[str, Any]) -> list[str]:
     """For every objective other than `none`: the grades where it beats `none` by more than the seed spread."""
     if BASELINE not in comparison["objectives"]:
@@ -58,7 +63,7 @@ def format_markdown(comparison: dict[str, Any]) -> str:
            if t.get("run_dir") else "given with --teacher")
     lines.append(f"Teacher: `{t['export']}`, {how}; test MRR {t_test.get('mrr', float('nan')):.4f}, "
                  f"H@1 {t_test.get('hits@1', float('nan')):.4f}, H@10 {t_test.get('hits@10', float('nan')):.4f}; "
-                 f"loaded unchanged by every chain: {'yes' if t.get('same_in_every_chain') else 'NO'}.")
+                 f"loaded unchanged by every chain: {_same(t.get('same_in_every_chain'))}.")
     lines.append(f"Seeds: {', '.join(map(str, comparison['seeds']))} (students only: data order, dropout, masks, "
                  "new projections). Mean ± sample std (n - 1) over seeds; ± - where n = 1. Test split, filtered, "
                  "realistic ranks, mean of head and tail prediction. Paired difference: the objective's MRR minus "
