@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from kgc_kd import tracking
 from kgc_kd.callbacks.progressive import ProgressiveDistillation
-from kgc_kd.callbacks.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RngState
+from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
+                                     newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
-from kgc_kd.config import run_name, to_plain
+from kgc_kd.config import run_name, stage_negatives, to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
@@ -73,16 +74,20 @@ def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
 
 def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: ProgressiveDistillation,
                    stage: dict | None = None):
+    # The best epoch by val MRR (tested at the end); the resume point last.ckpt is LastCheckpoint's, written at
+    # every epoch's end and every run.checkpoint_every_n_steps steps (ModelCheckpoint's save_last would only
+    # refresh it at improving epochs). ckpt stays first: it is trainer.checkpoint_callback.
     ckpt = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mrr",
-                           mode="max", save_top_k=1, save_last=True, auto_insert_metric_name=False)
+                           mode="max", save_top_k=1, save_last=False, auto_insert_metric_name=False)
     # the timer before the chain callback (it reads the timer); RNG state and an interrupt checkpoint make a
     # killed stage resume where it stopped (callbacks/resume.py)
-    callbacks = [ckpt, PhaseTimer(), callback, RngState(), CheckpointOnInterrupt(stage_dir / "checkpoints")]
+    callbacks = [ckpt, LastCheckpoint(stage_dir / "checkpoints", cfg.run.checkpoint_every_n_steps), PhaseTimer(),
+                 callback, RngState(), CheckpointOnInterrupt(stage_dir / "checkpoints")]
     logger: list | bool = False
     if cfg.run.logger in ("csv", "wandb"):  # the CSV log is kept with W&B too: it needs no service to read
         # A resumed stage logs to logs/resume-N/: CSVLogger deletes an existing metrics.csv it would reuse.
         resumes = len(list((stage_dir / "logs").glob("resume-*"))) + 1
-        version = f"resume-{resumes}" if (stage_dir / "checkpoints" / "last.ckpt").is_file() else ""
+        version = f"resume-{resumes}" if resume_candidates(stage_dir) else ""
         logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version=version)]
         if cfg.run.logger == "wandb":
             logger.append(tracking.stage_logger(cfg, stage_dir.parent.parent, stage_dir.name, stage or {}))
@@ -95,8 +100,13 @@ def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callbac
 
 
 def _fit_and_test(trainer: L.Trainer, module: L.LightningModule, dm: KGDataModule, stage_dir: Path) -> None:
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)  # resume if interrupted
+    # resume if interrupted: from last.ckpt or a SLURM requeue's hpc_ckpt_N.ckpt, whichever holds the later step
+    # (an explicit ckpt_path: Lightning's own SLURM lookup would take the hpc file even when last.ckpt is newer)
+    resume = newest_checkpoint(stage_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    if trainer.is_global_zero:  # superseded by last.ckpt; on SLURM, test(ckpt_path=None) would load them
+        remove_hpc_checkpoints(stage_dir)
+    trainer.strategy.barrier("kgc_kd.remove_hpc_checkpoints")
     best = trainer.checkpoint_callback.best_model_path
     trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
     tracking.finish_stage(trainer)  # one W&B run per stage: a reused run would drop the next stage's steps
@@ -121,11 +131,12 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
         chain.resume_from("teacher")
         return chain.state.get("untrained_test")
     L.seed_everything(cfg.run.seed, workers=True)
-    info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm}
+    info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm, "negatives": stage_negatives(cfg, None)}
     if cfg.teacher.load:
         net = BiEncoder.from_pretrained(cfg.teacher.load, source_ids=True)
         net.check_vocab(dm.tokens.token_lists())  # a pruned teacher from another KG fails here
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
+        info.pop("negatives")  # trained elsewhere: what it trained with is not known here
         chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
         trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False))
         trainer.test(module, datamodule=dm, verbose=False)
@@ -151,10 +162,13 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
     if st.prune_vocab and student.kept_ids is None:
         kept = used_token_ids(dm.tokens.token_lists(), tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
+    negatives = stage_negatives(cfg, index)
     stage = {**stage_settings(cfg, index), "layers": st.layers, "layer_map": layer_map, "init": st.init,
              "mask_rate": st.mask_rate, "shared_encoder": student.shared,
-             "vocab_size": len(student.kept_ids or []) or student.query_encoder.config.vocab_size}
-    return DistillModule(to_plain(cfg.model), _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
+             "vocab_size": len(student.kept_ids or []) or student.query_encoder.config.vocab_size,
+             "negatives": negatives}
+    model = {**to_plain(cfg.model), "pre_batch": negatives["pre_batch"], "self_negative": negatives["self_negative"]}
+    return DistillModule(model, _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
                          student=student, teacher=teacher)
 
 

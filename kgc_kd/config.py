@@ -76,7 +76,7 @@ class OptimCfg:
 @dataclass
 class TrainerCfg:
     accelerator: str = "auto"
-    devices: Any = 1  # multi-GPU is opt-in (conf/trainer/ddp.yaml) until negatives are gathered across ranks
+    devices: Any = 1  # multi-GPU is opt-in: trainer=ddp (in-batch negatives span the global batch)
     strategy: str = "auto"
     num_nodes: int = 1
     precision: Optional[str] = None  # None: bf16-mixed on a CUDA device with bf16, else 32-true (kgc_kd/precision.py)
@@ -149,6 +149,8 @@ class StageCfg:
     mask_rate: float = 0.0  # PMD grades: 0.2, 0.1, 0.05, 0.0
     shared_encoder: Optional[bool] = None  # one encoder for queries and entities; None: as the teacher
     prune_vocab: bool = False  # keep only the word-pieces the KG's texts use (lossless on this KG)
+    pre_batch: Optional[int] = None  # pre-batch negatives of this stage; None: model.pre_batch (as the teacher)
+    self_negative: Optional[bool] = None  # the head as a negative; None: model.self_negative (as the teacher)
     epochs: Optional[int] = None  # default: trainer.max_epochs
     lr: Optional[float] = None  # default: optim.lr
     alpha: Optional[float] = None  # default: distill.alpha (and likewise below: None = the distill group's)
@@ -183,6 +185,7 @@ class RunCfg:
     wandb_entity: Optional[str] = None
     wandb_log_model: bool = False  # upload stage checkpoints as W&B artifacts
     wandb_group: Optional[str] = None  # W&B group of the stage runs (default: the run name); not part of the hash
+    checkpoint_every_n_steps: int = 1000  # also write the resumable last.ckpt every N training steps (0: epoch ends only)
 
 
 @dataclass
@@ -306,6 +309,8 @@ def validate(cfg: DictConfig) -> None:
         (cfg.model.pooling in ("mean", "cls"), f"model.pooling={cfg.model.pooling!r}: expected mean or cls"),
         (cfg.model.temperature > 0, "model.temperature must be > 0"),
         (cfg.model.pre_batch >= 0, "model.pre_batch must be >= 0"),
+        (cfg.run.checkpoint_every_n_steps >= 0,
+         f"run.checkpoint_every_n_steps={cfg.run.checkpoint_every_n_steps}: expected >= 0 (0: at epoch ends only)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
         (cfg.eval.val_max_queries is None or cfg.eval.val_max_queries >= 1,
@@ -331,6 +336,7 @@ def validate(cfg: DictConfig) -> None:
             (st.layers >= 1, f"stages[{i}].layers={st.layers}: expected >= 1"),
             (0.0 <= st.mask_rate < 1.0, f"stages[{i}].mask_rate={st.mask_rate}: expected a rate in [0, 1)"),
             (st.init in ("teacher", "plm"), f"stages[{i}].init={st.init!r}: expected teacher or plm"),
+            (st.pre_batch is None or st.pre_batch >= 0, f"stages[{i}].pre_batch={st.pre_batch}: expected >= 0 (or null: model.pre_batch)"),
             (st.layer_map is None or len(st.layer_map) == st.layers,
              f"stages[{i}].layer_map={list(st.layer_map or [])}: expected {st.layers} entries, one per student layer"),
             (bool(st.terms if st.terms is not None else cfg.distill.terms) or sum(w.values()) <= 1.0 + 1e-9,
@@ -346,6 +352,15 @@ def validate(cfg: DictConfig) -> None:
         cfg.stages = []
 
 
+def stage_negatives(cfg: DictConfig, index: int | None) -> dict[str, Any]:
+    """The negatives stage `index` trains with (None: the teacher): the teacher's (model.*) unless the stage
+    overrides them, so students see the objective their teacher was trained on."""
+    st = cfg.stages[index] if index is not None else None
+    pick = lambda key: cfg.model[key] if st is None or st[key] is None else st[key]  # noqa: E731
+    return {"in_batch": True, "pre_batch": int(pick("pre_batch")), "pre_batch_weight": float(cfg.model.pre_batch_weight),
+            "self_negative": bool(pick("self_negative"))}
+
+
 def to_plain(cfg: DictConfig) -> dict:
     """Plain containers only: an OmegaConf object in a checkpoint breaks torch's weights_only loading."""
     return OmegaConf.to_container(cfg, resolve=True)
@@ -355,6 +370,7 @@ def config_hash(cfg: DictConfig) -> str:
     plain = to_plain(cfg)
     plain.get("run", {}).pop("name", None)
     plain.get("run", {}).pop("wandb_group", None)  # where W&B files a run, not what it trains
+    plain.get("run", {}).pop("checkpoint_every_n_steps", None)  # how often it saves, not what it trains
     return hashlib.sha1(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:8]
 
 

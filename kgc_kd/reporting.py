@@ -69,6 +69,20 @@ def _pct(value: float | None, ref: float | None) -> str:
     return f" ({100.0 * (value - ref) / ref:+.1f}%)"
 
 
+def describe_negatives(row: dict) -> str:
+    """The negatives a stage trained with, as its row records them (`negatives`, `world_size`)."""
+    n = row.get("negatives")
+    if not n:
+        return "negatives not recorded"
+    world = row.get("world_size") or 1
+    parts = ["in-batch" + (f" (global batch over {world} processes)" if world > 1 else "")]
+    if n.get("pre_batch"):
+        parts.append(f"pre-batch x{n['pre_batch']} (weight {n.get('pre_batch_weight')})")
+    if n.get("self_negative"):
+        parts.append("self")
+    return "negatives " + " + ".join(parts)
+
+
 def report_rows(result: dict) -> list[dict]:
     """Stage rows with the % change of every number against the teacher (the first row)."""
     rows = result["stages"]
@@ -128,11 +142,13 @@ def format_report(result: dict) -> str:
                 loss = f"alpha {r['alpha']}, beta {r['beta']}, pkd {r['pkd']}"
             lines.append(f"- {r['name']}: {r['layers']} layers from the {r['teacher_layers']}-layer previous stage, "
                          f"init {r['init']}, layer map {r['layer_map']}, mask rate {r['mask_rate']}, {loss}, "
-                         f"score {r['score_loss']}, mgfd {r['mgfd']}; {r.get('steps')} steps in {r.get('fit_time_s')} s")
+                         f"score {r['score_loss']}, mgfd {r['mgfd']}; {describe_negatives(r)}; "
+                         f"{r.get('steps')} steps in {r.get('fit_time_s')} s")
         elif r.get("loaded_from"):
             lines.append(f"- {r['name']}: loaded from {r['loaded_from']} (not trained in this run)")
         else:
-            lines.append(f"- {r['name']}: {r.get('plm')}, {r.get('steps')} steps in {r.get('fit_time_s')} s")
+            lines.append(f"- {r['name']}: {r.get('plm')}, {describe_negatives(r)}; {r.get('steps')} steps in "
+                         f"{r.get('fit_time_s')} s")
     lines.append(f"\nwall time of this invocation: {result['wall_time_s']} s "
                  f"(setup {result.get('setup_s', '?')} s, untrained baseline {result.get('untrained_eval_s') or 0} s); "
                  f"peak resident memory {result.get('peak_rss_mib', '?')} MiB")

@@ -287,3 +287,18 @@ def test_validation_every_second_epoch_through_the_chain(tmp_path, plm4, monkeyp
         assert torch.equal(net.state_dict()[key], best["net." + key])
     g1 = rows["g1"]  # one epoch, validation every second: never validated, tested with its final weights
     assert g1["best_checkpoint"] == "" and g1["best_val_mrr"] is None and 0 < g1["test"]["mrr"] <= 1
+
+
+def test_students_train_with_the_teachers_pre_batch_negatives_unless_a_stage_overrides(tmp_path, plm4):
+    stages = ("stages=[{name: pre, layers: 4}, {name: g2, layers: 2, pre_batch: 0, self_negative: false}]")
+    result = fit.main(_argv(tmp_path, plm4, stages, "model.pre_batch=1", "model.pre_batch_weight=0.5"))
+    rows = {r["name"]: r for r in result["stages"]}
+    on = {"in_batch": True, "pre_batch": 1, "pre_batch_weight": 0.5, "self_negative": True}
+    assert rows["teacher"]["negatives"] == on and rows["pre"]["negatives"] == on  # carried into the student
+    assert rows["g2"]["negatives"] == {**on, "pre_batch": 0, "self_negative": False}  # the stage's override
+    for name, k in (("pre", 1), ("g2", 0)):  # what each module was built with
+        hp = torch.load(rows[name]["best_checkpoint"])["hyper_parameters"]
+        assert hp["model"]["pre_batch"] == k
+    md = (tmp_path / "chain" / "report.md").read_text()
+    assert md.count("negatives in-batch + pre-batch x1 (weight 0.5) + self") == 2
+    assert "- g2:" in md and "negatives in-batch;" in md

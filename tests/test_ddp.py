@@ -41,22 +41,22 @@ def _dm(batch_size):
 
 
 class Record(L.Callback):
-    """Rank 0 writes the first step's loss and (already all-reduced) gradients to a file."""
+    """Rank 0 writes step `step`'s loss and (already all-reduced) gradients to a file."""
 
-    def __init__(self, path):
-        self.path = str(path)
+    def __init__(self, path, step=0):
+        self.path, self.step = str(path), step
 
     def on_after_backward(self, trainer, pl_module):
-        if trainer.global_step == 0 and trainer.is_global_zero:
+        if trainer.global_step == self.step and trainer.is_global_zero:
             grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
             torch.save({"loss": float(trainer.callback_metrics.get("train/loss", torch.nan)), "grads": grads},
                        self.path)
 
 
-def _run(module, dm, devices, path, **kw):
+def _run(module, dm, devices, path, step=0, **kw):
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
-                        max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        enable_checkpointing=False, limit_val_batches=0, callbacks=[Record(path)],
+                        max_steps=step + 1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, limit_val_batches=0, callbacks=[Record(path, step)],
                         use_distributed_sampler=False, **kw)
     trainer.fit(module, datamodule=dm)
     return torch.load(path)
@@ -87,6 +87,41 @@ def test_distillation_step_on_two_processes_equals_one_process(tmp_path):
     torch.manual_seed(0)
     single = _run(module(8), _dm(8), 1, tmp_path / "one.pt")
     multi = _run(module(4), _dm(4), 2, tmp_path / "two.pt")
+    _compare(single, multi)
+
+
+# lr 0: the second step sees the first step's weights in both runs, and its pre-batch columns hold the first
+# global batch's entity vectors (the first step has none), so the comparison isolates the pre-batch path.
+FROZEN = {**OPTIM, "lr": 0.0}
+PRE_BATCH = {**MODEL, "pre_batch": 1, "pre_batch_weight": 1.0}  # weight 1: the columns weigh as in-batch ones
+
+
+def test_teacher_pre_batch_step_on_two_processes_equals_one_process(tmp_path):
+    enc = make_tiny_bert(dropout=0.0)
+    single = _run(KGCModule(PRE_BATCH, FROZEN, EVAL, 8, encoder=copy.deepcopy(enc)), _dm(8), 1, tmp_path / "one.pt",
+                  step=1)
+    multi = _run(KGCModule(PRE_BATCH, FROZEN, EVAL, 4, encoder=copy.deepcopy(enc)), _dm(4), 2, tmp_path / "two.pt",
+                 step=1)
+    no_pb = _run(KGCModule(MODEL, FROZEN, EVAL, 8, encoder=copy.deepcopy(enc)), _dm(8), 1, tmp_path / "none.pt",
+                 step=1)
+    assert multi["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    assert single["loss"] > no_pb["loss"] + 1e-3  # the pre-batch columns took part (more negatives, higher CE)
+    _compare(single, multi)
+
+
+def test_distillation_pre_batch_step_on_two_processes_equals_one_process(tmp_path):
+    teacher = BiEncoder(make_tiny_bert(num_layers=2, dropout=0.0))
+    stage = {"name": "s", "alpha": 0.2, "beta": 0.0, "mask_rate": 0.0}
+
+    def module(bs, model=PRE_BATCH):
+        student, _ = build_student(teacher, 1)
+        return DistillModule(model, FROZEN, EVAL, stage, bs, student=student, teacher=teacher)
+
+    single = _run(module(8), _dm(8), 1, tmp_path / "one.pt", step=1)
+    multi = _run(module(4), _dm(4), 2, tmp_path / "two.pt", step=1)
+    no_pb = _run(module(8, MODEL), _dm(8), 1, tmp_path / "none.pt", step=1)
+    assert multi["loss"] == pytest.approx(single["loss"], abs=1e-5)
+    assert abs(single["loss"] - no_pb["loss"]) > 1e-3
     _compare(single, multi)
 
 

@@ -150,3 +150,50 @@ def test_the_teacher_encodes_each_input_of_a_step_once(dedup):
         assert rows_seen == [8, batch["entities"]["input_ids"].shape[0]]
     else:
         assert rows_seen == [8, 8, 8]
+
+
+class _Attached:
+    """What `prebatch_mask` reads from a trainer: the datamodule's known train triples, one process."""
+
+    def __init__(self, dm):
+        self.datamodule, self.world_size = dm, 1
+
+
+def test_pre_batch_columns_hold_the_student_and_the_teacher_vectors_of_the_last_batch():
+    teacher = _teacher()
+    dm = _dm()
+    model = {**MODEL, "pre_batch": 1, "pre_batch_weight": 1.0}
+    m = DistillModule(model, OPTIM, EVAL, {"name": "s", "alpha": 0.3, "beta": 0.0}, 8,
+                      student=copy.deepcopy(teacher), teacher=teacher)
+    m.mask_id = make_tokenizer().mask_token_id
+    m._trainer = _Attached(dm)
+    m.eval()
+    loader = iter(dm.train_dataloader())
+    first, second = next(loader), next(loader)
+    assert m.prebatch.empty and m.teacher_prebatch.empty
+    m.distill_terms(first)
+    tails = m.net.encode_entity(first["entities"])[first["tail_index"]]
+    assert torch.allclose(m.prebatch.vectors, tails) and torch.allclose(m.teacher_prebatch.vectors, tails)
+    assert torch.equal(m.prebatch.triples, first["triples"])
+    terms = m.distill_terms(second)
+    # a student equal to its teacher scores every column alike, pre-batch columns included
+    assert float(terms["score"]) == pytest.approx(0.0, abs=1e-10)
+    # CE over in-batch + pre-batch + self columns, rebuilt from the spec's formulas
+    from kgc_kd.data.negatives import false_negative_mask
+    from kgc_kd.models.contrastive import contrastive_logits, infonce_loss
+
+    hr = m.net.encode_query(second["hr"])
+    ent = m.net.encode_entity(second["entities"])
+    t, h = ent[second["tail_index"]], ent[second["head_index"]]
+    tr = second["triples"]
+    pb_mask = false_negative_mask(tr[:, :2], tr[:, 2], first["triples"][:, 2], dm.known_train)
+    logits = contrastive_logits(hr, t, m.net.inv_t, fn_mask=second["fn_mask"], head=h, self_mask=second["self_mask"],
+                                prebatch=tails, prebatch_mask=pb_mask, prebatch_weight=1.0)
+    assert logits.shape == (8, 8 + 8 + 1)
+    assert float(terms["ce"]) == pytest.approx(float(infonce_loss(logits)), abs=1e-5)
+
+
+def test_without_score_distillation_there_is_no_teacher_buffer():
+    m = DistillModule({**MODEL, "pre_batch": 2}, OPTIM, EVAL, {"name": "s", "alpha": 0.0, "beta": 0.2}, 8,
+                      student=build_student(_teacher(), 1)[0], teacher=_teacher())
+    assert m.prebatch is not None and m.teacher_prebatch is None

@@ -176,3 +176,54 @@ def test_answers_among_equals_the_dense_search(seed):
         got = kt.answers_among(h, rel, cand)
         assert got.shape == (64, len(cand)) and torch.equal(got, dense)
     assert kt.answers_among(h, rel, torch.arange(40)).any()  # the slices are not all empty
+
+
+def _hub_graph(seed: int, n: int = 500, r: int = 3):
+    """A graph with hubs: entity 0 is the head of 300 (0, 0, t) triples, entities 1-4 of 60 each with relation 1,
+    and a sparse random remainder, so some queries have far more known answers than a batch has candidates."""
+    g = torch.Generator().manual_seed(seed)
+    hub = torch.stack([torch.zeros(300, dtype=torch.long), torch.zeros(300, dtype=torch.long),
+                       torch.randperm(n, generator=g)[:300]], 1)
+    mids = torch.cat([torch.stack([torch.full((60,), e), torch.ones(60, dtype=torch.long),
+                                   torch.randperm(n, generator=g)[:60]], 1) for e in range(1, 5)])
+    rest = torch.stack([torch.randint(0, n, (800,), generator=g), torch.randint(0, r, (800,), generator=g),
+                        torch.randint(0, n, (800,), generator=g)], 1)
+    return torch.cat([hub, mids, rest]), n, r
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_hub_queries_take_the_dense_search_and_give_the_same_mask(seed):
+    """Queries with more known answers than distinct candidates are searched candidate by candidate, the
+    rest read their slices; every row equals the brute-force set membership either way."""
+    tr, n, r = _hub_graph(seed)
+    kt = KnownTriples(tr, n, r)
+    g = torch.Generator().manual_seed(seed + 10)
+    h = torch.cat([torch.tensor([0, 0, 1, 2, 3, 4]), torch.randint(0, n, (26,), generator=g)])
+    rel = torch.cat([torch.tensor([0, 0, 1, 1, 1, 1]), torch.randint(0, r, (26,), generator=g)])
+    cand = torch.cat([tr[:20, 2], torch.randint(0, n, (30,), generator=g)])  # hub answers among the candidates
+    _, counts = kt.answer_counts(h, rel)
+    distinct = len(torch.unique(cand))
+    assert (counts > distinct).sum() >= 2 and (counts <= distinct).sum() >= 20  # both paths are taken
+    ref = {tuple(x) for x in tr.tolist()}
+    expected = [[(hi, ri, c) in ref for c in cand.tolist()] for hi, ri in zip(h.tolist(), rel.tolist())]
+    got = kt.answers_among(h, rel, cand)
+    assert got.tolist() == expected
+    assert got[0].sum() >= 20  # the hub's row found its answers
+
+
+def test_keys_are_cached_per_device_and_not_pickled():
+    import pickle
+
+    kt = KnownTriples(torch.tensor([[0, 1, 2], [3, 0, 1]]), 5, 2)
+    assert kt.keys_on("cpu") is kt.keys
+    meta = kt.keys_on("meta")  # a non-CPU device that exists everywhere: copied once, then reused
+    assert meta.device.type == "meta" and kt.keys_on(torch.device("meta")) is meta
+    clone = pickle.loads(pickle.dumps(kt))  # what a data-loader worker receives
+    assert clone._on == {} and torch.equal(clone.keys, kt.keys)
+
+
+def test_empty_known_set_masks_only_the_gold_tail():
+    kt = KnownTriples(torch.empty(0, 3, dtype=torch.long), 5, 2)
+    got = false_negative_mask(torch.tensor([[0, 1], [2, 0]]), torch.tensor([3, 4]), torch.tensor([3, 4, 0]), kt)
+    assert got.tolist() == [[True, False, False], [False, True, False]]
+    assert not kt.contains(torch.tensor([0]), torch.tensor([0]), torch.tensor([0])).any()

@@ -79,7 +79,7 @@ class ProgressiveDistillation(Callback):
         self._fit = {
             "best_checkpoint": ckpt.best_model_path if ckpt else None,
             "best_val_mrr": float(ckpt.best_model_score) if ckpt and ckpt.best_model_score is not None else None,
-            "epochs": trainer.current_epoch, "steps": trainer.global_step,
+            "epochs": trainer.current_epoch, "steps": trainer.global_step, "world_size": trainer.world_size,
             "fit_time_s": round(time.time() - getattr(self, "_fit_started", time.time()), 1),
         }
 

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
-from kgc_kd.data.negatives import in_batch_mask
+from kgc_kd.data.negatives import false_negative_mask, in_batch_mask
 from kgc_kd.eval import Ranks, RankingOutput, direction_metrics, evaluate_queries
 from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.prebatch import PreBatchBuffer
 
 
 class NonFiniteLossError(RuntimeError):
@@ -53,6 +54,20 @@ class BiEncoderModule(L.LightningModule):
         triples = self.gather_rows(batch["triples"])
         fn_mask, self_mask = in_batch_mask(triples, self.trainer.datamodule.known_train)
         return vectors, triples, fn_mask, self_mask
+
+    # ---- pre-batch negatives ----------------------------------------------------------------------------
+    @staticmethod
+    def prebatch_buffer(model: dict) -> PreBatchBuffer | None:
+        """SimKGC's pre-batch buffer when `model.pre_batch` > 0 (sized by the first global batch pushed)."""
+        k = int(model.get("pre_batch", 0) or 0)
+        return PreBatchBuffer(k) if k > 0 else None
+
+    def prebatch_mask(self, buffer: PreBatchBuffer, triples: Tensor) -> Tensor:
+        """(B, k B) True where a buffered entity is a known answer of the global batch's query, or the slot is
+        still empty; computed on the step's device against the keys cached there."""
+        known = self.trainer.datamodule.known_train
+        return (false_negative_mask(triples[:, :2], triples[:, 2], buffer.triples[:, 2].clamp(min=0), known)
+                | ~buffer.filled[None, :])
 
     # ---- numerical faults ---------------------------------------------------------------------------------
     def check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> Tensor:

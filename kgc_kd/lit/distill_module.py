@@ -79,6 +79,11 @@ class DistillModule(BiEncoderModule):
             self.features = FeatureObjective(self.terms, self.net.query_encoder, self.teacher.query_encoder)
         self.mask_id: int | None = None  # taken from the datamodule's tokenizer at fit time
         self.pkd_map = uniform_layer_map(num_layers(self.teacher.query_encoder), num_layers(self.net.query_encoder))
+        # The stage's negatives are `model`'s (the chain passes the stage's resolved pre_batch/self_negative
+        # there): pre-batch columns hold the student's own past entity vectors, and with score distillation a
+        # twin buffer holds the teacher's vectors of the same entities, so both score the same columns.
+        self.prebatch = self.prebatch_buffer(model)
+        self.teacher_prebatch = self.prebatch_buffer(model) if "score" in self.weights else None
 
     def trainable_modules(self) -> list[nn.Module]:
         """Student plus generator and projections: trained together, never exported."""
@@ -146,16 +151,28 @@ class DistillModule(BiEncoderModule):
             t = self._rows(batch, t_out, views)
         sn = cfg["self_negative"]
         # logits over the global batch under DDP (student vectors gathered with gradients, teacher's without)
-        sv, _, fn_mask, self_mask = self.global_batch({k: s[k] for k in ("hr", "tail", "head")}, batch)
+        sv, triples, fn_mask, self_mask = self.global_batch({k: s[k] for k in ("hr", "tail", "head")}, batch)
+        pb_mask = None
+        if self.prebatch is not None and not self.prebatch.empty:
+            pb_mask = self.prebatch_mask(self.prebatch, triples)
+        pb = {"prebatch_weight": cfg["pre_batch_weight"], "prebatch_mask": pb_mask}
         logits_s = contrastive_logits(sv["hr"], sv["tail"], self.net.inv_t, margin=cfg["margin"],
-                                      fn_mask=fn_mask, head=sv["head"] if sn else None, self_mask=self_mask)
+                                      fn_mask=fn_mask, head=sv["head"] if sn else None, self_mask=self_mask,
+                                      prebatch=self.prebatch.vectors.clone() if pb_mask is not None else None, **pb)
         terms = {"ce": infonce_loss(logits_s), "acc@1": in_batch_accuracy(logits_s).detach()}
+        tv = None
         if "score" in w:
             with torch.no_grad():  # PMD: the teacher's logits carry no margin (teacher in eval mode)
                 tv = {k: self.gather_rows(t[k]) for k in ("hr", "tail", "head")}
-                logits_t = contrastive_logits(tv["hr"], tv["tail"], self.teacher.inv_t, margin=0.0,
-                                              fn_mask=fn_mask, head=tv["head"] if sn else None, self_mask=self_mask)
+                logits_t = contrastive_logits(
+                    tv["hr"], tv["tail"], self.teacher.inv_t, margin=0.0, fn_mask=fn_mask,
+                    head=tv["head"] if sn else None, self_mask=self_mask,
+                    prebatch=self.teacher_prebatch.vectors.clone() if pb_mask is not None else None, **pb)
             terms["score"] = score_loss(st["score_loss"], logits_s, logits_t, st["kd_temperature"])
+        if self.prebatch is not None:  # the global batch's entities, as the teacher stage pushes them
+            self.prebatch.push(sv["tail"], triples)
+            if self.teacher_prebatch is not None:
+                self.teacher_prebatch.push(tv["tail"], triples)
         if "mgfd" in w:
             terms["mgfd"] = self._mgfd(views, s_out, t_out, s, t)
         if "pkd" in w:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kgc_kd.data.negatives import false_negative_mask
 from kgc_kd.lit.base import BiEncoderModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.contrastive import contrastive_logits, in_batch_accuracy, infonce_loss
 from kgc_kd.models.plm import load_encoder
-from kgc_kd.models.prebatch import PreBatchBuffer
 
 
 def build_biencoder(model: dict, encoder: torch.nn.Module | None = None) -> BiEncoder:
@@ -30,26 +28,15 @@ class KGCModule(BiEncoderModule):
         # from_pretrained returns modules in eval mode and Lightning (>= 2.2) keeps each submodule's
         # mode as found at fit start, so without this the PLM would train with dropout off.
         self.net.train()
-        self.prebatch = None
-        if model.get("pre_batch", 0) > 0:
-            dim = self.net.query_encoder.config.hidden_size
-            self.prebatch = PreBatchBuffer(model["pre_batch"], batch_size, dim)  # resized on fit start under DDP
-
-    def on_fit_start(self) -> None:
-        if self.prebatch is not None and self.world_size > 1:  # the buffer holds global batches
-            p = self.prebatch
-            self.prebatch = PreBatchBuffer(len(p) // p.batch_size, p.batch_size * self.world_size,
-                                           p.vectors.shape[1]).to(self.device)
+        self.prebatch = self.prebatch_buffer(model)  # entity vectors of the last k global batches
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         cfg = self.hparams.model
         vecs, triples, fn_mask, self_mask = self.global_batch(self.net(batch), batch)
         pb, pb_mask = None, None
-        if self.prebatch is not None:
-            known = self.trainer.datamodule.known_train
+        if self.prebatch is not None and not self.prebatch.empty:
             pb = self.prebatch.vectors.clone()  # push() below overwrites the buffer in place
-            pb_mask = false_negative_mask(triples[:, :2], triples[:, 2], self.prebatch.triples[:, 2].clamp(min=0),
-                                          known) | ~self.prebatch.filled[None, :]
+            pb_mask = self.prebatch_mask(self.prebatch, triples)
         logits = contrastive_logits(
             vecs["hr"], vecs["tail"], self.net.inv_t, margin=cfg["margin"], fn_mask=fn_mask,
             head=vecs["head"] if cfg["self_negative"] else None, self_mask=self_mask,
