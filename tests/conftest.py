@@ -40,6 +40,20 @@ def make_tiny_bert(num_layers: int = 2, hidden: int = 32, heads: int = 4, seed: 
     return BertModel(cfg, add_pooling_layer=False)
 
 
+GPU_SKIP_REASON = ("needs a CUDA device: torch.cuda.is_available() is False here; run `make test-gpu` "
+                   "(pytest -m gpu) on a machine with an NVIDIA GPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu`-marked tests (tests/test_gpu.py) run where CUDA exists and are skipped, with the reason, elsewhere."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=GPU_SKIP_REASON)
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def tokenizer():
     return make_tokenizer()

@@ -181,3 +181,15 @@ def test_evaluate_queries_rejects_an_index_for_other_relations():
     idx = FilterIndex.from_forward(torch.tensor([[0, 0, 1]]), 3)
     with pytest.raises(ValueError, match="covers 6 relation ids"):
         evaluate_queries(torch.eye(2), torch.eye(2), torch.tensor([[0, 0, 1], [1, 2, 0]]), 2, idx)
+
+
+def test_on_a_device_copies_once_and_is_never_pickled():
+    import pickle
+
+    idx = FilterIndex.from_triples(torch.tensor([[0, 0, 1], [0, 0, 2], [1, 1, 0]]), 2)
+    assert idx.on("cpu") is idx  # the CPU index is itself
+    meta = idx.on("meta")  # a non-CPU device that exists on every machine
+    assert meta is idx.on(torch.device("meta")) and meta.codes.device.type == "meta"
+    assert meta.answers.device.type == "meta" and meta.num_relations_total == 2
+    clone = pickle.loads(pickle.dumps(idx))
+    assert "_on" not in clone.__dict__ and clone == idx

@@ -139,8 +139,7 @@ def test_non_finite_loss_raises_naming_the_stage_step_and_term(monkeypatch):
     assert all(torch.equal(p, before[n]) for n, p in module.net.named_parameters())
 
 
-@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 def test_adamw_is_fused_exactly_when_the_parameters_live_on_cuda(accelerator):
     torch.manual_seed(0)
     module = KGCModule(MODEL, OPTIM, EVAL, 8, encoder=make_tiny_bert())

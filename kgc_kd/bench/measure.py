@@ -15,10 +15,7 @@ from pathlib import Path
 
 import torch
 
-
-def sync(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+from kgc_kd.devices import synchronize
 
 
 def timed(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device | str = "cpu") -> dict:
@@ -29,10 +26,10 @@ def timed(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.
         fn()
     times = []
     for _ in range(repeats):
-        sync(device)
+        synchronize(device)
         start = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return summarize(times)
 

@@ -21,13 +21,13 @@ import time
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import Callback
+
+from kgc_kd.devices import synchronize
 
 
 def _sync(module: L.LightningModule) -> None:
-    if module.device.type == "cuda":
-        torch.cuda.synchronize(module.device)
+    synchronize(module.device)
 
 
 class PhaseTimer(Callback):

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from kgc_kd.data.kg import KG
+from kgc_kd.devices import canonical
 
 
 class KnownTriples:
@@ -40,11 +41,9 @@ class KnownTriples:
 
     def keys_on(self, device: torch.device | str) -> Tensor:
         """The sorted keys on `device`, copied there once and reused by every later call."""
-        device = torch.device(device)
+        device = canonical(device)
         if device.type == "cpu":
             return self.keys
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
         if device not in self._on:
             self._on[device] = self.keys.to(device)
         return self._on[device]

@@ -206,7 +206,7 @@ def evaluate_queries(
         if filter_index.num_relations_total != 2 * num_relations:
             raise ValueError(f"the filter index covers {filter_index.num_relations_total} relation ids, "
                              f"the queries {2 * num_relations} (forward + inverse)")
-        known = filter_index.lookup(h, r)
+        known = filter_index.on(entity_vecs.device).lookup(h, r)  # on the ranking's device, copied there once
     else:
         empty = torch.empty(0, dtype=torch.long)
         known = [filter_index.get(key, empty) for key in zip(h.tolist(), r.tolist())]

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from kgc_kd.devices import canonical
+
 __all__ = ["FilterIndex", "QueryAnswers"]
 
 
@@ -52,10 +54,28 @@ class FilterIndex(Mapping[tuple[int, int], Tensor]):
         inverse = torch.stack([t, r + num_relations, h], dim=1)
         return cls.from_triples(torch.cat([triples, inverse]), 2 * num_relations)
 
+    # ---- devices ----------------------------------------------------------------------------------------
+    def on(self, device: torch.device | str) -> FilterIndex:
+        """This index with its tensors on `device`, copied there once and reused by every later evaluation
+        (the CPU index is itself); lookups and `pairs` then run on that device."""
+        device = canonical(device)
+        if device == self.codes.device:
+            return self
+        cache = self.__dict__.setdefault("_on", {})
+        if device not in cache:
+            cache[device] = FilterIndex(self.codes.to(device), self.offsets.to(device), self.answers.to(device),
+                                        self.num_relations_total)
+        return cache[device]
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "_on"}  # never pickle a copy held on a GPU
+
     # ---- batched lookups ---------------------------------------------------------------------------
     def lookup(self, h: Tensor, r: Tensor) -> QueryAnswers:
         """Where the answers of each query (h[i], r[i]) lie in `answers` (none for an unknown key)."""
-        h, r = torch.as_tensor(h, dtype=torch.long).reshape(-1), torch.as_tensor(r, dtype=torch.long).reshape(-1)
+        device = self.codes.device
+        h = torch.as_tensor(h, dtype=torch.long).reshape(-1).to(device)
+        r = torch.as_tensor(r, dtype=torch.long).reshape(-1).to(device)
         if len(self.codes) == 0:
             return QueryAnswers(self, torch.zeros_like(h), torch.zeros_like(h))
         code = h * self.num_relations_total + r
@@ -137,10 +157,11 @@ class QueryAnswers:
         sparse form of `mask`, for a ranking that subtracts known answers instead of masking a (Q, E) block."""
         total = int(self.count.sum())
         if total == 0:
-            empty = torch.empty(0, dtype=torch.long, device=device)
+            empty = torch.empty(0, dtype=torch.long, device=device or self.count.device)
             return empty, empty.clone()
-        rows = torch.repeat_interleave(torch.arange(len(self)), self.count)
+        on = self.count.device  # the index's device (FilterIndex.on)
+        rows = torch.repeat_interleave(torch.arange(len(self), device=on), self.count)
         # the j-th answer overall is answer (j - first j of its query) of that query, at start + that
         first = self.count.cumsum(0) - self.count
-        cols = self.index.answers[torch.repeat_interleave(self.start - first, self.count) + torch.arange(total)]
+        cols = self.index.answers[torch.repeat_interleave(self.start - first, self.count) + torch.arange(total, device=on)]
         return (rows, cols) if device is None else (rows.to(device), cols.to(device))

@@ -7,6 +7,7 @@ import time
 import torch
 from torch import nn
 
+from kgc_kd.devices import synchronize
 from kgc_kd.models.biencoder import BiEncoder
 
 
@@ -46,12 +47,10 @@ def throughput(encode, loader, device: torch.device, key: str, max_items: int = 
     count = sum(b["input_ids"].shape[0] for b in timed)
     best = 0.0
     for _ in range(max(1, repeats)):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         for inputs in timed:
             encode(inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
         best = max(best, count / max(time.perf_counter() - start, 1e-9))
     return best
