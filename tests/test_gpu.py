@@ -312,6 +312,13 @@ def test_throughput_and_peak_memory_measure_cuda_work():
     assert t["median_s"] > 0
 
 
+def test_the_benchmark_defaults_to_the_gpu_and_names_it():
+    from kgc_kd.bench.__main__ import machine, parse
+
+    assert parse([]).device == "cuda"
+    assert machine()["gpu"] == torch.cuda.get_device_name(0)
+
+
 # ---- the default chain end to end on the GPU ---------------------------------------------------------------------
 def _default_plm() -> str:
     plm = os.environ.get("KGC_KD_GPU_PLM")
