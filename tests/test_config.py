@@ -296,3 +296,13 @@ def test_required_value_in_a_preset_is_not_silently_defaulted(tmp_path, monkeypa
 
 def test_value_that_is_not_yaml_is_taken_literally():
     assert load_config(["data.name_separator=, "]).data.name_separator == ", "
+
+
+def test_checkpoint_every_n_steps_is_checked_and_not_part_of_the_run_directory():
+    with pytest.raises(ConfigError) as exc:
+        load_config(["run.checkpoint_every_n_steps=-1"])
+    assert "run.checkpoint_every_n_steps=-1: expected >= 0" in str(exc.value)
+    assert load_config([]).run.checkpoint_every_n_steps == 1000
+    assert load_config(["run.checkpoint_every_n_steps=0"]).run.checkpoint_every_n_steps == 0  # epoch ends only
+    # how often a run saves is not what it trains: a rerun with another interval resumes the same directory
+    assert run_name(load_config(["run.checkpoint_every_n_steps=50"])) == run_name(load_config([]))

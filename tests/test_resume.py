@@ -1,10 +1,16 @@
 """kgc_kd.callbacks.resume: atomic checkpoint writes, RNG state inside checkpoints, a checkpoint on SIGTERM/Ctrl-C,
-and an end-to-end check that a run resumed from its last.ckpt ends with exactly the uninterrupted run's weights."""
+an end-to-end check that a run resumed from its last.ckpt ends with exactly the uninterrupted run's weights, the
+resume point written at every epoch end and every N steps (LastCheckpoint), SIGKILL mid-epoch and rerun, and the
+choice between last.ckpt and a SLURM requeue's hpc_ckpt_N.ckpt."""
 
 import io
+import json
 import os
 import random
 import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import lightning as L
@@ -15,7 +21,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, OnExceptionCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from conftest import make_tiny_bert, make_tokenizer
-from kgc_kd.callbacks.resume import AtomicCheckpointIO, CheckpointOnInterrupt, RngState
+from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
+                                     checkpoint_step, newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.kgc_module import KGCModule
 
@@ -161,9 +168,9 @@ def _dm():
                         tokenizer=make_tokenizer(), synthetic=SYNTHETIC)
 
 
-def _module():
+def _module(**optim):
     L.seed_everything(SEED, verbose=False)
-    return KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert(dropout=0.1))
+    return KGCModule(MODEL, {**OPTIM, **optim}, EVAL, batch_size=8, encoder=make_tiny_bert(dropout=0.1))
 
 
 def _trainer(dirpath, *extra, rng=True, max_epochs=2, interrupt=CheckpointOnInterrupt):
@@ -390,3 +397,288 @@ def test_lightnings_own_on_exception_checkpoint_would_delete_it(tmp_path):
     trainer = _trainer(d, max_epochs=1, interrupt=lambda p: OnExceptionCheckpoint(p, filename="last"))
     trainer.fit(_module(), datamodule=_dm())
     assert not (d / "last.ckpt").exists()
+
+
+# ---- LastCheckpoint: the resume point at every epoch end and every N steps, in the chain's stage Trainer -----------
+def _chain_trainer(tmp_path, epochs: int, *args: str, callbacks=()):
+    """The chain's own stage Trainer (chain._stage_trainer: ModelCheckpoint, LastCheckpoint, RngState, interrupt
+    checkpoint, AtomicCheckpointIO), for the tiny module and KG above; `callbacks` are appended to it."""
+    from kgc_kd.callbacks.progressive import ProgressiveDistillation
+    from kgc_kd.chain import _stage_trainer
+    from kgc_kd.config import load_config
+
+    cfg = load_config(["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "run.logger=none", *args])
+    stage_dir = tmp_path / "stages" / "s"
+    trainer = _stage_trainer(cfg, stage_dir, epochs, ProgressiveDistillation(tmp_path))
+    trainer.callbacks.extend(callbacks)
+    return trainer, stage_dir
+
+
+@pytest.fixture
+def saves(monkeypatch):
+    """(file name, global step, batches processed in the epoch) of every checkpoint written, in order."""
+    seen = []
+    original = AtomicCheckpointIO.save_checkpoint
+
+    def spy(self, checkpoint, path, storage_options=None):
+        batches = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"]
+        seen.append((Path(path).name, checkpoint["global_step"], batches))
+        return original(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(AtomicCheckpointIO, "save_checkpoint", spy)
+    return seen
+
+
+class ValMrr(L.Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.values.append(float(trainer.callback_metrics["val/mrr"]))
+
+
+class FirstStep(L.Callback):
+    """The global step at which this fit's first training batch starts: where a resumed fit picked up."""
+
+    def __init__(self):
+        self.first = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.first is None:
+            self.first = trainer.global_step
+
+
+def _real(path) -> str:
+    return os.path.realpath(path)
+
+
+def test_last_ckpt_is_written_at_every_epoch_end_and_every_n_steps_while_best_stays_the_best(tmp_path, saves):
+    """lr=0: the validation MRR is the same after every epoch, so only epoch 0 improves (next test: Lightning's
+    save_last would keep last.ckpt there). The chain's last.ckpt follows training: every 4 steps and at each epoch's
+    end, after its validation; at an epoch's last batch (steps 6, 12, 18) the step save gives way to that one."""
+    mrr = ValMrr()
+    trainer, stage_dir = _chain_trainer(tmp_path, 3, "run.checkpoint_every_n_steps=4", callbacks=[mrr])
+    trainer.fit(_module(lr=0.0), datamodule=_dm())
+    assert len(mrr.values) == 3 and len(set(mrr.values)) == 1  # epochs 1 and 2 did not improve
+    d = stage_dir / "checkpoints"
+    assert _listing(d) == ["best-epoch000.ckpt", "last.ckpt"]  # no temporary file, no epoch=... file
+    assert [(s, b) for name, s, b in saves if name == "last.ckpt"] == [(4, 4), (6, 6), (8, 2), (12, 6), (16, 4),
+                                                                       (18, 6)]
+    assert [s for name, s, _ in saves if name != "last.ckpt"] == [6]
+    last = _ckpt(d / "last.ckpt")
+    assert (last["global_step"], last["epoch"]) == (18, 2)
+    tracked = next(v for k, v in last["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert _real(tracked["best_model_path"]) == _real(d / "best-epoch000.ckpt")  # the epoch's bookkeeping is inside
+    assert float(tracked["best_model_score"]) == pytest.approx(mrr.values[0])
+    assert "RngState" in last["callbacks"] and last["optimizer_states"]
+    assert _real(trainer.checkpoint_callback.best_model_path) == _real(d / "best-epoch000.ckpt")
+    assert trainer.checkpoint_callback.last_model_path == str(d / "last.ckpt")  # what the non-finite message names
+    assert _ckpt(d / "best-epoch000.ckpt")["global_step"] == 6
+
+
+def test_lightnings_save_last_alone_keeps_last_ckpt_at_the_last_improving_epoch(tmp_path):
+    """Why LastCheckpoint exists: ModelCheckpoint(save_last=True, monitor=...) refreshes last.ckpt only when it saved
+    a top-k checkpoint in the same step (Lightning 2.6), so two epochs of training are not in it."""
+    d = tmp_path / "ckpts"
+    best = ModelCheckpoint(dirpath=d, filename="best-epoch{epoch:03d}", monitor="val/mrr", mode="max", save_top_k=1,
+                           save_last=True, auto_insert_metric_name=False)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, max_epochs=3, callbacks=[best],
+                        plugins=[AtomicCheckpointIO()])
+    trainer.fit(_module(lr=0.0), datamodule=_dm())
+    assert trainer.global_step == 3 * STEPS_PER_EPOCH
+    assert _ckpt(d / "last.ckpt")["global_step"] == STEPS_PER_EPOCH
+
+
+def test_step_checkpoints_follow_optimizer_steps_under_gradient_accumulation(tmp_path, saves):
+    """Two batches per optimizer step: one save per step, after the batch that stepped (never between the two
+    batches of a step, when the accumulated gradients are in no checkpoint), and none of a step twice."""
+    trainer, stage_dir = _chain_trainer(tmp_path, 2, "run.checkpoint_every_n_steps=1",
+                                        "trainer.accumulate_grad_batches=2")
+    trainer.fit(_module(), datamodule=_dm())
+    assert [(s, b) for name, s, b in saves if name == "last.ckpt"] == [(1, 2), (2, 4), (3, 6), (4, 2), (5, 4), (6, 6)]
+
+
+def test_epoch_ends_only_with_zero_and_a_negative_interval_is_refused(tmp_path, saves):
+    trainer, _ = _chain_trainer(tmp_path, 2, "run.checkpoint_every_n_steps=0")
+    trainer.fit(_module(), datamodule=_dm())
+    assert [s for name, s, _ in saves if name == "last.ckpt"] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
+    with pytest.raises(ValueError, match="every_n_steps=-1"):
+        LastCheckpoint(tmp_path, every_n_steps=-1)
+
+
+# ---- SIGKILL mid-epoch, then the same command: it resumes from the last step checkpoint -------------------------
+KILLED_CHILD = textwrap.dedent('''
+    """python child.py ARGV...: `python -m kgc_kd.fit ARGV...` that SIGKILLs itself once, at global step KILL_AT_STEP
+    (the marker file says it already did), and prints the global step its first training batch starts at."""
+    import os, signal, sys
+    from pathlib import Path
+
+    from kgc_kd import fit
+    from kgc_kd.lit.kgc_module import KGCModule
+
+    KILL_AT, MARKER = int(os.environ["KILL_AT_STEP"]), Path(os.environ["KILL_MARKER"])
+    original, first = KGCModule.training_step, []
+
+    def training_step(self, batch, batch_idx):
+        if not first:
+            first.append(self.global_step)
+            print(f"first training batch at global step {self.global_step}", flush=True)
+        if self.global_step == KILL_AT and not MARKER.exists():
+            MARKER.write_text(str(self.global_step))
+            os.kill(os.getpid(), signal.SIGKILL)  # no handler runs, nothing is saved on the way out
+        return original(self, batch, batch_idx)
+
+    KGCModule.training_step = training_step
+    fit.main(sys.argv[1:])
+''')
+
+
+@pytest.mark.slow
+def test_sigkill_after_n_plus_one_steps_then_the_same_command_resumes_at_step_n(tmp_path, tiny_plm_dir):
+    """The acceptance test of "preemption loses minutes, not epochs": a 3-epoch stage (11 steps per epoch) with
+    run.checkpoint_every_n_steps=4 is SIGKILLed after 17 steps, in epoch 1; rerun, it starts at step 16 (not at the
+    end of epoch 0, step 11, as with ModelCheckpoint's save_last) and finishes."""
+    spe, every, n = 11, 4, 16
+    script = tmp_path / "child.py"
+    script.write_text(KILLED_CHILD)
+    argv = ["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.accelerator=cpu",
+            "trainer.enable_progress_bar=false", "data.batch_size=8", "data.max_length=24", "optim.lr=1e-3",
+            "teacher.only=true", "teacher.epochs=3",
+            "eval.untrained_baseline=false", "run.logger=csv", f"run.checkpoint_every_n_steps={every}",
+            f"run.root={tmp_path}", "run.name=killed"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "KILL_AT_STEP": str(n + 1), "KILL_MARKER": str(tmp_path / "once")}
+
+    def same_command():
+        return subprocess.run([sys.executable, str(script), *argv], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=600)
+
+    killed = same_command()
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert "first training batch at global step 0" in killed.stdout
+    stage = tmp_path / "killed" / "stages" / "teacher"
+    assert _listing(stage / "checkpoints") == ["best-epoch000.ckpt", "last.ckpt"]  # nothing half-written
+    ckpt = _ckpt(stage / "checkpoints" / "last.ckpt")
+    assert (ckpt["global_step"], ckpt["epoch"]) == (n, 1)  # mid-epoch 1, 5 of its 11 batches
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["processed"] == n - spe
+    assert "RngState" in ckpt["callbacks"] and ckpt["optimizer_states"]
+
+    rerun = same_command()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"first training batch at global step {n}" in rerun.stdout  # one step lost, not an epoch
+    assert "not resumable" in rerun.stderr  # Lightning's warning: the rest of epoch 1 is a new pass over the loader
+    (teacher,) = json.loads((tmp_path / "killed" / "report.json").read_text())["stages"]
+    assert (teacher["epochs"], teacher["steps"]) == (3, 3 * spe)
+    assert 0 < teacher["test"]["mrr"] <= 1
+    assert (stage / "logs" / "resume-1" / "metrics.csv").is_file()  # the resumed fit logs next to the first one
+
+
+# ---- last.ckpt or a SLURM requeue's hpc_ckpt_N.ckpt: the newest by global step -----------------------------------
+def _fake_ckpt(path: Path, step: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "epoch": 0, "state_dict": {"w": torch.zeros(4)}}, path)
+    return path
+
+
+def test_newest_checkpoint_is_chosen_by_the_global_step_inside_not_by_file_time(tmp_path):
+    stage = tmp_path / "stage"
+    assert resume_candidates(stage) == [] and newest_checkpoint(stage) is None  # a fresh stage
+    last = _fake_ckpt(stage / "checkpoints" / "last.ckpt", 8)
+    assert newest_checkpoint(stage) == last
+    hpc1 = _fake_ckpt(stage / "hpc_ckpt_1.ckpt", 9)
+    os.utime(hpc1, (1e9, 1e9))  # older on disk (another node's clock, a copied directory): the step decides
+    assert newest_checkpoint(stage) == hpc1
+    _fake_ckpt(last, 9)
+    assert newest_checkpoint(stage) == last  # a tie goes to last.ckpt (written at a step or epoch boundary)
+    hpc2, hpc10 = _fake_ckpt(stage / "hpc_ckpt_2.ckpt", 12), _fake_ckpt(stage / "hpc_ckpt_10.ckpt", 12)
+    (stage / ".hpc_ckpt_11.ckpt.x1y2.tmp").write_bytes(b"PK\x03\x04 half")  # a kill mid-write: never a candidate
+    assert resume_candidates(stage) == [last, hpc10, hpc2, hpc1]  # by number, not as strings ("10" < "2")
+    assert newest_checkpoint(stage) == hpc10  # equal steps: the higher number, as Lightning would take
+    assert checkpoint_step(hpc10) == 12
+    assert sorted(remove_hpc_checkpoints(stage)) == sorted([hpc1, hpc2, hpc10])
+    assert resume_candidates(stage) == [last]
+
+
+def test_an_unreadable_candidate_is_named(tmp_path):
+    _fake_ckpt(tmp_path / "checkpoints" / "last.ckpt", 8)
+    (tmp_path / "hpc_ckpt_1.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(RuntimeError, match=r"hpc_ckpt_1\.ckpt .*move it away"):
+        newest_checkpoint(tmp_path)
+
+
+@pytest.fixture
+def on_slurm(tmp_path, monkeypatch):
+    """A one-task SLURM job as Lightning sees it (SLURMEnvironment, auto-requeue on SIGUSR1), with a fake `scontrol`
+    that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_JOB_ID": "4242",
+                       "SLURM_JOB_NAME": "kgc-kd", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                       "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "15242"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    saved = signal.getsignal(signal.SIGUSR1)
+    yield calls
+    signal.signal(signal.SIGUSR1, saved)
+
+
+class RequeuedAt(L.Callback):
+    """A job near its time limit: SLURM's requeue signal after one step, then, a step later, the job dies without
+    saving anything (SIGKILL after the grace period; a crash stands for it here)."""
+
+    def __init__(self, signal_at: int):
+        self.signal_at = signal_at
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.signal_at:
+            os.kill(os.getpid(), signal.SIGUSR1)  # Lightning's handler: hpc_ckpt_N.ckpt, then scontrol requeue
+        elif trainer.global_step == self.signal_at + 1:
+            raise RuntimeError("killed by SLURM")
+
+
+def test_a_requeued_stage_resumes_from_lightnings_hpc_checkpoint_when_it_is_newer(tmp_path, on_slurm):
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from kgc_kd.chain import _fit_and_test
+
+    args = ("run.checkpoint_every_n_steps=4",)
+    trainer, stage_dir = _chain_trainer(tmp_path, 2, *args, callbacks=[RequeuedAt(9)])
+    env = trainer._accelerator_connector.cluster_environment
+    assert isinstance(env, SLURMEnvironment) and env.auto_requeue and env.requeue_signal == signal.SIGUSR1
+    with pytest.raises(RuntimeError, match="killed by SLURM"):
+        _fit_and_test(trainer, _module(), _dm(), stage_dir)
+    assert on_slurm.read_text().split() == ["requeue", "4242"]
+    hpc = stage_dir / "hpc_ckpt_1.ckpt"  # in the trainer's default_root_dir, the stage directory
+    assert checkpoint_step(hpc) == 9 and checkpoint_step(stage_dir / "checkpoints" / "last.ckpt") == 8
+    assert newest_checkpoint(stage_dir) == hpc
+
+    # the requeued job runs the same stage again
+    first = FirstStep()
+    trainer, _ = _chain_trainer(tmp_path, 2, *args, callbacks=[first])
+    module = _module()
+    _fit_and_test(trainer, module, _dm(), stage_dir)
+    assert first.first == 9 and trainer.global_step == 2 * STEPS_PER_EPOCH
+    assert not list(stage_dir.glob("hpc_ckpt_*"))  # removed once the fit had finished: last.ckpt supersedes it
+    assert checkpoint_step(stage_dir / "checkpoints" / "last.ckpt") == 2 * STEPS_PER_EPOCH
+    assert 0 < module.last_eval["test"]["metrics"]["mrr"] <= 1
+
+
+def test_lightnings_own_slurm_lookup_would_take_the_hpc_file_even_when_last_ckpt_is_newer(tmp_path, on_slurm):
+    """Why the chain passes an explicit ckpt_path and removes the hpc files after fit: with ckpt_path=None on SLURM,
+    Lightning takes hpc_ckpt_<max>.ckpt of default_root_dir for fit, and for test too (instead of the weights in
+    memory), whatever last.ckpt holds."""
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    stage = tmp_path / "stage"
+    _fake_ckpt(stage / "checkpoints" / "last.ckpt", 20)
+    hpc = _fake_ckpt(stage / "hpc_ckpt_1.ckpt", 9)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        default_root_dir=str(stage))
+    parse = trainer._checkpoint_connector._parse_ckpt_path
+    for fn in (TrainerFn.FITTING, TrainerFn.TESTING):
+        assert parse(fn, None, model_provided=True, model_connected=True) == str(hpc)
+    assert newest_checkpoint(stage) == stage / "checkpoints" / "last.ckpt"
