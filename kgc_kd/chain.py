@@ -117,12 +117,20 @@ def _optim(cfg: DictConfig, lr: float | None) -> dict:
     return {**o, "lr": lr} if lr is not None else o
 
 
-def evaluate_untrained(cfg: DictConfig, module: L.LightningModule, dm: KGDataModule) -> dict[str, float]:
-    """Test metrics of the encoder before any training: the bar training has to clear."""
+def evaluate_untrained(cfg: DictConfig, module: L.LightningModule, dm: KGDataModule, root: Path) -> dict[str, float]:
+    """Test metrics of the encoder before any training: the bar training has to clear. `root` is the trainer's
+    directory (`evaluation_only_root`)."""
     t = L.Trainer(**trainer_kwargs(cfg, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                                   enable_model_summary=False))
+                                   enable_model_summary=False, default_root_dir=str(root)))
     t.test(module, datamodule=dm, verbose=False)
     return dict(module.last_eval["test"]["metrics"])
+
+
+def evaluation_only_root(chain: ProgressiveDistillation) -> Path:
+    """Where the test-only trainers (untrained baseline, loaded teacher) live. Not the working directory: on
+    SLURM, Lightning's test with ckpt_path=None loads any `hpc_ckpt_N.ckpt` of its default_root_dir, and a
+    requeue signal during such a test writes one there; here such a file can only hold the same weights."""
+    return chain.stage_dir("teacher") / "evaluation-only"
 
 
 def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, encoder=None) -> dict | None:
@@ -138,13 +146,14 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
         info.pop("negatives")  # trained elsewhere: what it trained with is not known here
         chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
-        trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False))
+        trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False,
+                                             default_root_dir=str(evaluation_only_root(chain))))
         trainer.test(module, datamodule=dm, verbose=False)
         return None
     module = KGCModule(to_plain(cfg.model), _optim(cfg, cfg.teacher.lr), to_plain(cfg.eval), cfg.data.batch_size,
                        encoder=encoder)
     start = time.perf_counter()
-    untrained = evaluate_untrained(cfg, module, dm) if cfg.eval.untrained_baseline else None
+    untrained = evaluate_untrained(cfg, module, dm, evaluation_only_root(chain)) if cfg.eval.untrained_baseline else None
     chain.state["untrained_test"] = untrained
     chain.state["untrained_eval_s"] = round(time.perf_counter() - start, 2)
     chain.begin({**info, "layers": num_layers(module.net.query_encoder)})

@@ -302,3 +302,23 @@ def test_students_train_with_the_teachers_pre_batch_negatives_unless_a_stage_ove
     md = (tmp_path / "chain" / "report.md").read_text()
     assert md.count("negatives in-batch + pre-batch x1 (weight 0.5) + self") == 2
     assert "- g2:" in md and "negatives in-batch;" in md
+
+
+def test_on_slurm_a_stray_hpc_checkpoint_in_the_working_directory_is_never_loaded(tmp_path, plm4, monkeypatch):
+    """Lightning's test(ckpt_path=None) on SLURM loads the newest hpc_ckpt_N.ckpt of its default_root_dir: the
+    evaluation-only trainers (untrained baseline) must not use the working directory for that."""
+    work = tmp_path / "cwd"
+    work.mkdir()
+    (work / "hpc_ckpt_1.ckpt").write_bytes(b"not a checkpoint")  # a previous job's leftover
+    monkeypatch.chdir(work)
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "1", "SLURM_JOB_ID": "7",
+                       "SLURM_JOB_NAME": "kgc-kd", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0",
+                       "SLURM_NODELIST": "localhost", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "15243"}.items():
+        monkeypatch.setenv(key, value)
+    saved = signal.getsignal(signal.SIGUSR1)
+    try:
+        argv = [a for a in _argv(tmp_path, plm4, "stages=[{name: g1, layers: 1}]") if "untrained_baseline" not in a]
+        result = fit.main(argv + ["trainer.limit_train_batches=2"])
+    finally:
+        signal.signal(signal.SIGUSR1, saved)
+    assert result["untrained_test"]["mrr"] > 0 and [r["name"] for r in result["stages"]] == ["teacher", "g1"]
