@@ -1,10 +1,10 @@
 # kgc-kd developer commands. `make help` lists them.
 PYTHON ?= python
 
-.PHONY: help install test smoke fit compare bench clean
+.PHONY: help install test test-torch smoke fit compare bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
 install:  ## torch (CPU wheel) first, then the package (editable) with its dev extras
 	$(PYTHON) -m pip install "torch==2.13.0"
@@ -12,6 +12,21 @@ install:  ## torch (CPU wheel) first, then the package (editable) with its dev e
 
 test:  ## the whole test suite (CPU, offline)
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
+
+# make test-torch TORCH=2.6.0: a new virtual environment under /tmp with that torch (from PyPI: on Linux the
+# CUDA build), then kgc-kd (editable, dev extras) with torch held at that version, then the fast suite.
+TORCH ?= 2.13.0
+TORCH_VENV ?= /tmp/venv-torch$(TORCH)
+
+test-torch:  ## the fast suite (-m "not slow") in a new venv with another torch: make test-torch TORCH=2.6.0
+	@if [ -e "$(TORCH_VENV)" ] && [ ! -f "$(TORCH_VENV)/pyvenv.cfg" ]; then echo "test-torch: $(TORCH_VENV) exists and is not a virtual environment; not touching it"; exit 1; fi
+	rm -rf "$(TORCH_VENV)"
+	$(PYTHON) -m venv "$(TORCH_VENV)"
+	echo "torch==$(TORCH)" > "$(TORCH_VENV)/torch-pin.txt"
+	"$(TORCH_VENV)/bin/python" -m pip install -q "torch==$(TORCH)"
+	"$(TORCH_VENV)/bin/python" -m pip install -q -c "$(TORCH_VENV)/torch-pin.txt" -e "$(CURDIR)[dev]"
+	"$(TORCH_VENV)/bin/python" -c "import torch; v = torch.__version__.split('+')[0]; assert v == '$(TORCH)', v; print('test-torch: torch', torch.__version__, 'cuda build', torch.version.cuda)"
+	cd "$(CURDIR)" && WANDB_MODE=disabled "$(TORCH_VENV)/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider $(TEST_ARGS)
 
 SMOKE_DIR ?= runs/smoke
 SMOKE_OUT = report.md report.json report.png $(foreach s,teacher pmd6 pmd4 pmd2,stages/$(s)/export/biencoder.json)
