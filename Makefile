@@ -1,7 +1,7 @@
 # kgc-kd developer commands. `make help` lists them.
 PYTHON ?= python
 
-.PHONY: help install test test-torch smoke fit compare bench clean
+.PHONY: help install test test-gpu test-torch smoke fit compare bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
@@ -12,6 +12,9 @@ install:  ## torch (CPU wheel) first, then the package (editable) with its dev e
 
 test:  ## the whole test suite (CPU, offline)
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
+
+test-gpu:  ## the CUDA test suite (tests marked gpu; skipped with a reason without a CUDA device)
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q -m gpu -ra
 
 # make test-torch TORCH=2.6.0: a new virtual environment under /tmp with that torch (from PyPI: on Linux the
 # CUDA build), then kgc-kd (editable, dev extras) with torch held at that version, then the fast suite.
