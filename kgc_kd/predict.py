@@ -7,7 +7,6 @@ encode the query. Known answers from the KG's splits are marked.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
 from kgc_kd.data.batching import EntityCollator, QueryCollator
 from kgc_kd.data.kg import KG, kg_from_json
 from kgc_kd.data.tokens import TokenCache
@@ -94,20 +94,33 @@ def _print(result: dict) -> None:
         print(f"{p['rank']:>4}  {p['score']:.4f}  {p['name']} ({p['id']}){mark}")
 
 
+EXAMPLES = (
+    'python -m kgc_kd.predict runs/<name> --head virus --relation causes --top-k 10   # the last stage of a run',
+    'python -m kgc_kd.predict runs/<name>/stages/pmd2/export --head virus --relation "inverse causes"',
+    "python -m kgc_kd.predict runs/<name> --stage teacher --queries queries.tsv --output out.jsonl",
+)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m kgc_kd.predict", description=__doc__.splitlines()[0])
-    ap.add_argument("path", help="an exported stage directory, or a run directory (uses its last stage)")
+    ap = parser("python -m kgc_kd.predict",
+                "Rank every entity as the tail of (head, relation, ?) with an exported stage, or with the last "
+                "(or --stage) stage of a run directory; answers known from the KG's splits are marked.",
+                items=None, statuses=(EXIT_OK, EXIT_BAD_INPUT), examples=EXAMPLES,
+                notes=("No configuration items: the export's own files (kg.json, biencoder.json) configure it.",),
+                docs=("docs/predict.md",))
+    ap.add_argument("path", metavar="RUN_OR_EXPORT",
+                    help="an exported stage directory, or a run directory (uses its last stage)")
     ap.add_argument("--stage", help="stage name inside a run directory")
     ap.add_argument("--head", help="head entity id or name")
     ap.add_argument("--relation", help="relation id or text ('inverse <text>' predicts heads)")
     ap.add_argument("--queries", help="file of head<TAB>relation lines; writes JSON lines to --output")
     ap.add_argument("--output", help="where --queries results go (default: stdout)")
-    ap.add_argument("--top-k", type=int, default=10)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--top-k", type=int, default=10, help="how many predictions per query (default 10)")
+    ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     args = ap.parse_args(argv)
     if not args.queries and not (args.head and args.relation):
         ap.error("give --head and --relation, or --queries FILE")
-    try:
+    with exit_statuses(KeyError, ValueError):
         pred = Predictor(resolve_export(args.path, args.stage), device=args.device)
         if args.queries:
             results = []
@@ -127,10 +140,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         result = pred.rank(args.head, args.relation, args.top_k)
         _print(result)
         return [result]
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
+
+script = console_script(main)
 
 if __name__ == "__main__":
     main()

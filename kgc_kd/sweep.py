@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, KEYS_DOC, console_script, exit_statuses, parser
+from kgc_kd.config import load_config
 from kgc_kd.reporting import write_json_atomic, write_text_atomic
 
 
@@ -118,15 +120,34 @@ def format_table(ranked: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    ap = argparse.ArgumentParser(prog="python -m kgc_kd.sweep", description=__doc__.splitlines()[0])
-    ap.add_argument("file")
+EXAMPLES = (
+    "python -m kgc_kd.sweep experiments/sweeps/pmd_alpha_beta.yaml --count 4              # grid over distill.alpha/beta",
+    "python -m kgc_kd.sweep experiments/sweeps/lr_temperature.yaml --count 8 data=nations  # random search, extra items",
+)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = parser("python -m kgc_kd.sweep",
+                "Run a hyper-parameter sweep over the chain: each trial is a `python -m kgc_kd.fit` run, ranked "
+                "by the sweep's metric (<stage>/<key> of the run's report, e.g. pmd2/mrr, last/mrr); with a W&B "
+                "API key a W&B agent runs the trials, otherwise the same search runs locally.",
+                items="configuration items for every trial, as for kgc_kd.fit (the forms below)",
+                statuses=(EXIT_OK, EXIT_BAD_INPUT), examples=EXAMPLES,
+                notes=("The sweep file's parameter names are config keys (distill.alpha, stages.0.mask_rate); "
+                       "its items and every local trial are checked before the first trial runs. A trial that "
+                       "fails is a row of the ranked table (trials.md), not the exit status.",),
+                docs=("docs/sweeps.md", KEYS_DOC),
+                positionals=[("file", {"metavar": "FILE", "help": "the sweep in W&B's format (method, metric, "
+                                                                  "parameters); examples in experiments/sweeps/"})])
     ap.add_argument("--count", type=int, help="at most this many trials")
     ap.add_argument("--local", action="store_true", help="run locally even when W&B is reachable")
     ap.add_argument("--root", default="runs/sweeps", help="where trial runs go")
-    ap.add_argument("overrides", nargs="*", help="key=value for every trial")
-    args = ap.parse_args(argv)
-    try:
+    return ap.parse_intermixed_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    with exit_statuses(SweepError):
         path = Path(args.file)
         spec = load_sweep(path)
         metric, goal = spec["metric"]["name"], spec["metric"].get("goal", "maximize")
@@ -134,7 +155,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         extra = [*(spec.get("fixed") or []), *args.overrides]
         from kgc_kd.tracking import wandb_mode
 
-        if not args.local and wandb_mode() == "online":
+        local = args.local or wandb_mode() != "online"
+        for params in (trials(spec, args.count) if local else []) or [{}]:  # a bad key: exit 2 before any trial
+            load_config([*extra, *(f"{k}={v}" for k, v in params.items())])
+        if not local:
             import wandb
 
             results: list[dict] = []
@@ -156,10 +180,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         write_text_atomic(out / "trials.md", table + "\n")
         print(table)
         return ranked
-    except SweepError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
 
+
+script = console_script(main)
 
 if __name__ == "__main__":
     main()

@@ -387,3 +387,28 @@ def test_train_step_student_is_built_as_the_chain_builds_it(tiny_plm_dir):
     tok = load_tokenizer(str(tiny_plm_dir))
     module = build_module(cfg, "student", build_datamodule(cfg, tok), tok)
     assert module.net.shared and module.net.kept_ids is not None and module.st["score_loss"] == "kl"
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+def test_help_shows_its_options_the_forms_and_the_groups_with_their_presets(capsys):
+    from kgc_kd.bench.__main__ import SECTIONS, main
+    from test_cli import check_help
+
+    check_help(capsys, main, "--help", "python -m kgc_kd.bench ",
+               ("--out", "--sections", "--repeats", *SECTIONS, "config=PATH", "GROUP=PRESET", "key=value",
+                "docs/performance.md"))
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--bogus"], "error: unrecognized arguments: --bogus"),
+    (["--sections", "nope"], "error: argument --sections: invalid choice: 'nope'"),
+    (["--sections", "eval", "--", "data.source=/no/such/kg"], "error: "),  # found after parsing: still exit 2
+])
+def test_bad_option_or_data_exits_2_before_anything_is_written(tmp_path, tiny_plm_dir, capsys, argv, named):
+    from kgc_kd.bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "b" / "bench.json"), f"model.plm={tiny_plm_dir}", *argv])
+    assert exc.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "b" / "bench.json").exists()

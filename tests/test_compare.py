@@ -331,3 +331,21 @@ def test_wandb_offline_groups_the_chains_and_logs_the_table(compared, tmp_path):
     assert [(r[0], r[1], r[2]) for r in rows] == [("g1", "none", 1)]
     assert rows[0][3] == pytest.approx(data["grades"]["g1"]["none"]["mrr_mean"])
     assert list((cmp_run / "files" / "media").rglob("*.png"))
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+def test_help_shows_its_options_the_forms_and_the_groups_with_their_presets(capsys):
+    from test_cli import check_help
+
+    # the objectives are the distill group's presets
+    check_help(capsys, main, "-h", "python -m kgc_kd.compare ",
+               ("--objectives", "--variant", "--seeds", "--teacher", "config=PATH", "GROUP=PRESET", "key=value",
+                "docs/compare.md", "  3    a non-finite loss", "  143  stopped by SIGTERM"))
+
+
+def test_unknown_option_exits_2_before_anything_is_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--objectives", "none", "--bogus", f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == fit.EXIT_BAD_INPUT
+    assert "error: unrecognized arguments: --bogus" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

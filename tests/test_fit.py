@@ -230,3 +230,57 @@ def test_unwritable_run_root_is_refused_before_training(tmp_path, tiny_plm_dir, 
     err = capsys.readouterr().err
     assert re.search(r"^error: run\.root: .*afile exists and is not a directory", err, re.M), err
     assert (tmp_path / "afile").read_text() == "x"
+
+
+# ---- the command line: --help, --print-config, bad options --------------------------------------------------
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_shows_the_forms_the_groups_with_their_presets_and_the_docs(capsys, flag):
+    from test_cli import check_help
+
+    check_help(capsys, fit.main, flag, "python -m kgc_kd.fit [-h] [--print-config] [ITEM ...]",
+               ("config=PATH", "GROUP=PRESET", "key=value", "--print-config", "docs/configuration.md",
+                "  2    bad input", "  3    a non-finite loss", "  143  stopped by SIGTERM"))
+
+
+PRINTED = {
+    "default": [],
+    "distill preset": ["distill=makd"],
+    "data preset and keys": ["data=nations", "teacher.epochs=1", "stages.0.mask_rate=0.2"],
+    "teacher only": ["teacher.only=true"],  # validate() empties the stages: printed as `stages: []`
+    "stage list": ["stages=[{name: s3, layers: 3}]"],
+    "run name": ["run.name=x"],
+    "quoting and types": ["data.name_separator=, ", "run.name=123", "optim.lr=5e-5", "trainer.devices=[0]"],
+    "interpolation": ["run.name=run-${run.seed}"],
+    "experiment file": ["config=conf/experiment/wn18rr_pmd.yaml", "data.source=/data/WN18RR", "model.plm=/m/bert"],
+}
+
+
+@pytest.mark.parametrize("case", list(PRINTED))
+def test_print_config_round_trips_through_config_and_runs_nothing(tmp_path, capsys, case):
+    from kgc_kd.config import load_config, run_name
+
+    argv = [*PRINTED[case], f"run.root={tmp_path / 'runs'}"]
+    assert fit.main(["--print-config", *argv]) is None
+    printed = capsys.readouterr()
+    assert printed.err == "" and printed.out.startswith("data:\n")
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed.out)
+    original, loaded = load_config(argv), load_config([f"config={saved}"])
+    assert OmegaConf.to_container(loaded, resolve=True) == OmegaConf.to_container(original, resolve=True)
+    assert run_name(loaded) == run_name(original)  # the same run directory
+    fit.main([f"config={saved}", "--print-config"])  # options and items in any order
+    assert capsys.readouterr().out == printed.out  # printing it back changes nothing
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("argv,named", [
+    (["--bogus"], "python -m kgc_kd.fit: error: unrecognized arguments: --bogus"),
+    (["--print-config", "trainer.max_epoch=3"], "error: argument 'trainer.max_epoch=3'"),
+    (["--print-config", "data=nations", "nokey"], "error: argument 'nokey': expected key=value"),
+])
+def test_bad_option_or_item_exits_2_naming_it(capsys, argv, named):
+    with pytest.raises(SystemExit) as exc:
+        fit.main(argv)
+    assert exc.value.code == fit.EXIT_BAD_INPUT == 2
+    out = capsys.readouterr()
+    assert out.out == "" and named in out.err

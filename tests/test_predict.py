@@ -76,3 +76,22 @@ def test_bad_input_is_a_clear_error(export, tmp_path, capsys):
     assert "bad.tsv:1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         predict.main([str(tmp_path), "--head", "x", "--relation", "y"])
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+def test_help_shows_its_options_and_docs_and_takes_no_items(capsys):
+    from test_cli import check_help
+
+    text = check_help(capsys, predict.main, "-h", "python -m kgc_kd.predict ",
+                      ("RUN_OR_EXPORT", "--head", "--relation", "--queries", "--top-k", "docs/predict.md",
+                       "  2  bad input", "No configuration items"), groups=False)
+    assert "143" not in text
+
+
+def test_unknown_option_or_missing_query_exits_2(export, capsys):
+    d, kg, _ = export
+    for argv, named in (([str(d), "--head", "x", "--relation", "y", "--bogus"], "unrecognized arguments: --bogus"),
+                        ([str(d), "--top-k", "3"], "give --head and --relation, or --queries FILE")):
+        with pytest.raises(SystemExit) as exc:
+            predict.main(argv)
+        assert exc.value.code == 2 and f"error: {named}" in capsys.readouterr().err

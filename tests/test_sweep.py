@@ -65,3 +65,36 @@ def test_local_sweep_runs_four_trials_and_ranks_them(tmp_path, tiny_plm_dir, mon
         assert report["stages"][0]["test"]["mrr"] == r["value"]
     table = (tmp_path / "sweeps" / "tiny" / "trials.md").read_text()
     assert table.count("\n| ") == 4 and "teacher/mrr" in table
+
+
+# ---- the command line ---------------------------------------------------------------------------------------
+def test_help_shows_the_file_the_items_the_groups_and_the_docs(capsys):
+    from test_cli import check_help
+
+    check_help(capsys, sweep.main, "--help", "python -m kgc_kd.sweep ",
+               ("FILE [ITEM ...]", "--count", "--local", "--root", "config=PATH", "GROUP=PRESET", "key=value",
+                "docs/sweeps.md"))
+
+
+def test_unknown_option_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(SWEEPS[0]), "--bogus"])
+    assert exc.value.code == 2 and "error: unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_bad_item_parameter_or_file_exits_2_before_any_trial(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(sweep, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
+    spec = {"method": "grid", "metric": {"name": "last/mrr"}, "parameters": {"distill.alpha": {"values": [0.1]}}}
+    cases = [({}, ["trainer.max_epoch=3"], "trainer.max_epoch"),  # an item for every trial
+             ({"parameters": {"distill.alphx": {"values": [0.1, 0.2]}}}, [], "distill.alphx"),  # a parameter name
+             ({"metric": {"name": "last/mrr", "goal": "up"}}, [], "goal")]  # the file itself
+    path = tmp_path / "s.yaml"
+    for change, items, named in cases:
+        path.write_text(yaml.safe_dump({**spec, **change}))
+        with pytest.raises(SystemExit) as exc:
+            sweep.main([str(path), *items, "--root", str(tmp_path / "sweeps")])
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err
+    assert not (tmp_path / "sweeps").exists()

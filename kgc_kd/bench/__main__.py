@@ -26,7 +26,8 @@ import torch
 from kgc_kd.bench import chain_run, evaluation, peak, stages, train_step
 from kgc_kd.bench.table import format_tables
 from kgc_kd.chain import build_datamodule
-from kgc_kd.config import ConfigError, load_config
+from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
+from kgc_kd.config import load_config
 from kgc_kd.lit.kgc_module import build_biencoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.reporting import write_json_atomic, write_text_atomic
@@ -37,16 +38,31 @@ DEFAULT_RERANK_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "d
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
+EXAMPLES = (
+    "python -m kgc_kd.bench                                     # = make bench: every section, the default run",
+    "python -m kgc_kd.bench --sections train eval --repeats 3   # some sections only",
+    "python -m kgc_kd.bench data=nations model.plm=/models/bert-base-uncased --sections eval",
+)
+
+
 def parse(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m kgc_kd.bench", description=__doc__.splitlines()[0])
+    ap = parser("python -m kgc_kd.bench",
+                "The benchmark harness behind `make bench`: speed and memory of the configured model and data "
+                f"(sections {', '.join(SECTIONS)}), written to --out (JSON) and the same name with .md (the "
+                "table).", items="configuration items of the model and data, as for kgc_kd.fit (the forms "
+                "below); the chain section gets them too", statuses=(EXIT_OK, EXIT_BAD_INPUT), examples=EXAMPLES,
+                docs=("docs/performance.md (sections, figures)", "docs/configuration.md (forms and keys)"))
     ap.add_argument("--out", default="runs/bench/bench.json", help="the JSON file (the table goes next to it)")
-    ap.add_argument("--sections", nargs="+", choices=SECTIONS, help="default: all")
+    ap.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="SECTION",
+                    help=f"some of {', '.join(SECTIONS)} (default: all); ITEMs go before it, or after --")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs before each measurement")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs; figures are their median")
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the square matmul that measures the peak")
     ap.add_argument("--stage", type=int, default=0, help="index of the student stage whose step is timed")
-    ap.add_argument("--scale-entities", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    ap.add_argument("--scale-queries", type=int, default=10_000)
+    ap.add_argument("--scale-entities", type=int, nargs="+", default=[1_000, 10_000, 100_000], metavar="N",
+                    help="entity counts of the scaling section (default 1000 10000 100000)")
+    ap.add_argument("--scale-queries", type=int, default=10_000, metavar="N",
+                    help="queries of the scaling section (default 10000)")
     ap.add_argument("--rerank-data", default=str(DEFAULT_RERANK_DATA),
                     help="WN18RR in the KG-BERT layout for the rerank section (default: ../shared/data/wn18rr "
                          "next to the repository)")
@@ -55,9 +71,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="as conf/experiment/wn18rr_*.yaml (eval.rerank_weight)")
     ap.add_argument("--chain-run", help="read this finished run's report instead of running the chain")
     ap.add_argument("--run", help="measure this finished run's exported stages (section stages)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("overrides", nargs="*", help="key=value configuration items, as for kgc_kd.fit")
-    return ap.parse_args(argv)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                    help="torch device (default: cuda when available, else cpu)")
+    return ap.parse_intermixed_args(argv)
 
 
 def machine() -> dict:
@@ -70,11 +86,12 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = load_config(args.overrides)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with exit_statuses():
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = load_config(args.overrides)
     sections = set(args.sections or SECTIONS)
     missing = evaluation.missing_kgbert_files(args.rerank_data) if "rerank" in sections else []
     rerank_skip = (f"no WN18RR in the KG-BERT layout at {args.rerank_data} (missing: {', '.join(missing)}); "
@@ -144,6 +161,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nwrote {out} and {out.with_suffix('.md')}", flush=True)
     return result
 
+
+script = console_script(main)
 
 if __name__ == "__main__":
     main()

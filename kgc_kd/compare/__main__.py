@@ -11,7 +11,7 @@ instead. `--seeds N` runs the seeds run.seed, run.seed + 1, ..., run.seed + N - 
 a seed changes the students' data order, dropout, masks and new projections, never the teacher.
 Every chain is a normal run directory under run.root (a rerun reads finished ones and resumes the
 rest); the comparison goes to <run.root>/compare/<name>/compare.json, compare.md and compare.png.
-Exit status as fit: 2 for bad input (nothing trained), 3 for a non-finite loss, 143 on SIGTERM.
+Exit status as fit (kgc_kd/cli.py): 2 for bad input (nothing trained), 3 for a non-finite loss, 143 on SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,11 +28,24 @@ from kgc_kd.compare.aggregate import aggregate
 from kgc_kd.compare.plan import build_plan
 from kgc_kd.compare.report import log_wandb, write
 from kgc_kd.compare.run import run_plan
-from kgc_kd.fit import exit_statuses
+from kgc_kd.cli import console_script, exit_statuses, parser
+
+EXAMPLES = (
+    "python -m kgc_kd.compare --objectives none,pmd,makd --seeds 3 data=nations teacher.epochs=1",
+    "python -m kgc_kd.compare --objectives none,pmd --variant 'pmd_kl4=pmd distill.score_loss=kl "
+    "distill.kd_temperature=4'",
+    "python -m kgc_kd.compare --objectives none,pmd,makd,pmd_makd --seeds 3 config=conf/experiment/compare_umls.yaml",
+)
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m kgc_kd.compare", description=__doc__.splitlines()[0])
+    ap = parser("python -m kgc_kd.compare",
+                "Train the same student grades with each objective (a distill preset, listed below) and each "
+                "seed, all taught by one teacher, and report mean ± std per grade.",
+                items="configuration items for every chain, as for kgc_kd.fit (the forms below); not distill=, "
+                      "run.name or teacher.only",
+                examples=EXAMPLES,
+                docs=("docs/compare.md (options, output)", "docs/configuration.md (forms and keys)"))
     ap.add_argument("--objectives", default="", help="comma-separated distill presets, e.g. none,pmd,makd")
     ap.add_argument("--variant", action="append", default=[], metavar="'LABEL=PRESET key=value ...'",
                     help="one more objective: a preset with items for its chains only, compared as the row LABEL "
@@ -40,7 +53,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--seeds", default="3", help="N seeds from run.seed on, or a comma-separated list (default 3)")
     ap.add_argument("--teacher", help="an exported teacher (runs/<run>/stages/teacher/export): not trained here")
     ap.add_argument("--name", help="the comparison's directory under <run.root>/compare/ (default: from the config)")
-    ap.add_argument("overrides", nargs="*", help="key=value items for every chain, as for kgc_kd.fit")
     return ap.parse_intermixed_args(argv)
 
 
@@ -84,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with exit_statuses():
         return compare(args, shlex.join(["python", "-m", "kgc_kd.compare", *argv]))
 
+
+script = console_script(main)
 
 if __name__ == "__main__":
     main()
