@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from kgc_kd.distill.mgfd import FeatureGenerator, masked_features, mgfd_generation, mgfd_pmd, random_token_mask
+from kgc_kd.distill.mgfd import MGDGenerator, masked_features, mgd_loss, mgfd_pmd, random_token_mask
 
 
 def _norm(v):
@@ -68,82 +68,206 @@ def test_mgfd_pmd_under_autocast_is_float32():
     assert out.dtype == torch.float32 and torch.isfinite(out)
 
 
+# ---- MGD's generator: align -> zero hidden and padding positions -> Conv1d(k=3)-ReLU-Conv1d(k=3) -------------
 @pytest.mark.parametrize("ds,dt", [(4, 8), (6, 6)])
-def test_feature_generator_mlp_shape_and_params(ds, dt):
-    g = FeatureGenerator(ds, dt, "mlp")
-    assert g(torch.randn(2, 5, ds)).shape == (2, 5, dt)
-    assert sum(p.numel() for p in g.parameters()) == ds * dt + dt + dt * dt + dt
+def test_generator_shape_and_parameter_count(ds, dt):
+    g = MGDGenerator(ds, dt)
+    att = torch.ones(2, 5, dtype=torch.long)
+    assert g(torch.randn(2, 5, ds), torch.zeros(2, 5, dtype=torch.bool), att).shape == (2, 5, dt)
+    align = 0 if ds == dt else ds * dt + dt
+    assert isinstance(g.align, nn.Identity) == (ds == dt)
+    assert sum(p.numel() for p in g.parameters()) == align + 2 * (3 * dt * dt + dt)
 
 
-@pytest.mark.parametrize("ds,dt", [(4, 8), (6, 6)])
-def test_feature_generator_conv_shape_and_params(ds, dt):
-    g = FeatureGenerator(ds, dt, "conv")
-    assert g(torch.randn(2, 5, ds)).shape == (2, 5, dt)
-    assert sum(p.numel() for p in g.parameters()) == 3 * ds * dt + dt + 3 * dt * dt + dt
+def _set_taps(gen, first, second):
+    """Both convolutions as scalar multiples of the identity per tap (left, centre, right), biases 0."""
+    with torch.no_grad():
+        for conv, taps in ((gen.generate[0], first), (gen.generate[2], second)):
+            d = conv.weight.shape[0]
+            conv.weight.copy_(torch.stack([w * torch.eye(d) for w in taps], dim=-1))
+            conv.bias.zero_()
+
+
+def _taps_reference(x, visible, first, second):
+    """Plain loops: r[t] = relu(sum_j first[j] v[t + j - 1]), out[t] = sum_j second[j] r[t + j - 1], where v is x
+    with the invisible positions zeroed and positions outside the sequence are 0 (the convolutions' padding)."""
+    B, L, d = len(x), len(x[0]), len(x[0][0])
+    v = [[[x[b][t][c] if visible[b][t] else 0.0 for c in range(d)] for t in range(L)] for b in range(B)]
+
+    def conv(seq, taps):
+        return [[sum(w * seq[t + j - 1][c] for j, w in enumerate(taps) if 0 <= t + j - 1 < L) for c in range(d)]
+                for t in range(L)]
+
+    return [conv([[max(0.0, y) for y in row] for row in conv(v[b], first)], second) for b in range(B)]
+
+
+def test_mgd_loss_hand_value_with_hand_set_convolutions():
+    first, second = (0.0, 1.0, 0.0), (0.5, 1.0, 0.25)  # out[t] = 0.5 r[t-1] + r[t] + 0.25 r[t+1], r = relu(v)
+    gen = MGDGenerator(2, 2)
+    _set_taps(gen, first, second)
+    s = torch.tensor([[[1.0, -2.0], [40.0, 40.0], [3.0, 1.0], [2.0, 2.0]],   # position 1 hidden
+                      [[-1.0, 4.0], [2.0, 0.0], [-30.0, 30.0], [50.0, 50.0]]])  # position 3 is padding
+    t = torch.tensor([[[1.0, 0.0], [2.0, 1.0], [0.0, 0.0], [1.0, 1.0]],
+                      [[0.0, 4.0], [1.0, 1.0], [0.0, 0.0], [1e3, -1e3]]])
+    att = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    hide = torch.tensor([[False, True, False, False], [False, False, False, False]])
+    # row 0, r = [1,0], [0,0], [3,1], [2,2]:  out = [1, 0], [1.25, 0.25], [3.5, 1.5], [3.5, 2.5]
+    # row 1, r = [0,4], [2,0], [0,30], [0,0]: out = [0.5, 4], [2, 9.5], [1, 30], (padding, not counted)
+    # squared errors: row 0: 0 + (0.5625 + 0.5625) + (12.25 + 2.25) + (6.25 + 2.25)
+    #                 row 1: (0.25 + 0) + (1 + 72.25) + (1 + 900); 7 real tokens x 2 dimensions
+    expected_sq = 0 + 1.125 + 14.5 + 8.5 + 0.25 + 73.25 + 901
+    ref = _taps_reference(s.tolist(), (att.bool() & ~hide).tolist(), first, second)
+    loop_sq = sum((ref[b][i][c] - float(t[b, i, c])) ** 2 for b in range(2) for i in range(4) for c in range(2)
+                  if att[b, i])
+    assert loop_sq == pytest.approx(expected_sq)
+    got = mgd_loss(s, t, att, gen, hide)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected_sq / 14, rel=1e-6)
 
 
 @torch.no_grad()
-def test_feature_generator_conv_mixes_neighbouring_tokens_mlp_does_not():
-    torch.manual_seed(0)
-    x = torch.randn(1, 7, 4)
-    y = x.clone()
-    y[0, 3] += 1.0
-    mlp, conv = FeatureGenerator(4, 4, "mlp"), FeatureGenerator(4, 4, "conv")
-    dm = (mlp(y) - mlp(x)).abs().sum(-1)[0]
-    dc = (conv(y) - conv(x)).abs().sum(-1)[0]
-    assert dm[[0, 1, 2, 4, 5, 6]].max() == 0 and dm[3] > 0
-    assert (dc[1:6] > 0).all() and dc[0] == 0 and dc[6] == 0  # two kernel-3 convs reach +-2 tokens
-
-
-def test_feature_generator_unknown_kind():
-    with pytest.raises(ValueError):
-        FeatureGenerator(4, 4, "transformer")
-
-
-class Identity(nn.Module):
-    def forward(self, x):
-        return x
-
-
-def test_mgfd_generation_hand_value_with_identity_generator():
-    s = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
-                      [[1.0, 1.0], [2.0, 2.0], [9.0, 9.0]]])
-    t = torch.tensor([[[1.0, 1.0], [1.0, 1.0], [1.0, 1.0]],
-                      [[0.0, 0.0], [0.0, 0.0], [100.0, -100.0]]])
-    att = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    token_mask = torch.tensor([[False, True, False], [True, False, False]])
-    # generated = s with masked tokens zeroed:
-    # row 0: [1,2] vs [1,1] -> 1; [0,0] vs [1,1] -> 2; [5,6] vs [1,1] -> 16 + 25 = 41
-    # row 1: [0,0] vs [0,0] -> 0; [2,2] vs [0,0] -> 8; padding ignored
-    expected = (1 + 2 + 41 + 0 + 8) / (5 * 2)
-    got = mgfd_generation(s, t, att, Identity(), token_mask)
-    assert math.isclose(float(got), expected, rel_tol=1e-6)
+def test_generator_zeroes_hidden_positions_after_the_alignment():
+    gen = MGDGenerator(1, 2)
+    gen.align.weight.copy_(torch.tensor([[2.0], [-1.0]]))
+    gen.align.bias.copy_(torch.tensor([1.0, 1.0]))  # a bias that must not leak into hidden positions
+    _set_taps(gen, (0.0, 1.0, 0.0), (0.0, 1.0, 0.0))  # out = relu(visible aligned states)
+    x = torch.tensor([[[3.0], [5.0], [-4.0], [8.0]]])
+    hide = torch.tensor([[False, True, False, False]])
+    att = torch.tensor([[1, 1, 1, 0]])
+    # aligned: [7, -2], [11, -4], [-7, 5], [17, -7]; hidden 1 and padding 3 -> 0; relu
+    assert gen(x, hide, att).tolist() == [[[7.0, 0.0], [0.0, 0.0], [0.0, 5.0], [0.0, 0.0]]]
 
 
 @torch.no_grad()
-def test_mgfd_generation_ignores_padding():
+def test_mgd_loss_ignores_padding():
     torch.manual_seed(0)
     s, t = torch.randn(2, 6, 4), torch.randn(2, 6, 8)
     att = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]])
-    gen = FeatureGenerator(4, 8, "mlp")
-    tm = random_token_mask(att, 0.5, torch.Generator().manual_seed(0))
-    a = mgfd_generation(s, t, att, gen, tm)
+    gen = MGDGenerator(4, 8)
+    hide = random_token_mask(att, 0.5, torch.Generator().manual_seed(0))
+    a = mgd_loss(s, t, att, gen, hide)
     t2, s2 = t.clone(), s.clone()
-    t2[0, 4:] = 1e3
-    s2[0, 4:] = -1e3
-    b = mgfd_generation(s2, t2, att, gen, tm)
-    assert math.isclose(float(a), float(b), rel_tol=1e-6)
+    t2[0, 4:] = 1e3  # the teacher at padding is not compared
+    s2[0, 4:] = -1e3  # the student at padding never reaches the convolutions
+    assert float(mgd_loss(s2, t2, att, gen, hide)) == pytest.approx(float(a), rel=1e-6)
     t3 = t.clone()
     t3[0, 3] += 1.0  # a real token does count
-    assert not math.isclose(float(mgfd_generation(s, t3, att, gen, tm)), float(a), rel_tol=1e-6)
+    assert float(mgd_loss(s, t3, att, gen, hide)) != pytest.approx(float(a), rel=1e-6)
 
 
-def test_mgfd_generation_gives_generator_gradients():
-    s, t = torch.randn(2, 4, 4, requires_grad=True), torch.randn(2, 4, 6)
+@torch.no_grad()
+def test_generator_output_at_real_tokens_does_not_depend_on_the_batchs_padding():
+    # The same row alone (length 3) and padded to 5 by a longer row in its batch: padding must stay invisible,
+    # as it is to the encoder. With random biases conv1 gives relu(b1 + W_left x[2]) != 0 at padding position 3,
+    # and conv2 reads it at the last real token unless the padding is zeroed again between the convolutions.
+    torch.manual_seed(0)
+    gen = MGDGenerator(4, 4)
+    x, t = torch.randn(1, 3, 4), torch.randn(1, 3, 4)
+    hide = torch.tensor([[False, True, False]])
+    alone = gen(x, hide, torch.ones(1, 3, dtype=torch.long))
+    xp, tp = torch.cat([x, torch.randn(1, 2, 4)], 1), torch.cat([t, torch.randn(1, 2, 4)], 1)
+    hp, mp = torch.cat([hide, torch.zeros(1, 2, dtype=torch.bool)], 1), torch.tensor([[1, 1, 1, 0, 0]])
+    torch.testing.assert_close(gen(xp, hp, mp)[:, :3], alone, rtol=0, atol=1e-6)
+    assert mgd_loss(xp, tp, mp, gen, hp).item() == pytest.approx(
+        mgd_loss(x, t, torch.ones(1, 3, dtype=torch.long), gen, hide).item(), rel=1e-6)
+
+
+def test_mgd_loss_under_autocast_is_float32():
+    gen = MGDGenerator(8, 8)
     att = torch.ones(2, 4, dtype=torch.long)
-    gen = FeatureGenerator(4, 6)
-    mgfd_generation(s, t, att, gen, torch.zeros(2, 4, dtype=torch.bool)).backward()
-    assert all(p.grad is not None for p in gen.parameters()) and s.grad is not None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mgd_loss(torch.randn(2, 4, 8), torch.randn(2, 4, 8), att, gen, torch.zeros(2, 4, dtype=torch.bool))
+    assert out.dtype == torch.float32 and torch.isfinite(out)
+
+
+# ---- acceptance (issue 19): the generator rebuilds hidden positions from their visible neighbours ------------
+def test_hidden_position_is_rebuilt_from_its_neighbours_and_trains_them():
+    torch.manual_seed(0)
+    gen = MGDGenerator(4, 4)
+    x = torch.randn(1, 7, 4)
+    att = torch.ones(1, 7, dtype=torch.long)
+    hide = torch.zeros(1, 7, dtype=torch.bool)
+    hide[0, 3] = True
+    base = gen(x, hide, att)[0, 3].detach()
+    changed = []
+    for pos in range(7):  # which student positions move the output at the hidden position 3?
+        y = x.clone()
+        y[0, pos] += 1.0
+        changed.append(bool((gen(y, hide, att)[0, 3].detach() - base).abs().max() > 1e-6))
+    # two kernel-3 convolutions reach +-2 tokens; the hidden position itself is zeroed
+    assert changed == [False, True, True, False, True, True, False]
+
+    # the error at the hidden position sends gradient to the visible neighbours (through the convolutions)
+    s = x.clone().requires_grad_(True)
+    t = torch.randn(1, 7, 4)
+    (gen(s, hide, att)[0, 3] - t[0, 3]).pow(2).sum().backward()
+    reached = s.grad[0].abs().sum(-1) > 0
+    assert reached.tolist() == [False, True, True, False, True, True, False]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gen.generate.parameters())
+
+    # the whole loss: nothing reaches the hidden state itself, every visible one is trained
+    s.grad = None
+    mgd_loss(s, t, att, gen, hide).backward()
+    assert float(s.grad[0, 3].abs().sum()) == 0.0
+    assert (s.grad[0, [0, 1, 2, 4, 5, 6]].abs().sum(-1) > 0).all()
+
+
+@torch.no_grad()
+def test_a_per_token_generator_outputs_the_constant_g0_at_hidden_positions():
+    # the old behaviour (a per-token map over the masked states): kernel 1 sees only the zeros there
+    torch.manual_seed(0)
+    per_token, conv = MGDGenerator(4, 4, kernel=1), MGDGenerator(4, 4)
+    x = torch.randn(3, 6, 4)
+    att = torch.ones(3, 6, dtype=torch.long)
+    hide = torch.zeros(3, 6, dtype=torch.bool)
+    hide[0, 1] = hide[1, 3] = hide[2, 4] = True
+    g0 = per_token.generate(torch.zeros(1, 4, 1))[0, :, 0]  # G(0)
+    for out in (per_token(x, hide, att), per_token(x * 5 + 1, hide, att)):
+        for b, i in ((0, 1), (1, 3), (2, 4)):
+            torch.testing.assert_close(out[b, i], g0)
+    rebuilt = conv(x, hide, att)[hide]
+    assert (rebuilt - rebuilt[0]).abs().max() > 1e-3  # the conv generator's outputs there differ by context
+
+
+def _toy_batch(g, B=32, L=12, d=8):
+    """Student states; teacher[t] = relu(s[t-1]) + relu(s[t+1]) (0 outside); hidden positions every third
+    token from a random offset, so each hidden token's neighbours are visible."""
+    s = torch.randn(B, L, d, generator=g)
+    r = torch.nn.functional.pad(s.relu(), (0, 0, 1, 1))
+    t = r[:, :-2] + r[:, 2:]
+    hide = (torch.arange(L).unsqueeze(0) + torch.randint(0, 3, (B, 1), generator=g)) % 3 == 0
+    return s, t, hide
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny ops: intra-op threads only contend (on 2 shared cores the toy run below is ~10x slower with 2)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_generator_beats_the_best_constant_on_a_toy_reconstruction(one_thread):
+    torch.manual_seed(0)
+    conv, per_token = MGDGenerator(8, 8), MGDGenerator(8, 8, kernel=1)
+    opts = [torch.optim.Adam(m.parameters(), lr=1e-2) for m in (conv, per_token)]
+    g = torch.Generator().manual_seed(1)
+    att = torch.ones(32, 12, dtype=torch.long)
+    for _ in range(300):  # trained on MGD's loss over every real token, as the term trains it
+        s, t, hide = _toy_batch(g)
+        for gen, opt in zip((conv, per_token), opts):
+            opt.zero_grad()
+            mgd_loss(s, t, att, gen, hide).backward()
+            opt.step()
+    s, t, hide = _toy_batch(torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        target = t[hide]
+        best_constant = (target - target.mean(0)).pow(2).mean()  # G(0)-style: the mean teacher state
+        rebuilt = (conv(s, hide, att)[hide] - target).pow(2).mean()
+        constant = (per_token(s, hide, att)[hide] - target).pow(2).mean()
+    assert float(rebuilt) < 0.5 * float(best_constant)
+    assert float(constant) >= float(best_constant) * (1 - 1e-5)  # a constant can do no better
 
 
 def test_random_token_mask_never_selects_padding_and_has_rate():

@@ -1,227 +1,195 @@
-"""FeatureObjective: MaKD / TinyBERT / MiniLM feature terms on captured layer internals."""
+"""Objective: a stage's resolved terms built for one student/teacher pair; flags, captured features, parameters,
+and the feature terms on tiny BERTs through FeatureCapture."""
 
 import copy
-from types import SimpleNamespace
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import make_tiny_bert
-from kgc_kd.distill.objective import FEATURE_TERMS, FeatureObjective, layer_pairs
+from kgc_kd.distill.mgfd import MGDGenerator
+from kgc_kd.distill.objective import Objective
 from kgc_kd.distill.projection import LowRankProjection
+from kgc_kd.distill.registry import Dims, Step
 from kgc_kd.models.features import FeatureCapture
+from kgc_kd.stage_spec import objective_terms
 
-MSE_TERMS = ("hidden_mse", "qkv_mse", "attn_out_mse", "ffn_mid_mse", "ffn_out_mse", "emb_mse")
-PROJECTED = {"hidden_mse": ("hidden",), "qkv_mse": ("q", "k", "v"), "attn_out_mse": ("attn_out",),
-             "ffn_mid_mse": ("ffn_mid",), "ffn_out_mse": ("ffn_out",), "emb_mse": ("embeddings",)}
-
-
-# ---- layer_pairs ---------------------------------------------------------------------------------------------
-def test_layer_pairs_uniform():
-    assert layer_pairs("uniform", 2, 4) == [(0, 1), (1, 3)]
-    assert layer_pairs("uniform", 1, 2) == [(0, 1)]
-    assert layer_pairs("uniform", 4, 12) == [(0, 2), (1, 5), (2, 8), (3, 11)]
-    assert layer_pairs("uniform", 6, 12) == [(0, 1), (1, 3), (2, 5), (3, 7), (4, 9), (5, 11)]
-    assert layer_pairs("uniform", 3, 3) == [(0, 0), (1, 1), (2, 2)]
+FEATURE_TERMS = ("hidden_mse", "qkv_mse", "attn_out_mse", "ffn_mid_mse", "ffn_out_mse", "emb_mse", "attn_kl",
+                 "attn_score_mse", "value_kl", "qkv_relation")
+MSE_TERMS = FEATURE_TERMS[:6]
+SAME = Dims(32, 32, 64, 64, 4, 4, 2, 4)
+NARROW = Dims(16, 32, 32, 64, 2, 4, 1, 2)
 
 
-def test_layer_pairs_last():
-    assert layer_pairs("last", 2, 4) == [(1, 3)]
-    assert layer_pairs("last", 1, 12) == [(0, 11)]
+def _objective(entries, dims, **settings):
+    return Objective(objective_terms({"terms": entries, **settings}, dims) if entries else
+                     objective_terms(settings, dims), dims)
 
 
-def test_layer_pairs_explicit():
-    assert layer_pairs([0, 2], 2, 4) == [(0, 0), (1, 2)]
-    assert layer_pairs(["3", "1"], 2, 4) == [(0, 3), (1, 1)]  # YAML may hand strings
+# ---- construction, flags, features, parameters ---------------------------------------------------------------
+def test_ce_alone_needs_nothing_of_the_teacher():
+    obj = _objective([{"name": "ce"}], SAME)
+    assert list(obj.terms) == ["ce"] and obj.weights == {"ce": 1.0}
+    assert not (obj.needs_teacher or obj.needs_teacher_logits or obj.masks_inputs or obj.all_layers)
+    assert obj.wanted("student") == {} and obj.wanted("teacher") == {} and not list(obj.parameters())
+    logits = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    out = obj(Step(views={}, student={}, teacher=None, s_rows={}, t_rows=None, logits_s=logits))
+    # 2 directions x mean over rows of -log(e / (e + 1))
+    assert set(out) == {"ce"} and out["ce"].item() == pytest.approx(2 * 0.31326168751822286)
 
 
-@pytest.mark.parametrize("layers, n_s, n_t", [([0], 2, 4), ([0, 1, 2], 2, 4), ([0, 4], 2, 4), ([-1, 3], 2, 4),
-                                              ("uniform", 5, 4), ("skip", 2, 4)])
-def test_layer_pairs_errors(layers, n_s, n_t):
-    with pytest.raises(ValueError):
-        layer_pairs(layers, n_s, n_t)
+def test_pmd_shorthand_flags():
+    obj = _objective(None, SAME, alpha=0.2, beta=0.3, pkd=0.1)
+    assert list(obj.terms) == ["ce", "score", "mgfd", "pkd"]
+    assert obj.weights == pytest.approx({"ce": 0.4, "score": 0.2, "mgfd": 0.3, "pkd": 0.1})
+    assert obj.needs_teacher and obj.needs_teacher_logits and obj.masks_inputs and obj.all_layers
+    assert obj.wanted("student") == {} and not list(obj.parameters())
+    mgd = _objective(None, NARROW, alpha=0.0, beta=0.5, mgfd="generation")
+    assert list(mgd.terms) == ["ce", "mgd"]
+    assert mgd.needs_teacher and not (mgd.needs_teacher_logits or mgd.masks_inputs or mgd.all_layers)
 
 
-# ---- construction without running models ---------------------------------------------------------------------
-class _Stub(nn.Module):
-    def __init__(self, layers, hidden, heads):
-        super().__init__()
-        self.config = SimpleNamespace(hidden_size=hidden, intermediate_size=2 * hidden, num_attention_heads=heads,
-                                      num_hidden_layers=layers)
-
-
-def test_wanted_lists_the_mapped_layers():
+def test_wanted_is_the_union_over_terms():
     terms = [{"name": "hidden_mse"},                      # uniform: (0, 1), (1, 3)
              {"name": "attn_kl", "layers": "last"},       # (1, 3)
              {"name": "qkv_mse", "layers": [0, 2]},       # (0, 0), (1, 2)
-             {"name": "emb_mse", "layers": "last"},       # always (-1, -1)
-             {"name": "ce", "weight": 0.5}]               # logit term: not ours
-    obj = FeatureObjective(terms, _Stub(2, 32, 4), _Stub(4, 32, 4))
-    assert len(obj) == 4
+             {"name": "emb_mse"},                         # always (-1, -1)
+             {"name": "ce", "weight": 0.5}]               # a logit term: no features
+    obj = _objective(terms, SAME)
     assert obj.wanted("student") == {"hidden": [0, 1], "q": [0, 1], "k": [0, 1], "v": [0, 1], "embeddings": [-1]}
     assert obj.wanted("teacher") == {"hidden": [1, 3], "q": [0, 2, 3], "k": [0, 2, 3], "v": [0, 2],
                                      "embeddings": [-1]}
-    emb = next(t for t in obj.terms if t["name"] == "emb_mse")
-    assert emb["pairs"] == [(-1, -1)]
+    assert obj.weights["ce"] == 0.5 and obj.needs_teacher
 
 
-def test_wanted_is_empty_without_feature_terms():
-    obj = FeatureObjective([{"name": "ce"}, {"name": "score"}], _Stub(2, 32, 4), _Stub(4, 32, 4))
-    assert len(obj) == 0 and obj.wanted("student") == {} and obj.wanted("teacher") == {}
-    assert len(obj.projections) == 0
+def test_generators_and_projections_are_the_objectives_parameters():
+    obj = _objective([{"name": "mgd"}, {"name": "hidden_mse", "rank": 2}, {"name": "ffn_mid_mse", "rank": 3},
+                      {"name": "qkv_relation", "relation_heads": 4}], NARROW)
+    gens = obj.terms["mgd"].generators
+    assert all(isinstance(g, MGDGenerator) for g in gens.values())
+    per_generator = (16 * 32 + 32) + 2 * (3 * 32 * 32 + 32)  # align 16 -> 32, two kernel-3 convolutions
+    per_hidden = 2 * (16 + 32) + 32
+    per_ffn = 3 * (32 + 64) + 64
+    assert all(isinstance(p, LowRankProjection) for p in obj.terms["hidden_mse"].projections.values())
+    assert sum(p.numel() for p in obj.parameters()) == 2 * (per_generator + per_hidden + per_ffn)  # 2 sides
+    assert not list(obj.terms["qkv_relation"].parameters())
 
 
-@pytest.mark.parametrize("r, s_width, t_width", [(3, 16, 32), (12, 16, 32), (16, 16, 24), (5, 20, 32)])
-def test_qkv_relation_heads_must_divide_both_widths(r, s_width, t_width):
-    with pytest.raises(ValueError, match="relation_heads"):
-        FeatureObjective([{"name": "qkv_relation", "relation_heads": r}], _Stub(1, s_width, 2),
-                         _Stub(2, t_width, 4))
+def test_every_feature_term_builds_with_its_defaults_where_shapes_allow():
+    obj = _objective([{"name": n, **({"relation_heads": 4} if n == "qkv_relation" else {})} for n in FEATURE_TERMS],
+                     SAME)
+    assert list(obj.terms) == list(FEATURE_TERMS)
+    assert not obj.needs_teacher_logits and not obj.masks_inputs and not obj.all_layers and obj.needs_teacher
 
 
-def test_qkv_relation_default_relation_heads_rejects_tiny_widths():
-    with pytest.raises(ValueError, match="relation_heads"):  # default 12 divides neither 16 nor 32
-        FeatureObjective([{"name": "qkv_relation"}], _Stub(1, 16, 2), _Stub(2, 32, 4))
-
-
-def test_projection_modules_and_parameter_counts():
-    terms = [{"name": n, "projection": "lowrank", "rank": 8} for n in MSE_TERMS]
-    terms.append({"name": "qkv_relation", "relation_heads": 4})
-    obj = FeatureObjective(terms, _Stub(1, 16, 2), _Stub(2, 32, 4))
-    want = {f"{n}-{side}-{k}" for n, kinds in PROJECTED.items() for side in ("query", "entity") for k in kinds}
-    assert set(obj.projections) == want  # none for qkv_relation
-    for key, p in obj.projections.items():
-        assert isinstance(p, LowRankProjection)
-        d_in, d_out = (32, 64) if key.startswith("ffn_mid") else (16, 32)
-        assert sum(x.numel() for x in p.parameters()) == 8 * (d_in + d_out), key
-    # the projections are sub-modules, so the optimizer sees them through obj.parameters()
-    assert sum(x.numel() for x in obj.parameters()) == sum(x.numel() for x in obj.projections.parameters()) > 0
-
-
-def test_auto_projection():
-    same = FeatureObjective([{"name": n} for n in MSE_TERMS], _Stub(1, 32, 4), _Stub(2, 32, 4))
-    assert all(isinstance(p, nn.Identity) for p in same.projections.values()) and len(same.projections) == 16
-    assert sum(x.numel() for x in same.parameters()) == 0
-    narrow = FeatureObjective([{"name": n, "rank": 4} for n in MSE_TERMS], _Stub(1, 16, 2), _Stub(2, 32, 4))
-    assert all(isinstance(p, LowRankProjection) for p in narrow.projections.values())
-    with pytest.raises(ValueError, match="identity"):
-        FeatureObjective([{"name": "hidden_mse", "projection": "identity"}], _Stub(1, 16, 2), _Stub(2, 32, 4))
-
-
-# ---- on real tiny encoders -----------------------------------------------------------------------------------
-def _batches():
+# ---- on tiny BERTs, through FeatureCapture -------------------------------------------------------------------
+def _inputs():
     g = torch.Generator().manual_seed(7)
     out = {}
-    for side, (b, n, pad) in {"query": (3, 6, (1, 4)), "entity": (2, 8, (0, 5))}.items():
+    for key, (b, n, pad) in {"hr": (3, 6, (1, 4)), "entities": (2, 8, (0, 5))}.items():
         ids = torch.randint(9, 60, (b, n), generator=g)
         mask = torch.ones(b, n, dtype=torch.long)
         mask[pad[0], pad[1]:] = 0
         ids[mask == 0] = 0
-        out[side] = (ids, mask)
+        out[key] = {"input_ids": ids, "attention_mask": mask}
     return out
 
 
-def _capture(encoder, wanted, batches, grad):
-    feats = {}
-    for side, (ids, mask) in batches.items():
+def _encode(encoder, wanted, inputs, grad):
+    out = {}
+    for key, batch in inputs.items():
         with torch.set_grad_enabled(grad), FeatureCapture(encoder, wanted) as cap:
-            encoder(input_ids=ids, attention_mask=mask)
-        feats[side] = cap.features
-    return feats
+            encoder(**batch)
+        out[key] = {"features": cap.features}
+    return out
 
 
 def _run(obj, student, teacher, grad=False):
-    batches = _batches()
-    s = _capture(student, obj.wanted("student"), batches, grad)
-    t = _capture(teacher, obj.wanted("teacher"), batches, False)
-    return obj(s, t, {side: mask for side, (_, mask) in batches.items()})
+    inputs = _inputs()
+    views = {k: {"side": "query" if k == "hr" else "entity", "inputs": v} for k, v in inputs.items()}
+    s = _encode(student, obj.wanted("student"), inputs, grad)
+    t = _encode(teacher, obj.wanted("teacher"), inputs, False)
+    return obj(Step(views, s, t, s_rows={}, t_rows={}, logits_s=torch.zeros(1, 1))), s, t
+
+
+def _dims(student, teacher):
+    return Dims.of(student.config, teacher.config)
 
 
 def _all_terms(projection):
-    return [{"name": n, "projection": projection, "relation_heads": 4} for n in FEATURE_TERMS]
+    return [{"name": n, **({"relation_heads": 4} if n == "qkv_relation" else {}),
+             **({"projection": projection} if n in MSE_TERMS else {})} for n in FEATURE_TERMS]
 
 
-@pytest.mark.parametrize("projection", ["identity", "auto"])
+@pytest.mark.parametrize("projection", ["identity", "lowrank"])
 def test_every_term_is_zero_when_the_student_is_the_teacher(projection):
     student = make_tiny_bert(num_layers=2, hidden=32, heads=4, seed=0, dropout=0.0).eval()
     teacher = copy.deepcopy(student).requires_grad_(False)
-    obj = FeatureObjective(_all_terms(projection), student, teacher)
-    assert len(obj) == len(FEATURE_TERMS) == 10
-    assert sum(x.numel() for x in obj.parameters()) == 0
-    out = _run(obj, student, teacher)
+    obj = _objective(_all_terms(projection), _dims(student, teacher))
+    assert len(obj.terms) == 10
+    out, _, _ = _run(obj, student, teacher)
     assert set(out) == set(FEATURE_TERMS)
-    for name, value in out.items():
+    for name, value in out.items():  # lowrank at equal widths starts as the identity
         assert torch.isfinite(value) and abs(value.item()) < 1e-6, name
     # a different teacher gives a clearly positive value for every term (the zeros above are not vacuous)
     other = make_tiny_bert(num_layers=2, hidden=32, heads=4, seed=5, dropout=0.0).eval().requires_grad_(False)
-    for name, value in _run(obj, student, other).items():
+    for name, value in _run(obj, student, other)[0].items():
         assert value.item() > 1e-4, name
 
 
-def test_values_are_averaged_over_pairs_and_summed_over_sides():
+def test_captured_features_reach_the_term_per_pair_and_side():
     student = make_tiny_bert(num_layers=2, hidden=32, heads=4, seed=0, dropout=0.0).eval()
     teacher = make_tiny_bert(num_layers=4, hidden=32, heads=4, seed=1, dropout=0.0).eval().requires_grad_(False)
-    obj = FeatureObjective([{"name": "hidden_mse", "projection": "identity"}], student, teacher)
-    batches = _batches()
-    s = _capture(student, obj.wanted("student"), batches, False)
-    t = _capture(teacher, obj.wanted("teacher"), batches, False)
-    masks = {side: mask for side, (_, mask) in batches.items()}
+    obj = _objective([{"name": "hidden_mse", "projection": "identity"}], _dims(student, teacher))
+    out, _, _ = _run(obj, student, teacher)
     want = 0.0
-    for side, mask in masks.items():
-        per_pair = []
+    for key, batch in _inputs().items():
+        mask = batch["attention_mask"]
+        with torch.no_grad():  # the layer outputs, independently: Hugging Face's hidden_states[i + 1]
+            hs = student(**batch, output_hidden_states=True).hidden_states
+            ht = teacher(**batch, output_hidden_states=True).hidden_states
         for m, n in [(0, 1), (1, 3)]:
-            diff2 = (s[side][("hidden", m)] - t[side][("hidden", n)]).pow(2).sum(-1)  # (B, L)
-            per_pair.append(float((diff2 * mask).sum() / (32 * mask.sum())))
-        want += sum(per_pair) / 2
-    assert obj(s, t, masks)["hidden_mse"].item() == pytest.approx(want, rel=1e-5)
+            diff2 = (hs[m + 1] - ht[n + 1]).pow(2).sum(-1)  # (B, L)
+            want += float((diff2 * mask).sum() / (32 * mask.sum()))  # summed over pairs and sides
+    assert out["hidden_mse"].item() == pytest.approx(want, rel=1e-5)
 
 
-def _narrow_pair():
-    student = make_tiny_bert(num_layers=1, hidden=16, heads=2, seed=1, dropout=0.0)
-    teacher = make_tiny_bert(num_layers=2, hidden=32, heads=4, seed=0, dropout=0.0).eval().requires_grad_(False)
-    return student, teacher
-
-
-@pytest.mark.parametrize("projection", ["lowrank", "auto", "linear"])
+@pytest.mark.parametrize("projection", ["lowrank", "linear", "shared"])
 @pytest.mark.parametrize("relation_heads", [2, 4])
 def test_narrower_shallower_student(projection, relation_heads):
-    student, teacher = _narrow_pair()
+    student = make_tiny_bert(num_layers=1, hidden=16, heads=2, seed=1, dropout=0.0).eval()
+    teacher = make_tiny_bert(num_layers=2, hidden=32, heads=4, seed=0, dropout=0.0).eval().requires_grad_(False)
     terms = [{"name": n, "projection": projection, "rank": 8} for n in MSE_TERMS]
     terms.append({"name": "qkv_relation", "relation_heads": relation_heads})
-    obj = FeatureObjective(terms, student, teacher)
+    obj = _objective(terms, _dims(student, teacher))
     assert obj.wanted("student")["hidden"] == [0] and obj.wanted("teacher")["hidden"] == [1]
-    out = _run(obj, student.eval(), teacher)
+    out, _, _ = _run(obj, student, teacher)
     assert set(out) == set(MSE_TERMS) | {"qkv_relation"}
     for name, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value) and value.item() > 0, name
 
 
 @pytest.mark.parametrize("name", ["attn_kl", "attn_score_mse", "value_kl"])
-def test_head_to_head_terms_raise_for_unequal_heads(name):
-    student, teacher = _narrow_pair()
-    obj = FeatureObjective([{"name": name}], student, teacher)
-    with pytest.raises(ValueError, match="head"):
-        _run(obj, student.eval(), teacher)
+def test_head_to_head_terms_are_refused_for_unequal_heads(name):
+    with pytest.raises(ValueError, match="attention heads one to one"):
+        _objective([{"name": name}], NARROW)
 
 
 def test_gradients_reach_student_and_projections_never_the_teacher():
-    student, teacher = _narrow_pair()
-    student.train()  # dropout 0: train mode is deterministic
+    student = make_tiny_bert(num_layers=1, hidden=16, heads=2, seed=1, dropout=0.0).train()  # dropout 0
+    teacher = make_tiny_bert(num_layers=2, hidden=32, heads=4, seed=0, dropout=0.0).eval().requires_grad_(False)
     terms = [{"name": n, "projection": "lowrank", "rank": 8} for n in MSE_TERMS]
     terms.append({"name": "qkv_relation", "relation_heads": 2})
-    obj = FeatureObjective(terms, student, teacher)
-    batches = _batches()
-    s = _capture(student, obj.wanted("student"), batches, True)
-    t = _capture(teacher, obj.wanted("teacher"), batches, False)
-    assert all(f.requires_grad for side in s.values() for f in side.values())
-    assert not any(f.requires_grad for side in t.values() for f in side.values())
-    out = obj(s, t, {side: mask for side, (_, mask) in batches.items()})
+    obj = _objective(terms, _dims(student, teacher))
+    out, s, t = _run(obj, student, teacher, grad=True)
+    assert all(f.requires_grad for view in s.values() for f in view["features"].values())
+    assert not any(f.requires_grad for view in t.values() for f in view["features"].values())
     sum(out.values()).backward()
     for n, p in student.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), n
         assert p.grad.abs().sum() > 0, n
-    params = dict(obj.projections.named_parameters())
-    assert len(params) == 2 * len(obj.projections) == 2 * 2 * 8  # u, v x 2 sides x 8 projected kinds
+    params = dict(obj.named_parameters())
+    assert len(params) == 3 * 2 * 8  # u, v, bias x 2 sides x 8 projected kinds
     for n, p in params.items():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
     for n, p in teacher.named_parameters():

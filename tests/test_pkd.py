@@ -15,7 +15,8 @@ ATT = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]])
 
 
 def _hand(student, teacher, att, layer_map):
-    """Mean over real tokens, unit-normalise, squared distance, mean over batch, mean over pairs -- in loops."""
+    """Mean over real tokens, unit-normalise, squared differences averaged over batch and dimensions (PKD's
+    element MSE), mean over pairs -- in loops."""
     def vec(h, b):
         n = int(att[b].sum())
         v = [sum(float(h[b, p, j]) for p in range(n)) / n for j in range(h.shape[-1])]
@@ -25,9 +26,9 @@ def _hand(student, teacher, att, layer_map):
     pairs = [(i + 1, layer_map[i] + 1) for i in range(len(layer_map) - 1)]
     total = 0.0
     for s, t in pairs:
-        B = att.shape[0]
+        B, d = att.shape[0], student[s].shape[-1]
         per = [sum((a - c) ** 2 for a, c in zip(vec(student[s], b), vec(teacher[t], b))) for b in range(B)]
-        total += sum(per) / B
+        total += sum(per) / (B * d)
     return total / len(pairs)
 
 
@@ -41,6 +42,26 @@ def test_equals_hand_computation():
     layer_map = [1, 3, 5]  # pairs (1, 2), (2, 4); the last student layer is left to the logits
     got = pkd_loss(student, teacher, ATT, layer_map)
     assert math.isclose(float(got), _hand(student, teacher, ATT, layer_map), rel_tol=1e-5)
+
+
+def test_hand_numbers_element_mean_not_the_squared_distance():
+    # one row, two real tokens, d = 2; a 2-layer student against a 2-layer teacher, map [0, 1]: one pair (1, 1)
+    att = torch.tensor([[1, 1, 0]])
+    emb = torch.zeros(1, 3, 2)
+    student = (emb, torch.tensor([[[2.0, 0.0], [0.0, 0.0], [9.0, 9.0]]]), emb)  # mean [1, 0] -> [1, 0]
+    teacher = (emb, torch.tensor([[[0.0, 3.0], [0.0, 1.0], [-9.0, 0.0]]]), emb)  # mean [0, 2] -> [0, 1]
+    # (1 - 0)^2 + (0 - 1)^2 = 2 summed, / (B=1 * d=2) = 1.0 (the old per-row squared distance gave 2.0)
+    assert float(pkd_loss(student, teacher, att, [0, 1])) == pytest.approx(1.0)
+
+
+def test_cls_pooling_reads_the_first_token_only():
+    att = torch.tensor([[1, 1]])
+    emb = torch.zeros(1, 2, 2)
+    student = (emb, torch.tensor([[[3.0, 4.0], [0.0, -50.0]]]), emb)  # [CLS] [3, 4] -> [0.6, 0.8]
+    teacher = (emb, torch.tensor([[[1.0, 0.0], [7.0, 7.0]]]), emb)  # [CLS] [1, 0]
+    # ((0.6 - 1)^2 + 0.8^2) / 2 = (0.16 + 0.64) / 2
+    assert float(pkd_loss(student, teacher, att, [0, 1], pooling="cls")) == pytest.approx(0.4)
+    assert float(pkd_loss(student, teacher, att, [0, 1], pooling="mean")) != pytest.approx(0.4)
 
 
 def test_only_the_mapped_teacher_layers_matter():
