@@ -18,8 +18,7 @@ import torch
 from kgc_kd.chain import build_datamodule
 from kgc_kd.config import load_config, to_plain
 from kgc_kd.lit.distill_module import DistillModule
-from kgc_kd.lit.kgc_module import build_biencoder
-from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.biencoder import BiEncoder, build_biencoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student
 

@@ -7,8 +7,6 @@ the same data order and initialisation as the distilled one.
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from pathlib import Path
 
@@ -24,30 +22,17 @@ from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, 
 from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.config import run_name, stage_negatives, to_plain
 from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.files import write_text_atomic
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
+from kgc_kd.memory import peak_rss_mib
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
 from kgc_kd.precision import configure_matmul, resolve_precision
 from kgc_kd.preflight import check_run, stage_settings
-from kgc_kd.reporting import write_report, write_text_atomic
-
-
-def peak_rss_mib() -> float:
-    """This process's own peak resident memory. On Linux that is VmHWM of its address space: getrusage's
-    ru_maxrss would also count the parent's resident memory at fork time (kept across exec), so a chain
-    started from a big process would report that process's size."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+from kgc_kd.reporting import write_report
 
 
 def data_checks(dm: KGDataModule) -> dict[str, int]:

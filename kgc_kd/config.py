@@ -2,7 +2,7 @@
 
 The dataclass defaults are the embedded default run (bundled UMLS, packaged MiniLM, a CPU-sized
 schedule), so `python -m kgc_kd.fit` needs no file at all. Command-line items are applied left to right:
-- `config=PATH`      merge a whole YAML file (e.g. conf/experiment/wn18rr.yaml);
+- `config=PATH`      merge a whole YAML file (e.g. conf/experiment/wn18rr_simkgc.yaml);
 - `GROUP=NAME`       merge the preset conf/GROUP/NAME.yaml into that group (data, model, optim, trainer,
                      eval, run); for `data`, a name without a preset is taken as the data source (a
                      built-in KG or a directory), so `data=path/to/WN18RR` works;

@@ -18,8 +18,8 @@ from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, p
 from kgc_kd.data.batching import EntityCollator, QueryCollator
 from kgc_kd.data.kg import KG, kg_from_json
 from kgc_kd.data.tokens import TokenCache
+from kgc_kd.files import write_text_atomic
 from kgc_kd.models.biencoder import BiEncoder
-from kgc_kd.reporting import write_text_atomic
 
 
 def resolve_export(path: str, stage: str | None = None) -> Path:

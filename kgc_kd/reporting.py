@@ -1,41 +1,15 @@
 """What a run leaves behind for people: metrics.json, per-query predictions, a printed summary.
 
-Every file is written to a temporary name and renamed into place, so an interrupted run never leaves a
-half-written report that a later tool would trust.
+Every file is written to a temporary name and renamed into place (`kgc_kd.files`), so an interrupted
+run never leaves a half-written report that a later tool would trust.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
 
-
-def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write(file)` on a temporary sibling of `path`, flush it to disk, then rename it over `path`:
-    readers see the old file or the new one, never a part (the same filesystem, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+from kgc_kd.files import replace_atomically, write_json_atomic, write_text_atomic
 
 
 def write_predictions(path: Path, kg, evaluation: dict) -> None:

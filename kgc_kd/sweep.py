@@ -23,7 +23,7 @@ import yaml
 
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, KEYS_DOC, console_script, exit_statuses, parser
 from kgc_kd.config import load_config
-from kgc_kd.reporting import write_json_atomic, write_text_atomic
+from kgc_kd.files import write_json_atomic, write_text_atomic
 
 
 class SweepError(ValueError):

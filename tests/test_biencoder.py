@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModel
 
 from conftest import make_tiny_bert
-from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.biencoder import BiEncoder, build_biencoder
 
 
 def _inputs(ids):
@@ -130,3 +130,15 @@ def test_check_vocab_refuses_text_a_pruned_model_cannot_read():
     net.check_vocab(tok(texts, add_special_tokens=False)["input_ids"])  # its own KG's texts: fine
     with pytest.raises(ValueError, match="dropped by vocabulary pruning"):
         net.check_vocab(tok(["fast cold"], add_special_tokens=False)["input_ids"])
+
+
+def test_build_biencoder_reads_the_model_section_and_its_defaults(tiny_plm_dir):
+    net = build_biencoder({"plm": str(tiny_plm_dir), "shared_encoder": True, "pooling": "cls", "temperature": 0.1,
+                           "learn_temperature": False})
+    assert net.shared and net.pooling == "cls" and not net.log_inv_t.requires_grad
+    assert float(net.inv_t) == pytest.approx(10.0)
+    assert net.query_encoder.config.num_hidden_layers == 2  # tiny_plm_dir's encoder, loaded from model["plm"]
+    enc = make_tiny_bert()
+    default = build_biencoder({}, encoder=enc)  # an encoder given: model["plm"] is not needed
+    assert default.query_encoder is enc and not default.shared and default.pooling == "mean"
+    assert default.log_inv_t.requires_grad and float(default.inv_t) == pytest.approx(20.0)

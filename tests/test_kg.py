@@ -124,31 +124,6 @@ def test_filter_index_covers_all_splits_both_directions():
         assert got[key].tolist() == tails, key
 
 
-def test_train_hr2tails_only_train_with_inverse():
-    kg = make_kg()
-    assert kg.train_hr2tails == {
-        (0, 0): frozenset({1, 2}),
-        (1, 0): frozenset({2}),
-        (0, 1): frozenset({3}),
-        (2, 2): frozenset({0, 1}),
-        (1, 2): frozenset({0}),
-        (3, 3): frozenset({0}),
-    }
-    # valid (2, 1, 3) and test (3, 0, 0) / (0, 0, 3) must not leak in
-    assert (2, 1) not in kg.train_hr2tails and (3, 0) not in kg.train_hr2tails
-    assert 3 not in kg.train_hr2tails[(0, 0)]
-
-
-def test_train_graph_undirected_sorted():
-    kg = make_kg()
-    assert kg.train_graph == [[1, 2, 3], [0, 2], [0, 1], [0]]
-    # an entity that only occurs outside train has no neighbours
-    kg5 = make_kg(entity_ids=[f"e{i}" for i in range(5)], entity_names=list("abcde"), entity_descs=[""] * 5,
-                  valid=torch.tensor([[4, 0, 0]]))
-    assert kg5.train_graph[4] == []
-    assert kg5.train_graph[0] == [1, 2, 3]
-
-
 # ---- look-ups ------------------------------------------------------------------------------------------
 def test_entity_index_by_id_and_case_insensitive_name():
     kg = make_kg()

@@ -1,4 +1,4 @@
-"""kgc_kd.reporting: atomic writes, the printed summary table and per-query prediction lines."""
+"""kgc_kd.reporting: the printed summary table and per-query prediction lines."""
 
 from __future__ import annotations
 
@@ -10,59 +10,7 @@ import torch
 
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.eval import RankingOutput, Ranks
-from kgc_kd.reporting import (
-    format_report,
-    report_rows,
-    write_json_atomic,
-    write_predictions,
-    write_report,
-    write_text_atomic,
-)
-
-
-def _temps(d):
-    return sorted(p.name for p in d.rglob(".*.tmp"))
-
-
-# ---- atomic writes --------------------------------------------------------------------------------------
-def test_write_text_atomic_creates_parents_and_replaces(tmp_path):
-    path = tmp_path / "a" / "b" / "summary.txt"
-    write_text_atomic(path, "first\n")
-    assert path.read_text(encoding="utf-8") == "first\n"
-    write_text_atomic(path, "second ü\n")
-    assert path.read_text(encoding="utf-8") == "second ü\n"
-    assert _temps(tmp_path) == []
-    assert sorted(p.name for p in path.parent.iterdir()) == ["summary.txt"]
-
-
-def test_write_json_atomic_roundtrip(tmp_path):
-    path = tmp_path / "out" / "metrics.json"
-    obj = {"mrr": 0.5, "nested": {"list": [1, 2, None], "flag": True}, "name": "x"}
-    write_json_atomic(path, obj)
-    assert json.loads(path.read_text()) == obj
-    assert path.read_text().endswith("\n")
-    assert _temps(tmp_path) == []
-
-
-def test_write_json_atomic_failure_keeps_previous(tmp_path):
-    path = tmp_path / "metrics.json"
-    write_json_atomic(path, {"ok": 1})
-    before = path.read_text()
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"ok": 2, "bad": object()})
-    assert path.read_text() == before
-    assert _temps(tmp_path) == []
-
-
-def test_write_text_atomic_failure_midway_keeps_previous(tmp_path):
-    path = tmp_path / "summary.txt"
-    write_text_atomic(path, "old\n")
-    # a lone surrogate passes str checks but fails while the temp file is being written
-    with pytest.raises(UnicodeEncodeError):
-        write_text_atomic(path, "new text \ud800 more\n")
-    assert path.read_text() == "old\n"
-    assert _temps(tmp_path) == []
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.txt"]
+from kgc_kd.reporting import format_report, report_rows, write_predictions, write_report
 
 
 # ---- stage report ----------------------------------------------------------------------------------------
@@ -144,7 +92,7 @@ def test_write_predictions_lines(tmp_path):
     assert r0["topk"] == [["e5", 0.9], ["e1", 0.12346]]
     assert r1["topk"] == [["e9", 0.8], ["e7", 0.7]]
     assert r2["topk"] == [["e0", 0.6], ["e4", -0.25]]
-    assert _temps(tmp_path) == []
+    assert not list(tmp_path.rglob(".*.tmp"))  # written atomically: no temporary file left
 
 
 def test_write_predictions_without_topk(tmp_path):

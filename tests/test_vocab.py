@@ -6,8 +6,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from conftest import make_tiny_bert, make_tokenizer
-from kgc_kd.models.vocab import (DROPPED, id_map, prune_embeddings, prune_tokenizer, prune_vocabulary, remap_ids,
-                                 used_token_ids)
+from kgc_kd.models.vocab import DROPPED, id_map, prune_embeddings, prune_tokenizer, remap_ids, used_token_ids
 
 # The vocabulary is built from these; the probes below reuse only their words (in other orders/pairs).
 CORPUS = ["red thing", "the large blue number", "inverse of green", "slow entity 42", "a-b, c.d: cold"]
@@ -135,7 +134,9 @@ def test_umls_minilm_encoder_pruning(umls_minilm):
     with torch.no_grad():
         ref = enc(**orig_in).last_hidden_state
 
-    kept, ptok = prune_vocabulary(enc, tok, tok(ents + rels, add_special_tokens=False)["input_ids"])
+    kept = used_token_ids(tok(ents + rels, add_special_tokens=False)["input_ids"], tok)
+    ptok = prune_tokenizer(tok, kept)
+    prune_embeddings(enc, kept)
     after = sum(p.numel() for p in enc.parameters())
     print(f"MiniLM parameters: {before:,} -> {after:,} ({kept.numel()} tokens kept)")
     assert before - after == (30522 - kept.numel()) * hidden

@@ -28,9 +28,9 @@ from kgc_kd.bench.table import format_tables
 from kgc_kd.chain import build_datamodule
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
 from kgc_kd.config import load_config
-from kgc_kd.lit.kgc_module import build_biencoder
+from kgc_kd.files import write_json_atomic, write_text_atomic
+from kgc_kd.models.biencoder import build_biencoder
 from kgc_kd.models.plm import load_tokenizer
-from kgc_kd.reporting import write_json_atomic, write_text_atomic
 
 SECTIONS = ("peak", "train", "eval", "scaling", "rerank", "stages", "chain")
 # WN18RR for the rerank section: the benchmark (never the project at run time) may read the shared copy

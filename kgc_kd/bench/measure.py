@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from kgc_kd.devices import synchronize
+from kgc_kd.memory import rss_mib, status_mib
 
 
 def timed(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device | str = "cpu") -> dict:
@@ -36,21 +37,6 @@ def timed(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.
 
 def summarize(times: list[float]) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_mib() -> float | None:
-    kib = _status_kib("VmRSS")
-    return None if kib is None else kib / 1024
 
 
 class PeakMemory:
@@ -84,7 +70,6 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mib = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif self._start is not None:
-            hwm = _status_kib("VmHWM")
-            self.peak_mib = None if hwm is None else hwm / 1024
+            self.peak_mib = status_mib("VmHWM")
         if self.peak_mib is not None and self._start is not None:
             self.delta_mib = max(0.0, self.peak_mib - self._start)

@@ -15,8 +15,7 @@ from kgc_kd.bench.measure import timed
 from kgc_kd.chain import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
-from kgc_kd.lit.kgc_module import build_biencoder
-from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.biencoder import BiEncoder, build_biencoder
 from kgc_kd.models.size import parameter_counts
 from kgc_kd.models.student import num_layers
 

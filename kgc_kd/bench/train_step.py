@@ -24,7 +24,8 @@ from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.bench.measure import summarize
 from kgc_kd.lit.distill_module import DistillModule
-from kgc_kd.lit.kgc_module import KGCModule, build_biencoder
+from kgc_kd.lit.kgc_module import KGCModule
+from kgc_kd.models.biencoder import build_biencoder
 
 
 def fixed_batch(dm: KGDataModule, seed: int) -> dict:

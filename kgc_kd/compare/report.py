@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kgc_kd.compare.aggregate import BASELINE, beats_baseline
-from kgc_kd.reporting import replace_atomically, write_json_atomic, write_text_atomic
+from kgc_kd.files import replace_atomically, write_json_atomic, write_text_atomic
 
 
 def _pm(mean: float, std: Optional[float], fmt: str = "{:.4f}") -> str:

@@ -8,7 +8,6 @@ forward relations; SimKGC trains and evaluates on inverse triples too, and relat
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -107,23 +106,6 @@ class KG:
     def filter_index(self) -> FilterIndex:
         """(h, r) -> every known answer over train + valid + test, both directions (filtered setting)."""
         return FilterIndex.from_forward(torch.cat([self.split(s) for s in SPLITS]), self.num_relations)
-
-    @cached_property
-    def train_hr2tails(self) -> dict[tuple[int, int], frozenset[int]]:
-        """(h, r) -> train tails incl. inverses: an in-batch tail in this set is a false negative."""
-        acc: dict[tuple[int, int], set[int]] = defaultdict(set)
-        for h, r, t in self.with_inverse(self.train).tolist():
-            acc[(h, r)].add(t)
-        return {k: frozenset(v) for k, v in acc.items()}
-
-    @cached_property
-    def train_graph(self) -> list[list[int]]:
-        """Undirected train graph as sorted adjacency lists, for neighbour re-ranking."""
-        adj: list[set[int]] = [set() for _ in range(self.num_entities)]
-        for h, _, t in self.train.tolist():
-            adj[h].add(t)
-            adj[t].add(h)
-        return [sorted(a) for a in adj]
 
     def summary(self) -> str:
         return (

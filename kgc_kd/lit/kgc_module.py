@@ -6,15 +6,8 @@ import torch
 from torch import Tensor
 
 from kgc_kd.lit.base import BiEncoderModule
-from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.biencoder import BiEncoder, build_biencoder
 from kgc_kd.models.contrastive import contrastive_logits, in_batch_accuracy, infonce_loss
-from kgc_kd.models.plm import load_encoder
-
-
-def build_biencoder(model: dict, encoder: torch.nn.Module | None = None) -> BiEncoder:
-    enc = encoder if encoder is not None else load_encoder(model["plm"])
-    return BiEncoder(enc, shared=model.get("shared_encoder", False), pooling=model.get("pooling", "mean"),
-                     temperature=model.get("temperature", 0.05), learn_temperature=model.get("learn_temperature", True))
 
 
 class KGCModule(BiEncoderModule):

@@ -158,3 +158,13 @@ class BiEncoder(nn.Module):
             if source_ids:
                 net._set_vocab(net.kept_ids, net.source_vocab_size)
         return net.eval()
+
+
+def build_biencoder(model: dict, encoder: nn.Module | None = None) -> BiEncoder:
+    """A new bi-encoder from the `model` config section (a plain dict: `plm`, `shared_encoder`, `pooling`,
+    `temperature`, `learn_temperature`); `encoder` replaces loading `model["plm"]` (tests pass a tiny BERT)."""
+    from kgc_kd.models.plm import load_encoder
+
+    enc = encoder if encoder is not None else load_encoder(model["plm"])
+    return BiEncoder(enc, shared=model.get("shared_encoder", False), pooling=model.get("pooling", "mean"),
+                     temperature=model.get("temperature", 0.05), learn_temperature=model.get("learn_temperature", True))

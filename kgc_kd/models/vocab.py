@@ -8,7 +8,8 @@ other weight (position / token-type embeddings, LayerNorm, the transformer layer
 
 Pruning renumbers the vocabulary (new id i = old id ``kept[i]``), so the tokenizer has to be pruned the
 same way (:func:`prune_tokenizer`), and ids cached with the old tokenizer have to be remapped
-(:func:`id_map`, :func:`remap_ids`). :func:`prune_vocabulary` does the model + tokenizer part at once.
+(:func:`id_map`, :func:`remap_ids`). `BiEncoder.prune_vocabulary` prunes a bi-encoder's embeddings and its
+export saves the pruned tokenizer.
 
 This module works on plain ``transformers`` models and tokenizers and has no Lightning imports: it is
 a model-surgery utility that can run before a model is wrapped in a LightningModule, in an export
@@ -24,8 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DROPPED", "used_token_ids", "prune_embeddings", "id_map", "remap_ids", "prune_tokenizer",
-           "prune_vocabulary"]
+__all__ = ["DROPPED", "used_token_ids", "prune_embeddings", "id_map", "remap_ids", "prune_tokenizer"]
 
 DROPPED = -1  # value of `id_map` for an old id that is not in the pruned vocabulary
 
@@ -269,12 +269,3 @@ def prune_tokenizer(tokenizer, kept: Tensor):
     if pruned.get_vocab() != new_id:
         raise RuntimeError("prune_tokenizer: the rebuilt tokenizer's vocabulary differs from the kept tokens")
     return pruned
-
-
-def prune_vocabulary(encoder, tokenizer, token_lists: Iterable[Sequence[int]]):
-    """Keep the ids in ``token_lists`` plus the special tokens: prunes ``encoder`` in place and
-    returns ``(kept, pruned_tokenizer)``; remap cached ids with ``remap_ids(ids, id_map(kept, len(tokenizer)))``."""
-    kept = used_token_ids(token_lists, tokenizer)
-    new_tokenizer = prune_tokenizer(tokenizer, kept)
-    prune_embeddings(encoder, kept)
-    return kept, new_tokenizer

@@ -1,0 +1,37 @@
+"""Atomic file writes: a reader (or a rerun after a kill) sees the old file or the new one, never a part.
+
+Reports, the chain's state file, predictions, sweep tables and checkpoints all go through here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable
+
+
+def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write(file)` on a temporary sibling of `path`, flush it to disk, then rename it over `path`:
+    readers see the old file or the new one, never a part (the same filesystem, so the rename is atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    replace_atomically(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
