@@ -13,23 +13,17 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 from omegaconf import DictConfig
 
 from kgc_kd import tracking
-from kgc_kd.config import ConfigError, run_name, to_plain
+from kgc_kd.config import ConfigError, run_name
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.tokens import tokenizer_fingerprint
-from kgc_kd.lit.distill_module import stage_terms
+from kgc_kd.distill.registry import Dims
 from kgc_kd.models.plm import plm_config
-
-STAGE_LOSS_KEYS = ("alpha", "beta", "pkd", "score_loss", "kd_temperature", "mgfd", "generator", "terms")
-
-
-def stage_settings(cfg: DictConfig, index: int) -> dict:
-    """The distill group's settings with stage `index`'s overrides applied (what its module trains with)."""
-    st = to_plain(cfg.stages[index])
-    return {**to_plain(cfg.distill), **{k: st[k] for k in STAGE_LOSS_KEYS if st[k] is not None}, "name": st["name"]}
+from kgc_kd.stage_spec import resolve_stage
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -37,8 +31,8 @@ WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
 def check_run(cfg: DictConfig, dm: KGDataModule, tokenizer) -> None:
     check_batch_size(cfg, dm)
-    teacher_layers, teacher_vocab = check_teacher(cfg, tokenizer)
-    check_stages(cfg, teacher_layers)
+    teacher_conf, teacher_vocab = check_teacher(cfg, tokenizer)
+    check_stages(cfg, teacher_conf)
     check_plm_vocab(cfg, tokenizer, teacher_vocab)
     check_outputs(cfg)
 
@@ -120,11 +114,12 @@ def check_batch_size(cfg: DictConfig, dm: KGDataModule) -> None:
         )
 
 
-def check_teacher(cfg: DictConfig, tokenizer) -> tuple[int, int]:
-    """The teacher's layer count and vocabulary size; a loaded teacher must read this tokenizer's ids."""
+def check_teacher(cfg: DictConfig, tokenizer) -> tuple[dict, int]:
+    """The teacher's encoder config (config.json) and vocabulary size; a loaded teacher must read this
+    tokenizer's ids."""
     if not cfg.teacher.load:
         conf = plm_config(cfg.model.plm)
-        return int(conf["num_hidden_layers"]), int(conf["vocab_size"])
+        return conf, int(conf["vocab_size"])
     d = Path(cfg.teacher.load).expanduser()
     meta_path, conf_path = d / "biencoder.json", d / "query" / "config.json"
     if not meta_path.is_file() or not conf_path.is_file():
@@ -142,20 +137,29 @@ def check_teacher(cfg: DictConfig, tokenizer) -> tuple[int, int]:
             f"(vocabulary {vocab} vs {len(tokenizer)}" + (", different tokens" if recorded is not None else "")
             + "): teacher and students must read the same token ids; expected model.plm to be the teacher's PLM"
         )
-    return int(conf["num_hidden_layers"]), vocab
+    return conf, vocab
 
 
-def check_stages(cfg: DictConfig, teacher_layers: int) -> None:
-    """Each grade is cut from the stage before it (init=teacher) or from the PLM (init=plm)."""
-    plm_layers = None
+def _shape(conf: dict, layers: int | None = None) -> SimpleNamespace:
+    return SimpleNamespace(hidden_size=int(conf["hidden_size"]), intermediate_size=int(conf["intermediate_size"]),
+                           num_attention_heads=int(conf["num_attention_heads"]),
+                           num_hidden_layers=int(layers if layers is not None else conf["num_hidden_layers"]))
+
+
+def check_stages(cfg: DictConfig, teacher_conf: dict) -> None:
+    """Each grade is cut from the stage before it (init=teacher) or from the PLM (init=plm), and its objective
+    resolves against the real shapes: its taught-by stage's layers and widths and its own."""
+    plm_conf = None
+    teacher_layers = int(teacher_conf["num_hidden_layers"])
     source, source_layers = "the teacher", teacher_layers
+    taught_by = _shape(teacher_conf)
     for i, st in enumerate(cfg.stages):
         if st.init == "plm":
-            if plm_layers is None:
-                plm_layers = int(plm_config(cfg.model.plm)["num_hidden_layers"])
-            src, n = f"model.plm ({cfg.model.plm})", plm_layers
+            if plm_conf is None:
+                plm_conf = plm_config(cfg.model.plm)
+            src, n, cut_from = f"model.plm ({cfg.model.plm})", int(plm_conf["num_hidden_layers"]), plm_conf
         else:
-            src, n = source, source_layers
+            src, n, cut_from = source, source_layers, teacher_conf
         if st.layers > n:
             raise ConfigError(f"stages[{i}].layers={st.layers}: its source, {src}, has {n} layers; "
                               f"expected at most {n}")
@@ -164,12 +168,9 @@ def check_stages(cfg: DictConfig, teacher_layers: int) -> None:
             if bad:
                 raise ConfigError(f"stages[{i}].layer_map={list(st.layer_map)}: layer {bad[0]} does not exist in its "
                                   f"source, {src}, which has {n} layers; expected indices 0..{n - 1}")
-        try:
-            stage_terms(stage_settings(cfg, i))
-        except ValueError as err:
-            key = f"stages[{i}].terms" if st.terms is not None else "distill.terms"
-            raise ConfigError(f"{key} (used by stages[{i}]): {err}") from None
-        source, source_layers = f"stage {st.name}", st.layers
+        student = _shape(cut_from, st.layers)
+        resolve_stage(cfg, i, Dims.of(student, taught_by))
+        source, source_layers, taught_by = f"stage {st.name}", st.layers, student
 
 
 def check_plm_vocab(cfg: DictConfig, tokenizer, teacher_vocab: int) -> None:

@@ -381,7 +381,7 @@ def test_train_step_student_is_built_as_the_chain_builds_it(tiny_plm_dir):
                        "stages=[{name: s1, layers: 1, shared_encoder: true, prune_vocab: true, score_loss: kl}]"])
     tok = load_tokenizer(str(tiny_plm_dir))
     module = build_module(cfg, "student", build_datamodule(cfg, tok), tok)
-    assert module.net.shared and module.net.kept_ids is not None and module.st["score_loss"] == "kl"
+    assert module.net.shared and module.net.kept_ids is not None and {t["name"]: t for t in module.terms}["score"]["params"]["loss"] == "kl"
 
 
 # ---- the command line ---------------------------------------------------------------------------------------

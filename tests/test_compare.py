@@ -16,7 +16,7 @@ from kgc_kd.compare.__main__ import main
 from kgc_kd.compare.aggregate import aggregate, beats_baseline, mean_std
 from kgc_kd.compare.plan import build_plan
 from kgc_kd.compare.report import format_markdown, verdict_lines
-from kgc_kd.config import conf_dir, load_config, run_name
+from kgc_kd.config import ConfigError, conf_dir, load_config, run_name
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.tracking import _init_kwargs
@@ -74,22 +74,24 @@ def test_one_seed_has_no_spread_and_pairs_use_common_seeds_only():
 # ---- the plan: arguments of every chain, checked before anything trains ---------------------------------------
 def test_plan_from_the_umls_comparison_file():
     cfg_file = conf_dir() / "experiment" / "compare_umls.yaml"
-    plan = build_plan("none,pmd,makd", "3", [f"config={cfg_file}", "distill.kd_temperature=2.0"])
+    plan = build_plan("none,pmd,logit_kd", "3", [f"config={cfg_file}", "distill.kd_temperature=2.0"])
     assert plan.teacher.cfg.teacher.only and plan.teacher.cfg.teacher.epochs == 3
     assert plan.teacher.cfg.data.source == "umls" and list(plan.teacher.cfg.stages) == []
     assert plan.teacher_export == str(plan.teacher.run_dir / "stages" / "teacher" / "export")
     assert plan.grades == ["pmd6", "pmd4", "pmd2"] and plan.seeds == [42, 43, 44]
-    assert [(c.objective, c.seed) for c in plan.chains] == [(o, s) for s in (42, 43, 44) for o in ("none", "pmd", "makd")]
+    assert [(c.objective, c.seed) for c in plan.chains] == [(o, s) for s in (42, 43, 44) for o in ("none", "pmd", "logit_kd")]
     assert len({c.run_dir for c in plan.chains}) == 9 and plan.out_dir == Path("runs") / "compare" / plan.name
     for c in plan.chains:
         assert c.cfg.run.seed == c.seed and c.cfg.teacher.load == plan.teacher_export and c.cfg.teacher.epochs == 3
         assert c.cfg.run.wandb_group == plan.name
         # the directory is the one `fit` derives from the same items: the W&B group is not part of it
         assert c.run_dir.name == run_name(load_config(c.argv[:-1]))
-    none, makd = plan.chains[0].cfg.distill, plan.chains[2].cfg.distill
+    none, logit = plan.chains[0].cfg.distill, plan.chains[2].cfg.distill
     assert (none.alpha, none.beta, list(none.terms)) == (0.0, 0.0, [])
-    assert [t.name for t in makd.terms][:3] == ["ce", "score", "attn_kl"]
-    assert makd.kd_temperature == 2.0  # a distill.* item adjusts every objective, after its preset
+    assert (logit.alpha, logit.score_loss, logit.kd_temperature) == (0.5, "kl", 2.0)  # the item after its preset
+    # (a shorthand key such as distill.kd_temperature is refused by an objective spelt as a term list, e.g. makd)
+    with pytest.raises(ConfigError, match=r"distill\.kd_temperature=2\.0 belongs to the alpha/beta form"):
+        build_plan("none,makd", "1", [f"config={cfg_file}", "distill.kd_temperature=2.0"])
     explicit = build_plan("pmd", "7,9", [], teacher="some/export", name="mine")
     assert explicit.teacher is None and explicit.seeds == [7, 9] and explicit.name == "mine"
     assert [c.cfg.teacher.load for c in explicit.chains] == ["some/export"] * 2
@@ -111,7 +113,7 @@ def test_a_variant_is_a_row_of_its_own_and_leaves_the_other_chains_unchanged():
     v = [c.cfg for c in plan.chains if c.objective == "pmd_kl"]
     p = [c.cfg for c in plan.chains if c.objective == "pmd"]
     assert [(c.distill.score_loss, c.distill.kd_temperature, c.stages[0].mask_rate) for c in v] == [("kl", 4.0, 0.0)] * 2
-    assert [(c.distill.score_loss, c.distill.kd_temperature, c.stages[0].mask_rate) for c in p] == [("mse", 1.0, 0.2)] * 2
+    assert [(c.distill.score_loss, c.distill.kd_temperature, c.stages[0].mask_rate) for c in p] == [("mse", None, 0.2)] * 2
     assert v[0].distill.alpha == p[0].distill.alpha == 0.1  # the rest is the preset's
     only = build_plan("", "1", items, teacher="t/export", name="y", variants=["a=none", "b=pmd distill.alpha=0.3"])
     assert only.objectives == ["a", "b"] and only.chains[1].cfg.distill.alpha == 0.3

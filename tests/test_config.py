@@ -306,3 +306,12 @@ def test_checkpoint_every_n_steps_is_checked_and_not_part_of_the_run_directory()
     assert load_config(["run.checkpoint_every_n_steps=0"]).run.checkpoint_every_n_steps == 0  # epoch ends only
     # how often a run saves is not what it trains: a rerun with another interval resumes the same directory
     assert run_name(load_config(["run.checkpoint_every_n_steps=50"])) == run_name(load_config([]))
+
+
+@pytest.mark.parametrize("preset, epochs", [("wn18rr_simkgc", 50), ("fb15k237_simkgc", 10), ("wn18rr_pmd", 50),
+                                            ("fb15k237_pmd", 10)])
+def test_the_paper_recipes_train_their_teacher_for_the_papers_epochs(preset, epochs):
+    """SimKGC: 50 epochs on WN18RR, 10 on FB15k-237 (the teacher's epochs are teacher.epochs, else
+    trainer.max_epochs; the embedded default chain's teacher.epochs=2 must not leak into a recipe)."""
+    cfg = load_config([f"config=conf/experiment/{preset}.yaml", "data.source=x", "model.plm=y"])
+    assert (cfg.teacher.epochs if cfg.teacher.epochs is not None else cfg.trainer.max_epochs) == epochs

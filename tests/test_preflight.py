@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from kgc_kd.models.plm import plm_config
 import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
@@ -158,9 +160,10 @@ def test_init_plm_uses_model_plm_layers_when_the_loaded_teacher_is_shallower(tmp
 
 def test_check_stages_directly_with_a_given_teacher_depth(tmp_path, plm4):
     cfg, _, _ = _setup(tmp_path, plm4, "stages=[{name: a, layers: 6}, {name: b, layers: 3, layer_map: [0, 2, 5]}]")
-    check_stages(cfg, teacher_layers=6)
+    conf = plm_config(str(plm4))
+    check_stages(cfg, {**conf, "num_hidden_layers": 6})
     with pytest.raises(ConfigError, match=r"^stages\[0\]\.layers=6: its source, the teacher, has 5 layers"):
-        check_stages(cfg, teacher_layers=5)
+        check_stages(cfg, {**conf, "num_hidden_layers": 5})
 
 
 # ---- loss terms ------------------------------------------------------------------------------------------------
@@ -169,19 +172,19 @@ def test_unknown_loss_term_names_the_stage_and_the_known_terms(tmp_path, plm4):
         _run(tmp_path, plm4, "stages=[{name: g2, layers: 2, terms: [{name: ce}, {name: bogus}]}]")
     msg = str(err.value)
     assert msg.startswith("stages[0].terms (used by stages[0]): ") and "unknown loss term 'bogus'" in msg
-    assert re.search(r"known: ce, score, .*hidden_mse", msg)
+    assert re.search(r"known: attn_kl, .*ce, .*hidden_mse, .*mgd, mgfd, pkd, .*score", msg)
     # a term listed twice is refused the same way
     with pytest.raises(ConfigError, match=r"^stages\[0\]\.terms \(used by stages\[0\]\): .*appears twice"):
         _run(tmp_path, plm4, "stages=[{name: g2, layers: 2, terms: [{name: ce}, {name: ce}]}]")
 
 
 def test_an_unknown_term_in_a_later_stage_names_that_stage(tmp_path, plm4):
-    with pytest.raises(ConfigError, match=r"^stages\[1\]\.terms \(used by stages\[1\]\): stage g1: unknown loss term"):
+    with pytest.raises(ConfigError, match=r"^stages\[1\]\.terms \(used by stages\[1\]\): unknown loss term 'nope'"):
         _run(tmp_path, plm4, "stages=[{name: g2, layers: 2}, {name: g1, layers: 1, terms: [{name: nope}]}]")
 
 
 def test_an_unknown_term_in_the_distill_group_names_distill_terms(tmp_path, plm4):
-    with pytest.raises(ConfigError, match=r"^distill\.terms \(used by stages\[0\]\): stage g2: unknown loss term"):
+    with pytest.raises(ConfigError, match=r"^distill\.terms \(used by stages\[0\]\): unknown loss term 'nope'"):
         _run(tmp_path, plm4, "distill.terms=[{name: nope}]", "stages=[{name: g2, layers: 2}]")
 
 
@@ -209,7 +212,8 @@ def test_teacher_load_with_biencoder_json_but_no_query_encoder(tmp_path, plm4):
 def test_teacher_exported_with_the_same_tokenizer_passes_and_reports_its_size(tmp_path, plm4):
     teacher = _export(tmp_path / "teacher", make_tokenizer(), num_layers=3)
     cfg, dm, tok = _setup(tmp_path, plm4, f"teacher.load={teacher}", "stages=[{name: g2, layers: 2}]")
-    assert check_teacher(cfg, tok) == (3, VOCAB)
+    conf, vocab = check_teacher(cfg, tok)
+    assert (conf["num_hidden_layers"], vocab) == (3, VOCAB)
     check_run(cfg, dm, tok)
 
 
@@ -374,3 +378,15 @@ def test_online_wandb_without_an_api_key_is_refused(monkeypatch, tmp_path):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY")
     check_logger("wandb")
+
+
+def test_term_parameters_are_checked_against_the_real_encoder_shapes(tmp_path, plm4):
+    """What only the encoders' shapes can tell (width 32, 4 heads, 4 teacher layers) fails before any model is
+    built, naming the stage's term key: relation heads that do not divide the width, a layer list of the wrong
+    length for the student, an identity projection across widths is fine only when they match."""
+    with pytest.raises(ConfigError, match=r"^stages\[0\]\.terms \(used by stages\[0\]\): loss term 'qkv_relation': "
+                                          r"relation_heads=5 must divide the student \(32\)"):
+        _run(tmp_path, plm4, "stages=[{name: g2, layers: 2, terms: [{name: ce}, {name: qkv_relation, relation_heads: 5}]}]")
+    with pytest.raises(ConfigError, match=r"^stages\[1\]\.terms \(used by stages\[1\]\): loss term 'attn_kl': "
+                                          r"term layers \[0, 1\]: need 1 teacher indices in \[0, 2\)"):
+        _run(tmp_path, plm4, "stages=[{name: g2, layers: 2}, {name: g1, layers: 1, terms: [{name: attn_kl, layers: [0, 1]}]}]")

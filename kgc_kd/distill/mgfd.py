@@ -4,9 +4,9 @@
     (duplicates weighted by how often drawn), L2-normalised; MSE between student and teacher. A
     sequence without masked positions contributes 0 (PMD uses all-ones vectors on both sides), so the
     term is exactly 0 at mask rate 0.
-(b) generation (MGD adapted to tokens): a random rate of the student's token states is zeroed, a small
-    generator maps what is left to the teacher's width, and the result regresses the teacher's states
-    at every real token (the student must "generate" the teacher's features of the hidden tokens).
+(b) MGD (Yang et al. 2022) adapted to tokens: the student's states are aligned to the teacher's width,
+    a random rate of the real tokens is zeroed, and a generator of convolutions over neighbouring tokens
+    rebuilds the teacher's states at every real token (the hidden ones only from their context).
 """
 
 from __future__ import annotations
@@ -35,24 +35,28 @@ def mgfd_pmd(student_hidden: Tensor, teacher_hidden: Tensor, counts: Tensor) -> 
         return diff.pow(2).mean()
 
 
-class FeatureGenerator(nn.Module):
-    """MGD's generation block for token sequences: Linear-GELU-Linear, or Conv1d-GELU-Conv1d over tokens."""
+class MGDGenerator(nn.Module):
+    """MGD's generation block for token sequences: align the student's width to the teacher's (a linear map,
+    MGD's 1x1 convolution; identity when the widths match), zero the hidden and padding positions, then
+    Conv-ReLU-Conv with kernel 3 along the tokens (MGD: 3x3 convolutions over the feature map), so each
+    position is rebuilt from its visible neighbours."""
 
-    def __init__(self, d_student: int, d_teacher: int, kind: str = "mlp"):
+    def __init__(self, d_student: int, d_teacher: int, kernel: int = 3):
         super().__init__()
-        if kind == "mlp":
-            self.net = nn.Sequential(nn.Linear(d_student, d_teacher), nn.GELU(), nn.Linear(d_teacher, d_teacher))
-        elif kind == "conv":
-            self.net = nn.Sequential(nn.Conv1d(d_student, d_teacher, 3, padding=1), nn.GELU(),
-                                     nn.Conv1d(d_teacher, d_teacher, 3, padding=1))
-        else:
-            raise ValueError(f"generator {kind!r}; expected mlp or conv")
-        self.kind = kind
+        self.align = nn.Identity() if d_student == d_teacher else nn.Linear(d_student, d_teacher)
+        pad = kernel // 2
+        self.generate = nn.Sequential(nn.Conv1d(d_teacher, d_teacher, kernel, padding=pad), nn.ReLU(),
+                                      nn.Conv1d(d_teacher, d_teacher, kernel, padding=pad))
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        if self.kind == "conv":
-            return self.net(hidden.transpose(1, 2)).transpose(1, 2)
-        return self.net(hidden)
+    def forward(self, hidden: Tensor, hide: Tensor, attention_mask: Tensor) -> Tensor:
+        """(B, L, d_teacher) generated states; `hide` (B, L) True at the positions the student does not show."""
+        real = attention_mask.bool()
+        x = self.align(hidden).masked_fill(~(real & ~hide).unsqueeze(-1), 0.0)
+        conv1, relu, conv2 = self.generate
+        # padding is zeroed again between the convolutions, so a row's output never depends on how much
+        # padding its batch adds after it (hidden positions keep their first-convolution activation)
+        h = relu(conv1(x.transpose(1, 2))) * real.unsqueeze(1).to(x.dtype)
+        return conv2(h).transpose(1, 2)
 
 
 def random_token_mask(attention_mask: Tensor, rate: float, generator: torch.Generator | None = None) -> Tensor:
@@ -61,11 +65,11 @@ def random_token_mask(attention_mask: Tensor, rate: float, generator: torch.Gene
     return (u < rate) & attention_mask.bool()
 
 
-def mgfd_generation(student_hidden: Tensor, teacher_hidden: Tensor, attention_mask: Tensor, generator: nn.Module,
-                    token_mask: Tensor) -> Tensor:
-    """MSE between generator(masked student states) and teacher states over real tokens."""
-    hidden = student_hidden.masked_fill(token_mask.unsqueeze(-1), 0.0)
-    generated = generator(hidden)
+def mgd_loss(student_hidden: Tensor, teacher_hidden: Tensor, attention_mask: Tensor, generator: MGDGenerator,
+             hide: Tensor) -> Tensor:
+    """MSE between the generator's rebuilt states and the teacher's at every real token (hidden or not),
+    averaged over real tokens and dimensions (fp32)."""
+    generated = generator(student_hidden, hide, attention_mask)
     with torch.autocast(device_type=student_hidden.device.type, enabled=False):
         real = attention_mask.bool().unsqueeze(-1)
         err = (generated.float() - teacher_hidden.float()).pow(2) * real

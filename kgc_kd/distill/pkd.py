@@ -1,8 +1,8 @@
 """Patient KD (Sun et al. 2019), a baseline: the student's intermediate sentence vectors follow the teacher's.
 
 For each student layer i but the last, the normalised pooled state after layer i is pulled towards the
-teacher's after layer map[i] (squared distance, mean over the batch and layers); the last layer is
-already covered by the logits.
+teacher's after layer map[i] (squared differences, element mean over batch, dimensions and layers, as
+PKD's code computes its MSE); the last layer is already covered by the logits.
 """
 
 from __future__ import annotations
@@ -25,5 +25,5 @@ def pkd_loss(student_states: tuple[Tensor, ...], teacher_states: tuple[Tensor, .
         vt = pool(teacher_states[t], attention_mask, pooling)
         if vs.shape[-1] != vt.shape[-1]:
             raise ValueError("PKD compares hidden states directly: student and teacher widths must match")
-        total = total + (vs - vt).pow(2).sum(-1).mean()  # pool() returns unit vectors
+        total = total + (vs - vt).pow(2).mean()  # pool() returns unit vectors; element mean as PKD's code
     return total / len(pairs)
