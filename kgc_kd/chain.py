@@ -1,8 +1,10 @@
 """Assemble and run the chain: teacher -> pre-distillation -> student grades, one Trainer per stage.
 
-All stages share one KGDataModule; the `ProgressiveDistillation` callback records, exports and hands
-each stage over. Every stage is seeded with the same run seed, so a baseline chain (distill=none) sees
-the same data order and initialisation as the distilled one.
+All stages share one KGDataModule. The chain's store (`ChainStore`: run directory, finished stages, their rows
+and exports, the current teacher) carries everything from one stage to the next; each stage's Trainer gets a
+`StageRecorder` callback that records the stage's row into it. After a stage is tested the driver hands the
+tested bi-encoder to the store, frozen, as the next stage's teacher. Every stage is seeded with the same run
+seed, so a baseline chain (distill=none) sees the same data order and initialisation as the distilled one.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from kgc_kd import tracking
-from kgc_kd.callbacks.progressive import ProgressiveDistillation
+from kgc_kd.callbacks.progressive import StageRecorder
 from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
                                      newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
+from kgc_kd.chain_store import ChainStore
 from kgc_kd.config import run_name, stage_negatives, to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.files import write_text_atomic
@@ -57,14 +60,14 @@ def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
     return {**t, **overrides}
 
 
-def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: ProgressiveDistillation,
+def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: StageRecorder,
                    stage: dict | None = None):
     # The best epoch by val MRR (tested at the end); the resume point last.ckpt is LastCheckpoint's, written at
     # every epoch's end and every run.checkpoint_every_n_steps steps (ModelCheckpoint's save_last would only
     # refresh it at improving epochs). ckpt stays first: it is trainer.checkpoint_callback.
     ckpt = ModelCheckpoint(dirpath=stage_dir / "checkpoints", filename="best-epoch{epoch:03d}", monitor="val/mrr",
                            mode="max", save_top_k=1, save_last=False, auto_insert_metric_name=False)
-    # the timer before the chain callback (it reads the timer); RNG state and an interrupt checkpoint make a
+    # the timer before the stage's recorder (it reads the timer); RNG state and an interrupt checkpoint make a
     # killed stage resume where it stopped (callbacks/resume.py)
     callbacks = [ckpt, LastCheckpoint(stage_dir / "checkpoints", cfg.run.checkpoint_every_n_steps), PhaseTimer(),
                  callback, RngState(), CheckpointOnInterrupt(stage_dir / "checkpoints")]
@@ -111,18 +114,23 @@ def evaluate_untrained(cfg: DictConfig, module: L.LightningModule, dm: KGDataMod
     return dict(module.last_eval["test"]["metrics"])
 
 
-def evaluation_only_root(chain: ProgressiveDistillation) -> Path:
+def _recorder(cfg: DictConfig, chain: ChainStore, info: dict) -> StageRecorder:
+    """The callback that records the stage `info` describes into `chain` once it is tested."""
+    return StageRecorder(chain, info, save_predictions=cfg.eval.save_predictions)
+
+
+def evaluation_only_root(chain: ChainStore) -> Path:
     """Where the test-only trainers (untrained baseline, loaded teacher) live. Not the working directory: on
     SLURM, Lightning's test with ckpt_path=None loads any `hpc_ckpt_N.ckpt` of its default_root_dir, and a
     requeue signal during such a test writes one there; here such a file can only hold the same weights."""
     return chain.stage_dir("teacher") / "evaluation-only"
 
 
-def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, encoder=None) -> dict | None:
-    """Train (or load) the teacher; returns the untrained baseline metrics when measured."""
+def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
+    """Train (or load) the teacher and hand it to `chain`; returns the untrained baseline metrics when measured."""
     if chain.is_done("teacher"):
-        chain.resume_from("teacher")
-        return chain.state.get("untrained_test")
+        chain.load_teacher("teacher")
+        return chain.untrained_test
     L.seed_everything(cfg.run.seed, workers=True)
     info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm, "negatives": stage_negatives(cfg, None)}
     if cfg.teacher.load:
@@ -130,20 +138,22 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillatio
         net.check_vocab(dm.tokens.token_lists())  # a pruned teacher from another KG fails here
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
         info.pop("negatives")  # trained elsewhere: what it trained with is not known here
-        chain.begin({**info, "loaded_from": cfg.teacher.load, "layers": num_layers(net.query_encoder)})
-        trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[chain], enable_checkpointing=False,
+        recorder = _recorder(cfg, chain, {**info, "loaded_from": cfg.teacher.load,
+                                          "layers": num_layers(net.query_encoder)})
+        trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[recorder], enable_checkpointing=False,
                                              default_root_dir=str(evaluation_only_root(chain))))
-        trainer.test(module, datamodule=dm, verbose=False)
+        trainer.test(module, datamodule=dm, verbose=False)  # its row records its test metrics
+        chain.hand_over(module.net)
         return None
     module = KGCModule(to_plain(cfg.model), _optim(cfg, cfg.teacher.lr), to_plain(cfg.eval), cfg.data.batch_size,
                        encoder=encoder)
     start = time.perf_counter()
     untrained = evaluate_untrained(cfg, module, dm, evaluation_only_root(chain)) if cfg.eval.untrained_baseline else None
-    chain.state["untrained_test"] = untrained
-    chain.state["untrained_eval_s"] = round(time.perf_counter() - start, 2)
-    chain.begin({**info, "layers": num_layers(module.net.query_encoder)})
+    chain.set_untrained(untrained, round(time.perf_counter() - start, 2))
+    recorder = _recorder(cfg, chain, {**info, "layers": num_layers(module.net.query_encoder)})
     stage_dir = chain.stage_dir("teacher")
-    _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, chain, info), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, recorder, info), module, dm, stage_dir)
+    chain.hand_over(module.net)  # tested with the best checkpoint's weights
     return untrained
 
 
@@ -166,17 +176,20 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
                          student=student, teacher=teacher)
 
 
-def run_student(cfg: DictConfig, dm: KGDataModule, chain: ProgressiveDistillation, index: int) -> None:
+def run_student(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, index: int) -> None:
+    """Train student stage `index`, taught by `chain`'s teacher, and hand it to `chain` as the next teacher."""
     st = cfg.stages[index]
     if chain.is_done(st.name):
-        chain.resume_from(st.name)
+        chain.load_teacher(st.name)
         return
     L.seed_everything(cfg.run.seed, workers=True)
     module = build_stage(cfg, index, chain.teacher, dm, chain.tokenizer)
     stage = module.hparams.stage
-    chain.begin({**stage, "kind": "student", "teacher_layers": num_layers(chain.teacher.query_encoder)})
+    recorder = _recorder(cfg, chain, {**stage, "kind": "student",
+                                      "teacher_layers": num_layers(chain.teacher.query_encoder)})
     stage_dir = chain.stage_dir(st.name)
-    _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, chain, stage), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, recorder, stage), module, dm, stage_dir)
+    chain.hand_over(module.net)  # tested with the best checkpoint's weights
 
 
 def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
@@ -198,7 +211,7 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     if is_zero:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    chain = ProgressiveDistillation(run_dir, tokenizer, save_predictions=cfg.eval.save_predictions)
+    chain = ChainStore(run_dir, tokenizer)
     untrained = run_teacher(cfg, dm, chain, encoder)
     for i in range(len(cfg.stages)):
         run_student(cfg, dm, chain, i)
@@ -206,7 +219,7 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     rows = chain.rows()
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
               "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
-              "untrained_eval_s": chain.state.get("untrained_eval_s"), "peak_rss_mib": peak_rss_mib(),
+              "untrained_eval_s": chain.untrained_eval_s, "peak_rss_mib": peak_rss_mib(),
               "data_checks": data_checks(dm), "precision": precision, "precision_reason": why,
               "float32_matmul_precision": matmul}
     if is_zero:

@@ -403,13 +403,14 @@ def test_lightnings_own_on_exception_checkpoint_would_delete_it(tmp_path):
 def _chain_trainer(tmp_path, epochs: int, *args: str, callbacks=()):
     """The chain's own stage Trainer (chain._stage_trainer: ModelCheckpoint, LastCheckpoint, RngState, interrupt
     checkpoint, AtomicCheckpointIO), for the tiny module and KG above; `callbacks` are appended to it."""
-    from kgc_kd.callbacks.progressive import ProgressiveDistillation
+    from kgc_kd.callbacks.progressive import StageRecorder
     from kgc_kd.chain import _stage_trainer
+    from kgc_kd.chain_store import ChainStore
     from kgc_kd.config import load_config
 
     cfg = load_config(["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "run.logger=none", *args])
     stage_dir = tmp_path / "stages" / "s"
-    trainer = _stage_trainer(cfg, stage_dir, epochs, ProgressiveDistillation(tmp_path))
+    trainer = _stage_trainer(cfg, stage_dir, epochs, StageRecorder(ChainStore(tmp_path), {"name": "s"}))
     trainer.callbacks.extend(callbacks)
     return trainer, stage_dir
 

@@ -4,8 +4,8 @@ Chains run in this process through `kgc_kd.chain.run_chain`, one after another. 
 from one chain to the next: each builds its own data module, tokenizer and models, and every stage
 seeds all generators with its chain's `run.seed` (`L.seed_everything`), so a chain gives the same
 metrics here as alone under `python -m kgc_kd.fit` (tested). A chain whose run directory already has
-every stage done (as `ProgressiveDistillation` records them) and its report is read, not run again;
-an interrupted one resumes inside `run_chain` like any fit run.
+every stage done (as its `ChainStore` records them) and its report is read, not run again; an
+interrupted one resumes inside `run_chain` like any fit run.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import torch
 
-from kgc_kd.callbacks.progressive import ProgressiveDistillation
 from kgc_kd.chain import build_datamodule, run_chain
+from kgc_kd.chain_store import ChainStore
 from kgc_kd.compare.plan import Chain, Plan
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.preflight import check_run
@@ -48,10 +48,8 @@ def finished_result(chain: Chain) -> dict[str, Any] | None:
     """The report of a chain whose every stage is done, or None (then it must run or resume)."""
     report = chain.run_dir / "report.json"
     names = ["teacher", *(str(s.name) for s in chain.cfg.stages)]
-    if not report.is_file() or not (chain.run_dir / "chain_state.json").is_file():
-        return None
-    state = ProgressiveDistillation(chain.run_dir)
-    if not all(state.is_done(n) for n in names):
+    store = ChainStore(chain.run_dir)
+    if not report.is_file() or not all(store.is_done(n) for n in names):
         return None
     return json.loads(report.read_text())
 

@@ -1,0 +1,165 @@
+"""kgc_kd.chain_store.ChainStore alone (no Lightning): the run directory's layout, the state file, exports and
+the teacher handed from one stage to the next."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import kgc_kd.chain_store as chain_store
+from conftest import make_tiny_bert, make_tokenizer
+from kgc_kd.chain_store import ChainStore
+from kgc_kd.data.synthetic import synthetic_kg
+from kgc_kd.eval import RankingOutput, Ranks
+from kgc_kd.models.biencoder import BiEncoder
+
+KG = synthetic_kg(num_entities=12, num_relations=2, num_triples=40)
+
+
+def _net(seed: int = 0) -> BiEncoder:
+    return BiEncoder(make_tiny_bert(num_layers=1, seed=seed))
+
+
+def _export(store: ChainStore, name: str, net: BiEncoder | None = None) -> None:
+    store.export(name, net if net is not None else _net(), KG, max_length=24, link_graph=False)
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_the_layout_of_a_run_directory(tmp_path):
+    store = ChainStore(tmp_path / "run")
+    assert store.stage_dir("pmd4") == tmp_path / "run" / "stages" / "pmd4"
+    assert store.export_dir("pmd4") == tmp_path / "run" / "stages" / "pmd4" / "export"
+    assert store.state_path == tmp_path / "run" / "chain_state.json"
+    assert store.rows() == [] and store.untrained_test is None and store.teacher is None
+    assert not store.state_path.exists()  # nothing is written before a stage is recorded
+
+
+def test_a_recorded_stage_is_read_back_by_a_new_store(tmp_path):
+    store = ChainStore(tmp_path, make_tokenizer())
+    store.set_untrained({"mrr": 0.01}, 1.5)
+    _export(store, "teacher")
+    row = {"name": "teacher", "kind": "teacher", "test": {"mrr": 0.5}}
+    store.record("teacher", row)
+    # the file format existing run directories have: these keys, this content
+    assert json.loads((tmp_path / "chain_state.json").read_text()) == {
+        "stages": {"teacher": row}, "order": ["teacher"], "untrained_test": {"mrr": 0.01}, "untrained_eval_s": 1.5}
+    again = ChainStore(tmp_path)
+    assert again.is_done("teacher") and not again.is_done("pmd6")
+    assert again.rows() == [row]
+    assert (again.untrained_test, again.untrained_eval_s) == ({"mrr": 0.01}, 1.5)
+
+
+def test_a_state_file_written_before_the_store_existed_still_resumes(tmp_path):
+    rows = {"teacher": {"name": "teacher", "test": {"mrr": 0.7}}, "pmd6": {"name": "pmd6", "test": {"mrr": 0.8}}}
+    (tmp_path / "chain_state.json").write_text(json.dumps(
+        {"stages": rows, "untrained_test": None, "untrained_eval_s": 0.0, "order": ["teacher", "pmd6"]}))
+    store = ChainStore(tmp_path)
+    assert store.rows() == [rows["teacher"], rows["pmd6"]]
+    assert store.untrained_test is None and store.untrained_eval_s == 0.0
+
+
+def test_is_done_needs_the_row_and_the_export(tmp_path):
+    store = ChainStore(tmp_path)
+    store.record("s", {"name": "s"})
+    assert not store.is_done("s")  # recorded, export missing
+    _export(store, "t")
+    assert not store.is_done("t")  # exported, never recorded
+    _export(store, "s")
+    assert store.is_done("s") and (store.export_dir("s") / "kg.json").is_file()
+
+
+def test_rows_come_in_the_order_stages_finished_and_a_rerecorded_stage_keeps_its_place(tmp_path):
+    store = ChainStore(tmp_path)
+    for name in ("teacher", "b", "a"):
+        store.record(name, {"name": name, "v": 1})
+    store.record("b", {"name": "b", "v": 2})
+    assert [(r["name"], r["v"]) for r in store.rows()] == [("teacher", 1), ("b", 2), ("a", 1)]
+    assert [r["name"] for r in ChainStore(tmp_path).rows()] == ["teacher", "b", "a"]
+
+
+def test_an_interrupted_export_is_never_mistaken_for_one(tmp_path, monkeypatch):
+    store = ChainStore(tmp_path)
+    store.record("s", {"name": "s"})
+
+    def killed(*args, **kwargs):  # after the model directories were written, before kg.json
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(chain_store, "kg_to_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _export(store, "s")
+    assert (store.stage_dir("s") / "export.tmp" / "biencoder.json").is_file()  # the half-written one
+    assert not store.export_dir("s").exists() and not store.is_done("s")
+    assert not ChainStore(tmp_path).is_done("s")
+
+    monkeypatch.undo()
+    _export(store, "s", _net(seed=1))
+    assert store.is_done("s") and not (store.stage_dir("s") / "export.tmp").exists()
+    whole = _files(store.export_dir("s"))
+    monkeypatch.setattr(chain_store, "kg_to_json", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _export(store, "s", _net(seed=2))  # a second export of the stage, killed: the first stays whole
+    assert _files(store.export_dir("s")) == whole and store.is_done("s")
+
+
+def test_the_export_loads_back_with_the_same_weights_and_the_kg(tmp_path):
+    store = ChainStore(tmp_path, make_tokenizer())
+    net = _net(seed=3)
+    _export(store, "s", net)
+    loaded = BiEncoder.from_pretrained(store.export_dir("s"))
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    meta = json.loads((store.export_dir("s") / "kg.json").read_text())
+    assert meta["max_length"] == 24 and meta["link_graph"] is False
+    assert meta["entity_ids"] == KG.entity_ids
+    tok = AutoTokenizer.from_pretrained(store.export_dir("s") / "query", local_files_only=True)
+    assert tok.get_vocab() == make_tokenizer().get_vocab()  # the tokenizer travels with the export
+
+
+def test_predictions_go_next_to_the_export(tmp_path):
+    store = ChainStore(tmp_path)
+    ranks = Ranks(optimistic=torch.tensor([1.0, 2.0]), pessimistic=torch.tensor([1.0, 4.0]),
+                  realistic=torch.tensor([1.0, 3.0]))
+    ev = {"triples": torch.tensor([[0, 1, 5], [3, 0, 7]]), "output": RankingOutput(ranks, None, None), "metrics": {}}
+    store.write_predictions("s", KG, ev)
+    lines = (tmp_path / "stages" / "s" / "predictions_test.jsonl").read_text().splitlines()
+    assert [json.loads(line)["rank"] for line in lines] == [1.0, 3.0]
+
+
+def test_hand_over_gives_the_next_stage_a_frozen_copy(tmp_path):
+    store = ChainStore(tmp_path)
+    net = _net().train()
+    store.hand_over(net)
+    teacher = store.teacher
+    assert teacher is not net and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in net.query_encoder.parameters()) and net.training  # the stage's own net
+    key = "query_encoder.embeddings.word_embeddings.weight"
+    before = teacher.state_dict()[key].clone()
+    with torch.no_grad():
+        net.state_dict()[key].add_(1.0)  # training on does not move the teacher
+    assert torch.equal(teacher.state_dict()[key], before)
+
+
+def test_a_skipped_stage_teaches_from_its_export(tmp_path):
+    store = ChainStore(tmp_path)
+    net = _net(seed=4)
+    _export(store, "s", net)
+    store.load_teacher("s")
+    assert not store.teacher.training and not any(p.requires_grad for p in store.teacher.parameters())
+    for (k, a), (_, b) in zip(net.state_dict().items(), store.teacher.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_the_store_needs_no_lightning():
+    import subprocess
+
+    code = ("import sys, kgc_kd.chain_store; "
+            "sys.exit(any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
