@@ -23,8 +23,9 @@ from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, 
                                      newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.chain_store import ChainStore
-from kgc_kd.config import run_name, stage_negatives, to_plain
+from kgc_kd.config import run_name, to_plain
 from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.distill.registry import Dims
 from kgc_kd.files import write_text_atomic
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
@@ -34,8 +35,9 @@ from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
 from kgc_kd.precision import configure_matmul, resolve_precision
-from kgc_kd.preflight import check_run, stage_settings
+from kgc_kd.preflight import check_run
 from kgc_kd.reporting import write_report
+from kgc_kd.stage_spec import resolve_stage, stage_negatives
 
 
 def data_checks(dm: KGDataModule) -> dict[str, int]:
@@ -166,11 +168,10 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
     if st.prune_vocab and student.kept_ids is None:
         kept = used_token_ids(dm.tokens.token_lists(), tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
-    negatives = stage_negatives(cfg, index)
-    stage = {**stage_settings(cfg, index), "layers": st.layers, "layer_map": layer_map, "init": st.init,
-             "mask_rate": st.mask_rate, "shared_encoder": student.shared,
-             "vocab_size": len(student.kept_ids or []) or student.query_encoder.config.vocab_size,
-             "negatives": negatives}
+    spec = resolve_stage(cfg, index, Dims.of(student.query_encoder.config, teacher.query_encoder.config))
+    negatives = spec["negatives"]
+    stage = {**spec, "layer_map": layer_map, "shared_encoder": student.shared,
+             "vocab_size": len(student.kept_ids or []) or student.query_encoder.config.vocab_size}
     model = {**to_plain(cfg.model), "pre_batch": negatives["pre_batch"], "self_negative": negatives["self_negative"]}
     return DistillModule(model, _optim(cfg, st.lr), to_plain(cfg.eval), stage, cfg.data.batch_size,
                          student=student, teacher=teacher)

@@ -43,6 +43,15 @@ def _pct(value: float | None, ref: float | None) -> str:
     return f" ({100.0 * (value - ref) / ref:+.1f}%)"
 
 
+def describe_terms(row: dict) -> str:
+    """A stage's objective as its row records it: `0.8*ce + 0.1*score(loss=mse, temperature=1.0) + ...`."""
+    parts = []
+    for t in row.get("terms") or []:
+        params = ", ".join(f"{k}={v}" for k, v in (t.get("params") or {}).items())
+        parts.append(f"{t.get('weight', 1.0):g}*{t['name']}" + (f"({params})" if params else ""))
+    return " + ".join(parts) or "not recorded"
+
+
 def describe_negatives(row: dict) -> str:
     """The negatives a stage trained with, as its row records them (`negatives`, `world_size`)."""
     n = row.get("negatives")
@@ -110,14 +119,10 @@ def format_report(result: dict) -> str:
                  f"{rows[0].get('latency_device', '?') if rows else '?'} at the end of each stage.")
     for r in rows:
         if r["kind"] == "student":
-            if r.get("terms"):
-                loss = "loss " + " + ".join(f"{t.get('weight', 1.0)}*{t['name']}" for t in r["terms"])
-            else:
-                loss = f"alpha {r['alpha']}, beta {r['beta']}, pkd {r['pkd']}"
             lines.append(f"- {r['name']}: {r['layers']} layers from the {r['teacher_layers']}-layer previous stage, "
-                         f"init {r['init']}, layer map {r['layer_map']}, mask rate {r['mask_rate']}, {loss}, "
-                         f"score {r['score_loss']}, mgfd {r['mgfd']}; {describe_negatives(r)}; "
-                         f"{r.get('steps')} steps in {r.get('fit_time_s')} s")
+                         f"init {r['init']}, layer map {r['layer_map']}, input mask rate "
+                         f"{r['mask_rate'] if r.get('masks_inputs', True) else 'unused'}, loss {describe_terms(r)}; "
+                         f"{describe_negatives(r)}; {r.get('steps')} steps in {r.get('fit_time_s')} s")
         elif r.get("loaded_from"):
             lines.append(f"- {r['name']}: loaded from {r['loaded_from']} (not trained in this run)")
         else:

@@ -1,4 +1,5 @@
 import json
+import pathlib
 import os
 import signal
 import subprocess
@@ -35,8 +36,10 @@ def test_three_stage_chain_runs_reports_and_exports(tmp_path, plm4):
     assert [r["layers"] for r in rows] == [4, 4, 2, 1]
     assert [r["teacher_layers"] for r in rows[1:]] == [4, 4, 2]  # each grade taught by the stage before
     assert rows[2]["layer_map"] == [1, 3] and rows[3]["layer_map"] == [1]
-    assert (rows[2]["score_loss"], rows[2]["beta"]) == ("mse", 0.1)  # the distill group's defaults
-    assert (rows[3]["score_loss"], rows[3]["beta"]) == ("kl", 0.0)  # per-stage overrides
+    terms = [{t["name"]: t for t in r["terms"]} for r in rows[1:]]  # each stage's resolved spec
+    assert terms[1]["score"]["params"]["loss"] == "mse" and terms[1]["mgfd"]["weight"] == 0.1  # the group's defaults
+    assert terms[2]["score"]["params"]["loss"] == "kl" and "mgfd" not in terms[2]  # per-stage overrides (beta 0)
+    assert terms[2]["ce"]["weight"] == pytest.approx(0.9)
     sizes = [r["params_no_embeddings"] for r in rows]
     assert sizes[0] == sizes[1] > sizes[2] > sizes[3]
     for r in rows:
@@ -74,7 +77,7 @@ def test_rerun_skips_finished_stages_and_resumes_an_interrupted_one(tmp_path, pl
     original = DistillModule.training_step
 
     def crash_in_second_epoch_of_b(self, batch, batch_idx):
-        if self.st["name"] == "b" and self.current_epoch == 1:
+        if self.stage_name == "b" and self.current_epoch == 1:
             raise RuntimeError("simulated crash")
         return original(self, batch, batch_idx)
 
@@ -112,6 +115,32 @@ def test_chain_with_a_makd_preset_finishes_and_logs_each_term(tmp_path, plm4, pr
     export = tmp_path / "chain" / "stages" / "g2" / "export"
     assert BiEncoder.from_pretrained(export).query_encoder.config.num_hidden_layers == 2
     assert not any("projections" in p.name for p in export.rglob("*"))
+
+
+PRESETS = sorted(f.stem for f in (pathlib.Path(__file__).resolve().parents[1] / "conf" / "distill").glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", [p for p in PRESETS if p != "minilm_v2"])
+def test_every_distill_preset_trains_a_grade_and_records_its_resolved_spec(tmp_path, plm4, preset):
+    """Every conf/distill preset trains a grade (two steps) on the tiny PLM; report.json holds the stage's resolved
+    terms with their parameters, and each term is logged."""
+    result = fit.main(_argv(tmp_path, plm4, f"distill={preset}", "trainer.limit_train_batches=2", "trainer.log_every_n_steps=1",
+                            "stages=[{name: g2, layers: 2, mask_rate: 0.2}]"))
+    report = json.loads((tmp_path / "chain" / "report.json").read_text())
+    row = next(r for r in report["stages"] if r["name"] == "g2")
+    assert row["terms"] == result["stages"][1]["terms"] and row["terms"][0]["name"] == "ce"
+    assert all(set(t) == {"name", "weight", "params"} for t in row["terms"]) and row["teacher"] == "teacher"
+    logged = (tmp_path / "chain" / "stages" / "g2" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert all(f"train/{t['name']}" in logged for t in row["terms"])
+
+
+def test_minilm_v2s_relation_heads_are_checked_against_the_width_before_training(tmp_path, plm4):
+    """48 relation heads (MiniLM v2 for base-size teachers) cannot split the tiny PLM's 32 dimensions: refused by
+    preflight, naming the term, before any stage trains."""
+    with pytest.raises(SystemExit) as exit_info:
+        fit.main(_argv(tmp_path, plm4, "distill=minilm_v2", "stages=[{name: g2, layers: 2}]"))
+    assert exit_info.value.code == 2 and not (tmp_path / "chain").exists()
 
 
 def test_compressed_students_prune_the_vocabulary_share_an_encoder_and_resume(tmp_path, plm4):
@@ -196,7 +225,7 @@ def test_same_config_and_seed_give_identical_metrics(tmp_path, plm4):
 
 def test_non_finite_loss_stops_the_stage_naming_step_and_term_and_keeps_the_last_checkpoint(
         tmp_path, plm4, monkeypatch, capsys):
-    import kgc_kd.lit.distill_module as dmod
+    import kgc_kd.distill.terms as dmod
 
     calls = []
 
