@@ -38,11 +38,9 @@ DEFAULT_RERANK_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "d
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
-EXAMPLES = (
-    "python -m kgc_kd.bench                                     # = make bench: every section, the default run",
-    "python -m kgc_kd.bench --sections train eval --repeats 3   # some sections only",
-    "python -m kgc_kd.bench data=nations model.plm=/models/bert-base-uncased --sections eval",
-)
+EXAMPLES = ("python -m kgc_kd.bench                                     # = make bench: every section, the default run",
+            "python -m kgc_kd.bench --sections train eval --repeats 3   # some sections only",
+            "python -m kgc_kd.bench data=nations model.plm=/models/bert-base-uncased --sections eval")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

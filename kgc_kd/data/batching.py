@@ -69,11 +69,13 @@ class TrainCollator:
         return batch
 
 
-class QueryCollator:
-    """Evaluation queries: only the hr side is encoded; ranking happens against all entities."""
-
+class _TokensCollator:
     def __init__(self, tokens: TokenCache):
         self.tokens = tokens
+
+
+class QueryCollator(_TokensCollator):
+    """Evaluation queries: only the hr side is encoded; ranking happens against all entities."""
 
     def __call__(self, rows: list[Tensor]) -> dict:
         rows = torch.stack(rows)
@@ -84,9 +86,8 @@ class QueryCollator:
         return batch
 
 
-class EntityCollator:
-    def __init__(self, tokens: TokenCache):
-        self.tokens = tokens
+class EntityCollator(_TokensCollator):
+    """All entities, for the entity matrix that queries are ranked against."""
 
     def __call__(self, rows: list[Tensor]) -> dict:
         ids = torch.stack(rows)

@@ -147,14 +147,5 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False) -> KG:
         splits[split] = out.finish()
 
     rel = list(relations)
-    return KG(
-        name=d.name,
-        entity_ids=ids,
-        entity_names=names,
-        entity_descs=descs,
-        relation_ids=rel,
-        relation_texts=rel,
-        source=f"simkgc:{d}",
-        notes=notes,
-        **splits,
-    )
+    return KG(name=d.name, entity_ids=ids, entity_names=names, entity_descs=descs, relation_ids=rel,
+              relation_texts=rel, source=f"simkgc:{d}", notes=notes, **splits)
