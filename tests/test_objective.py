@@ -194,3 +194,17 @@ def test_gradients_reach_student_and_projections_never_the_teacher():
         assert p.grad is not None and p.grad.abs().sum() > 0, n
     for n, p in teacher.named_parameters():
         assert not p.requires_grad and p.grad is None, n
+
+
+def test_every_module_of_the_distill_package_is_imported_so_its_terms_register():
+    """A new term needs one new class in any module of kgc_kd/distill/: looking terms up imports them all."""
+    import pkgutil
+    import sys
+
+    import kgc_kd.distill
+    from kgc_kd.distill.registry import known_terms
+
+    known_terms()
+    modules = {f"kgc_kd.distill.{m.name}" for m in pkgutil.iter_modules(kgc_kd.distill.__path__)}
+    assert {"kgc_kd.distill.terms", "kgc_kd.distill.feature_terms"} <= modules
+    assert modules <= set(sys.modules)

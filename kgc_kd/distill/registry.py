@@ -8,7 +8,7 @@ same masked inputs in teacher and student) and whether it needs every layer's hi
 preflight resolve a stage's objective this way before any model exists); the constructor builds the term
 for a concrete student/teacher pair (`Dims`), and `forward(step)` returns its value for one training step.
 
-Adding a term = one new registered class (in distill/terms.py or a module imported by distill/objective.py)
+Adding a term = one new registered class in any module of kgc_kd/distill/ (objective.py imports them all)
 plus its test; docs/configuration.md ("Adding a loss term") shows a short example.
 """
 
