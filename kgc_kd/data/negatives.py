@@ -63,17 +63,21 @@ class KnownTriples:
 
     def answer_counts(self, h: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """Where the known answers of each (h_i, r_i) start in the sorted keys, and how many there are."""
+        lo, counts, _ = self._slices(h, r)
+        return lo, counts
+
+    def _slices(self, h: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(start, count, base key) of each query's slice of the sorted keys."""
         keys = self.keys_on(h.device)
         base = (h.long() * self.r + r.long()) * self.n
         lo = torch.searchsorted(keys, base)
-        return lo, torch.searchsorted(keys, base + self.n) - lo
+        return lo, torch.searchsorted(keys, base + self.n) - lo, base
 
     def answers_among(self, h: Tensor, r: Tensor, candidates: Tensor) -> Tensor:
         """(B, M) == contains(h[:, None], r[:, None], candidates[None, :]); see the module docstring for how
         each query's row is computed."""
         keys = self.keys_on(h.device)
-        base = (h.long() * self.r + r.long()) * self.n
-        lo, counts = self.answer_counts(h, r)
+        lo, counts, base = self._slices(h, r)  # the base keys searched once, reused below
         distinct, column = torch.unique(candidates.long(), return_inverse=True)
         found = torch.zeros(len(h), len(distinct), dtype=torch.bool, device=h.device)
         if len(distinct) == 0 or len(keys) == 0:

@@ -14,7 +14,7 @@ plus its test; docs/configuration.md ("Adding a loss term") shows a short exampl
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -60,7 +60,6 @@ class Step:
     logits_s: Tensor
     logits_t: Tensor | None = None
     pooling: str = "mean"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class LossTerm(nn.Module):
