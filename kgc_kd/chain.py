@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -37,7 +38,7 @@ from kgc_kd.models.vocab import used_token_ids
 from kgc_kd.precision import configure_matmul, resolve_precision
 from kgc_kd.preflight import check_run
 from kgc_kd.reporting import write_report
-from kgc_kd.stage_spec import resolve_stage, stage_negatives
+from kgc_kd.stage_spec import resolve_stage, stage_keys, stage_negatives
 
 
 def data_checks(dm: KGDataModule) -> dict[str, int]:
@@ -62,8 +63,9 @@ def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
     return {**t, **overrides}
 
 
-def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callback: StageRecorder,
+def _stage_trainer(cfg: DictConfig, chain: ChainStore, name: str, epochs: int | None, callback: StageRecorder,
                    stage: dict | None = None):
+    stage_dir = chain.stage_dir(name)
     # The best epoch by val MRR (tested at the end); the resume point last.ckpt is LastCheckpoint's, written at
     # every epoch's end and every run.checkpoint_every_n_steps steps (ModelCheckpoint's save_last would only
     # refresh it at improving epochs). ckpt stays first: it is trainer.checkpoint_callback.
@@ -80,7 +82,7 @@ def _stage_trainer(cfg: DictConfig, stage_dir: Path, epochs: int | None, callbac
         version = f"resume-{resumes}" if resume_candidates(stage_dir) else ""
         logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version=version)]
         if cfg.run.logger == "wandb":
-            logger.append(tracking.stage_logger(cfg, stage_dir.parent.parent, stage_dir.name, stage or {}))
+            logger.append(tracking.stage_logger(cfg, chain.run_dir, name, stage or {}))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()])
@@ -128,11 +130,39 @@ def evaluation_only_root(chain: ChainStore) -> Path:
     return chain.stage_dir("teacher") / "evaluation-only"
 
 
+def _agreed(flag: bool) -> bool:
+    """Rank zero's `flag` on every rank once a process group exists (the stage store's lock is rank zero's:
+    all ranks of a run must take the same decision); the flag itself otherwise. Before the first fit, DDP's
+    other ranks do not exist yet: they start inside it and read the store as rank zero left it."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [flag]
+        dist.broadcast_object_list(box, src=0)
+        return bool(box[0])
+    return flag
+
+
+def _reuse_if_done(chain: ChainStore, name: str) -> bool:
+    """A stage already done (by this run or, in the stage store, by another) is not trained again."""
+    if not _agreed(chain.is_done(name)):
+        return False
+    if chain.reuse(name):
+        print(f"[chain] {name}: reusing {chain.stage_dir(name)} (trained by another run with the same stage key)",
+              flush=True)
+    return True
+
+
 def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
     """Train (or load) the teacher and hand it to `chain`; returns the untrained baseline metrics when measured."""
-    if chain.is_done("teacher"):
-        chain.load_teacher("teacher")
+    with chain.claim("teacher", lock=chain.writes):
+        return _run_teacher(cfg, dm, chain, encoder)
+
+
+def _run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
+    if _reuse_if_done(chain, "teacher"):
         return chain.untrained_test
+    chain.open_stage("teacher")
     L.seed_everything(cfg.run.seed, workers=True)
     info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm, "negatives": stage_negatives(cfg, None)}
     if cfg.teacher.load:
@@ -154,7 +184,7 @@ def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=No
     chain.set_untrained(untrained, round(time.perf_counter() - start, 2))
     recorder = _recorder(cfg, chain, {**info, "layers": num_layers(module.net.query_encoder)})
     stage_dir = chain.stage_dir("teacher")
-    _fit_and_test(_stage_trainer(cfg, stage_dir, cfg.teacher.epochs, recorder, info), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(cfg, chain, "teacher", cfg.teacher.epochs, recorder, info), module, dm, stage_dir)
     chain.hand_over(module.net)  # tested with the best checkpoint's weights
     return untrained
 
@@ -179,21 +209,36 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
 
 def run_student(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, index: int) -> None:
     """Train student stage `index`, taught by `chain`'s teacher, and hand it to `chain` as the next teacher."""
+    with chain.claim(str(cfg.stages[index].name), lock=chain.writes):
+        _run_student(cfg, dm, chain, index)
+
+
+def _run_student(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, index: int) -> None:
     st = cfg.stages[index]
-    if chain.is_done(st.name):
-        chain.load_teacher(st.name)
+    if _reuse_if_done(chain, str(st.name)):
         return
+    chain.open_stage(str(st.name))
     L.seed_everything(cfg.run.seed, workers=True)
     module = build_stage(cfg, index, chain.teacher, dm, chain.tokenizer)
     stage = module.hparams.stage
     recorder = _recorder(cfg, chain, {**stage, "kind": "student",
                                       "teacher_layers": num_layers(chain.teacher.query_encoder)})
     stage_dir = chain.stage_dir(st.name)
-    _fit_and_test(_stage_trainer(cfg, stage_dir, st.epochs, recorder, stage), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(cfg, chain, str(st.name), st.epochs, recorder, stage), module, dm, stage_dir)
     chain.hand_over(module.net)  # tested with the best checkpoint's weights
 
 
-def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
+def open_chain(cfg: DictConfig, tokenizer=None, writes: bool = True) -> ChainStore:
+    """The chain store of `cfg`'s run: its run directory and its stages' keys in the stage store under run.root."""
+    return ChainStore(Path(cfg.run.root) / run_name(cfg), tokenizer, keys=stage_keys(cfg), store_root=cfg.run.root,
+                      writes=writes)
+
+
+def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
+              on_stage: Callable[[int, dict], None] | None = None) -> dict:
+    """Train (or reuse) every stage of `cfg`'s chain and write its report. `on_stage(i, row)` is called after
+    stage i (0: the teacher) is done, with its row; an exception from it stops the chain there (a sweep's
+    pruner does this)."""
     start = time.time()
     # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
@@ -212,10 +257,14 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None) -> dict:
     if is_zero:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    chain = ChainStore(run_dir, tokenizer)
+    chain = open_chain(cfg, tokenizer, writes=is_zero)
     untrained = run_teacher(cfg, dm, chain, encoder)
-    for i in range(len(cfg.stages)):
-        run_student(cfg, dm, chain, i)
+    names = ["teacher", *(str(st.name) for st in cfg.stages)]
+    for i, name in enumerate(names):
+        if i:
+            run_student(cfg, dm, chain, i - 1)
+        if on_stage is not None:
+            on_stage(i, chain.row(name))
 
     rows = chain.rows()
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,

@@ -4,23 +4,36 @@ The chain trains one stage after another, each taught by the one before (chain.p
 Trainer per stage). What carries over from stage to stage and from one invocation to the next lives here,
 without Lightning:
 
-- the layout: `stages/<stage>/` (a stage's trainer directory), `stages/<stage>/export/` (its Hugging Face
-  directories, `biencoder.json` and `kg.json`) and `stages/<stage>/predictions_test.jsonl`;
-- the state file `chain_state.json`: `stages` (each finished stage's row), `order` (the order they finished
-  in) and the untrained baseline (`untrained_test`, `untrained_eval_s`), rewritten atomically whenever a
-  stage is recorded. A stage is done when its row is recorded and its export is complete, so rerunning the
-  same command skips it with its row untouched;
+- the stage store: with stage keys (`stage_spec.stage_keys`: a hash of what determines a stage's outputs,
+  its own settings, the data, the seed and the keys of the stages before it), a stage lives in
+  `<run.root>/stage-store/<stage>-<key>/`, shared by every run under that root: a run, a comparison or a
+  sweep trial that needs a stage already trained under the same key reuses it, and one interrupted in one
+  run resumes in the next. The run directory links `stages/<stage>` to its entry, so its layout stays
+  `stages/<stage>/` (the trainer directory), `stages/<stage>/export/` (Hugging Face directories,
+  `biencoder.json`, `kg.json`) and `stages/<stage>/predictions_test.jsonl`. Without keys (a run directory
+  read on its own) `stages/<stage>/` is read as it is;
+- an entry's `stage.json`: its key, its row and (the teacher) the untrained baseline; `claim` holds the
+  entry's lock file while a run trains it, so two runs never train one stage at once (the second waits and
+  then reuses it);
+- the run's state file `chain_state.json`: `stages` (each finished stage's row), `order` (the order they
+  finished in, reused stages included) and the untrained baseline (`untrained_test`, `untrained_eval_s`),
+  rewritten atomically whenever a stage is recorded. A stage is done when its row is recorded and its
+  export is complete, so rerunning the same command skips it with its row untouched;
 - the current teacher: the frozen bi-encoder the next stage learns from. The driver sets it after a stage
   is tested (`hand_over`) or, when a stage is skipped, loads it from that stage's export (`load_teacher`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -30,6 +43,8 @@ from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.reporting import write_predictions
 
 STATE_FILE = "chain_state.json"
+STORE_DIR = "stage-store"  # under run.root
+ENTRY_FILE = "stage.json"
 
 
 def freeze(net: BiEncoder) -> BiEncoder:
@@ -37,34 +52,123 @@ def freeze(net: BiEncoder) -> BiEncoder:
 
 
 class ChainStore:
-    def __init__(self, run_dir: str | Path, tokenizer=None):
-        """`tokenizer`: the source tokenizer every stage reads, saved with each export (None: not saved)."""
+    def __init__(self, run_dir: str | Path, tokenizer=None, keys: dict[str, str] | None = None,
+                 store_root: str | Path | None = None, writes: bool = True):
+        """`tokenizer`: the source tokenizer every stage reads, saved with each export (None: not saved).
+        `keys`: stage name -> stage key; with them stages live in `store_root/stage-store/` (default root: the
+        run directory's parent, i.e. run.root). `writes=False` (the non-zero ranks of a multi-process run):
+        read the state, never write it."""
         self.run_dir = Path(run_dir)
+        self.writes = writes
         self.tokenizer = tokenizer
+        self.keys = dict(keys or {})
+        self.store_dir = Path(store_root if store_root is not None else self.run_dir.parent) / STORE_DIR
         self.state_path = self.run_dir / STATE_FILE
         self._state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
         self._state.setdefault("stages", {})
         self.teacher: BiEncoder | None = None
 
     # ---- the layout ------------------------------------------------------------------------------------
-    def stage_dir(self, name: str) -> Path:
+    def _link(self, name: str) -> Path:
         return self.run_dir / "stages" / name
+
+    def _entry(self, name: str) -> Path | None:
+        """The stage's store entry, or None: no key, or a run directory of the layout before the store (its
+        `stages/<name>` a directory of its own, which then stays where it is)."""
+        link = self._link(name)
+        if name not in self.keys or (link.is_dir() and not link.is_symlink()):
+            return None
+        return self.store_dir / f"{name}-{self.keys[name]}"
+
+    def stage_dir(self, name: str) -> Path:
+        return self._entry(name) or self._link(name)
 
     def export_dir(self, name: str) -> Path:
         return self.stage_dir(name) / "export"
 
+    def open_stage(self, name: str) -> Path:
+        """Create the stage's directory (and the run's `stages/<name>` link to its store entry); returns it."""
+        d = self.stage_dir(name)
+        d.mkdir(parents=True, exist_ok=True)
+        link = self._link(name)
+        if d != link and self.writes:
+            target = os.path.relpath(d, link.parent)
+            if not (link.is_symlink() and os.readlink(link) == target):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                tmp = link.with_name(f".{name}.link.tmp")
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(target, target_is_directory=True)
+                os.replace(tmp, link)  # atomic: an old link (another key) is replaced, never half-written
+        return d
+
+    @contextlib.contextmanager
+    def claim(self, name: str, lock: bool = True) -> Iterator[None]:
+        """Hold the stage's lock while it is decided and trained: another run that needs the same stage waits
+        here, then finds it done. `lock=False` (the non-zero ranks of a multi-process run): no lock."""
+        entry = self._entry(name)
+        if entry is None or not lock:
+            yield
+            return
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with open(entry.with_name(entry.name + ".lock"), "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"[chain] {name}: another run is training {entry}; waiting for it", file=sys.stderr, flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
     # ---- finished stages ---------------------------------------------------------------------------------
+    def _entry_record(self, name: str) -> dict[str, Any] | None:
+        entry = self._entry(name)
+        path = entry / ENTRY_FILE if entry is not None else None
+        return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
     def is_done(self, name: str) -> bool:
-        """Recorded, and its export complete (an export is renamed into place only once it is whole)."""
-        return name in self._state["stages"] and (self.export_dir(name) / "biencoder.json").is_file()
+        """Recorded (in this run or in the stage store), and its export complete (an export is renamed into place
+        only once it is whole)."""
+        recorded = name in self._state["stages"] or self._entry_record(name) is not None
+        return recorded and (self.export_dir(name) / "biencoder.json").is_file()
 
     def record(self, name: str, row: dict[str, Any]) -> None:
-        """A finished stage's row (after its export): kept in the state file, in the order stages finish."""
+        """A finished stage's row (after its export): kept in the state file, in the order stages finish, and in
+        the stage's store entry for the runs that reuse it."""
+        entry = self._entry(name)
+        if entry is not None:
+            extra = ({"untrained_test": self.untrained_test, "untrained_eval_s": self.untrained_eval_s}
+                     if name == "teacher" else {})
+            write_json_atomic(entry / ENTRY_FILE, {"name": name, "key": self.keys[name], "row": row, **extra})
+        self._adopt(name, row)
+
+    def _adopt(self, name: str, row: dict[str, Any]) -> None:
         self._state["stages"][name] = row
         order = self._state.setdefault("order", [])
         if name not in order:
             order.append(name)
-        write_json_atomic(self.state_path, self._state)
+        if self.writes:
+            write_json_atomic(self.state_path, self._state)
+
+    def reuse(self, name: str) -> bool:
+        """A done stage joins this run: its row (from the store entry when another run trained it) is recorded in
+        the run's state, the run's link is made, and its export becomes the teacher. True when it was trained by
+        another run."""
+        record = self._entry_record(name)
+        from_store = name not in self._state["stages"] and record is not None
+        if from_store:
+            if name == "teacher" and "untrained_test" in record:
+                self.set_untrained(record["untrained_test"], record["untrained_eval_s"])
+            self._adopt(name, {**record["row"], "reused_from_store": True})
+        if self._entry(name) is not None:
+            self.open_stage(name)
+        self.load_teacher(name)
+        return from_store
+
+    def row(self, name: str) -> dict[str, Any] | None:
+        """The recorded row of stage `name` in this run (on a non-writing rank: as far as it knows)."""
+        return self._state["stages"].get(name)
 
     def rows(self) -> list[dict[str, Any]]:
         """The finished stages' rows, in the order they finished."""

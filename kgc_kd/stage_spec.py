@@ -18,6 +18,8 @@ Two spellings of an objective:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict
 from typing import Any
 
@@ -111,3 +113,35 @@ def resolve_stage(cfg: DictConfig, index: int, dims: Dims | None = None) -> dict
         "shared_encoder": st.shared_encoder, "prune_vocab": bool(st.prune_vocab), "epochs": st.epochs, "lr": st.lr,
         "negatives": stage_negatives(cfg, index), "terms": terms,
     }
+
+
+# What does not change a stage's outputs, so not its key: where and how a run is named, logged and shown.
+# Everything else is in the key (a spurious retrain is cheaper than a wrong reuse).
+NOT_IN_STAGE_KEY = {"run": ("name", "root", "logger", "wandb_project", "wandb_entity", "wandb_log_model",
+                            "wandb_group", "checkpoint_every_n_steps"),
+                    "trainer": ("enable_progress_bar", "log_every_n_steps"),
+                    "teacher": ("only",)}
+STAGE_KEY_VERSION = 1  # bumped when what a stage stores changes meaning
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def stage_keys(cfg: DictConfig) -> dict[str, str]:
+    """Stage name -> the key of what determines its outputs: the data, model, optimiser, evaluation and
+    trainer settings and the seed, then the teacher's own settings (teacher) or the stage's resolved spec
+    (a student), and the key of the stage it learns from. Two runs that differ only in a student's settings
+    share the teacher's key (and every stage before that student); `teacher.only` is not in it, so a teacher
+    trained alone is the one a full chain of the same settings reuses."""
+    plain = to_plain(cfg)
+    for group, keys in NOT_IN_STAGE_KEY.items():
+        for k in keys:
+            plain[group].pop(k, None)
+    shared = {"version": STAGE_KEY_VERSION, **{g: plain[g] for g in ("data", "model", "optim", "eval", "trainer")},
+              "seed": plain["run"]["seed"]}
+    keys = {"teacher": _digest({**shared, "teacher": plain["teacher"]})}
+    before = keys["teacher"]
+    for i, st in enumerate(cfg.stages):
+        before = keys[str(st.name)] = _digest({**shared, "stage": resolve_stage(cfg, i), "after": before})
+    return keys

@@ -409,8 +409,9 @@ def _chain_trainer(tmp_path, epochs: int, *args: str, callbacks=()):
     from kgc_kd.config import load_config
 
     cfg = load_config(["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "run.logger=none", *args])
-    stage_dir = tmp_path / "stages" / "s"
-    trainer = _stage_trainer(cfg, stage_dir, epochs, StageRecorder(ChainStore(tmp_path), {"name": "s"}))
+    store = ChainStore(tmp_path)
+    stage_dir = store.stage_dir("s")
+    trainer = _stage_trainer(cfg, store, "s", epochs, StageRecorder(store, {"name": "s"}))
     trainer.callbacks.extend(callbacks)
     return trainer, stage_dir
 

@@ -22,8 +22,7 @@ from typing import Any, Callable
 
 import torch
 
-from kgc_kd.chain import build_datamodule, run_chain
-from kgc_kd.chain_store import ChainStore
+from kgc_kd.chain import build_datamodule, open_chain, run_chain
 from kgc_kd.compare.plan import Chain, Plan
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.preflight import check_run
@@ -48,7 +47,7 @@ def finished_result(chain: Chain) -> dict[str, Any] | None:
     """The report of a chain whose every stage is done, or None (then it must run or resume)."""
     report = chain.run_dir / "report.json"
     names = ["teacher", *(str(s.name) for s in chain.cfg.stages)]
-    store = ChainStore(chain.run_dir)
+    store = open_chain(chain.cfg)
     if not report.is_file() or not all(store.is_done(n) for n in names):
         return None
     return json.loads(report.read_text())
