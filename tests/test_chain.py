@@ -351,3 +351,50 @@ def test_on_slurm_a_stray_hpc_checkpoint_in_the_working_directory_is_never_loade
     finally:
         signal.signal(signal.SIGUSR1, saved)
     assert result["untrained_test"]["mrr"] > 0 and [r["name"] for r in result["stages"]] == ["teacher", "g1"]
+
+
+# ---- the stage store: a stage trained once under its key, reused by every run under the same root -------------
+def test_runs_that_differ_in_a_student_setting_share_one_teacher_and_a_teacher_change_trains_a_new_one(
+        tmp_path, plm4, monkeypatch):
+    teacher_fits = []
+    original = KGCModule.on_fit_start
+    monkeypatch.setattr(KGCModule, "on_fit_start", lambda self: (teacher_fits.append(1), original(self))[1])
+    base = [a for a in _argv(tmp_path, plm4, "stages=[{name: g2, layers: 2}]") if a != "run.name=chain"]
+    first = fit.main([*base, "distill.alpha=0.1"])
+    second = fit.main([*base, "distill.alpha=0.3"])
+    assert len(teacher_fits) == 1  # the second run reused the first one's teacher
+    assert first["run_dir"] != second["run_dir"]
+    t1, t2 = first["stages"][0], second["stages"][0]
+    assert t2 == {**t1, "reused_from_store": True} and first["untrained_test"] == second["untrained_test"]
+    assert second["stages"][1]["terms"] != first["stages"][1]["terms"]  # each trained its own student
+    assert (pathlib.Path(second["run_dir"]) / "stages" / "teacher").resolve() == \
+        (pathlib.Path(first["run_dir"]) / "stages" / "teacher").resolve()
+    fit.main([*base, "distill.alpha=0.1", "teacher.lr=5e-4"])  # a teacher setting: another teacher
+    assert len(teacher_fits) == 2
+
+
+def test_a_stage_interrupted_in_one_run_resumes_in_the_next(tmp_path, plm4, monkeypatch):
+    """Run A dies in the second epoch of its first student; run B (another run directory: its second student
+    differs) needs the same first student, resumes it from A's last checkpoint and trains only the rest."""
+    base = [a for a in _argv(tmp_path, plm4) if a != "run.name=chain"]
+    stages = "stages=[{{name: a, layers: 2, epochs: 2}}, {{name: b, layers: 1, mask_rate: {}}}]"
+    original = DistillModule.training_step
+    steps = []
+
+    def crash_in_second_epoch_of_a(self, batch, batch_idx):
+        if self.stage_name == "a" and self.current_epoch == 1:
+            raise RuntimeError("simulated crash")
+        steps.append((self.stage_name, self.current_epoch))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(DistillModule, "training_step", crash_in_second_epoch_of_a)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit.main([*base, stages.format(0.0)])
+    first_epoch = len(steps)
+    monkeypatch.setattr(DistillModule, "training_step",
+                        lambda self, b, i: (steps.append((self.stage_name, self.current_epoch)), original(self, b, i))[1])
+    result = fit.main([*base, stages.format(0.1)])
+    rows = {r["name"]: r for r in result["stages"]}
+    assert rows["a"]["epochs"] == 2 and rows["a"]["steps"] == 2 * first_epoch
+    assert ("a", 0) not in steps[first_epoch:]  # epoch 0 of `a` was not trained again
+    assert ("b", 0) in steps

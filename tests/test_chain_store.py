@@ -163,3 +163,60 @@ def test_the_store_needs_no_lightning():
     code = ("import sys, kgc_kd.chain_store; "
             "sys.exit(any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# ---- the stage store: stages keyed by what determines them, shared by the runs under one root ----------------
+KEYS = {"teacher": "k0", "s": "k1"}
+
+
+def test_with_keys_stages_live_in_the_store_and_the_run_links_to_them(tmp_path):
+    store = ChainStore(tmp_path / "run", keys=KEYS, store_root=tmp_path)
+    assert store.stage_dir("s") == tmp_path / "stage-store" / "s-k1"
+    assert not (tmp_path / "run").exists()  # reading paths creates nothing
+    store.open_stage("s")
+    link = tmp_path / "run" / "stages" / "s"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "stage-store" / "s-k1").resolve()
+    store.keys["s"] = "k2"  # another key: the link moves to the other entry
+    store.open_stage("s")
+    assert link.resolve() == (tmp_path / "stage-store" / "s-k2").resolve()
+
+
+def test_a_stage_recorded_by_one_run_is_reused_by_another_with_its_row_and_baseline(tmp_path):
+    first = ChainStore(tmp_path / "a", keys=KEYS, store_root=tmp_path)
+    first.set_untrained({"mrr": 0.1}, 1.5)
+    first.open_stage("teacher")
+    _export(first, "teacher", _net(seed=3))
+    first.record("teacher", {"name": "teacher", "test": {"mrr": 0.5}})
+    second = ChainStore(tmp_path / "b", keys=KEYS, store_root=tmp_path)
+    assert second.is_done("teacher") and not second.is_done("s") and second.rows() == []
+    assert second.reuse("teacher") is True
+    assert second.rows() == [{"name": "teacher", "test": {"mrr": 0.5}, "reused_from_store": True}]
+    assert second.untrained_test == {"mrr": 0.1} and second.untrained_eval_s == 1.5
+    assert json.loads((tmp_path / "b" / "chain_state.json").read_text())["order"] == ["teacher"]
+    assert (tmp_path / "b" / "stages" / "teacher" / "export" / "biencoder.json").is_file()  # through the link
+    assert second.teacher is not None and not second.teacher.training
+    assert first.reuse("teacher") is False  # its own stage: recorded here, not taken from the store
+    other = ChainStore(tmp_path / "c", keys={"teacher": "another"}, store_root=tmp_path)
+    assert not other.is_done("teacher")  # another key is another stage
+
+
+def test_a_run_directory_from_before_the_store_keeps_its_own_stage_directories(tmp_path):
+    old = ChainStore(tmp_path / "run")
+    _export(old, "teacher")
+    old.record("teacher", {"name": "teacher"})
+    store = ChainStore(tmp_path / "run", keys=KEYS, store_root=tmp_path)
+    assert store.stage_dir("teacher") == tmp_path / "run" / "stages" / "teacher" and store.is_done("teacher")
+
+
+def test_a_claimed_stage_is_locked_against_other_processes_until_released(tmp_path):
+    import subprocess
+
+    store = ChainStore(tmp_path / "run", keys=KEYS, store_root=tmp_path)
+    lock = tmp_path / "stage-store" / "s-k1.lock"
+    probe = ("import fcntl, sys; f = open(sys.argv[1], 'a')\n"
+             "try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError: sys.exit(3)")
+    with store.claim("s"):
+        assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 3
+    assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0
+    with ChainStore(tmp_path / "run", writes=False, keys=KEYS, store_root=tmp_path).claim("s", lock=False):
+        assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0  # a non-zero rank
