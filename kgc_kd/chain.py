@@ -240,6 +240,7 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
     stage i (0: the teacher) is done, with its row; an exception from it stops the chain there (a sweep's
     pruner does this)."""
     start = time.time()
+    tracking.detach_agent()  # under `wandb agent`, the agent's run is the report's, not a stage's
     # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
     dm = build_datamodule(cfg, tokenizer)  # loads the KG and tokenises every text once
@@ -275,6 +276,6 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)
-        if cfg.run.logger == "wandb":
+        if cfg.run.logger == "wandb" or tracking.under_agent():
             tracking.log_report(cfg, run_dir, result)
     return result

@@ -1,0 +1,164 @@
+"""kgc_kd.sweep.study: storages, the study's budget, stale trials retried, and worker processes sharing one study
+through the storages a multi-node user gives (a journal file; a PostgreSQL server the test starts)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from kgc_kd.sweep.space import SweepError, load_space
+from kgc_kd.sweep.study import (HEARTBEAT, budget, default_storage, fail_stale, finished, make_pruner, open_storage,
+                                open_study)
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _space(tmp_path, **spec):
+    spec = {"name": "s", "method": "random", "metric": {"name": "last/val_mrr", "goal": "maximize"},
+            "parameters": {"distill.alpha": {"min": 0.0, "max": 0.5}}, **spec}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return load_space(path)
+
+
+def test_the_default_storage_is_a_sqlite_file_in_the_sweep_directory_and_a_rerun_resumes_it(tmp_path):
+    url = default_storage(tmp_path / "sweeps" / "s")
+    assert url == f"sqlite:///{(tmp_path / 'sweeps' / 's' / 'study.db').resolve()}"
+    space = _space(tmp_path)
+    study = open_study(space, "s", open_storage(url), make_pruner("median", space, 4), 0)
+    study.optimize(lambda t: t.suggest_float("distill.alpha", 0, 0.5), n_trials=2)
+    again = open_study(space, "s", open_storage(url), make_pruner("median", space, 4), 0)
+    assert len(again.trials) == 2 and (tmp_path / "sweeps" / "s" / "study.db").is_file()
+
+
+@pytest.mark.parametrize("url, named", [
+    ("postgresql://nobody@127.0.0.1:1/nothing", "cannot open the study storage"),
+    ("sqlite:////proc/no/such/dir/study.db", "cannot open the study storage"),
+    ("nosuchdialect://x", "cannot open the study storage"),
+])
+def test_an_unreachable_storage_is_an_error_naming_it(url, named):
+    with pytest.raises(SweepError, match=named) as err:
+        open_storage(url)
+    assert url in str(err.value)
+
+
+def test_a_journal_path_is_a_journal_storage(tmp_path):
+    from optuna.storages.journal import JournalStorage
+
+    assert isinstance(open_storage(f"journal:{tmp_path / 'a' / 'kd.journal'}"), JournalStorage)
+    assert isinstance(open_storage(str(tmp_path / "kd.log")), JournalStorage)
+
+
+def test_the_budget_is_the_trials_asked_for_at_most_the_grid(tmp_path):
+    grid = _space(tmp_path, method="grid", parameters={"distill.alpha": {"values": [0.1, 0.2, 0.3]}})
+    assert budget(grid, 10) == 3 and budget(grid, 2) == 2 and budget(_space(tmp_path), 10) == 10
+
+
+def test_pruners(tmp_path):
+    space = _space(tmp_path)
+    assert isinstance(make_pruner("median", space, 4), optuna.pruners.MedianPruner)
+    assert isinstance(make_pruner("none", space, 4), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner("hyperband", space, 4), optuna.pruners.HyperbandPruner)
+    multi = _space(tmp_path, metric=[{"name": "last/val_mrr"}, {"name": "last/params_total", "goal": "minimize"}])
+    assert isinstance(make_pruner("median", multi, 4), optuna.pruners.NopPruner)  # Optuna prunes single objectives
+    with pytest.raises(SweepError, match="--pruner 'asha'"):
+        make_pruner("asha", space, 4)
+
+
+def test_a_trial_whose_heartbeat_stopped_is_failed_and_enqueued_again_with_its_parameters(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'db'}"))
+    dead = study.ask({"distill.alpha": optuna.distributions.FloatDistribution(0, 0.5)})
+    study._storage.set_trial_system_attr(dead._trial_id, HEARTBEAT, time.time() - 100)
+    alive = study.ask({"distill.alpha": optuna.distributions.FloatDistribution(0, 0.5)})
+    study._storage.set_trial_system_attr(alive._trial_id, HEARTBEAT, time.time())
+    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # Optuna's retry callback, experimental since 2.8
+        assert fail_stale(study, heartbeat_s=10) == [dead.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
+    (retry,) = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert retry.params == dead.params and retry.system_attrs["failed_trial"] == dead.number
+    assert finished(study.trials) == []  # the failed trial was retried: it does not count
+    assert fail_stale(study, heartbeat_s=10) == []  # once only
+
+
+WORKER = """
+import os, sys, time
+from kgc_kd.sweep.space import load_space
+from kgc_kd.sweep.study import make_pruner, open_storage, open_study, work
+space = load_space(sys.argv[1])
+study = open_study(space, "shared", open_storage(sys.argv[2]), make_pruner("none", space, 1), int(sys.argv[3]))
+def objective(trial):
+    trial.set_user_attr("pid", os.getpid())
+    x = trial.suggest_float("distill.alpha", 0.0, 0.5)
+    time.sleep(0.3)
+    return -(x - 0.3) ** 2
+print("ran", work(study, objective, total=8, heartbeat_s=1.0))
+"""
+
+
+def _two_workers(tmp_path, url):
+    path = tmp_path / "s.yaml"
+    _space(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(path), url, str(i)], stdout=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    study = optuna.load_study(study_name="shared", storage=open_storage(url))
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == len(study.trials) >= 8  # the budget is shared: at most one extra trial per late worker
+    assert len(study.trials) <= 9
+    assert len({t.user_attrs["pid"] for t in done}) == 2  # both processes ran trials of the one study
+    assert sum(int(o.split()[-1]) for o in outs) == len(study.trials)
+
+
+def test_two_worker_processes_share_one_study_through_a_journal_file(tmp_path):
+    _two_workers(tmp_path, f"journal:{tmp_path / 'shared-fs' / 'kd.journal'}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    """A real PostgreSQL server in tmp_path (initdb + pg_ctl; as the `postgres` user when run as root)."""
+    bins = [shutil.which(b) for b in ("initdb", "pg_ctl")]
+    if not all(bins):
+        pytest.skip("needs PostgreSQL's initdb and pg_ctl on PATH")
+    pytest.importorskip("psycopg", reason="needs the psycopg driver (pip install \"psycopg[binary]\")")
+    import tempfile
+
+    top = Path(tempfile.mkdtemp(prefix="kgc-kd-pg-"))  # not under pytest's 0700 directory: the server user reads it
+    os.chmod(top, 0o755)
+    data = top / "pg"
+    data.mkdir()
+    prefix = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        shutil.chown(data, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    try:
+        subprocess.run([*prefix, bins[0], "-D", str(data), "-U", "postgres", "--auth=trust"], check=True,
+                       capture_output=True)
+        subprocess.run([*prefix, bins[1], "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                        f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, bins[1], "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_two_worker_processes_share_one_study_through_a_postgresql_server(tmp_path, postgres):
+    _two_workers(tmp_path, postgres)
