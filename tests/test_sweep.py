@@ -1,100 +1,167 @@
+"""`python -m kgc_kd.sweep`: a tiny study end to end (the teacher trained once, pruning, validation-only selection,
+trials.md/json, best.yaml, plots, a rerun that adds nothing, a killed sweep completed by its rerun) and every
+bad input exiting 2 before anything trains."""
+
+from __future__ import annotations
+
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 
-from kgc_kd import sweep
+from kgc_kd.config import load_config
+from kgc_kd.sweep import __main__ as sweep
+from kgc_kd.sweep.study import open_storage
 
-SWEEPS = sorted((Path(__file__).resolve().parents[1] / "experiments" / "sweeps").glob("*.yaml"))
-
-
-@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
-def test_shipped_sweep_files_parse_and_expand_to_config_keys(path):
-    from kgc_kd.config import load_config
-
-    spec = sweep.load_sweep(path)
-    for trial in sweep.trials(spec, count=3):
-        load_config([f"{k}={v}" for k, v in trial.items()])  # every parameter is a real config key
+STAGES = "stages=[{name: a, layers: 2}, {name: b, layers: 1}]"
 
 
-def test_grid_and_random_expansion():
-    spec = {"method": "grid", "metric": {"name": "last/mrr"},
-            "parameters": {"a": {"values": [1, 2]}, "b": {"values": ["x", "y"]}, "c": {"value": 0}}}
-    assert sweep.trials(spec, None) == [{"a": 1, "b": "x", "c": 0}, {"a": 1, "b": "y", "c": 0},
-                                        {"a": 2, "b": "x", "c": 0}, {"a": 2, "b": "y", "c": 0}]
-    assert len(sweep.trials(spec, 3)) == 3
-    rnd = {**spec, "method": "random", "parameters": {"lr": {"min": 0.1, "max": 0.2}, "k": {"min": 1, "max": 3}}}
-    draws = sweep.trials(rnd, 20, seed=1)
-    assert len(draws) == 20 and all(0.1 <= d["lr"] <= 0.2 and d["k"] in (1, 2, 3) for d in draws)
-    assert draws == sweep.trials(rnd, 20, seed=1)
+def _items(plm, root) -> list[str]:
+    return ["data=synthetic", f"model.plm={plm}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+            "data.batch_size=8", "data.max_length=24", "teacher.epochs=1", "eval.untrained_baseline=false",
+            "run.logger=csv", f"run.root={root}", STAGES]
 
 
-def test_bad_sweep_files_are_clear_errors(tmp_path):
-    bad = tmp_path / "s.yaml"
-    bad.write_text("parameters: {}\n")
-    with pytest.raises(sweep.SweepError, match="parameters"):
-        sweep.load_sweep(bad)
-    bad.write_text("parameters: {a: {values: [1]}}\nmetric: {name: x, goal: up}\n")
-    with pytest.raises(sweep.SweepError, match="goal"):
-        sweep.load_sweep(bad)
-
-
-def test_metric_lookup_and_ranking(tmp_path):
-    report = {"stages": [{"name": "teacher", "test": {"mrr": 0.5}}, {"name": "s2", "test": {"mrr": 0.4}}]}
-    assert sweep.metric_value(report, "teacher/mrr") == 0.5 and sweep.metric_value(report, "last/mrr") == 0.4
-    with pytest.raises(sweep.SweepError, match="nope"):
-        sweep.metric_value(report, "nope/mrr")
-
-
-def test_local_sweep_runs_four_trials_and_ranks_them(tmp_path, tiny_plm_dir, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    spec = {"name": "tiny", "method": "grid", "metric": {"name": "teacher/mrr", "goal": "maximize"},
-            "parameters": {"optim.lr": {"values": [1e-4, 3e-3]}, "model.temperature": {"values": [0.05, 0.1]}},
-            "fixed": ["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.accelerator=cpu", "teacher.only=true",
-                      "teacher.epochs=1", "data.batch_size=8", "data.max_length=24", "run.logger=none",
-                      "eval.untrained_baseline=false", "trainer.enable_progress_bar=false"]}
+def _file(tmp_path, **spec) -> Path:
+    spec = {"name": "tiny", "method": "grid", "metric": {"name": "last/val_mrr", "goal": "maximize"},
+            # stage a's learning rate: two sane values and one that wrecks the grade (the pruner's case)
+            "parameters": {"stages.0.lr": {"values": [1e-3, 2e-3, 30.0]}}, **spec}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
-    ranked = sweep.main([str(path), "--count", "4", "--root", str(tmp_path / "sweeps")])
-    assert len(ranked) == 4 and all(r["returncode"] == 0 for r in ranked)
-    values = [r["value"] for r in ranked]
-    assert values == sorted(values, reverse=True)
-    for r in ranked:  # each trial is a normal run whose report holds the ranked value
-        report = json.loads((Path(r["run"]) / "report.json").read_text())
-        assert report["stages"][0]["test"]["mrr"] == r["value"]
-    table = (tmp_path / "sweeps" / "tiny" / "trials.md").read_text()
-    assert table.count("\n| ") == 4 and "teacher/mrr" in table
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    from conftest import save_tiny_plm
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    plm = save_tiny_plm(tmp / "plm", num_layers=4)
+    path = _file(tmp)
+    argv = [str(path), "--seed", "3", *_items(plm, tmp / "runs")]
+    summary = sweep.main(argv)
+    return {"tmp": tmp, "plm": plm, "argv": argv, "summary": summary, "out": tmp / "runs" / "sweeps" / "tiny"}
+
+
+def test_a_sweep_trains_the_teacher_once_and_every_trial_reuses_it(swept):
+    store = swept["tmp"] / "runs" / "stage-store"
+    assert len([p for p in store.glob("teacher-*") if p.is_dir()]) == 1
+    trials = swept["summary"]["trials"]
+    assert len(trials) == 3
+    reused = [t["stages"][0]["reused"] for t in sorted(trials, key=lambda t: t["number"])]
+    assert reused == [False, True, True]
+
+
+def test_the_bad_trial_is_pruned_at_the_grade_it_falls_behind(swept):
+    trials = {t["params"]["stages.0.lr"]: t for t in swept["summary"]["trials"]}
+    bad = trials[30.0]
+    order = sorted(t["number"] for t in trials.values())
+    if bad["number"] != order[-1]:
+        pytest.fail(f"the grid's order (seed 3) changed: the wrecked trial is not the last, {order}")
+    assert bad["state"] == "pruned" and bad["pruned_at"] == 1 and [s["name"] for s in bad["stages"]] == ["teacher", "a"]
+    med = swept["summary"]["grade_medians"]["a"]
+    assert bad["stages"][1]["val_mrr"] < med
+    assert swept["summary"]["counts"] == {"complete": 2, "pruned": 1, "fail": 0}
+
+
+def test_selection_uses_validation_only_and_the_table_reports_test_beside_it(swept):
+    complete = [t for t in swept["summary"]["trials"] if t["state"] == "complete"]
+    for t in complete:  # the study's value is the last grade's best validation MRR, as its report has it
+        report = json.loads((Path(t["run_dir"]) / "report.json").read_text())
+        assert t["values"] == [report["stages"][-1]["best_val_mrr"]]
+        assert t["stages"][-1]["test_mrr"] == report["stages"][-1]["test"]["mrr"]
+    best = max(complete, key=lambda t: t["values"][0])
+    assert swept["summary"]["best"]["number"] == best["number"] and swept["summary"]["trials"][0] == {**best, "best": True}
+    table = (swept["out"] / "trials.md").read_text()
+    assert "| b val | b test |" in table and "complete (best)" in table and "pruned at a" in table
+    assert "never searched on" in table
+
+
+def test_best_yaml_is_a_config_fit_accepts_with_the_best_parameters(swept):
+    cfg = load_config([f"config={swept['out'] / 'best.yaml'}"])
+    best = swept["summary"]["best"]["params"]
+    assert cfg.stages[0].lr == best["stages.0.lr"] and cfg.data.source == "synthetic"
+
+
+def test_the_plots_are_written(swept):
+    assert swept["summary"]["plots"] == {"history.png": "written", "importances.png": "written"}
+    for name in ("history.png", "importances.png"):
+        assert (swept["out"] / name).stat().st_size > 1000
+
+
+def test_the_same_command_again_adds_no_trials(swept):
+    again = sweep.main(swept["argv"])
+    assert len(again["trials"]) == 3 and again["counts"] == swept["summary"]["counts"]
+
+
+@pytest.mark.slow  # a child process killed mid-trial
+def test_a_sweep_killed_mid_trial_is_completed_by_its_rerun_without_retraining_finished_stages(tmp_path, tiny_plm_dir):
+    from conftest import save_tiny_plm
+
+    plm = save_tiny_plm(tmp_path / "plm4", num_layers=4)
+    path = _file(tmp_path, method="random", parameters={"distill.alpha": {"min": 0.0, "max": 0.5}})
+    items = [*_items(plm, tmp_path / "runs")[:-1], "stages=[{name: a, layers: 2, epochs: 4}]"]
+    argv = [str(path), "--trials", "2", "--heartbeat", "1", *items]
+    proc = subprocess.Popen([sys.executable, "-m", "kgc_kd.sweep", *argv], start_new_session=True,
+                            env={**os.environ, "WANDB_MODE": "disabled"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    store = tmp_path / "runs" / "stage-store"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(store.glob("a-*/checkpoints/last.ckpt")):
+        time.sleep(0.5)  # the teacher is done and stage a has saved an epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (teacher,) = [p for p in store.glob("teacher-*") if p.is_dir()]
+    stamp = (teacher / "stage.json").stat().st_mtime_ns
+    summary = sweep.main(argv)
+    assert summary["counts"] == {"complete": 2, "pruned": 0, "fail": 0}
+    assert any(t["retry_of"] == 0 for t in summary["trials"])  # the killed trial, retried with its parameters
+    assert (teacher / "stage.json").stat().st_mtime_ns == stamp  # the teacher was not trained again
+    study = optuna.load_study(study_name="tiny", storage=open_storage(f"sqlite:///{tmp_path / 'runs/sweeps/tiny/study.db'}"))
+    assert [t.state.name for t in study.trials].count("FAIL") == 1
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
-def test_help_shows_the_file_the_items_the_groups_and_the_docs(capsys):
+def test_help_shows_the_file_the_options_the_items_and_the_docs(capsys):
     from test_cli import check_help
 
     check_help(capsys, sweep.main, "--help", "python -m kgc_kd.sweep ",
-               ("FILE [ITEM ...]", "--count", "--local", "--root", "config=PATH", "GROUP=PRESET", "key=value",
-                "docs/sweeps.md"))
+               ("FILE [ITEM ...]", "--trials", "--study", "--storage", "--workers", "--pruner", "config=PATH",
+                "GROUP=PRESET", "key=value", "docs/sweeps.md", "optuna-dashboard"))
 
 
 def test_unknown_option_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        sweep.main([str(SWEEPS[0]), "--bogus"])
+        sweep.main([str(_file(tmp_path)), "--bogus"])
     assert exc.value.code == 2 and "error: unrecognized arguments: --bogus" in capsys.readouterr().err
 
 
-def test_bad_item_parameter_or_file_exits_2_before_any_trial(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setattr(sweep, "run_trial", lambda *a, **k: pytest.fail("a trial ran"))
-    spec = {"method": "grid", "metric": {"name": "last/mrr"}, "parameters": {"distill.alpha": {"values": [0.1]}}}
-    cases = [({}, ["trainer.max_epoch=3"], "trainer.max_epoch"),  # an item for every trial
-             ({"parameters": {"distill.alphx": {"values": [0.1, 0.2]}}}, [], "distill.alphx"),  # a parameter name
-             ({"metric": {"name": "last/mrr", "goal": "up"}}, [], "goal")]  # the file itself
-    path = tmp_path / "s.yaml"
-    for change, items, named in cases:
-        path.write_text(yaml.safe_dump({**spec, **change}))
-        with pytest.raises(SystemExit) as exc:
-            sweep.main([str(path), *items, "--root", str(tmp_path / "sweeps")])
-        assert exc.value.code == 2
-        err = capsys.readouterr().err
-        assert err.startswith("error: ") and named in err
-    assert not (tmp_path / "sweeps").exists()
+@pytest.mark.parametrize("change, items, options, named", [
+    ({}, ["trainer.max_epoch=3"], [], "trainer.max_epoch"),  # an item for every trial
+    ({"parameters": {"distill.alphx": {"values": [0.1, 0.2]}}}, [], [], "distill.alphx"),  # a parameter's key
+    ({"parameters": {"distill.alpha": {"values": [0.1, 1.5]}}}, [], [], "distill.alpha=1.5"),  # a bad value
+    ({"parameters": {"distill.alpha": {"min": 0.4, "max": 0.1}}, "method": "random"}, [], [], "inverted range"),
+    ({"metric": {"name": "b/mrr"}}, [], [], "test metric"),
+    ({"metric": {"name": "pmd9/val_mrr"}}, [], [], "no stage 'pmd9'"),
+    ({}, [], ["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open the study storage"),
+    ({}, [], ["--trials", "0"], "--trials 0"),
+])
+def test_bad_input_exits_2_naming_it_before_anything_trains(tmp_path, monkeypatch, capsys, change, items, options,
+                                                            named):
+    import kgc_kd.chain
+
+    monkeypatch.setattr(kgc_kd.chain, "run_chain", lambda *a, **k: pytest.fail("a trial ran"))
+    path = _file(tmp_path, **change)
+    root = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(path), *options, "data=synthetic", STAGES, f"run.root={root}", *items])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and named in err, err
+    assert not (root / "stage-store").exists()

@@ -81,8 +81,7 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_enqueued_again_with_its_p
     study._storage.set_trial_system_attr(dead._trial_id, HEARTBEAT, time.time() - 100)
     alive = study.ask({"distill.alpha": optuna.distributions.FloatDistribution(0, 0.5)})
     study._storage.set_trial_system_attr(alive._trial_id, HEARTBEAT, time.time())
-    with pytest.warns(optuna.exceptions.ExperimentalWarning):  # Optuna's retry callback, experimental since 2.8
-        assert fail_stale(study, heartbeat_s=10) == [dead.number]
+    assert fail_stale(study, heartbeat_s=10) == [dead.number]
     states = {t.number: t.state for t in study.trials}
     assert states[dead.number] == TrialState.FAIL and states[alive.number] == TrialState.RUNNING
     (retry,) = [t for t in study.trials if t.state == TrialState.WAITING]

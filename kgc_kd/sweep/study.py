@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -124,7 +125,9 @@ def fail_stale(study: optuna.Study, heartbeat_s: float) -> list[int]:
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
             continue  # another worker got there first
         stale.append(t.number)
-        RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)(study, study.get_trials(deepcopy=False)[t.number])
+        with warnings.catch_warnings():  # experimental since Optuna 2.8, and the API Optuna's own heartbeat uses
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)(study, study.get_trials(deepcopy=False)[t.number])
         print(f"[sweep] trial {t.number}: no heartbeat for {now - beat:.0f} s (its worker died): retried", flush=True)
     return stale
 
