@@ -112,10 +112,15 @@ def plots(study: optuna.Study, out: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    names = [m for m in study.user_attrs.get("metrics", [])]
-    wanted = {"history.png": lambda: vis.plot_optimization_history(study, target=(lambda t: t.values[0]) if len(names) > 1 else None,
-                                                                   target_name=names[0] if names else "value"),
-              "importances.png": lambda: vis.plot_param_importances(study, target=(lambda t: t.values[0]) if len(names) > 1 else None)}
+    names = list(study.user_attrs.get("metrics", []))
+    multi = len(study.directions) > 1
+    first = names[0] if names else "value"
+    # several metrics: history and importances of the first; PED-ANOVA ranks parameters for low targets
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else 1.0
+    wanted = {"history.png": lambda: vis.plot_optimization_history(
+                  study, target=(lambda t: t.values[0]) if multi else None, target_name=first),
+              "importances.png": lambda: vis.plot_param_importances(
+                  study, target=(lambda t: sign * t.values[0]) if multi else None, target_name=first)}
     if len(study.directions) > 1:
         wanted["pareto.png"] = lambda: vis.plot_pareto_front(study, target_names=names)
     notes = {}
