@@ -351,3 +351,26 @@ def test_unknown_option_exits_2_before_anything_is_written(tmp_path, capsys):
     assert exc.value.code == fit.EXIT_BAD_INPUT
     assert "error: unrecognized arguments: --bogus" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_validation_mrr_is_aggregated_and_paired_beside_test():
+    """Hand-computed: val MRR per seed (0.50, 0.54) vs none (0.40, 0.42): paired gains 0.10, 0.12 (mean 0.11,
+    beyond the larger seed std 0.0283); compare.md shows val beside test and says so."""
+    from kgc_kd.compare.aggregate import aggregate
+    from kgc_kd.compare.report import format_markdown
+
+    t = {"mrr": 0.3, "hits@1": 0.2, "hits@10": 0.5}
+    runs = {"none": [{"seed": 1, "run_dir": "a", "test": {"g": t}, "val": {"g": 0.40}},
+                     {"seed": 2, "run_dir": "b", "test": {"g": t}, "val": {"g": 0.42}}],
+            "pmd": [{"seed": 1, "run_dir": "c", "test": {"g": t}, "val": {"g": 0.50}},
+                    {"seed": 2, "run_dir": "d", "test": {"g": t}, "val": {"g": 0.54}}]}
+    grades = aggregate(runs, ["g"])
+    s = grades["g"]["pmd"]
+    assert s["val_mrr_mean"] == pytest.approx(0.52) and s["val_mrr_std"] == pytest.approx(statistics.stdev([0.5, 0.54]))
+    dv = s["val_vs_none"]
+    assert dv["mean"] == pytest.approx(0.11) and dv["seed_spread"] == pytest.approx(0.0282843, abs=1e-6)
+    assert dv["beyond_spread"] is True and s["vs_none"]["mean"] == pytest.approx(0.0)
+    md = format_markdown({"name": "x", "date": "d", "command": "c", "teacher": {"export": "e", "test": t},
+                          "seeds": [1, 2], "objectives": ["none", "pmd"], "grades": grades, "chains": []})
+    assert "| pmd | 0.5200 ± 0.0283 | +0.1100 ± 0.0141 | 0.3000 ± 0.0000 |" in md
+    assert "On validation (what a choice may use), beyond the spread at: g." in md

@@ -41,8 +41,25 @@ def summarize(records: list[dict[str, Any]], grade: str) -> dict[str, Any]:
         out[f"{m}_mean"], out[f"{m}_std"] = mean_std(values)
     out["seeds"] = [r["seed"] for r in records]
     out["per_seed"] = {m: [float(r["test"][grade][m]) for r in records] for m in METRICS}
+    vals = [r.get("val", {}).get(grade) for r in records]
+    if vals and all(v is not None for v in vals):  # the grade's best validation MRR (what chose its checkpoint)
+        out["val_mrr_mean"], out["val_mrr_std"] = mean_std([float(v) for v in vals])
+        out["per_seed"]["val_mrr"] = [float(v) for v in vals]
     out["run_dirs"] = [r["run_dir"] for r in records]
     return out
+
+
+def _versus(summary: dict[str, Any], base: dict[str, Any], metric: str) -> Optional[dict[str, Any]]:
+    """The paired difference in `metric` (mrr: test, val_mrr: validation) to the baseline, with its verdict."""
+    diff = paired_difference(dict(zip(summary["seeds"], summary["per_seed"][metric])),
+                             dict(zip(base["seeds"], base["per_seed"][metric])))
+    if diff is not None:
+        # "beats none by more than the seed spread": the mean paired gain exceeds the larger of the two seed
+        # standard deviations (None with a single seed: no spread to compare with)
+        stds = (summary[f"{metric}_std"], base[f"{metric}_std"])
+        diff["seed_spread"] = None if None in stds else max(stds)
+        diff["beyond_spread"] = None if diff["seed_spread"] is None else diff["mean"] > diff["seed_spread"]
+    return diff
 
 
 def aggregate(runs: dict[str, list[dict[str, Any]]], grades: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -53,18 +70,12 @@ def aggregate(runs: dict[str, list[dict[str, Any]]], grades: list[str]) -> dict[
         base = out[grade].get(BASELINE)
         if base is None:
             continue
-        base_mrr = dict(zip(base["seeds"], base["per_seed"]["mrr"]))
         for obj, summary in out[grade].items():
             if obj == BASELINE:
                 continue
-            diff = paired_difference(dict(zip(summary["seeds"], summary["per_seed"]["mrr"])), base_mrr)
-            if diff is not None:
-                # "beats none by more than the seed spread": the mean paired MRR gain exceeds the larger of
-                # the two seed standard deviations (None with a single seed: no spread to compare with)
-                stds = (summary["mrr_std"], base["mrr_std"])
-                diff["seed_spread"] = None if None in stds else max(stds)
-                diff["beyond_spread"] = None if diff["seed_spread"] is None else diff["mean"] > diff["seed_spread"]
-            summary["vs_none"] = diff
+            summary["vs_none"] = _versus(summary, base, "mrr")
+            if "val_mrr" in summary["per_seed"] and "val_mrr" in base["per_seed"]:
+                summary["val_vs_none"] = _versus(summary, base, "val_mrr")
     return out
 
 

@@ -43,8 +43,11 @@ def _verdict(comparison: dict[str, Any], obj: str) -> list[str]:
         d = comparison["grades"][g][obj]["vs_none"]
         return f"{g} ({d['mean']:+.4f} vs spread {d['seed_spread']:.4f})"
 
-    lines = [f"`{obj}` beats `{BASELINE}` by more than the seed spread (mean paired MRR gain > the larger of the two "
-             f"seed stds) at: {', '.join(cell(g) for g in yes) or 'no grade'}."]
+    lines = [f"`{obj}` beats `{BASELINE}` by more than the seed spread (mean paired test MRR gain > the larger of the "
+             f"two seed stds) at: {', '.join(cell(g) for g in yes) or 'no grade'}."]
+    val_yes = [g for g, by in comparison["grades"].items() if ((by.get(obj) or {}).get("val_vs_none") or {}).get("beyond_spread")]
+    if any("val_vs_none" in (by.get(obj) or {}) for by in comparison["grades"].values()):
+        lines.append(f"On validation (what a choice may use), beyond the spread at: {', '.join(val_yes) or 'no grade'}.")
     if no:
         lines.append(f"Not beyond the spread at: {', '.join(cell(g) for g in no)}.")
     if unknown:
@@ -71,13 +74,15 @@ def format_markdown(comparison: dict[str, Any]) -> str:
     for label, v in (comparison.get("variants") or {}).items():
         lines.append(f"Variant `{label}`: `distill={v['preset']}` " + " ".join(f"`{i}`" for i in v["items"]) + ".")
     for grade, by_obj in comparison["grades"].items():
-        lines += ["", f"## {grade}", "", "| objective | test MRR | n | H@1 | H@10 | MRR - none (paired) | wins / n |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += ["", f"## {grade}", "", "| objective | val MRR | val - none (paired) | test MRR | n | H@1 | H@10 | "
+                  "MRR - none (paired) | wins / n |", "|---|---|---|---|---|---|---|---|---|"]
         for obj, s in by_obj.items():
-            d = s.get("vs_none")
+            d, dv = s.get("vs_none"), s.get("val_vs_none")
             diff = _pm(d["mean"], d["std"], "{:+.4f}") if d else ""
+            vdiff = _pm(dv["mean"], dv["std"], "{:+.4f}") if dv else ""
             wins = f"{d['positive']}/{d['n']}" if d else ""
-            lines.append(f"| {obj} | {_pm(s['mrr_mean'], s['mrr_std'])} | {s['n']} | "
+            val = _pm(s["val_mrr_mean"], s["val_mrr_std"]) if "val_mrr_mean" in s else ""
+            lines.append(f"| {obj} | {val} | {vdiff} | {_pm(s['mrr_mean'], s['mrr_std'])} | {s['n']} | "
                          f"{_pm(s['hits@1_mean'], s['hits@1_std'])} | {_pm(s['hits@10_mean'], s['hits@10_std'])} | "
                          f"{diff} | {wins} |")
     verdict = verdict_lines(comparison)

@@ -85,6 +85,11 @@ def student_metrics(result: dict[str, Any]) -> dict[str, dict[str, float]]:
     return {r["name"]: r["test"] for r in result["stages"] if r.get("kind") == "student"}
 
 
+def student_val_mrr(result: dict[str, Any]) -> dict[str, float | None]:
+    """Each student's best validation MRR: what a choice between objectives may use (test only reports)."""
+    return {r["name"]: r.get("best_val_mrr") for r in result["stages"] if r.get("kind") == "student"}
+
+
 def run_plan(plan: Plan, on_chain: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Everything compare.json records, apart from the aggregation. `on_chain` gets the record so far after
     every chain (the comparison's files are rewritten then, so an interrupted run still shows its seeds)."""
@@ -108,7 +113,7 @@ def run_plan(plan: Plan, on_chain: Callable[[dict[str, Any]], None] | None = Non
                        "teacher_test": t_row["test"], "command": shlex.join(["python", "-m", "kgc_kd.fit", *chain.argv]),
                        "argv": chain.argv})
         runs[chain.objective].append({"seed": chain.seed, "run_dir": str(chain.run_dir),
-                                      "test": student_metrics(result)})
+                                      "test": student_metrics(result), "val": student_val_mrr(result)})
         if on_chain is not None and len(chains) < len(plan.chains):
             on_chain({"teacher": {**teacher, "test": teacher.get("test", chains[0]["teacher_test"])},
                       "chains": chains, "runs": runs})
