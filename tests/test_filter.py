@@ -61,6 +61,25 @@ def test_from_triples_equals_naive_dict(seed):
     assert idx.offsets[0] == 0 and idx.offsets[-1] == len(idx.answers)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_from_triples_with_hubs_and_sparse_large_ids_equals_naive_dict(seed):
+    """A hub key with hundreds of answers, ids up to 10^6 and unused ids in between: the 1-D keys
+    (h * R + r) * E + t decode back to the same CSR layout as a dict built in Python."""
+    g = torch.Generator().manual_seed(seed)
+    hub = torch.stack([torch.full((500,), 999_999), torch.full((500,), 2), torch.randint(0, 10**6, (500,), generator=g)], 1)
+    rest = torch.stack([torch.randint(0, 10**6, (300,), generator=g), torch.randint(0, 3, (300,), generator=g),
+                        torch.randint(0, 10**6, (300,), generator=g)], 1)
+    triples = torch.cat([hub, rest, hub[:50]])
+    idx = FilterIndex.from_triples(triples, 3)
+    assert_matches(idx, naive_index(triples))
+    assert len(idx[(999_999, 2)]) == len(set(hub[:, 2].tolist()))
+
+
+def test_from_triples_rejects_keys_that_overflow_int64():
+    with pytest.raises(ValueError, match="overflow"):
+        FilterIndex.from_triples(torch.tensor([[0, 0, 2**31]]), 2**5)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_from_forward_and_build_filter_index_add_both_directions(seed):
     triples = random_triples(seed)

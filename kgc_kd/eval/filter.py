@@ -36,12 +36,20 @@ class FilterIndex(Mapping[tuple[int, int], Tensor]):
         h, r, t = triples.unbind(1)
         if len(triples) and (int(r.min()) < 0 or int(r.max()) >= num_relations_total or int(h.min()) < 0):
             raise ValueError(f"triples need entity ids >= 0 and relation ids in [0, {num_relations_total})")
-        pairs = torch.stack([h * num_relations_total + r, t], dim=1)
-        if len(pairs):
-            pairs = torch.unique(pairs, dim=0)  # sorted by key, then answer; duplicates dropped
-        codes, counts = torch.unique_consecutive(pairs[:, 0], return_counts=True)
-        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-        return cls(codes, offsets, pairs[:, 1].contiguous(), num_relations_total)
+        # One int64 per triple, (h * R + r) * E + t: sorting 1-D keys is ~10x faster than unique(dim=0) over
+        # (key, answer) rows (a lexicographic row sort), and the key splits back into code and answer exactly.
+        # E is the largest entity id + 1; the key fits int64 while E^2 * R < 2^63 (Wikidata5M: ~3.5e16).
+        num_entities = int(torch.maximum(h.max(), t.max())) + 1 if len(triples) else 1
+        if len(triples) and int(t.min()) < 0:
+            raise ValueError("triples need entity ids >= 0")
+        if num_entities * num_entities * num_relations_total >= 2**63:
+            raise ValueError(f"{num_entities:,} entities x {num_relations_total} relations overflow the int64 keys")
+        keys = torch.sort((h * num_relations_total + r) * num_entities + t).values
+        keys = keys[_run_starts(keys)]  # duplicates dropped (a mask is faster than unique on the CPU)
+        code_of_key = keys.div(num_entities, rounding_mode="floor")
+        first = _run_starts(code_of_key)
+        offsets = torch.cat([first.nonzero().squeeze(1), torch.tensor([len(keys)])])
+        return cls(code_of_key[first], offsets, keys - code_of_key * num_entities, num_relations_total)
 
     @classmethod
     def from_forward(cls, triples: Tensor, num_relations: int) -> FilterIndex:
@@ -125,6 +133,13 @@ class FilterIndex(Mapping[tuple[int, int], Tensor]):
 
     def __repr__(self) -> str:
         return f"FilterIndex({len(self)} keys, {len(self.answers)} answers, {self.num_relations_total} relations)"
+
+
+def _run_starts(sorted_values: Tensor) -> Tensor:
+    """(N,) bool: True where a run of equal values starts in a sorted 1-D tensor."""
+    starts = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts[1:] = sorted_values[1:] != sorted_values[:-1]
+    return starts
 
 
 @dataclass(frozen=True)
