@@ -10,7 +10,8 @@ without Lightning:
   sweep trial that needs a stage already trained under the same key reuses it, and one interrupted in one
   run resumes in the next. The run directory links `stages/<stage>` to its entry, so its layout stays
   `stages/<stage>/` (the trainer directory), `stages/<stage>/export/` (Hugging Face directories,
-  `biencoder.json`, `kg.json`) and `stages/<stage>/predictions_test.jsonl`. Without keys (a run directory
+  `biencoder.json`, the KG as `kg.json` + `kg/` and the token table in `token-cache/`, see
+  `kgc_kd.data.kg_export`) and `stages/<stage>/predictions_test.jsonl`. Without keys (a run directory
   read on its own) `stages/<stage>/` is read as it is;
 - an entry's `stage.json`: its key, its row and (the teacher) the untrained baseline; `claim` holds the
   entry's lock file while a run trains it, so two runs never train one stage at once (the second waits and
@@ -37,7 +38,9 @@ from typing import Any, Iterator
 
 import torch
 
-from kgc_kd.data.kg import KG, kg_to_json
+from kgc_kd.data.kg import KG
+from kgc_kd.data.kg_export import link_token_cache, save_kg
+from kgc_kd.data.tokens import TokenCache
 from kgc_kd.files import write_json_atomic
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.reporting import write_predictions
@@ -190,17 +193,23 @@ class ChainStore:
         return self._state.get("untrained_eval_s")
 
     # ---- what a finished stage leaves --------------------------------------------------------------------
-    def export(self, name: str, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool) -> None:
-        """The stage as Hugging Face directories + `kg.json`. Written to a temporary directory and renamed, so
-        a half-written export is never mistaken for one; a kill between the renames leaves the old one whole."""
+    def export(self, name: str, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool,
+               tokens: TokenCache | None = None) -> None:
+        """The stage as Hugging Face directories, its KG (`kg_export.save_kg`: kg.json + kg/) and, given the
+        run's `tokens` (the datamodule's TokenCache) with a cache entry on disk, that entry linked into
+        token-cache/ so `kgc_kd.predict` memory-maps it instead of tokenising (a pruned stage reads other
+        ids: its predict tokenises once and keeps the table there). Written to a temporary directory and
+        renamed, so a half-written export is never mistaken for one; a kill between the renames leaves the
+        old one whole."""
         final = self.export_dir(name)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         with torch.no_grad():
             net_cpu = copy.deepcopy(net).cpu()
         net_cpu.save_pretrained(tmp, self.tokenizer)
-        meta = {"max_length": max_length, "link_graph": link_graph}  # predict builds the same inputs
-        (tmp / "kg.json").write_text(json.dumps(kg_to_json(kg, **meta)))
+        save_kg(kg, tmp, max_length=max_length, link_graph=link_graph)  # predict builds the same inputs
+        if tokens is not None and net.kept_ids is None:  # the export's tokenizer is the one the table was made with
+            link_token_cache(tokens.cache_path, tmp)
         old = final.with_name(final.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
         if final.exists():

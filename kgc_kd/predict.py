@@ -16,7 +16,7 @@ import torch
 
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
 from kgc_kd.data.batching import EntityCollator, QueryCollator
-from kgc_kd.data.kg import KG, kg_from_json
+from kgc_kd.data.kg_export import load_kg_export
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.files import write_text_atomic
 from kgc_kd.models.biencoder import BiEncoder
@@ -41,8 +41,7 @@ class Predictor:
         from transformers import AutoTokenizer
 
         self.export = export
-        meta = json.loads((export / "kg.json").read_text())
-        self.kg: KG = kg_from_json(meta)
+        self.kg, meta = load_kg_export(export)
         self.tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
         # truncation was reported when the stage was trained: not again on every prediction
         self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)), warn=False,

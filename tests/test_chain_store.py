@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 import kgc_kd.chain_store as chain_store
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd.chain_store import ChainStore
+from kgc_kd.data.kg_export import load_kg_export
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.eval import RankingOutput, Ranks
 from kgc_kd.models.biencoder import BiEncoder
@@ -88,10 +89,10 @@ def test_an_interrupted_export_is_never_mistaken_for_one(tmp_path, monkeypatch):
     store = ChainStore(tmp_path)
     store.record("s", {"name": "s"})
 
-    def killed(*args, **kwargs):  # after the model directories were written, before kg.json
+    def killed(*args, **kwargs):  # after the model directories were written, before the KG
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(chain_store, "kg_to_json", killed)
+    monkeypatch.setattr(chain_store, "save_kg", killed)
     with pytest.raises(KeyboardInterrupt):
         _export(store, "s")
     assert (store.stage_dir("s") / "export.tmp" / "biencoder.json").is_file()  # the half-written one
@@ -102,7 +103,7 @@ def test_an_interrupted_export_is_never_mistaken_for_one(tmp_path, monkeypatch):
     _export(store, "s", _net(seed=1))
     assert store.is_done("s") and not (store.stage_dir("s") / "export.tmp").exists()
     whole = _files(store.export_dir("s"))
-    monkeypatch.setattr(chain_store, "kg_to_json", killed)
+    monkeypatch.setattr(chain_store, "save_kg", killed)
     with pytest.raises(KeyboardInterrupt):
         _export(store, "s", _net(seed=2))  # a second export of the stage, killed: the first stays whole
     assert _files(store.export_dir("s")) == whole and store.is_done("s")
@@ -115,9 +116,9 @@ def test_the_export_loads_back_with_the_same_weights_and_the_kg(tmp_path):
     loaded = BiEncoder.from_pretrained(store.export_dir("s"))
     for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), k
-    meta = json.loads((store.export_dir("s") / "kg.json").read_text())
-    assert meta["max_length"] == 24 and meta["link_graph"] is False
-    assert meta["entity_ids"] == KG.entity_ids
+    kg, meta = load_kg_export(store.export_dir("s"))
+    assert meta == {"max_length": 24, "link_graph": False}
+    assert kg.entity_ids == KG.entity_ids and torch.equal(kg.train, KG.train) and torch.equal(kg.test, KG.test)
     tok = AutoTokenizer.from_pretrained(store.export_dir("s") / "query", local_files_only=True)
     assert tok.get_vocab() == make_tokenizer().get_vocab()  # the tokenizer travels with the export
 

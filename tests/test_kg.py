@@ -171,14 +171,10 @@ def test_summary_mentions_sizes():
     assert make_kg().summary() == "tiny: 4 entities, 2 relations, 4 / 1 / 2 train/valid/test triples"
 
 
-def test_notes_default_empty_and_outside_repr_and_json():
-    from kgc_kd.data.kg import kg_from_json, kg_to_json
-
+def test_notes_default_empty_and_outside_repr():  # and not saved in an export: tests/test_kg_export.py
     kg = make_kg()
     assert kg.notes == {}
     noted = make_kg(notes={"valid.unknown_dropped": 2})
     assert noted.notes == {"valid.unknown_dropped": 2}
     assert "notes" not in repr(noted) and "unknown_dropped" not in repr(noted)
-    assert "notes" not in kg_to_json(noted)
-    assert kg_from_json(kg_to_json(noted)).notes == {}
     assert make_kg().notes is not kg.notes  # not a shared default

@@ -6,7 +6,7 @@ import torch
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd import predict
 from kgc_kd.data.batching import EntityCollator, QueryCollator
-from kgc_kd.data.kg import kg_to_json
+from kgc_kd.data.kg_export import save_kg
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder
@@ -18,7 +18,7 @@ def export(tmp_path):
     net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
     d = tmp_path / "run" / "stages" / "s" / "export"
     net.save_pretrained(d, make_tokenizer())
-    (d / "kg.json").write_text(json.dumps(kg_to_json(kg, max_length=24)))
+    save_kg(kg, d, max_length=24)
     (tmp_path / "run" / "chain_state.json").write_text(json.dumps({"order": ["s"], "stages": {"s": {}}}))
     return d, kg, net
 

@@ -33,7 +33,7 @@ class KG:
     source: str = ""
     _entity_index: dict[str, int] = field(default_factory=dict, repr=False)
     # what loading repaired, for a run report: "train.duplicates", "valid.unknown_dropped",
-    # "entities_without_text", ... -> count (nonzero counts only; not saved by kg_to_json)
+    # "entities_without_text", ... -> count (nonzero counts only; not saved in an export)
     notes: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,16 +113,3 @@ class KG:
             f"{len(self.train):,} / {len(self.valid):,} / {len(self.test):,} train/valid/test triples"
         )
 
-
-def kg_to_json(kg: KG, **extra) -> dict:
-    """Everything needed to rebuild the KG (saved next to an exported model, so it predicts on its own)."""
-    return {"name": kg.name, "source": kg.source, "entity_ids": kg.entity_ids, "entity_names": kg.entity_names,
-            "entity_descs": kg.entity_descs, "relation_ids": kg.relation_ids, "relation_texts": kg.relation_texts,
-            **{s: kg.split(s).tolist() for s in SPLITS}, **extra}
-
-
-def kg_from_json(data: dict) -> KG:
-    return KG(name=data["name"], entity_ids=data["entity_ids"], entity_names=data["entity_names"],
-              entity_descs=data["entity_descs"], relation_ids=data["relation_ids"],
-              relation_texts=data["relation_texts"], source=data.get("source", ""),
-              **{s: torch.tensor(data[s], dtype=torch.long).reshape(-1, 3) for s in SPLITS})
