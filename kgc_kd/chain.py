@@ -54,6 +54,7 @@ def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
         num_workers=d.num_workers, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
         name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
         drop_unknown=d.drop_unknown, link_graph=d.link_graph, val_max_queries=cfg.eval.val_max_queries,
+        token_cache_dir=Path(cfg.run.root) / "token-cache",  # shared by every run under run.root
     )
 
 
@@ -167,7 +168,7 @@ def _run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=N
     info = {"name": "teacher", "kind": "teacher", "plm": cfg.model.plm, "negatives": stage_negatives(cfg, None)}
     if cfg.teacher.load:
         net = BiEncoder.from_pretrained(cfg.teacher.load, source_ids=True)
-        net.check_vocab(dm.tokens.token_lists())  # a pruned teacher from another KG fails here
+        net.check_vocab(dm.tokens.used_ids())  # a pruned teacher from another KG fails here
         module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
         info.pop("negatives")  # trained elsewhere: what it trained with is not known here
         recorder = _recorder(cfg, chain, {**info, "loaded_from": cfg.teacher.load,
@@ -196,7 +197,7 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
                                        plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature,
                                        shared=st.shared_encoder)
     if st.prune_vocab and student.kept_ids is None:
-        kept = used_token_ids(dm.tokens.token_lists(), tokenizer)
+        kept = used_token_ids(dm.tokens.used_ids(), tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
     spec = resolve_stage(cfg, index, Dims.of(student.query_encoder.config, teacher.query_encoder.config))
     negatives = spec["negatives"]

@@ -9,7 +9,7 @@ from conftest import make_tokenizer, tiny_vocab
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.io import DataFormatError, DataWarning
 from kgc_kd.data.synthetic import synthetic_kg
-from kgc_kd.data.tokens import TokenCache
+from kgc_kd.data.tokens import TABLES, TokenCache
 
 SYN = {"num_entities": 20, "num_relations": 3, "num_triples": 120, "seed": 0}
 
@@ -229,11 +229,44 @@ def test_link_graph_option_reaches_the_loaders():
     assert all(torch.equal(q["hr"][k], want[k]) for k in want)
 
 
-def test_build_datamodule_passes_link_graph():
+def test_build_datamodule_passes_link_graph_and_the_token_cache(tmp_path):
     from kgc_kd.chain import build_datamodule
     from kgc_kd.config import load_config
 
     for value in (False, True):
-        cfg = load_config(["data.source=synthetic", f"data.link_graph={str(value).lower()}"])
+        cfg = load_config(["data.source=synthetic", f"data.link_graph={str(value).lower()}", f"run.root={tmp_path}"])
         dm = build_datamodule(cfg, make_tokenizer())
         assert dm.link_graph is value and (dm.tokens.link is not None) is value
+        assert dm.token_cache_dir == tmp_path / "token-cache" and dm.tokens.cache_path.parent == dm.token_cache_dir
+    assert len([p for p in (tmp_path / "token-cache").iterdir() if not p.name.startswith(".")]) == 1  # one entry
+
+
+def test_token_cache_dir_maps_one_entry_for_every_datamodule(tmp_path):
+    a = make_dm(token_cache_dir=tmp_path, tokenizer=make_tokenizer())
+    b = make_dm(token_cache_dir=tmp_path, tokenizer=make_tokenizer())  # a later stage, rank or run
+    memory = make_dm(tokenizer=make_tokenizer())
+    assert memory.tokens.cache_path is None and a.tokens.cache_path == b.tokens.cache_path
+    assert a.tokens.cache_path.parent == tmp_path and a.tokens == b.tokens == memory.tokens
+    a.shuffle = memory.shuffle = False
+    got, want = next(iter(a.train_dataloader())), next(iter(memory.train_dataloader()))
+    assert all(torch.equal(got["hr"][k], want["hr"][k]) for k in want["hr"])
+
+
+def test_workers_map_the_token_table_instead_of_copying_it(tmp_path):
+    import pickle
+
+    d = make_dm(token_cache_dir=tmp_path, tokenizer=make_tokenizer(), num_workers=1)
+    memory = make_dm(tokenizer=make_tokenizer()).tokens
+    tables = sum(getattr(memory, k).numel() * 4 for k in TABLES)
+    # what a spawned worker receives: the entry's path instead of the tables (the collate function holds them)
+    assert len(pickle.dumps(memory)) - len(pickle.dumps(d.tokens)) > tables - 200
+    mapped = str(d.tokens.cache_path / "entity_table.npy")
+    before = open("/proc/self/maps").read().count(mapped)
+    copy = pickle.loads(pickle.dumps(d.train_dataloader().collate_fn)).tokens
+    assert open("/proc/self/maps").read().count(mapped) > before  # the copy maps the file again
+    assert copy == d.tokens == memory and copy.cache_path == d.tokens.cache_path
+    d.shuffle = False
+    batches = list(d.train_dataloader())  # a forked worker (it shares the mapping): the batches of this process
+    d.num_workers = 0
+    assert len(batches) == len(d.train_dataloader()) > 1
+    assert all(torch.equal(x["hr"]["input_ids"], y["hr"]["input_ids"]) for x, y in zip(batches, d.train_dataloader()))

@@ -19,9 +19,11 @@ from conftest import (
     tiny_vocab,
 )
 
+from kgc_kd.data import tokens as tokens_module
 from kgc_kd.data.io import DataWarning
 from kgc_kd.data.kg import KG
-from kgc_kd.data.text import entity_text, entity_texts, relation_texts
+from kgc_kd.data.link_graph import LinkGraph
+from kgc_kd.data.text import entity_text, entity_texts, linked_texts, relation_texts
 from kgc_kd.data.tokens import (
     TokenCache,
     pad,
@@ -142,10 +144,10 @@ def test_special_ids_and_relation_count(tok, kg):
     cache = TokenCache.build(kg, tok, 20)
     assert (cache.cls_id, cache.sep_id, cache.pad_id, cache.mask_id) == (
         tok.cls_token_id, tok.sep_token_id, tok.pad_token_id, tok.mask_token_id)
-    assert len(cache.entity) == kg.num_entities
-    assert len(cache.relation) == 2 * kg.num_relations
+    assert cache.num_entities == len(cache.entity_table) == len(cache.entity_lengths) == kg.num_entities
+    assert len(cache.relation_table) == len(cache.relation_lengths) == 2 * kg.num_relations
     inv = tok.convert_tokens_to_ids("inverse")
-    assert all(cache.relation[r + kg.num_relations][0] == inv for r in range(kg.num_relations))
+    assert all(cache.relation_table[r + kg.num_relations, 0] == inv for r in range(kg.num_relations))
 
 
 def test_hr_ids_hand_example(tok):
@@ -183,7 +185,8 @@ def test_truncation_counted_and_reported_once(tok):
     assert cache.truncated == {"entity_texts": 1, "train_queries": 4}
     # agrees with the ids themselves: a query is truncated iff hr_ids fills max_length and drops pieces
     h_r = [(h, r) for h, r, _ in truncation_kg().with_inverse(truncation_kg().train).tolist()]
-    assert sum(cache.entity_len[h] + cache.relation_len[r] + 3 > len(cache.hr_ids(h, r)[0]) for h, r in h_r) == 4
+    assert sum(cache.entity_lengths[h] + cache.relation_lengths[r] + 3 > len(cache.hr_ids(h, r)[0])
+               for h, r in h_r) == 4
 
 
 def test_truncation_of_queries_only_and_quiet_build(tok):
@@ -291,7 +294,8 @@ def all_pairs(kg: KG) -> tuple[torch.Tensor, torch.Tensor]:
 def test_batches_equal_reference_on_every_length_pair(tok, max_length):
     kg = grid_kg()
     cache = TokenCache.build(kg, tok, max_length)
-    assert cache.entity_len == list(range(13)) and cache.relation_len == list(range(13)) + list(range(1, 14))
+    assert cache.entity_lengths.tolist() == list(range(13))
+    assert cache.relation_lengths.tolist() == list(range(13)) + list(range(1, 14))
     h, r = all_pairs(kg)
     assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
     for i in range(len(h)):  # one row at a time: padded to its own length, no padding column
@@ -309,7 +313,7 @@ def test_batches_equal_reference_on_random_kgs(tok, seed):
     g = torch.Generator().manual_seed(seed)
     for max_length in (5, 8, rng.randint(9, 20), 50):
         cache = TokenCache.build(kg, tok, max_length)
-        assert any(n > max_length for n in cache.entity_len)  # truncated entity texts are exercised
+        assert cache.entity_lengths.max() > max_length  # truncated entity texts are exercised
         h, r = all_pairs(kg)
         assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
         for _ in range(10):  # random batches with repeats, of random sizes
@@ -332,18 +336,6 @@ def test_batches_with_long_relation_texts(tok):
         assert_same_batch(cache.hr_batch(h, r), hr_reference(cache, h, r))
         e = torch.tensor([2, 2, 0, 1])
         assert_same_batch(cache.entity_batch(e), entity_reference(cache, e))
-
-
-def test_tables_hold_the_cached_ids(tok, kg):
-    cache = TokenCache.build(kg, tok, 8)
-    for table, seqs, lengths, full in ((cache.entity_table, cache.entity, cache.entity_lengths, cache.entity_len),
-                                       (cache.relation_table, cache.relation, cache.relation_lengths,
-                                        cache.relation_len)):
-        assert table.dtype == lengths.dtype == torch.long
-        assert table.shape == (len(seqs), max(len(s) for s in seqs))
-        assert lengths.tolist() == full
-        for row, s in zip(table.tolist(), seqs):
-            assert row == s + [cache.pad_id] * (table.shape[1] - len(s))
 
 
 def test_empty_batch(tok, kg):
@@ -516,7 +508,7 @@ def test_link_graph_truncation_counts(minilm):
     assert long_entities == long_queries == 0  # 128 keeps everything
 
 
-def test_link_graph_token_lists_cover_the_colon_of_empty_descriptions(tok):
+def test_link_graph_used_ids_cover_the_colon_of_empty_descriptions(tok):
     # no description anywhere: plain texts are bare names, but with neighbours SimKGC reads "name: ..."
     kg = KG(name="c", entity_ids=["a", "b"], entity_names=["red", "blue"], entity_descs=["", ""],
             relation_ids=["r"], relation_texts=["green"], train=torch.tensor([[0, 0, 1]]), valid=torch.zeros(0, 3),
@@ -524,9 +516,10 @@ def test_link_graph_token_lists_cover_the_colon_of_empty_descriptions(tok):
     colon = tok.convert_tokens_to_ids(":")
     plain = TokenCache.build(kg, tok, 16)
     linked = TokenCache.build(kg, tok, 16, link_graph=True)
-    assert plain.link is None and plain.token_lists() == plain.entity + plain.relation
-    assert colon not in sum(linked.entity + linked.relation, [])
-    assert colon in sum(linked.token_lists(), []) and colon in linked.entity_ids(0)
+    (ent, _), (rel, _) = reference_lists(kg, tok, 16)
+    assert plain.link is None and plain.used_ids().tolist() == sorted(set(sum(ent + rel, [])))
+    assert colon not in plain.used_ids() and colon not in sum(ent + rel, [])
+    assert colon in linked.used_ids() and colon in linked.entity_ids(0)
     assert linked != plain
 
 
@@ -574,4 +567,145 @@ def test_link_graph_off_is_the_plain_cache(tok, kg):
     assert TokenCache.build(kg, tok, 16, link_graph=False) == plain and plain.link is None
     e = torch.arange(kg.num_entities)
     assert plain.exclusion(e, e.flip(0)).tolist() == [-1] * kg.num_entities
-    assert plain.text_ids(3, exclude=5) == (plain.entity[3], plain.entity_len[3])
+    (ent, ent_len), _ = reference_lists(kg, tok, 16)
+    assert plain.text_ids(3, exclude=5) == (ent[3], ent_len[3])
+
+
+# ---- the list-based implementation before the int32 tables, kept as the reference ------------------------
+def reference_lists(kg: KG, tok, max_length: int):
+    """What TokenCache.build kept per text: ids cut at max_length and untruncated lengths, for the entities
+    and the 2R relation texts."""
+    def ids(texts):
+        full = tok(texts, add_special_tokens=False)["input_ids"]
+        return [x[:max_length] for x in full], [len(x) for x in full]
+
+    return ids(entity_texts(kg)), ids(relation_texts(kg))
+
+
+def reference_table(seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Its padded table: (N, max(1, longest)) long, right-padded with pad_id."""
+    return pad([[pad_id], *seqs], pad_id)[0][1:]
+
+
+def reference_link_lists(kg: KG, tok, max_length: int):
+    """Its LinkedTokens lists: heads, names (cut at max_length), untruncated head, bare-head and name lengths."""
+    def wp(texts):
+        return tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+    graph, texts, parts = LinkGraph.of(kg), entity_texts(kg), linked_texts(kg)
+    (plain, plain_len), _ = reference_lists(kg, tok, max_length)
+    prefix, prefix_len, bare_len = list(plain), list(plain_len), list(plain_len)
+    new = [e for e, a in enumerate(graph.augmented.tolist()) if a and parts[e][0] != texts[e]]
+    for e, ids in zip(new, wp([parts[e][0] for e in new])):
+        prefix[e], prefix_len[e], bare_len[e] = ids[:max_length], len(ids), len(ids)
+    differ = [e for e in new if parts[e][1] != parts[e][0]]
+    for e, ids in zip(differ, wp([parts[e][1] for e in differ])):
+        bare_len[e] = len(ids)
+    names = wp(list(kg.entity_names))
+    return graph, prefix, [x[:max_length] for x in names], prefix_len, bare_len, [len(x) for x in names]
+
+
+class ReferenceInputs:
+    """Its per-example hr_ids / entity_ids, on the reference lists."""
+
+    def __init__(self, kg: KG, tok, max_length: int, link_graph: bool):
+        (self.ent, self.ent_len), (self.rel, self.rel_len) = reference_lists(kg, tok, max_length)
+        self.link = reference_link_lists(kg, tok, max_length) if link_graph else None
+        self.max_length, self.cls, self.sep = max_length, tok.cls_token_id, tok.sep_token_id
+
+    def text_ids(self, e, exclude):
+        if self.link is None:
+            return self.ent[e], self.ent_len[e]
+        graph, prefix, names, prefix_len, bare_len, name_len = self.link
+        shown = graph.neighbour_ids(e, exclude)
+        if not shown:
+            return prefix[e][:bare_len[e]], bare_len[e]
+        ids = prefix[e] + [i for n in shown for i in names[n]]
+        return ids[:self.max_length], prefix_len[e] + sum(name_len[n] for n in shown)
+
+    def hr_ids(self, h, r, exclude=None):
+        (a, a_len), b = self.text_ids(h, exclude), self.rel[r]
+        na, nb = truncate_longest_first(a_len, self.rel_len[r], self.max_length - 3)
+        return [self.cls, *a[:na], self.sep, *b[:nb], self.sep], [0] * (na + 2) + [1] * (nb + 1)
+
+    def entity_ids(self, e, exclude=None):
+        return [self.cls, *self.text_ids(e, exclude)[0][: self.max_length - 2], self.sep]
+
+
+def varied_kg(seed: int) -> KG:
+    """Random texts of 0 to ~60 word pieces (many cut at the lengths below), some empty descriptions and
+    empty names, and a train graph with two hubs (so link-graph lists are capped at 10)."""
+    kg = random_link_kg(seed, n=40, r=5, edges=120)
+    kg.entity_names[3] = ""
+    kg.entity_descs[3] = ""
+    return kg
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("chunk", [7, 65_536])
+def test_tables_equal_the_reference_lists(tok, seed, chunk, monkeypatch):
+    monkeypatch.setattr(tokens_module, "CHUNK_TEXTS", chunk)  # 7: the texts go through the tokenizer in chunks
+    kg = varied_kg(seed)
+    for max_length in (5, 8, 17, 64):
+        cache = TokenCache.build(kg, tok, max_length)
+        (ent, ent_len), (rel, rel_len) = reference_lists(kg, tok, max_length)
+        assert max(ent_len) > max_length and min(ent_len) == 0 or max_length == 64  # cut and empty texts
+        for table, lengths, seqs, full in ((cache.entity_table, cache.entity_lengths, ent, ent_len),
+                                           (cache.relation_table, cache.relation_lengths, rel, rel_len)):
+            assert table.dtype == lengths.dtype == torch.int32 and table.is_contiguous()
+            assert torch.equal(table.long(), reference_table(seqs, tok.pad_token_id))  # same width and padding
+            assert lengths.tolist() == full
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("link_graph", [False, True])
+def test_batches_equal_the_reference_implementation(tok, seed, link_graph, monkeypatch):
+    monkeypatch.setattr(tokens_module, "CHUNK_TEXTS", 5)
+    kg = varied_kg(seed)
+    g = torch.Generator().manual_seed(seed)
+    for max_length in (5, 9, 16, 50):
+        cache = TokenCache.build(kg, tok, max_length, link_graph=link_graph, warn=False)
+        ref = ReferenceInputs(kg, tok, max_length, link_graph)
+        rows = kg.with_inverse(kg.train)[torch.randint(0, 2 * len(kg.train), (64,), generator=g)]
+        h, r, t = rows.unbind(1)
+        x = cache.exclusion(h, t)
+        want = [ref.hr_ids(a, b, None if c < 0 else c) for a, b, c in zip(h.tolist(), r.tolist(), x.tolist())]
+        ids, mask = pad_reference([w[0] for w in want], tok.pad_token_id)
+        assert_same_batch(cache.hr_batch(h, r, x), {"input_ids": ids, "attention_mask": mask,
+                                                    "token_type_ids": pad_reference([w[1] for w in want], 0)[0]})
+        e = torch.arange(kg.num_entities)
+        ids, mask = pad_reference([ref.entity_ids(a) for a in e.tolist()], tok.pad_token_id)
+        assert_same_batch(cache.entity_batch(e), {"input_ids": ids, "attention_mask": mask,
+                                                  "token_type_ids": torch.zeros_like(ids)})
+        for a in range(kg.num_entities):
+            assert cache.text_ids(a) == ref.text_ids(a, None)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_link_tables_equal_the_reference_lists(tok, seed):
+    kg = varied_kg(seed)
+    for max_length in (6, 12, 50):
+        link = TokenCache.build(kg, tok, max_length, link_graph=True, warn=False).link
+        _, prefix, names, prefix_len, bare_len, name_len = reference_link_lists(kg, tok, max_length)
+        rows = prefix + names
+        assert link.table.dtype == torch.int32 and link.table.shape == (len(rows), max(1, *map(len, rows)))
+        assert [link.table[i, :len(s)].tolist() for i, s in enumerate(rows)] == rows
+        assert link.lengths.tolist() == prefix_len + name_len and link.bare.tolist() == bare_len
+
+
+def test_used_ids_are_the_ids_of_every_text(tok):
+    kg = varied_kg(0)
+    for max_length in (5, 30):
+        (ent, _), (rel, _) = reference_lists(kg, tok, max_length)
+        cache = TokenCache.build(kg, tok, max_length)
+        used = cache.used_ids()
+        assert used.dtype == torch.long and used.tolist() == sorted(set(sum(ent + rel, [])))
+        assert tok.pad_token_id not in used  # padding is not a used id (the tiny texts never contain [PAD])
+
+
+def test_cache_equality_compares_ids_not_storage(tok, kg):
+    a, b = TokenCache.build(kg, tok, 16), TokenCache.build(kg, tok, 16)
+    assert a == b and a != TokenCache.build(kg, tok, 17)
+    b.entity_table = b.entity_table.clone()
+    b.entity_table[0, 0] += 1
+    assert a != b

@@ -69,6 +69,17 @@ def test_tiny_pruned_tokenizer_and_encoder_reproduce_the_originals(order):
     assert ptok.decode(batches[0][1]["input_ids"][1], skip_special_tokens=True) == PROBES[1]
 
 
+def test_used_token_ids_of_a_tensor_equals_that_of_lists():
+    tok = make_tokenizer()
+    lists = tok(CORPUS, add_special_tokens=False)["input_ids"]
+    flat = torch.tensor([i for ids in lists for i in ids], dtype=torch.int32).reshape(-1, 1)  # any shape, dtype
+    kept = used_token_ids(flat, tok)
+    assert kept.dtype == torch.long and torch.equal(kept, used_token_ids(lists, tok))
+    assert kept.tolist() == sorted({*flat.flatten().tolist(), *tok.all_special_ids})
+    with pytest.raises(ValueError, match=f"token id {len(tok)} is outside"):
+        used_token_ids(torch.tensor([len(tok)]), tok)
+
+
 def test_tiny_text_with_dropped_pieces_tokenises_differently():
     """The guarantee covers only texts whose full-vocabulary pieces are kept."""
     tok = make_tokenizer()
@@ -100,7 +111,8 @@ def test_umls_minilm_tokenizer_pruning(umls_minilm):
     kg, ents, rels, tok = umls_minilm
     full = tok(ents + rels, add_special_tokens=False)["input_ids"]
     cache = TokenCache.build(kg, tok, max_length=32)
-    kept = used_token_ids([*cache.entity, *cache.relation, *full], tok)
+    kept = used_token_ids([cache.used_ids(), *full], tok)
+    assert torch.equal(kept, used_token_ids(torch.cat([cache.used_ids(), *map(torch.tensor, full)]), tok))
     print(f"UMLS: {kept.numel()} of {len(tok)} MiniLM word-pieces kept")
     assert 100 < kept.numel() < 5000 and len(tok) == 30522
     mapping = id_map(kept, len(tok))
@@ -116,8 +128,10 @@ def test_umls_minilm_tokenizer_pruning(umls_minilm):
     assert torch.equal(pairs_n["token_type_ids"], pairs_o["token_type_ids"])
     # the training cache built with the pruned tokenizer is the remapped original cache
     pcache = TokenCache.build(kg, ptok, max_length=32)
-    assert pcache.entity == remap_ids(cache.entity, mapping)
-    assert pcache.relation == remap_ids(cache.relation, mapping)
+    for table, lengths in (("entity_table", "entity_lengths"), ("relation_table", "relation_lengths")):
+        kept_cols = torch.arange(getattr(cache, table).shape[1]) < getattr(cache, lengths).clamp(max=32).unsqueeze(1)
+        assert torch.equal(getattr(pcache, lengths), getattr(cache, lengths))
+        assert torch.equal(getattr(pcache, table)[kept_cols], remap_ids(getattr(cache, table)[kept_cols], mapping))
     assert (pcache.cls_id, pcache.sep_id, pcache.pad_id, pcache.mask_id) == \
         tuple(int(mapping[i]) for i in (cache.cls_id, cache.sep_id, cache.pad_id, cache.mask_id))
 

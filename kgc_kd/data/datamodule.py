@@ -1,11 +1,17 @@
 """One LightningDataModule of KG triples, shared by the teacher and every student stage.
 
 The KG is loaded once; tokenised inputs are cached per tokenizer fingerprint, so stages that share a
-vocabulary (all of a distillation chain) never tokenise twice. `connect(tokenizer)` binds the tokenizer
+vocabulary (all of a distillation chain) never tokenise twice. With `token_cache_dir` (the chain passes
+`<run.root>/token-cache`) the token tables are also kept on disk and memory-mapped
+(`TokenCache.load_or_build`): DDP ranks share one copy and a later run reads it instead of tokenising.
+Data-loader workers get the tables without a copy: forked ones share the mapping, spawned ones map the
+file again (a pickled `TokenCache` carries its entry's path). `connect(tokenizer)` binds the tokenizer
 after the model is built (the model decides which tokenizer applies).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -38,6 +44,7 @@ class KGDataModule(L.LightningDataModule):
         drop_unknown: bool = False,
         link_graph: bool = False,
         val_max_queries: int | None = None,
+        token_cache_dir: str | Path | None = None,
     ):
         super().__init__()
         self.source = source
@@ -51,6 +58,7 @@ class KGDataModule(L.LightningDataModule):
         self.link_graph = link_graph  # SimKGC's neighbour names after short descriptions (data.link_graph)
         self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic,
                              "drop_unknown": drop_unknown}
+        self.token_cache_dir = None if token_cache_dir is None else Path(token_cache_dir)  # None: in memory only
         self._token_caches: dict[str, TokenCache] = {}
         self.tokens: TokenCache | None = None
         self._known: KnownTriples | None = None
@@ -76,7 +84,9 @@ class KGDataModule(L.LightningDataModule):
     def connect(self, tokenizer) -> None:
         key = f"{tokenizer_fingerprint(tokenizer)}-{self.max_length}"
         if key not in self._token_caches:
-            self._token_caches[key] = TokenCache.build(self.kg, tokenizer, self.max_length, link_graph=self.link_graph)
+            self._token_caches[key] = TokenCache.load_or_build(self.kg, tokenizer, self.max_length,
+                                                               cache_dir=self.token_cache_dir,
+                                                               link_graph=self.link_graph)
         self.tokens = self._token_caches[key]
 
     def _require_tokens(self) -> TokenCache:

@@ -4,30 +4,47 @@ A training step needs thousands of (head text, relation text) pairs; re-running 
 is wasted work, and the same cache serves every stage of a distillation chain that shares a tokenizer.
 Pair truncation reproduces Hugging Face's `longest_first` (tests compare against the tokenizer itself).
 The per-example `hr_ids`/`entity_ids` are the readable reference; collate functions call `hr_batch` and
-`entity_batch`, which build the same padded batch from padded id tables with tensor ops only (no Python
+`entity_batch`, which build the same padded batch from the id tables with tensor ops only (no Python
 loop over the examples of a batch).
+
+Host memory is proportional to the data: the ids are one (E, W) int32 table, right-padded, W <= max_length,
+plus the untruncated (E,) lengths (longest_first needs them), and the same for the 2R relation texts; no
+per-text Python list is kept (at Wikidata5M's 4.6M entities, lists of ints took ~30 GB, the table ~1 GB).
+Texts are tokenised CHUNK_TEXTS at a time into the preallocated table, so the peak is the table plus one
+chunk's lists. `TokenCache.load_or_build` keeps the tables on disk under the run root (`token_store`,
+keyed by the tokenizer fingerprint, max length and a fingerprint of every text) and maps them: the
+ranks of a DDP run, later stages and later runs read one copy through the page cache, and a second run
+does not tokenise at all. A pickled cache (a spawned data-loader worker) carries the entry's path.
 
 With `link_graph` (SimKGC's neighbour text, see `kgc_kd.data.link_graph`), an entity's text depends on the
 example (the training partner is left out of its neighbour list), so it is not cached whole: `LinkedTokens`
-keeps each entity's text up to its neighbour names and each entity's name, and a batch's texts are
-assembled from those pieces (at most 11 per text) by the same kind of gathers. WordPiece splits at
-whitespace, so the pieces of "text name1 name2" are those of "text", "name1" and "name2" in turn; `build`
-checks this on the real texts and tokenizer.
+keeps each entity's text up to its neighbour names and each entity's name (one more (2E, W) table, built
+in memory on top of the plain tables), and a batch's texts are assembled from those pieces (at most 11 per
+text) by the same kind of gathers. WordPiece splits at whitespace, so the pieces of "text name1 name2" are
+those of "text", "name1" and "name2" in turn; `build` checks this on the real texts and tokenizer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from kgc_kd.data import token_store
 from kgc_kd.data.io import warn as data_warning
 from kgc_kd.data.kg import KG
 from kgc_kd.data.link_graph import LinkGraph
-from kgc_kd.data.text import entity_texts, linked_text, linked_texts, prefix_mismatch, relation_texts
+from kgc_kd.data.text import entity_text, linked_text, linked_texts, prefix_mismatch, relation_texts
+
+CHUNK_TEXTS = 65_536  # texts per tokenizer call: peak memory is one chunk's Python lists plus the table
+QUERY_CHUNK = 1 << 20  # training triples per step of the truncation count
+TABLES = ("entity_table", "entity_lengths", "relation_table", "relation_lengths")  # a cache entry's arrays
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -40,12 +57,61 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass
+def text_fingerprint(kg: KG) -> str:
+    """Every entity text and relation text (forward then inverse) in order: the data part of a cache entry's
+    key. Hashed a chunk at a time (lengths and bytes apart, so the digest does not depend on the chunking)."""
+    lengths, data = hashlib.sha1(), hashlib.sha1()
+    for texts in itertools.chain(entity_text_chunks(kg), [relation_texts(kg)]):
+        encoded = [t.encode() for t in texts]
+        lengths.update(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)).tobytes())
+        data.update(b"".join(encoded))
+    head = f"{kg.num_entities} {2 * kg.num_relations}\n".encode()
+    return hashlib.sha1(head + lengths.digest() + data.digest()).hexdigest()[:16]
+
+
+def chunks(seq: Sequence, size: int | None = None) -> Iterator[Sequence]:
+    size = size or CHUNK_TEXTS
+    for start in range(0, len(seq), size):
+        yield seq[start:start + size]
+
+
+def entity_text_chunks(kg: KG) -> Iterator[list[str]]:
+    """`text.entity_texts`, CHUNK_TEXTS at a time: the list of every entity's text is never held."""
+    for names, descs in zip(chunks(kg.entity_names), chunks(kg.entity_descs)):
+        yield [entity_text(n, d) for n, d in zip(names, descs)]
+
+
+def tokenise_table(tokenizer, text_chunks: Iterable[list[str]], n: int, max_length: int,
+                   pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """The word pieces of n texts (given chunk by chunk) as an (n, W) int32 table, cut at max_length and
+    right-padded with pad_id (W: the longest kept row, at least 1, so gathers stay valid when every text is
+    empty), and their (n,) int32 untruncated lengths. Each chunk is written into one preallocated table."""
+    table = np.full((n, max_length), pad_id, dtype=np.int32)
+    lengths = np.zeros(n, dtype=np.int32)
+    columns = np.arange(max_length)
+    start = 0
+    for texts in text_chunks:
+        pieces = word_pieces(tokenizer, texts)
+        stop = start + len(pieces)
+        full = np.fromiter(map(len, pieces), dtype=np.int32, count=len(pieces))
+        kept = np.minimum(full, max_length)
+        flat = np.fromiter(itertools.chain.from_iterable(x[:max_length] for x in pieces), dtype=np.int32,
+                           count=int(kept.sum()))
+        table[start:stop][columns < kept[:, None]] = flat  # row by row, in order
+        lengths[start:stop] = full
+        start = stop
+    if start != n:
+        raise ValueError(f"{start} texts were tokenised, expected {n}")
+    width = max(1, min(int(lengths.max(initial=0)), max_length))
+    return (table if width == max_length else np.ascontiguousarray(table[:, :width])), lengths
+
+
+@dataclass(eq=False)
 class TokenCache:
-    entity: list[list[int]]  # word-piece ids without special tokens, per entity id (cut at max_length)
-    relation: list[list[int]]  # per relation id in [0, 2R)
-    entity_len: list[int]  # untruncated lengths: longest_first compares the full lengths
-    relation_len: list[int]
+    entity_table: Tensor  # (E, W) int32: word pieces without special tokens, cut at max_length, right-padded
+    entity_lengths: Tensor  # (E,) int32 untruncated lengths: longest_first compares the full lengths
+    relation_table: Tensor  # (2R, W') int32, per relation id in [0, 2R)
+    relation_lengths: Tensor  # (2R,) int32
     max_length: int
     cls_id: int
     sep_id: int
@@ -53,82 +119,145 @@ class TokenCache:
     mask_id: int
     link: LinkedTokens | None = None  # data.link_graph: the pieces of SimKGC's neighbour text
     # how many inputs max_length cuts: "entity_texts" ([CLS] text [SEP]) and "train_queries" ([CLS] head [SEP]
-    # relation [SEP] over the training triples and their inverses); set by `build`
-    truncated: dict[str, int] = field(default_factory=dict, compare=False)
-    # the same ids and lengths as tensors, for the vectorised batch builders (derived in __post_init__)
-    entity_table: Tensor = field(init=False, repr=False, compare=False)  # (E, Lmax) long, right-padded
-    relation_table: Tensor = field(init=False, repr=False, compare=False)  # (2R, Lmax) long
-    entity_lengths: Tensor = field(init=False, repr=False, compare=False)  # (E,) untruncated, like entity_len
-    relation_lengths: Tensor = field(init=False, repr=False, compare=False)  # (2R,)
-
-    def __post_init__(self) -> None:
-        self.entity_table, self.relation_table = _table(self.entity, self.pad_id), _table(self.relation, self.pad_id)
-        self.entity_lengths = torch.tensor(self.entity_len, dtype=torch.long)
-        self.relation_lengths = torch.tensor(self.relation_len, dtype=torch.long)
+    # relation [SEP] over the training triples and their inverses); not part of equality
+    truncated: dict[str, int] = field(default_factory=dict)
+    cache_path: Path | None = None  # the token_store entry the four tables are mapped from (None: in memory)
 
     @classmethod
     def build(cls, kg: KG, tokenizer, max_length: int, *, warn: bool = True, link_graph: bool = False) -> TokenCache:
-        """Tokenise every text of `kg`; counts what max_length truncates (`truncated`) and, with `warn`,
-        reports it in one `DataWarning`. `link_graph`: entity texts get SimKGC's neighbour names."""
-        if max_length < 5:
-            raise ValueError(f"data.max_length={max_length} is too short for [CLS] entity [SEP] relation [SEP]")
-        if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer needs [CLS], [SEP] and [PAD] tokens (a BERT-style tokenizer)")
+        """Tokenise every text of `kg` in memory; counts what max_length truncates (`truncated`) and, with
+        `warn`, reports it in one `DataWarning`. `link_graph`: entity texts get SimKGC's neighbour names."""
+        special = _special_ids(tokenizer, max_length)
+        tables = {k: torch.from_numpy(v) for k, v in _tokenise(kg, tokenizer, max_length, special["pad_id"]).items()}
+        return cls._assemble(kg, tokenizer, max_length, tables, special, link_graph=link_graph, warn=warn)
 
-        def ids(texts: list[str]) -> tuple[list[list[int]], list[int]]:
-            full = word_pieces(tokenizer, texts)
-            return [x[:max_length] for x in full], [len(x) for x in full]
+    @classmethod
+    def load_or_build(cls, kg: KG, tokenizer, max_length: int, *, cache_dir: Path | None, link_graph: bool = False,
+                      warn: bool = True) -> TokenCache:
+        """`build`, with the four tables read from (or, the first time, written to) the `token_store` entry
+        of this tokenizer, max length and these texts under `cache_dir` and memory-mapped from there
+        (`cache_path`). `cache_dir=None`: `build`. The truncation counts are computed again on a hit (the
+        training triples are not part of the key) and warned about as on a build; the link-graph pieces
+        are built in memory each time."""
+        if cache_dir is None:
+            return cls.build(kg, tokenizer, max_length, warn=warn, link_graph=link_graph)
+        special = _special_ids(tokenizer, max_length)
+        key = {"format": token_store.FORMAT, "tokenizer": tokenizer_fingerprint(tokenizer),
+               "max_length": int(max_length), "texts": text_fingerprint(kg)}
+        entry = Path(cache_dir) / token_store.entry_name(key)
+        with token_store.building(entry):
+            found = token_store.read(entry, key)
+            if found is None:
+                arrays = _tokenise(kg, tokenizer, max_length, special["pad_id"])
+                counts = {"entities": kg.num_entities, "relations": 2 * kg.num_relations,
+                          "truncated_entity_texts": int((arrays["entity_lengths"] > max_length - 2).sum())}
+                token_store.write(entry, arrays, {"key": key, "special_ids": special, **counts},
+                                  replace=entry.exists())
+                del arrays  # the mapped file replaces the in-memory copy
+                tables = token_store.open_arrays(entry)
+            else:
+                tables = found[0]
+        return cls._assemble(kg, tokenizer, max_length, tables, special, link_graph=link_graph, warn=warn,
+                             cache_path=entry)
 
-        mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
-        texts = entity_texts(kg)
-        (ent, ent_len), (rel, rel_len) = ids(texts), ids(relation_texts(kg))
-        link = LinkedTokens.build(kg, tokenizer, max_length, texts, ent, ent_len, warn=warn) if link_graph else None
-        cache = cls(ent, rel, ent_len, rel_len, max_length, tokenizer.cls_token_id, tokenizer.sep_token_id,
-                    tokenizer.pad_token_id, mask_id, link)
-        cache.truncated = cache.count_truncated(kg.with_inverse(kg.train))
+    @classmethod
+    def _assemble(cls, kg: KG, tokenizer, max_length: int, tables: dict[str, Tensor], special: dict[str, int], *,
+                  link_graph: bool, warn: bool, cache_path: Path | None = None) -> TokenCache:
+        cache = cls(**{k: tables[k] for k in TABLES}, max_length=max_length, **special, cache_path=cache_path)
+        if cache.num_entities != kg.num_entities or len(cache.relation_lengths) != 2 * kg.num_relations:
+            raise ValueError(f"token tables of {cache.num_entities} entities and {len(cache.relation_lengths)} "
+                             f"relations for a KG of {kg.num_entities} and {2 * kg.num_relations}")
+        if link_graph:
+            cache.link = LinkedTokens.build(kg, tokenizer, cache, warn=warn)
+        cache.truncated = cache.count_truncated(kg.train, kg.num_relations)
         n_ent, n_query = cache.truncated["entity_texts"], cache.truncated["train_queries"]
         if warn and (n_ent or n_query):
-            what = "entity texts (with neighbour names)" if link else "entity texts"
-            data_warning(f"data.max_length={max_length}: {n_ent:,} of {len(ent):,} {what} and {n_query:,} of "
+            what = "entity texts (with neighbour names)" if link_graph else "entity texts"
+            data_warning(f"data.max_length={max_length}: {n_ent:,} of {kg.num_entities:,} {what} and {n_query:,} of "
                          f"{2 * len(kg.train):,} training queries are truncated (word pieces past the limit are cut; "
                          "a larger data.max_length keeps them)")
-        if link is not None:
-            link.check_assembly(kg, tokenizer, cache)
+        if cache.link is not None:
+            cache.link.check_assembly(kg, tokenizer, cache)
         return cache
 
-    def count_truncated(self, queries: Tensor) -> dict[str, int]:
-        """Entity texts longer than [CLS] text [SEP] allows, and rows (h, r, t) of `queries` whose
-        [CLS] text(h) [SEP] text(r) [SEP] is longer than max_length (with link_graph: entity texts as ranking
-        candidates, i.e. with all their neighbours; query heads as in training, without t)."""
-        all_entities = torch.arange(len(self.entity))
-        entities = int((self.text_lengths(all_entities) > self.max_length - 2).sum())
-        h, r = queries[:, 0], queries[:, 1]
-        head_len = self.text_lengths(h, queries[:, 2]) if self.link is not None else self.entity_lengths[h]
-        long = head_len + self.relation_lengths[r] + 3 > self.max_length
-        return {"entity_texts": entities, "train_queries": int(long.sum())}
+    @property
+    def num_entities(self) -> int:
+        return self.entity_table.shape[0]
 
-    def token_lists(self) -> list[list[int]]:
-        """Every cached id sequence an input is built from (for vocabulary checks and pruning)."""
-        extra = self.link.prefix + self.link.names if self.link is not None else []
-        return self.entity + self.relation + extra
+    @property
+    def entity(self) -> _Rows:
+        """Transitional: the rows of `entity_table` as lists, for `len(tokens.entity)` in batching.py until
+        it reads `num_entities` (nothing is materialised)."""
+        return _Rows(self.entity_table, self.entity_lengths, self.max_length)
+
+    def __eq__(self, other: object) -> bool:
+        """The same ids, lengths, special ids and link pieces (not `truncated` or where the tables live)."""
+        if not isinstance(other, TokenCache):
+            return NotImplemented
+        scalars = ("max_length", "cls_id", "sep_id", "pad_id", "mask_id")
+        return (all(getattr(self, k) == getattr(other, k) for k in scalars)
+                and all(torch.equal(getattr(self, k), getattr(other, k)) for k in TABLES) and self.link == other.link)
+
+    def __getstate__(self) -> dict:
+        """Pickled for a spawned data-loader worker: mapped tables travel as their entry's path (the worker
+        maps the file again) instead of as a copy of the table."""
+        state = dict(self.__dict__)
+        if self.cache_path is not None:
+            state.update(dict.fromkeys(TABLES))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.cache_path is not None:
+            tables = token_store.open_arrays(self.cache_path)
+            for k in TABLES:
+                setattr(self, k, tables[k])
+
+    def count_truncated(self, train: Tensor, num_relations: int) -> dict[str, int]:
+        """Entity texts longer than [CLS] text [SEP] allows, and training queries (every (h, r, t) of `train`
+        and its inverse (t, r + num_relations, h)) whose [CLS] text(h) [SEP] text(r) [SEP] is longer than
+        max_length (with link_graph: entity texts as ranking candidates, i.e. with all their neighbours;
+        query heads as in training, without the partner). Counted QUERY_CHUNK triples at a time."""
+        entities = int((self.text_lengths(torch.arange(self.num_entities)) > self.max_length - 2).sum())
+        queries = 0
+        for rows in train.split(QUERY_CHUNK):
+            h, r, t = rows.unbind(1)
+            for head, rel, partner in ((h, r, t), (t, r + num_relations, h)):
+                length = self.text_lengths(head, partner) + self.relation_lengths[rel].long() + 3
+                queries += int((length > self.max_length).sum())
+        return {"entity_texts": entities, "train_queries": queries}
+
+    def used_ids(self) -> Tensor:
+        """Sorted unique word-piece ids that inputs are built from: every table's ids within each row's
+        length, link-graph pieces included (for vocabulary checks and pruning; `vocab.used_token_ids` adds the
+        special tokens). Read QUERY_CHUNK rows at a time."""
+        tables = [(self.entity_table, self.entity_lengths), (self.relation_table, self.relation_lengths)]
+        if self.link is not None:
+            tables.append((self.link.table, self.link.lengths))
+        found = [torch.zeros(0, dtype=torch.long)]
+        for table, lengths in tables:
+            columns = torch.arange(table.shape[1])
+            for rows, n in zip(table.split(QUERY_CHUNK), lengths.split(QUERY_CHUNK)):
+                found.append(torch.unique(rows[columns < n.unsqueeze(1)]).long())
+        return torch.unique(torch.cat(found))
 
     # ---- an entity's text (without special tokens); `exclude`: the training partner (data.link_graph) -----
     def text_ids(self, e: int, exclude: int | None = None) -> tuple[list[int], int]:
         """Word pieces of entity e's text, cut at max_length, and its untruncated length."""
         if self.link is None:
-            return self.entity[e], self.entity_len[e]
+            return _row(self.entity_table, self.entity_lengths, e, self.max_length)
         return self.link.text_ids(e, exclude, self.max_length)
 
     def text_batch(self, e: Tensor, exclude: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """`text_ids` for every e[i] (exclude[i] = -1: none): (B, W) ids, right-padded with junk past each
-        row's length and holding at least its first max_length pieces, and (B,) untruncated lengths."""
+        """`text_ids` for every e[i] (exclude[i] = -1: none): (B, W) int32 ids, right-padded with junk past each
+        row's length and holding at least its first max_length pieces, and (B,) long untruncated lengths."""
         if self.link is None:
-            return self.entity_table[e], self.entity_lengths[e]
+            return self.entity_table[e], self.entity_lengths[e].long()
         return self.link.text_batch(e, exclude, self.max_length)
 
     def text_lengths(self, e: Tensor, exclude: Tensor | None = None) -> Tensor:
         if self.link is None:
-            return self.entity_lengths[e]
+            return self.entity_lengths[e].long()
         return self.link.segments(e, exclude)[1].sum(1)
 
     def exclusion(self, e: Tensor, partner: Tensor) -> Tensor:
@@ -141,8 +270,9 @@ class TokenCache:
     # ---- model inputs -----------------------------------------------------------------------------------
     def hr_ids(self, h: int, r: int, exclude: int | None = None) -> tuple[list[int], list[int]]:
         """[CLS] text(h) [SEP] text(r) [SEP] with token types 0/1, truncated longest-first."""
-        (a, a_len), b = self.text_ids(h, exclude), self.relation[r]
-        na, nb = truncate_longest_first(a_len, self.relation_len[r], self.max_length - 3)
+        (a, a_len), (b, b_len) = self.text_ids(h, exclude), _row(self.relation_table, self.relation_lengths, r,
+                                                                 self.max_length)
+        na, nb = truncate_longest_first(a_len, b_len, self.max_length - 3)
         ids = [self.cls_id, *a[:na], self.sep_id, *b[:nb], self.sep_id]
         return ids, [0] * (na + 2) + [1] * (nb + 1)
 
@@ -153,7 +283,7 @@ class TokenCache:
     def hr_batch(self, h: Tensor, r: Tensor, exclude: Tensor | None = None) -> dict[str, Tensor]:
         """`hr_ids` for every (h[i], r[i], exclude[i]), right-padded to the longest row: the batched model input."""
         a_rows, a_len = self.text_batch(h, exclude)
-        na, nb = truncate_longest_first_batch(a_len, self.relation_lengths[r], self.max_length - 3)
+        na, nb = truncate_longest_first_batch(a_len, self.relation_lengths[r].long(), self.max_length - 3)
         pos, length = _positions(na + nb + 3)
         na, nb = na.unsqueeze(1), nb.unsqueeze(1)
         a = _gather(a_rows, pos - 1)
@@ -168,79 +298,125 @@ class TokenCache:
         n = n.clamp(max=self.max_length - 2)
         pos, length = _positions(n + 2)
         ids = torch.where(pos < length - 1, _gather(rows, pos - 1), self.sep_id)
-        return _finish(ids, pos, length, token_types=torch.zeros_like(ids), cls_id=self.cls_id, pad_id=self.pad_id)
+        return _finish(ids, pos, length, token_types=torch.zeros_like(ids, dtype=torch.long), cls_id=self.cls_id,
+                       pad_id=self.pad_id)
 
 
-@dataclass
+class _Rows(Sequence):
+    """Rows of a token table as lists, read one at a time (see `TokenCache.entity`)."""
+
+    def __init__(self, table: Tensor, lengths: Tensor, max_length: int):
+        self.table, self.lengths, self.max_length = table, lengths, max_length
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        return _row(self.table, self.lengths, i, self.max_length)[0]
+
+
+def _row(table: Tensor, lengths: Tensor, i: int, max_length: int) -> tuple[list[int], int]:
+    """Row i's kept ids (its first min(length, max_length) columns) and its untruncated length."""
+    n = int(lengths[i])
+    return table[i, :min(n, max_length)].tolist(), n
+
+
+def _special_ids(tokenizer, max_length: int) -> dict[str, int]:
+    if max_length < 5:
+        raise ValueError(f"data.max_length={max_length} is too short for [CLS] entity [SEP] relation [SEP]")
+    if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer needs [CLS], [SEP] and [PAD] tokens (a BERT-style tokenizer)")
+    mask_id = tokenizer.mask_token_id if tokenizer.mask_token_id is not None else tokenizer.unk_token_id
+    return {"cls_id": int(tokenizer.cls_token_id), "sep_id": int(tokenizer.sep_token_id),
+            "pad_id": int(tokenizer.pad_token_id), "mask_id": int(mask_id)}
+
+
+def _tokenise(kg: KG, tokenizer, max_length: int, pad_id: int) -> dict[str, np.ndarray]:
+    """The four tables (`TABLES`) of `kg`'s entity and relation texts."""
+    ent, ent_len = tokenise_table(tokenizer, entity_text_chunks(kg), kg.num_entities, max_length, pad_id)
+    rel, rel_len = tokenise_table(tokenizer, [relation_texts(kg)], 2 * kg.num_relations, max_length, pad_id)
+    return {"entity_table": ent, "entity_lengths": ent_len, "relation_table": rel, "relation_lengths": rel_len}
+
+
+@dataclass(eq=False)
 class LinkedTokens:
     """The pieces of SimKGC's neighbour text (data.link_graph): an entity's text is its "head" (for an entity
     with a short description, the text up to its neighbour names, `text.linked_prefix`; otherwise its plain
     text) followed by the names of the neighbours it shows (`LinkGraph.shown`)."""
 
-    graph: LinkGraph = field(compare=False)
-    prefix: list[list[int]]  # per entity: the head's word pieces (cut at max_length)
-    names: list[list[int]]  # per entity: its name's word pieces, as a neighbour list shows it (cut at max_length)
-    prefix_len: list[int]  # untruncated
-    bare_len: list[int]  # length of the head when no name follows (SimKGC's "name" instead of "name:")
-    name_len: list[int]
+    graph: LinkGraph
+    table: Tensor  # (2E, W) int32: rows 0..E-1 each entity's head, E..2E-1 its name as a neighbour list shows it
+    lengths: Tensor  # (2E,) int32 untruncated lengths of those rows
+    bare: Tensor  # (E,) int32: length of the head when no name follows (SimKGC's "name" instead of "name:")
     # entities whose text differs from SimKGC's for some neighbour list (`text.prefix_mismatch`; warned about)
     mismatched: list[int] = field(default_factory=list)
-    # rows 0..E-1: heads, rows E..2E-1: names, right-padded; and their untruncated lengths (derived)
-    table: Tensor = field(init=False, repr=False, compare=False)
-    lengths: Tensor = field(init=False, repr=False, compare=False)
-    bare: Tensor = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        self.table = _table(self.prefix + self.names, 0)
-        self.lengths = torch.tensor(self.prefix_len + self.name_len, dtype=torch.long)
-        self.bare = torch.tensor(self.bare_len, dtype=torch.long)
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LinkedTokens):
+            return NotImplemented
+        return (torch.equal(self.table, other.table) and torch.equal(self.lengths, other.lengths)
+                and torch.equal(self.bare, other.bare) and self.mismatched == other.mismatched)
 
     @classmethod
-    def build(cls, kg: KG, tokenizer, max_length: int, plain_texts: list[str], plain: list[list[int]],
-              plain_len: list[int], *, warn: bool = True) -> LinkedTokens:
-        """`plain_texts`, `plain`, `plain_len`: the entities' texts without neighbours and their word pieces
-        (`text.entity_texts`, TokenCache.entity / entity_len), reused where the head is the same text."""
+    def build(cls, kg: KG, tokenizer, plain: TokenCache, *, warn: bool = True) -> LinkedTokens:
+        """`plain`: the cache without neighbours; its entity rows are the heads wherever the head is the
+        plain text. Per-entity lists here (the link graph is not the path the scale targets are set for)."""
         graph = LinkGraph.of(kg)
+        n, max_length, pad_id = kg.num_entities, plain.max_length, plain.pad_id
         parts = linked_texts(kg)
-        prefix, prefix_len, bare_len = list(plain), list(plain_len), list(plain_len)
+        heads = np.full((n, max_length), pad_id, dtype=np.int32)
+        heads[:, :plain.entity_table.shape[1]] = plain.entity_table.numpy()
+        head_len = plain.entity_lengths.numpy().copy()
+        bare = head_len.copy()
         # most heads are the plain text ("name: desc"); entities without description read "name:"
-        new = [e for e, a in enumerate(graph.augmented.tolist()) if a and parts[e][0] != plain_texts[e]]
-        for e, ids in zip(new, word_pieces(tokenizer, [parts[e][0] for e in new])):
-            prefix[e], prefix_len[e], bare_len[e] = ids[:max_length], len(ids), len(ids)
+        new = [e for e, a in enumerate(graph.augmented.tolist())
+               if a and parts[e][0] != entity_text(kg.entity_names[e], kg.entity_descs[e])]
+        new_ids = word_pieces(tokenizer, [parts[e][0] for e in new])
+        for e, ids in zip(new, new_ids):
+            heads[e] = pad_id
+            heads[e, :min(len(ids), max_length)] = ids[:max_length]
+            head_len[e] = bare[e] = len(ids)
         # SimKGC reads "name" (no ":") when the description is only the name and no neighbour follows
-        differ = [e for e in new if parts[e][1] != parts[e][0]]
-        for e, ids in zip(differ, word_pieces(tokenizer, [parts[e][1] for e in differ])):
-            if prefix[e][:min(len(ids), max_length)] != ids[:max_length]:
+        differ = [(e, ids) for e, ids in zip(new, new_ids) if parts[e][1] != parts[e][0]]
+        for (e, head), ids in zip(differ, word_pieces(tokenizer, [parts[e][1] for e, _ in differ])):
+            if head[:min(len(ids), max_length)] != ids[:max_length]:
                 raise ValueError(f"data.link_graph: the word pieces of {parts[e][1]!r} are not a prefix of those of "
                                  f"{parts[e][0]!r} (entity {kg.entity_ids[e]}); neighbour text needs a tokenizer "
                                  "that splits words and punctuation apart, like BERT's")
-            bare_len[e] = len(ids)
-        names = word_pieces(tokenizer, list(kg.entity_names))
+            bare[e] = len(ids)
+        names, name_len = tokenise_table(tokenizer, chunks(kg.entity_names), n, max_length, pad_id)
+        width = max(names.shape[1], 1, min(int(head_len.max(initial=0)), max_length))
+        table = np.full((2 * n, width), pad_id, dtype=np.int32)
+        table[:n] = heads[:, :width]
+        table[n:, :names.shape[1]] = names
         hits = _prefix_mismatches(kg, graph)
         if warn and hits:
             data_warning(f"data.link_graph: {len(hits)} entities have a name that continues their description into "
                          f"their neighbours' names (e.g. {kg.entity_ids[hits[0]]}: {kg.entity_names[hits[0]]!r}); "
                          "SimKGC would strip the name from such a text, here it is kept")
-        return cls(graph, prefix, [x[:max_length] for x in names], prefix_len, bare_len, [len(x) for x in names],
-                   hits)
+        return cls(graph, torch.from_numpy(table), torch.from_numpy(np.concatenate([head_len, name_len])),
+                   torch.from_numpy(bare), hits)
 
     def text_ids(self, e: int, exclude: int | None, max_length: int) -> tuple[list[int], int]:
         """Readable reference of `text_batch` for one entity."""
         shown = self.graph.neighbour_ids(e, exclude)
         if not shown:
-            return self.prefix[e][: self.bare_len[e]], self.bare_len[e]
-        ids = self.prefix[e] + [i for n in shown for i in self.names[n]]
-        return ids[:max_length], self.prefix_len[e] + sum(self.name_len[n] for n in shown)
+            return _row(self.table, self.bare, e, max_length)
+        rows = [e, *(self.graph.num_entities + x for x in shown)]
+        ids = [i for row in rows for i in _row(self.table, self.lengths, row, max_length)[0]]
+        return ids[:max_length], sum(int(self.lengths[row]) for row in rows)
 
     def segments(self, e: Tensor, exclude: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(B, 1 + K) table rows and untruncated lengths of the pieces of each text (length 0: not shown)."""
+        """(B, 1 + K) table rows and untruncated lengths (long) of the pieces of each text (0: not shown)."""
         n = self.graph.num_entities
         nb = self.graph.neighbours[e]
         shown = self.graph.shown(e, exclude)
         rows = torch.cat([e.unsqueeze(1), n + nb.clamp(min=0)], dim=1)
         head = torch.where(shown.any(1), self.lengths[e], self.bare[e])
         lens = torch.cat([head.unsqueeze(1), torch.where(shown, self.lengths[n + nb.clamp(min=0)], 0)], dim=1)
-        return rows, lens
+        return rows, lens.long()
 
     def text_batch(self, e: Tensor, exclude: Tensor | None, max_length: int) -> tuple[Tensor, Tensor]:
         """The first max_length pieces of each text (B, W) (junk past a row's length) and the full lengths."""
@@ -291,11 +467,6 @@ def word_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
                      return_token_type_ids=False)["input_ids"]
 
 
-def _table(seqs: list[list[int]], pad_id: int) -> Tensor:
-    """(N, max(1, longest)) right-padded ids; the extra column keeps gathers valid when every text is empty."""
-    return pad([[pad_id], *seqs], pad_id)[0][1:]
-
-
 def _positions(length: Tensor) -> tuple[Tensor, Tensor]:
     """Column positions (1, W) and lengths (B, 1) of a batch padded to its longest row W."""
     width = int(length.max()) if length.numel() else 0
@@ -312,7 +483,7 @@ def _finish(ids: Tensor, pos: Tensor, length: Tensor, *, token_types: Tensor, cl
             pad_id: int) -> dict[str, Tensor]:
     """Put [CLS] in front and padding (id pad_id, mask 0, type 0) after each row's length."""
     valid = pos < length
-    ids = torch.where(pos == 0, cls_id, ids).masked_fill(~valid, pad_id)
+    ids = torch.where(pos == 0, cls_id, ids).masked_fill(~valid, pad_id).long()
     return {"input_ids": ids, "attention_mask": valid.long(), "token_type_ids": token_types.masked_fill(~valid, 0)}
 
 

@@ -58,13 +58,15 @@ class BiEncoder(nn.Module):
         device = self.log_inv_t.device
         self.input_map = id_map(torch.tensor(kept, dtype=torch.long), source_vocab_size).to(device)
 
-    def check_vocab(self, token_lists) -> None:
+    def check_vocab(self, token_ids) -> None:
         """Refuse, naming a dropped id, inputs this pruned bi-encoder cannot read: done once where a pruned
-        model meets a KG (e.g. a pruned stage loaded as teacher), not on every forward."""
+        model meets a KG (e.g. a pruned stage loaded as teacher), not on every forward. `token_ids`: a tensor
+        of ids (a TokenCache's `used_ids()`) or an iterable of id sequences."""
         if self.input_map is not None:
             from kgc_kd.models.vocab import remap_ids
 
-            remap_ids([list(t) for t in token_lists], self.input_map.cpu())
+            ids = token_ids if isinstance(token_ids, Tensor) else [list(t) for t in token_ids]
+            remap_ids(ids, self.input_map.cpu())
 
     def _ids(self, inputs: dict[str, Tensor]) -> Tensor:
         ids = inputs["input_ids"]

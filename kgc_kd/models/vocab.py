@@ -34,23 +34,23 @@ _DROP_INIT_KWARGS = ("name_or_path", "vocab_file", "tokenizer_file", "merges_fil
                      "vocab", "merges", "is_local", "local_files_only", "tokenizer_object", "special_tokens_map_file")
 
 
-def used_token_ids(token_lists: Iterable[Sequence[int]], tokenizer) -> torch.LongTensor:
-    """Sorted unique ids that occur in ``token_lists`` plus every special token id of ``tokenizer``.
+def used_token_ids(token_ids: Tensor | Iterable[Sequence[int]], tokenizer) -> torch.LongTensor:
+    """Sorted unique ids that occur in ``token_ids`` plus every special token id of ``tokenizer``.
 
-    ``token_lists`` is any iterable of id sequences (lists or 1-d tensors), e.g. a TokenCache's
-    ``entity`` and ``relation`` lists; those are cut at ``max_length``, so also pass the untruncated ids
-    (``tokenizer(texts, add_special_tokens=False)["input_ids"]``) if longer inputs will ever be built.
-    Sorting keeps the relative order of the old ids (BERT's [PAD] = 0 stays 0).
+    ``token_ids``: a tensor of ids (any shape), e.g. a TokenCache's ``used_ids()``, or any iterable of id
+    sequences (lists or tensors), e.g. ``tokenizer(texts, add_special_tokens=False)["input_ids"]``. A
+    TokenCache's ids are cut at ``max_length``, so also pass the untruncated ids of its texts if longer
+    inputs will ever be built. Sorting keeps the relative order of the old ids (BERT's [PAD] = 0 stays 0).
     """
-    used: set[int] = set()
-    for ids in token_lists:
-        if isinstance(ids, Tensor):
-            ids = ids.reshape(-1).tolist()
-        used.update(int(i) for i in ids)
-    used.update(int(i) for i in tokenizer.all_special_ids)
-    if not used:
-        return torch.empty(0, dtype=torch.long)
-    kept = torch.tensor(sorted(used), dtype=torch.long)
+    if isinstance(token_ids, Tensor):
+        parts = [token_ids.reshape(-1).long()]
+    else:
+        parts = [ids.reshape(-1).long() if isinstance(ids, Tensor) else torch.tensor(list(ids), dtype=torch.long)
+                 for ids in token_ids]
+    parts.append(torch.tensor(list(tokenizer.all_special_ids), dtype=torch.long))
+    kept = torch.unique(torch.cat(parts))  # sorted
+    if not kept.numel():
+        return kept
     n = len(tokenizer)
     if int(kept[0]) < 0 or int(kept[-1]) >= n:
         bad = int(kept[0]) if int(kept[0]) < 0 else int(kept[-1])
@@ -81,7 +81,7 @@ def remap_ids(ids: Any, mapping: Tensor):
     """Translate old token ids to new ones with an :func:`id_map` table.
 
     ``ids``: a tensor (any shape; a LongTensor of the same shape comes back) or a (possibly nested,
-    ragged) list of ints (the same nesting comes back, e.g. a TokenCache's ``entity`` list).
+    ragged) list of ints (the same nesting comes back).
     Raises ValueError if any id was dropped by pruning or lies outside the old vocabulary.
     """
     if isinstance(ids, Tensor):
