@@ -96,7 +96,10 @@ class TrainerCfg:
 
 @dataclass
 class EvalCfg:
-    chunk_size: int = 256  # queries scored at once: memory O(chunk x entities)
+    chunk_size: int = 256  # queries scored at most at once: memory O(chunk x entities)
+    # GB (10^9 bytes) of ranking scratch: fewer queries per chunk (and re-rank heads per search) where
+    # chunk_size would need more; null: chunk_size alone (kgc_kd/eval/memory_plan.py)
+    memory_budget_gb: Optional[float] = 8.0
     rerank_weight: float = 0.0  # SimKGC WN18RR: 0.05
     rerank_hops: int = 0  # SimKGC WN18RR: 5, others 2
     topk: int = 10  # top-k predictions saved per test query
@@ -304,6 +307,8 @@ def validate(cfg: DictConfig) -> None:
          f"run.checkpoint_every_n_steps={cfg.run.checkpoint_every_n_steps}: expected >= 0 (0: at epoch ends only)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
         (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
+        (cfg.eval.memory_budget_gb is None or cfg.eval.memory_budget_gb > 0,
+         f"eval.memory_budget_gb={cfg.eval.memory_budget_gb}: expected a positive size in GB (or null: no budget)"),
         (cfg.eval.val_max_queries is None or cfg.eval.val_max_queries >= 1,
          f"eval.val_max_queries={cfg.eval.val_max_queries}: expected a positive number of queries (or null: all)"),
         (cfg.run.logger in ("wandb", "csv", "none"), f"run.logger={cfg.run.logger!r}: expected wandb, csv or none"),

@@ -1,7 +1,11 @@
 """Filtered ranking of the gold entity against every entity, chunked over queries.
 
-Only a (chunk_size, E) score block lives in memory at a time, so full-graph
-evaluation fits on GPU even for large entity sets. Order per chunk follows
+Only a (chunk, E) score block lives in memory at a time, so full-graph
+evaluation fits on GPU even for large entity sets; the chunk is `chunk_size` queries, or fewer where a byte
+budget holds fewer (`memory_plan.query_chunk_rows`, the same count the memory plan reports). The entity
+matrix may be stored in bf16/fp16: it is never copied whole to float32; a block of entity rows at a time is
+upcast, so every score is the float32 dot product of the stored values, as an upcast matrix gave, and ranking
+compares float32 scores. Order per chunk follows
 SimKGC: raw cosine scores -> graph re-rank -> filter known answers -> rank.
 Known answers come from a `FilterIndex` as (query, entity) index pairs, found with
 tensor ops; the ranking subtracts them from whole-row counts instead of masking a
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .filter import FilterIndex, QueryAnswers
+from .memory_plan import UPCAST_BLOCK_ROWS, query_chunk_rows
 from .metrics import direction_metrics
 from .ranks import RankCounter, Ranks
 from .rerank import Adjacency, NeighbourGraph, Neighbourhoods
@@ -65,7 +70,7 @@ def _known_pairs(known: Sequence[Tensor | Sequence[int]] | QueryAnswers,
 
 
 def _neighbourhoods(adjacency: Neighbourhoods | NeighbourGraph | Adjacency, heads: Tensor, hops: int,
-                    num_entities: int, device: torch.device) -> Neighbourhoods:
+                    num_entities: int, device: torch.device, memory_budget: int | None) -> Neighbourhoods:
     """The neighbourhoods of every head: precomputed ones (extended if a head is missing), else searched now."""
     if isinstance(adjacency, Neighbourhoods):
         if adjacency.hops != hops:
@@ -74,7 +79,7 @@ def _neighbourhoods(adjacency: Neighbourhoods | NeighbourGraph | Adjacency, head
     else:
         graph = adjacency if isinstance(adjacency, NeighbourGraph) else NeighbourGraph.from_adjacency(
             adjacency, num_entities)
-        nbrs = graph.to(device).neighbourhoods(heads, hops)
+        nbrs = graph.to(device).neighbourhoods(heads, hops, memory_budget=memory_budget)
     if nbrs.num_entities != num_entities:
         raise ValueError(f"the re-ranking graph has {nbrs.num_entities} entities, the ranking {num_entities}")
     return nbrs
@@ -91,6 +96,7 @@ def rank_all_entities(
     rerank_hops: int = 0,
     rerank_weight: float = 0.0,
     chunk_size: int = 256,
+    memory_budget: int | None = None,
     topk: int = 0,
 ) -> RankingOutput:
     """Rank ``gold[i]`` among all entities for query ``i`` (filtered setting).
@@ -98,7 +104,8 @@ def rank_all_entities(
     ``known_answers[i]`` lists every true answer of query i; all but the gold
     are removed from the competition. Pass ``FilterIndex.lookup(h, r)`` for the
     vectorised path, or a per-query list. Scoring runs in float32 on
-    ``entity_vecs``' device; results are returned on CPU.
+    ``entity_vecs``' device; results are returned on CPU. ``memory_budget`` (bytes, None: no bound) caps
+    the per-chunk scratch: at most ``chunk_size`` queries are scored at once, fewer where it holds fewer.
 
     Re-ranking (``rerank_hops > 0`` and ``rerank_weight != 0``) needs the query ``heads`` and their
     neighbourhoods: best precomputed `Neighbourhoods` (built once per run for every head to come), or a
@@ -127,7 +134,7 @@ def rank_all_entities(
         if heads.shape[0] != num_q:
             raise ValueError(f"heads has {heads.shape[0]} entries for {num_q} queries")
         heads = heads.to(device)
-        nbrs = _neighbourhoods(adjacency, heads, rerank_hops, num_e, device)
+        nbrs = _neighbourhoods(adjacency, heads, rerank_hops, num_e, device, memory_budget)
 
     k = min(topk, num_e)
     id_parts: list[Tensor] = []
@@ -139,23 +146,38 @@ def rank_all_entities(
     # set. Known answers are never a (chunk, E) mask: the counter subtracts them, top-k overwrites them.
     # Everything per query (known answers, neighbourhood rows, the weighted bit table) is looked up once,
     # so a chunk runs a fixed handful of operations: a busy machine pays per operation, not per element.
-    rows_max = min(chunk_size, num_q)
+    low_precision = entity_vecs.dtype != torch.float32
+    rows_max = query_chunk_rows(num_e, entity_vecs.shape[1], num_q, chunk_size=chunk_size,
+                                memory_budget=memory_budget, rerank=nbrs is not None,
+                                dtype_bytes=entity_vecs.element_size())
+    step = max(rows_max, 1)
     score_buf = torch.empty(rows_max, num_e, device=device)
     compare_buf = torch.empty(rows_max, num_e, device=device)
     known_rows, known_cols = _known_pairs(known_answers, device)
     counter = RankCounter(gold, num_e, known_rows, known_cols, device=device)
+    del known_rows, known_cols  # the counter keeps its own copies
+    if low_precision:  # float32 copy of a block of entity rows at a time, never of the whole matrix
+        block_rows = min(UPCAST_BLOCK_ROWS, num_e)
+        upcast_buf = torch.empty(block_rows, entity_vecs.shape[1], device=device)
     if nbrs is not None:
         slots = nbrs.checked_slots(heads)
         table = nbrs.table(float(rerank_weight), torch.float32)  # the weight as SimKGC's float32 bonus holds it
         bonus_buf = torch.empty(rows_max * nbrs.unpacked_width, device=device)
 
     with torch.no_grad():
-        ent = entity_vecs.detach().float()
-        for start in range(0, num_q, chunk_size):
-            stop = min(start + chunk_size, num_q)
+        ent = entity_vecs.detach()
+        for start in range(0, num_q, step):
+            stop = min(start + step, num_q)
             n = stop - start
             q = query_vecs[start:stop].to(device=device, dtype=torch.float32)
-            scores = torch.mm(q, ent.T, out=score_buf[:n])
+            if low_precision:
+                scores = score_buf[:n]
+                for e0 in range(0, num_e, block_rows):
+                    e1 = min(e0 + block_rows, num_e)
+                    block = upcast_buf[: e1 - e0].copy_(ent[e0:e1])
+                    torch.mm(q, block.T, out=scores[:, e0:e1])
+            else:
+                scores = torch.mm(q, ent.T, out=score_buf[:n])
             if nbrs is not None:  # + weight once per (query, neighbour); + 0 elsewhere changes nothing
                 scores.add_(nbrs.unpack(slots[start:stop], table, out=bonus_buf))
             counter.add(start, scores, compare_buf[:n])
@@ -169,6 +191,8 @@ def rank_all_entities(
                 score_parts.append(top_s)
 
     ranks = counter.ranks().cpu()
+    if k > 0 and not id_parts:  # no queries
+        return RankingOutput(ranks, torch.empty(0, k, dtype=torch.long), torch.empty(0, k))
     if k > 0:
         return RankingOutput(ranks, torch.cat(id_parts).cpu(), torch.cat(score_parts).cpu())
     if topk > 0:  # no entities at all
@@ -187,6 +211,7 @@ def evaluate_queries(
     rerank_hops: int = 0,
     rerank_weight: float = 0.0,
     chunk_size: int = 256,
+    memory_budget: int | None = None,
     topk: int = 0,
 ) -> tuple[dict[str, float], RankingOutput]:
     """Metrics for query triples (h, r, t) with r in [0, 2R); r >= R are head predictions.
@@ -220,6 +245,7 @@ def evaluate_queries(
         rerank_hops=rerank_hops,
         rerank_weight=rerank_weight,
         chunk_size=chunk_size,
+        memory_budget=memory_budget,
         topk=topk,
     )
     metrics = direction_metrics(out.ranks, r >= num_relations)

@@ -27,6 +27,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .memory_plan import search_batch_heads
+
 __all__ = ["NeighbourGraph", "Neighbourhoods", "apply_rerank_", "DEFAULT_MAX_NODES"]
 
 DEFAULT_MAX_NODES = 100_000  # SimKGC's max_nodes
@@ -140,8 +142,13 @@ class NeighbourGraph:
             slot = start[nodes].unsqueeze(1) + j
             real = j < deg[nodes].unsqueeze(1)
             nbr = torch.where(real, position[dst[slot.clamp(max=max(len(dst) - 1, 0))]], n)
-            # slot-major (the j-th neighbour of every node, then the (j+1)-th): folds OR contiguous blocks
-            self.groups.append((lo, hi, w, nbr.T.reshape(-1).to(device)))
+            # a group gathers at most N + 1 word rows at once (a larger one is split by nodes), so the search's
+            # gather buffer is never larger than its word matrices, whatever the degree distribution
+            step = max(1, (n + 1) // w)
+            for a in range(0, hi - lo, step):
+                b = min(a + step, hi - lo)
+                # slot-major (the j-th neighbour of every node, then the (j+1)-th): folds OR contiguous blocks
+                self.groups.append((lo + a, lo + b, w, nbr[a:b].T.reshape(-1).to(device)))
         self.device = device
 
     @classmethod
@@ -214,21 +221,20 @@ class NeighbourGraph:
         return words
 
     def neighbourhoods(self, heads: Tensor | Sequence[int], hops: int, max_nodes: int = DEFAULT_MAX_NODES, *,
-                       batch_heads: int = 8192) -> Neighbourhoods:
+                       batch_heads: int = 8192, memory_budget: int | None = None) -> Neighbourhoods:
         """Entities within `hops` hops of each distinct head (itself included); none where there are more
-        than `max_nodes` (SimKGC's cut-off). Heads are searched `batch_heads` at a time: the search holds
-        two (entities x batch_heads / 8)-byte word matrices, plus the largest degree group's gathered rows
-        (at most twice the edges x batch_heads / 8 bytes). The result holds heads x entities / 8 bytes."""
+        than `max_nodes` (SimKGC's cut-off). Heads are searched `batch_heads` at a time, fewer where
+        `memory_budget` (bytes) holds fewer (`memory_plan.search_batch_heads`): the search holds two
+        (entities x batch_heads / 8)-byte word matrices and a gather of at most as many, the conversion to
+        per-head rows up to six. The result holds heads x entities / 8 bytes."""
         if hops < 0:
             raise ValueError(f"hops must be >= 0, got {hops}")
-        if batch_heads < 1:
-            raise ValueError(f"batch_heads must be >= 1, got {batch_heads}")
+        batch_heads = search_batch_heads(self.num_entities, batch_heads=batch_heads, memory_budget=memory_budget)
         heads = torch.unique(torch.as_tensor(heads, dtype=torch.long).reshape(-1).to(self.device))
         n = self.num_entities
         if len(heads) and (int(heads.min()) < 0 or int(heads.max()) >= n):
             raise ValueError(f"heads must be entity ids in [0, {n})")
         bits = torch.zeros(len(heads), -(-n // 64) * 8, dtype=torch.uint8, device=self.device)
-        batch_heads = -(-batch_heads // 64) * 64
         order = self.position  # entity -> position; rows back in entity order below
         for start in range(0, len(heads), batch_heads):
             part = heads[start:start + batch_heads]

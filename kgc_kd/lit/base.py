@@ -2,7 +2,16 @@
 
 Validation is the real metric (filtered MRR over all entities), not SimKGC's in-batch accuracy, so
 ModelCheckpoint on `val/mrr` keeps the model a user would report. Evaluation runs two loaders in order:
-all entities first (their vectors are stored), then the queries, ranked at epoch end.
+all entities first, then the queries, ranked at epoch end.
+
+Evaluation memory is bounded by the plan of `kgc_kd.eval.memory_plan`: the entity vectors go, batch by
+batch, straight into one (E, D) matrix allocated at the first batch, in the run's dtype (bf16 for bf16 runs,
+fp16 for 16-bit ones, else float32; no list of batches, no concatenated or float32 copy), and the ranking
+scores query chunks sized by `eval.memory_budget_gb` against it in float32. Under DDP each rank encodes its
+share of the entities and every batch is all-gathered into each rank's matrix as it comes (so every rank
+holds the whole matrix plus one gathered batch, never the list of every rank's batches); each rank keeps
+only its own query vectors, ranks them, and only the ranks (and top-k) are gathered, with the sampler's
+padding copies dropped by query index, so the metrics are those of one process.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from kgc_kd.data.negatives import false_negative_mask, in_batch_mask
 from kgc_kd.eval import Ranks, RankingOutput, direction_metrics, evaluate_queries
+from kgc_kd.eval.memory_plan import budget_bytes, entity_dtype, evaluation_memory_plan
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.prebatch import PreBatchBuffer
 
@@ -30,7 +40,7 @@ class BiEncoderModule(L.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self._eval_store: dict[str, list[Tensor]] = {}
+        self._eval_store: dict[str, Any] = {}
         self.last_eval: dict[str, Any] = {}
 
     # ---- data-parallel helpers ----------------------------------------------------------------------------
@@ -105,15 +115,32 @@ class BiEncoderModule(L.LightningModule):
         return [self.net]
 
     # ---- evaluation -------------------------------------------------------------------------------------
+    @property
+    def eval_dtype(self) -> torch.dtype:
+        """The dtype evaluation stores vectors in: bf16 / fp16 for such runs, else float32."""
+        return entity_dtype(self.trainer.precision if self._trainer is not None else None)
+
     def _eval_step(self, batch: dict, dataloader_idx: int) -> None:
         if dataloader_idx == 0:
-            self._eval_store.setdefault("entity_ids", []).append(batch["entity_ids"])
-            self._eval_store.setdefault("entity_vecs", []).append(self.net.encode_entity(batch["entity"]))
+            self._store_entities(batch["entity_ids"], self.net.encode_entity(batch["entity"]))
         else:
             self._eval_store.setdefault("triples", []).append(batch["triples"])
-            self._eval_store.setdefault("query_vecs", []).append(self.net.encode_query(batch["hr"]))
+            self._eval_store.setdefault("query_vecs", []).append(self.net.encode_query(batch["hr"]).to(self.eval_dtype))
             if "query_index" in batch:
                 self._eval_store.setdefault("query_index", []).append(batch["query_index"])
+
+    def _store_entities(self, ids: Tensor, vecs: Tensor) -> None:
+        """Write a batch of entity vectors into the (E, D) matrix (allocated at the first batch; rows never
+        encoded stay zero). Under DDP every rank's batch is gathered and written on every rank: the
+        sampler gives all ranks the same number of equal-sized batches, so each step's collective matches."""
+        vecs = vecs.detach().to(self.eval_dtype)
+        if self.world_size > 1:
+            ids, vecs = self.gather_rows(ids.to(vecs.device)), self.gather_rows(vecs)
+        matrix = self._eval_store.get("entity_matrix")
+        if matrix is None:
+            matrix = vecs.new_zeros(self.trainer.datamodule.kg.num_entities, vecs.shape[1])
+            self._eval_store["entity_matrix"] = matrix
+        matrix[ids.to(matrix.device)] = vecs
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
@@ -132,62 +159,68 @@ class BiEncoderModule(L.LightningModule):
         if self.trainer.sanity_checking or "query_vecs" not in store:
             return {}
         kg = self.trainer.datamodule.kg
-        # Under DDP each rank encoded a share (the sampler pads shares to equal size with repeats):
-        # gather everything, place entities by id and keep each query once, so every rank ranks the
-        # full split and reports the same metrics as a single process.
-        ids = self.gather_rows(torch.cat(store["entity_ids"]))
-        vecs = self.gather_rows(torch.cat(store["entity_vecs"]).float())
-        entity_vecs = vecs.new_zeros(kg.num_entities, vecs.shape[1])
-        entity_vecs[ids.to(vecs.device)] = vecs
-        triples = self.gather_rows(torch.cat(store["triples"]))
-        query_vecs = self.gather_rows(torch.cat(store["query_vecs"]).float())
-        if "query_index" in store:
-            index = self.gather_rows(torch.cat(store["query_index"]))
+        entity_vecs = store.pop("entity_matrix")
+        triples = torch.cat(store["triples"])
+        query_vecs = torch.cat(store["query_vecs"])  # this rank's own share only
+        index = torch.cat(store["query_index"]).cpu() if "query_index" in store else None
+        del store
+        ev = self.hparams.eval
+        topk = ev["topk"] if prefix == "test" else 0
+        rerank = bool(ev["rerank_weight"]) and ev["rerank_hops"] > 0
+        budget = budget_bytes(ev.get("memory_budget_gb"))  # absent (a hand-made eval dict): no budget
+        h, r = triples[:, 0].cpu(), triples[:, 1].cpu()
+        plan = evaluation_memory_plan(
+            kg.num_entities, entity_vecs.shape[1], len(query_vecs) * self.world_size,
+            dtype_bytes=entity_vecs.element_size(), chunk_size=ev["chunk_size"], memory_budget=budget,
+            rerank=rerank, topk=topk, world_size=self.world_size,
+            known_pairs=int(kg.filter_index.lookup(h, r).count.sum()))
+        if len(triples):
+            _, output = evaluate_queries(
+                query_vecs, entity_vecs, triples, kg.num_relations, kg.filter_index,
+                # searched once per run for every validation and test head, on this device (datamodule cache)
+                adjacency=(self.trainer.datamodule.rerank_neighbourhoods(ev["rerank_hops"], entity_vecs.device)
+                           if rerank else None),
+                rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
+                memory_budget=budget, topk=topk,
+            )
+        else:  # a rank without queries (more ranks than queries) only takes part in the gathers
+            empty, k = torch.empty(0), min(topk, kg.num_entities)
+            output = RankingOutput(Ranks(empty, empty, empty), torch.empty(0, k, dtype=torch.long) if topk else None,
+                                   torch.empty(0, k) if topk else None)
+        del entity_vecs, query_vecs
+        triples = triples.cpu()
+        if self.world_size > 1:  # every rank's share, in rank order: ranks and top-k only, never vectors
+            triples, index = self._gather_padded(triples, -1), self._gather_padded(index, -1)
+            r = output.ranks
+            output = RankingOutput(Ranks(*(self._gather_padded(t, float("nan"))
+                                           for t in (r.optimistic, r.pessimistic, r.realistic))),
+                                   self._gather_padded(output.topk_ids, -1),
+                                   self._gather_padded(output.topk_scores, float("-inf")))
+        if index is not None:  # each query once, in query order (DDP: the sampler pads shares with repeats)
             order = torch.argsort(index, stable=True)
             first = torch.ones_like(index, dtype=torch.bool)
             first[1:] = index[order][1:] != index[order][:-1]
             keep = order[first]
-            triples, query_vecs = triples[keep], query_vecs[keep]
-        ev = self.hparams.eval
-        # Ranking is split too: rank r scores queries [r * n/W, (r+1) * n/W) and the ranks are gathered.
-        n, world = len(triples), self.world_size
-        per = -(-n // world)
-        part = slice(min(self.global_rank * per, n), min((self.global_rank + 1) * per, n))
-        topk = ev["topk"] if prefix == "test" else 0
-        if part.stop > part.start:
-            metrics, output = evaluate_queries(
-                query_vecs[part], entity_vecs, triples[part], kg.num_relations, kg.filter_index,
-                # searched once per run for every validation and test head, on this device (datamodule cache)
-                adjacency=(self.trainer.datamodule.rerank_neighbourhoods(ev["rerank_hops"], entity_vecs.device)
-                           if ev["rerank_weight"] and ev["rerank_hops"] > 0 else None),
-                rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
-                topk=topk,
-            )
-        else:  # more ranks than queries: this rank only contributes padding
-            empty = torch.empty(0)
-            k = min(topk, kg.num_entities)
-            output = RankingOutput(Ranks(empty, empty, empty), torch.empty(0, k, dtype=torch.long) if topk else None,
-                                   torch.empty(0, k) if topk else None)
-        if world > 1:
-            output = self._gather_ranking(output, per, n)
-            metrics = direction_metrics(output.ranks, triples[:, 1].cpu() >= kg.num_relations)
-        self.last_eval[prefix] = {"metrics": metrics, "triples": triples.cpu(), "output": output}
+            triples = triples[keep]
+            output = RankingOutput(output.ranks.select(keep),
+                                   None if output.topk_ids is None else output.topk_ids[keep],
+                                   None if output.topk_scores is None else output.topk_scores[keep])
+        metrics = direction_metrics(output.ranks, triples[:, 1] >= kg.num_relations)
+        self.last_eval[prefix] = {"metrics": metrics, "triples": triples, "output": output, "memory_plan": plan}
         for k, v in metrics.items():
             if not (k.endswith("count") or k == "num_queries"):
                 self.log(f"{prefix}/{k}", float(v), prog_bar=k == "mrr", batch_size=1)
         return metrics
 
-    def _gather_ranking(self, output: RankingOutput, per: int, n: int) -> RankingOutput:
-        """Every rank's share of ranks (and top-k), padded to equal length for all_gather, in query order."""
-        def gather(x: Tensor | None, fill: float) -> Tensor | None:
-            if x is None:
-                return None
-            pad = x.new_full((per - len(x), *x.shape[1:]), fill)
-            return self.gather_rows(torch.cat([x, pad]).to(self.device)).cpu()[:n]
-
-        r = output.ranks
-        ranks = Ranks(*(gather(t, float("nan")) for t in (r.optimistic, r.pessimistic, r.realistic)))
-        return RankingOutput(ranks, gather(output.topk_ids, -1), gather(output.topk_scores, float("-inf")))
+    def _gather_padded(self, x: Tensor | None, fill: float) -> Tensor | None:
+        """Every rank's rows of `x` in rank order, on CPU; shares of unequal length are padded with `fill`
+        for the collective and trimmed after."""
+        if x is None:
+            return None
+        counts = self.all_gather(torch.tensor([len(x)], device=self.device)).reshape(-1).tolist()
+        pad = x.new_full((max(counts) - len(x), *x.shape[1:]), fill)
+        rows = self.all_gather(torch.cat([x, pad]).to(self.device)).cpu()
+        return torch.cat([rows[rank, :count] for rank, count in enumerate(counts)])
 
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")
