@@ -107,6 +107,7 @@ def write(entry: Path, arrays: dict[str, np.ndarray], meta: dict, *, replace: bo
     another builder's (it renamed first) and is kept."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
     try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide the entry from other users of a shared run root
         specs = {}
         for name, a in arrays.items():
             np.save(tmp / f"{name}.npy", a, allow_pickle=False)

@@ -1,0 +1,211 @@
+"""kgc_kd.data.token_store through TokenCache.load_or_build: the disk cache of token tables is hit by a second
+build (the tokenizer is not called), missed when the tokenizer, max length or any text changes, never used
+when damaged, and left as one valid entry by concurrent builders."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tokenizer, tiny_vocab
+from test_tokens import varied_kg
+
+from kgc_kd.data import token_store
+from kgc_kd.data import tokens as tokens_module
+from kgc_kd.data.io import DataWarning
+from kgc_kd.data.tokens import TABLES, TokenCache, text_fingerprint
+
+pytestmark = pytest.mark.filterwarnings("ignore:data.max_length=:kgc_kd.data.io.DataWarning")
+
+
+class CountingTokenizer:
+    """The real tokenizer, counting how often it is asked to tokenise."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def entries(root) -> list:
+    return sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
+
+
+def load(kg, tok, root, max_length=12, **kw) -> TokenCache:
+    return TokenCache.load_or_build(kg, tok, max_length, cache_dir=root, **kw)
+
+
+def test_second_build_reads_the_entry_without_tokenising(tmp_path):
+    kg, tok = varied_kg(0), CountingTokenizer(make_tokenizer())
+    built = TokenCache.build(kg, tok.tokenizer, 12)
+    first = load(kg, tok, tmp_path)
+    assert tok.calls > 0 and first == built and first.truncated == built.truncated
+    assert first.cache_path == tmp_path / entries(tmp_path)[0] and len(entries(tmp_path)) == 1
+    assert sorted(p.name for p in first.cache_path.iterdir()) == sorted([f"{k}.npy" for k in TABLES] + ["meta.json"])
+    meta = json.loads((first.cache_path / "meta.json").read_text())
+    assert meta["key"] == {"format": token_store.FORMAT, "tokenizer": tokens_module.tokenizer_fingerprint(tok),
+                           "max_length": 12, "texts": text_fingerprint(kg)}
+    assert meta["entities"] == kg.num_entities and meta["relations"] == 2 * kg.num_relations
+    assert meta["truncated_entity_texts"] == built.truncated["entity_texts"] > 0
+    assert meta["arrays"]["entity_table"]["shape"] == list(built.entity_table.shape)
+    tok.calls = 0
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        second = load(kg, tok, tmp_path)
+    assert tok.calls == 0 and second == built and second.truncated == built.truncated
+    # the truncation warning is repeated on a hit, and nothing else is said (torch.from_numpy does not warn)
+    assert [w.category for w in record] == [DataWarning] and "are truncated" in str(record[0].message)
+    maps = open("/proc/self/maps").read()
+    assert all(str(second.cache_path / f"{k}.npy") in maps for k in TABLES)  # mapped, not read into memory
+    assert second.entity_table.dtype == torch.int32
+
+
+def test_without_a_cache_dir_nothing_is_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kg, tok = varied_kg(1), make_tokenizer()
+    cache = TokenCache.load_or_build(kg, tok, 10, cache_dir=None)
+    assert cache.cache_path is None and cache == TokenCache.build(kg, tok, 10) and list(tmp_path.iterdir()) == []
+
+
+def test_link_graph_reads_the_plain_tables_from_the_entry(tmp_path):
+    kg, tok = varied_kg(2), make_tokenizer()
+    linked = load(kg, tok, tmp_path, link_graph=True, warn=False)
+    assert linked == TokenCache.build(kg, tok, 12, link_graph=True, warn=False) and linked.link is not None
+    plain = load(kg, tok, tmp_path, warn=False)
+    assert plain.cache_path == linked.cache_path and plain.link is None and plain == TokenCache.build(kg, tok, 12)
+
+
+def other_vocab_tokenizer():
+    from transformers import BertTokenizer
+
+    vocab = tiny_vocab()
+    vocab["zebra"] = len(vocab)
+    return BertTokenizer(vocab=vocab, do_lower_case=True)
+
+
+@pytest.mark.parametrize("change", ["tokenizer", "max_length", "entity name", "entity description",
+                                    "relation text", "entity order"])
+def test_any_change_of_the_key_reads_another_entry(tmp_path, change):
+    kg, tok = varied_kg(0), make_tokenizer()
+    load(kg, tok, tmp_path)
+    max_length = 12
+    if change == "tokenizer":
+        tok = other_vocab_tokenizer()
+    elif change == "max_length":
+        max_length = 13
+    elif change == "entity name":
+        kg.entity_names[17] += " red"
+    elif change == "entity description":
+        kg.entity_descs[-1] = kg.entity_descs[-1] + "."
+    elif change == "relation text":
+        kg.relation_texts[2] = kg.relation_texts[2].upper() + "x"  # also its inverse's text
+    else:
+        kg.entity_names[4], kg.entity_names[5] = kg.entity_names[5], kg.entity_names[4]
+    counting = CountingTokenizer(tok)
+    cache = load(kg, counting, tmp_path, max_length)
+    assert counting.calls > 0 and len(entries(tmp_path)) == 2
+    assert cache == TokenCache.build(kg, tok, max_length)
+
+
+def test_text_fingerprint_ignores_the_chunking_and_sees_every_text(monkeypatch):
+    kg = varied_kg(0)
+    fp = text_fingerprint(kg)
+    monkeypatch.setattr(tokens_module, "CHUNK_TEXTS", 3)
+    assert text_fingerprint(kg) == fp and len(fp) == 16
+    kg.entity_names[0], kg.entity_descs[0] = kg.entity_names[0] + " " + kg.entity_descs[0], ""
+    assert text_fingerprint(kg) != fp  # "name desc" reads differently from "name: desc"
+
+
+@pytest.mark.parametrize("damage", ["bytes", "short file", "missing file", "meta json", "meta key", "meta shape"])
+def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, damage):
+    kg, tok = varied_kg(0), make_tokenizer()
+    entry = load(kg, tok, tmp_path).cache_path
+    table = entry / "entity_table.npy"
+    meta = json.loads((entry / "meta.json").read_text())
+    if damage == "bytes":
+        raw = bytearray(table.read_bytes())
+        raw[-5] ^= 1
+        table.write_bytes(bytes(raw))
+    elif damage == "short file":
+        table.write_bytes(table.read_bytes()[:-8])
+    elif damage == "missing file":
+        (entry / "relation_lengths.npy").unlink()
+    elif damage == "meta json":
+        (entry / "meta.json").write_text("{")
+    elif damage == "meta key":
+        meta["key"]["max_length"] = 99
+        (entry / "meta.json").write_text(json.dumps(meta))
+    else:
+        meta["arrays"]["entity_table"]["shape"][1] += 1
+        (entry / "meta.json").write_text(json.dumps(meta))
+    counting = CountingTokenizer(tok)
+    with pytest.warns(DataWarning, match=rf"token cache {entry} cannot be used \(.*\); tokenising again"):
+        cache = load(kg, counting, tmp_path)
+    assert counting.calls > 0 and cache == TokenCache.build(kg, tok, 12) and cache.cache_path == entry
+    counting.calls = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        warnings.filterwarnings("ignore", "data.max_length=")
+        assert load(kg, counting, tmp_path) == cache and counting.calls == 0  # the rebuilt entry is valid
+    assert entries(tmp_path) == [entry.name] and not [p for p in tmp_path.iterdir() if p.suffix in (".tmp", ".old")]
+
+
+def test_a_leftover_temporary_directory_is_not_used(tmp_path):
+    kg, tok = varied_kg(0), make_tokenizer()
+    key = {"format": token_store.FORMAT, "tokenizer": tokens_module.tokenizer_fingerprint(tok), "max_length": 12,
+           "texts": text_fingerprint(kg)}
+    stale = tmp_path / f".{token_store.entry_name(key)}.abc123.tmp"  # a builder killed half way
+    stale.mkdir()
+    (stale / "entity_table.npy").write_bytes(b"half")
+    cache = load(kg, tok, tmp_path)
+    assert cache == TokenCache.build(kg, tok, 12) and entries(tmp_path) == [token_store.entry_name(key)]
+    assert (stale / "entity_table.npy").read_bytes() == b"half"  # another builder's: left alone
+
+
+def test_a_second_writer_keeps_the_first_entry(tmp_path):
+    entry = tmp_path / "e"
+    first = {"a": np.arange(6, dtype=np.int32).reshape(2, 3)}
+    token_store.write(entry, first, {"key": 1})
+    token_store.write(entry, {"a": np.zeros((2, 3), dtype=np.int32)}, {"key": 1})  # it renamed first: kept
+    assert torch.equal(token_store.open_arrays(entry)["a"], torch.from_numpy(first["a"]))
+    assert [p.name for p in tmp_path.iterdir()] == ["e"]  # the second writer's temporary copy is gone
+    token_store.write(entry, {"a": np.ones((1, 2), dtype=np.int32)}, {"key": 1}, replace=True)  # found unusable
+    assert token_store.open_arrays(entry)["a"].tolist() == [[1, 1]] and [p.name for p in tmp_path.iterdir()] == ["e"]
+
+
+def build_in_child(root, barrier, out, locked):
+    if not locked:
+        token_store.fcntl = None  # as where flock is missing: both tokenise, the first rename wins
+    kg = varied_kg(0)
+    barrier.wait()
+    cache = load(kg, make_tokenizer(), root, warn=False)
+    out.put((str(cache.cache_path), cache.entity_table.tolist(), cache.relation_lengths.tolist()))
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_concurrent_builders_leave_one_valid_entry(tmp_path, locked):
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(3), ctx.Queue()
+    children = [ctx.Process(target=build_in_child, args=(tmp_path, barrier, out, locked)) for _ in range(3)]
+    for c in children:
+        c.start()
+    results = [out.get(timeout=120) for _ in children]
+    for c in children:
+        c.join(timeout=60)
+        assert c.exitcode == 0
+    kg, tok = varied_kg(0), make_tokenizer()
+    want = TokenCache.build(kg, tok, 12, warn=False)
+    assert {r[0] for r in results} == {str(tmp_path / entries(tmp_path)[0])} and len(entries(tmp_path)) == 1
+    assert all(r[1] == want.entity_table.tolist() and r[2] == want.relation_lengths.tolist() for r in results)
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+    counting = CountingTokenizer(tok)
+    assert load(kg, counting, tmp_path, warn=False) == want and counting.calls == 0
