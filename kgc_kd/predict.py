@@ -1,14 +1,22 @@
 """`python -m kgc_kd.predict RUN_OR_EXPORT --head NAME --relation TEXT [--top-k 10] [--queries FILE]`
 
 Ranks every entity as the tail of (head, relation, ?) with an exported stage (or the last stage of a
-run directory). Entity vectors are computed once and cached next to the export, so later queries only
-encode the query. Known answers from the KG's splits are marked.
+run directory). Known answers from the KG's splits are marked.
+
+Start-up reads what the export carries instead of recomputing it (`kgc_kd.data.kg_export`): the KG from its
+id arrays and text files, and the token table from `<export>/token-cache/`, memory-mapped
+(`TokenCache.load_or_build`), so no entity text is tokenised. An export without one (written before the
+token cache, or a pruned stage, whose tokenizer has other ids) is tokenised once and the table written
+there, so the next start maps it. Entity vectors are computed once and cached next to the export too, so
+later starts and queries only encode the query. A read-only export is used as it is: what cannot be written
+is kept in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +24,7 @@ import torch
 
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
 from kgc_kd.data.batching import EntityCollator, QueryCollator
-from kgc_kd.data.kg_export import load_kg_export
+from kgc_kd.data.kg_export import TOKEN_CACHE_DIR, load_kg_export
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.files import write_text_atomic
 from kgc_kd.models.biencoder import BiEncoder
@@ -36,6 +44,13 @@ def resolve_export(path: str, stage: str | None = None) -> Path:
     raise FileNotFoundError(f"{p}: neither an exported stage (biencoder.json) nor a run directory (chain_state.json)")
 
 
+def token_cache_dir(export: Path) -> Path | None:
+    """Where predict keeps the export's token table: `<export>/token-cache`, or None (tokenise in memory)
+    where it cannot be written (`TokenCache.load_or_build` locks an entry in its directory, even to read it)."""
+    d = export / TOKEN_CACHE_DIR
+    return d if os.access(d if d.is_dir() else export, os.W_OK) else None
+
+
 class Predictor:
     def __init__(self, export: Path, device: str = "cpu", batch_size: int = 256):
         from transformers import AutoTokenizer
@@ -44,8 +59,9 @@ class Predictor:
         self.kg, meta = load_kg_export(export)
         self.tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
         # truncation was reported when the stage was trained: not again on every prediction
-        self.tokens = TokenCache.build(self.kg, self.tokenizer, int(meta.get("max_length", 50)), warn=False,
-                                       link_graph=bool(meta.get("link_graph", False)))
+        self.tokens = TokenCache.load_or_build(self.kg, self.tokenizer, int(meta.get("max_length", 50)),
+                                               cache_dir=token_cache_dir(export), warn=False,
+                                               link_graph=bool(meta.get("link_graph", False)))
         self.net = BiEncoder.from_pretrained(export).to(device).eval()
         self.device, self.batch_size = torch.device(device), batch_size
         self.entity_vecs = self._entity_vectors()
@@ -67,9 +83,10 @@ class Predictor:
         vecs = [self.net.encode_entity(self._move(collate(list(ids[i:i + self.batch_size]))["entity"]))
                 for i in range(0, len(ids), self.batch_size)]
         out = torch.cat(vecs).float()
-        tmp = cache.with_name(cache.name + ".tmp")
-        torch.save(out.cpu(), tmp)
-        tmp.replace(cache)
+        if os.access(self.export, os.W_OK):
+            tmp = cache.with_name(cache.name + ".tmp")
+            torch.save(out.cpu(), tmp)
+            tmp.replace(cache)
         return out
 
     @torch.no_grad()
@@ -105,7 +122,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "Rank every entity as the tail of (head, relation, ?) with an exported stage, or with the last "
                 "(or --stage) stage of a run directory; answers known from the KG's splits are marked.",
                 items=None, statuses=(EXIT_OK, EXIT_BAD_INPUT), examples=EXAMPLES,
-                notes=("No configuration items: the export's own files (kg.json, biencoder.json) configure it.",),
+                notes=("No configuration items: the export's own files (kg.json, biencoder.json) configure it.",
+                       "Start-up maps the export's token table (token-cache/); an export without one is "
+                       "tokenised once and the table kept there."),
                 docs=("docs/predict.md",))
     ap.add_argument("path", metavar="RUN_OR_EXPORT",
                     help="an exported stage directory, or a run directory (uses its last stage)")

@@ -4,6 +4,7 @@ the teacher handed from one stage to the next."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -15,8 +16,10 @@ from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd.chain_store import ChainStore
 from kgc_kd.data.kg_export import load_kg_export
 from kgc_kd.data.synthetic import synthetic_kg
+from kgc_kd.data.tokens import TokenCache
 from kgc_kd.eval import RankingOutput, Ranks
 from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.vocab import used_token_ids
 
 KG = synthetic_kg(num_entities=12, num_relations=2, num_triples=40)
 
@@ -121,6 +124,25 @@ def test_the_export_loads_back_with_the_same_weights_and_the_kg(tmp_path):
     assert kg.entity_ids == KG.entity_ids and torch.equal(kg.train, KG.train) and torch.equal(kg.test, KG.test)
     tok = AutoTokenizer.from_pretrained(store.export_dir("s") / "query", local_files_only=True)
     assert tok.get_vocab() == make_tokenizer().get_vocab()  # the tokenizer travels with the export
+
+
+def test_the_export_carries_the_token_table_as_links_to_its_cache_entry(tmp_path):
+    tok = make_tokenizer()
+    tokens = TokenCache.load_or_build(KG, tok, 24, cache_dir=tmp_path / "token-cache")
+    store = ChainStore(tmp_path / "run", tok)
+    store.export("s", _net(), KG, max_length=24, link_graph=False, tokens=tokens)
+    entry = store.export_dir("s") / "token-cache" / tokens.cache_path.name
+    files = sorted(p.name for p in tokens.cache_path.iterdir())
+    assert files and sorted(p.name for p in entry.iterdir()) == files
+    assert all(os.path.samefile(entry / f, tokens.cache_path / f) for f in files)  # no second copy
+    # a pruned stage reads other ids than the table holds: no table in its export (predict tokenises once)
+    pruned = _net()
+    pruned.prune_vocabulary(used_token_ids([tokens.used_ids()], tok), len(tok))
+    store.export("p", pruned, KG, max_length=24, link_graph=False, tokens=tokens)
+    assert not (store.export_dir("p") / "token-cache").exists()
+    # a table kept only in memory: nothing to link
+    store.export("m", _net(), KG, max_length=24, link_graph=False, tokens=TokenCache.build(KG, tok, 24))
+    assert not (store.export_dir("m") / "token-cache").exists() and store.export_dir("m").is_dir()
 
 
 def test_predictions_go_next_to_the_export(tmp_path):

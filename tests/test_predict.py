@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -6,10 +7,14 @@ import torch
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd import predict
 from kgc_kd.data.batching import EntityCollator, QueryCollator
+from kgc_kd.chain_store import ChainStore
 from kgc_kd.data.kg_export import save_kg
 from kgc_kd.data.synthetic import synthetic_kg
+from kgc_kd.data.text import entity_texts
 from kgc_kd.data.tokens import TokenCache
+from test_kg_export import kg_to_json_v1
 from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.vocab import used_token_ids
 
 
 @pytest.fixture
@@ -21,6 +26,43 @@ def export(tmp_path):
     save_kg(kg, d, max_length=24)
     (tmp_path / "run" / "chain_state.json").write_text(json.dumps({"order": ["s"], "stages": {"s": {}}}))
     return d, kg, net
+
+
+class CountingTokenizer:
+    """The real tokenizer, with every text it is asked to tokenise recorded."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.texts = tokenizer, []
+
+    def __call__(self, texts, *args, **kwargs):
+        self.texts += [texts] if isinstance(texts, str) else list(texts)
+        return self.tokenizer(texts, *args, **kwargs)
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """Every tokenizer predict loads is counted: the list of their CountingTokenizers."""
+    from transformers import AutoTokenizer
+
+    made, load = [], AutoTokenizer.from_pretrained
+
+    def from_pretrained(*args, **kwargs):
+        made.append(CountingTokenizer(load(*args, **kwargs)))
+        return made[-1]
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", from_pretrained)
+    return made
+
+
+def _ask(d, kg, h, r, k=5) -> list[str]:
+    (result,) = predict.main([str(d), "--head", kg.entity_ids[h], "--relation", kg.relation_texts[r], "--top-k", str(k)])
+    return [p["id"] for p in result["predictions"]]
 
 
 def _expected(kg, net, h, r, k):
@@ -95,3 +137,48 @@ def test_unknown_option_or_missing_query_exits_2(export, capsys):
         with pytest.raises(SystemExit) as exc:
             predict.main(argv)
         assert exc.value.code == 2 and f"error: {named}" in capsys.readouterr().err
+
+
+# ---- start-up from the export's token table ------------------------------------------------------------------
+def test_an_export_with_a_token_cache_never_tokenises_and_answers_as_before(tmp_path, counted):
+    kg = synthetic_kg(20, 2, 40, seed=3)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    tokens = TokenCache.load_or_build(kg, make_tokenizer(), 24, cache_dir=tmp_path / "run-root" / "token-cache")
+    store = ChainStore(tmp_path / "run", make_tokenizer())
+    store.export("s", net, kg, max_length=24, link_graph=False, tokens=tokens)
+    d = store.export_dir("s")
+    assert (d / "token-cache" / tokens.cache_path.name / "meta.json").is_file()
+    h, r, _ = kg.train[0].tolist()
+    got = _ask(d, kg, h, r)
+    assert [tok.texts for tok in counted] == [[]]  # not one text tokenised: the table was mapped
+    assert got == [kg.entity_ids[i] for i in _expected(kg, net, h, r, 5).indices.tolist()]
+
+
+def test_an_old_export_is_tokenised_once_then_its_table_is_kept(tmp_path, counted):
+    kg = synthetic_kg(20, 2, 40, seed=3)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    d = tmp_path / "export"
+    net.save_pretrained(d, make_tokenizer())
+    (d / "kg.json").write_text(json.dumps(kg_to_json_v1(kg, max_length=24)))  # an export of format 1
+    h, r, _ = kg.train[1].tolist()
+    want = [kg.entity_ids[i] for i in _expected(kg, net, h, r, 5).indices.tolist()]
+    assert _ask(d, kg, h, r) == want
+    assert set(entity_texts(kg)) <= set(counted[-1].texts)  # tokenised this once ...
+    assert len(list((d / "token-cache").glob("*/meta.json"))) == 1  # ... and kept in the export
+    assert _ask(d, kg, h, r) == want and counted[-1].texts == []
+
+
+def test_a_pruned_stage_tokenises_with_its_own_tokenizer_once_and_answers_as_unpruned(tmp_path, counted):
+    kg = synthetic_kg(20, 2, 40, seed=3)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    tok = make_tokenizer()
+    tokens = TokenCache.load_or_build(kg, tok, 24, cache_dir=tmp_path / "token-cache")
+    pruned = copy.deepcopy(net)
+    pruned.prune_vocabulary(used_token_ids([tokens.used_ids()], tok), len(tok))
+    store = ChainStore(tmp_path / "run", tok)
+    store.export("p", pruned, kg, max_length=24, link_graph=False, tokens=tokens)
+    d = store.export_dir("p")
+    h, r, _ = kg.train[2].tolist()
+    want = [kg.entity_ids[i] for i in _expected(kg, net, h, r, 5).indices.tolist()]
+    assert _ask(d, kg, h, r) == want and counted[-1].texts  # tokenised with the pruned tokenizer ...
+    assert _ask(d, kg, h, r) == want and counted[-1].texts == []  # ... once
