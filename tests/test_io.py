@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import warnings
 
 import pytest
@@ -247,3 +248,96 @@ def test_find_file_missing(tmp_path):
     msg = str(err.value)
     assert str(tmp_path) in msg
     assert "dev.tsv or dev.txt or valid.tsv or valid.txt" in msg
+
+
+# ---- streaming and the array-backed collector, against today's whole-text / dict implementations -------
+def reference_read_rows(path, columns, *, at_least=False):
+    """read_rows as it was: the whole text, split on "\\n"."""
+    for lineno, line in enumerate(read_utf8(path).split("\n"), start=1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if len(fields) < columns or (len(fields) > columns and not at_least):
+            raise DataFormatError(
+                f"{path}:{lineno}: expected {columns} tab-separated fields, found {len(fields)}: {line[:80]!r}")
+        yield lineno, [f.strip() for f in fields]
+
+
+def outcome(rows):
+    try:
+        return list(rows)
+    except DataFormatError as err:
+        return str(err)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_read_rows_streams_what_the_whole_text_reader_gave(tmp_path, seed):
+    rng = random.Random(seed)
+    pieces = ["a", "b c", " ", "\t", "\n", "\r\n", "\r", "\u2028", "\u00e9", "\U0001F600", "\ufeff", "x\ty\tz"]
+    text = ("\ufeff" if rng.random() < 0.3 else "") + "".join(rng.choice(pieces) for _ in range(rng.randrange(60)))
+    raw = text.encode("utf-8")
+    if rng.random() < 0.3:
+        at = rng.randrange(len(raw) + 1)
+        raw = raw[:at] + rng.choice([b"\xe9", b"\xff", b"\x80"]) + raw[at:]
+    p = tmp_path / "t.tsv"
+    p.write_bytes(raw)
+    try:
+        read_utf8(p)
+        before, not_utf8 = p, None
+    except DataFormatError as err:  # streamed, the lines before the bad one are read (and checked) first
+        not_utf8 = str(err)
+        line = int(not_utf8.removeprefix(f"{p}:").split(":")[0])
+        before = tmp_path / "before.tsv"
+        before.write_bytes(b"\n".join(raw.split(b"\n")[:line - 1]))
+    for columns, at_least in ((1, True), (2, False), (2, True), (3, False)):
+        expected = outcome(reference_read_rows(before, columns, at_least=at_least))
+        if not_utf8 is not None:
+            expected = expected.replace(str(before), str(p)) if isinstance(expected, str) else not_utf8
+        assert outcome(read_rows(p, columns, at_least=at_least)) == expected
+
+
+class ReferenceCollector:
+    """TripleCollector's duplicate handling as it was: a dict of tuples, rows in a list."""
+
+    def __init__(self):
+        self.rows, self.first_line, self.duplicates, self.first_duplicate = [], {}, 0, None
+
+    def add(self, lineno, triple):
+        first = self.first_line.get(triple)
+        if first is not None:
+            self.duplicates += 1
+            if self.first_duplicate is None:
+                self.first_duplicate = (lineno, first)
+            return
+        self.first_line[triple] = lineno
+        self.rows.append(triple)
+
+
+@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("scale", [1, 2**40])  # ids past 2**40: the keys would overflow, lexsort is used
+def test_triple_collector_drops_the_repeats_the_dict_version_dropped(tmp_path, seed, scale):
+    rng = random.Random(seed)
+    n_ent, n_rel = rng.randrange(1, 30), rng.randrange(1, 4)
+    hubs = [rng.randrange(n_ent) for _ in range(2)]
+    out, ref = TripleCollector(tmp_path / "train.tsv", split="train", notes=(notes := {})), ReferenceCollector()
+    lineno = 0
+    for _ in range(rng.randrange(1, 300)):
+        lineno += rng.randrange(1, 3)
+        h = rng.choice(hubs) if rng.random() < 0.5 else rng.randrange(n_ent)
+        triple = (h * scale, rng.randrange(n_rel), rng.randrange(n_ent) * scale)
+        out.add(lineno, triple)
+        ref.add(lineno, triple)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        rows = out.finish()
+    assert rows.dtype == torch.long and rows.tolist() == [list(t) for t in ref.rows]
+    assert (out.duplicates, out.first_duplicate) == (ref.duplicates, ref.first_duplicate)
+    assert notes == ({"train.duplicates": ref.duplicates} if ref.duplicates else {})
+    if ref.duplicates:
+        line, first = ref.first_duplicate
+        assert [str(w.message) for w in record] == [
+            f"{tmp_path / 'train.tsv'}:{line}: {ref.duplicates} duplicate {'triple' if ref.duplicates == 1 else 'triples'}"
+            f" removed (the first occurrence is kept), first at line {line}: a repeat of line {first}"]
+    else:
+        assert record == []

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import warnings
 from pathlib import Path
 
 import pytest
 
-from kgc_kd.data.io import DataFormatError, DataWarning
-from kgc_kd.data.simkgc_json import is_simkgc_dir, load_simkgc_dir, wordnet_name
+from kgc_kd.data.io import DataFormatError, DataWarning, read_utf8
+from kgc_kd.data.simkgc_json import JsonError, NotAList, is_simkgc_dir, iter_json_items, load_simkgc_dir, wordnet_name
 
 ENTITIES = [
     {"entity_id": "01", "entity": "__family_alcidae_NN_1", "entity_desc": "seabirds of northern seas"},
@@ -268,3 +270,153 @@ def test_missing_split_file(tmp_path):
     (d / "valid.txt.json").unlink()
     with pytest.raises(DataFormatError, match=r"missing valid\.txt\.json"):
         load_simkgc_dir(d)
+
+
+# ---- streaming: blocks of any size give the items, lines and errors of a whole-text decode --------------
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def reference_items(text: str) -> list[tuple[int, object]] | None:
+    """The whole-text decoder this module used before it streamed: (line, item) of a top-level array,
+    None if the text is not an array; raises json.JSONDecodeError (positions in `text`)."""
+    dec = json.JSONDecoder()
+    i = _WS.match(text).end()
+    if not text.startswith("[", i):
+        return None
+    items, line, counted = [], 1, 0
+    i = _WS.match(text, i + 1).end()
+    if text.startswith("]", i):
+        i += 1
+    else:
+        while True:
+            obj, end = dec.raw_decode(text, i)
+            line += text.count("\n", counted, i)
+            counted = i
+            items.append((line, obj))
+            i = _WS.match(text, end).end()
+            if text.startswith(",", i):
+                i = _WS.match(text, i + 1).end()
+            elif text.startswith("]", i):
+                i += 1
+                break
+            else:
+                raise json.JSONDecodeError("Expecting ',' delimiter or ']'", text, i)
+    i = _WS.match(text, i).end()
+    if i != len(text):
+        raise json.JSONDecodeError("Extra data", text, i)
+    return items
+
+
+def random_json_array(rng: random.Random) -> str:
+    words = ["a", "Zürich", "naïve", "日本語", "emoji \U0001F600", 'quote "x"', "back\\slash", "tab\tin", "", "1 2"]
+
+    def value(depth=0):
+        kind = rng.randrange(7 if depth < 2 else 4)
+        if kind == 0:
+            return rng.choice(words)
+        if kind == 1:
+            return rng.choice([0, -7, 123456789, 1.5e-3, 12.0])
+        if kind == 2:
+            return rng.choice([True, False, None])
+        if kind == 3:
+            return rng.choice(words) + str(rng.randrange(100))
+        if kind in (4, 5):
+            return {rng.choice(words) + str(k): value(depth + 1) for k in range(rng.randrange(4))}
+        return [value(depth + 1) for _ in range(rng.randrange(3))]
+
+    items = [value() for _ in range(rng.randrange(0, 12))]
+    ws = lambda: rng.choice(["", " ", "\n", "\n\n  ", "\r\n", "\t"])  # noqa: E731
+    body = ("," + ws()).join(json.dumps(x, indent=rng.choice([None, 2]), ensure_ascii=rng.random() < 0.3)
+                             for x in items)
+    return ws() + "[" + ws() + body + ws() + "]" + ws()
+
+
+def stream(tmp_path, text: str | bytes, block_bytes: int):
+    p = tmp_path / "x.json"
+    p.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return list(iter_json_items(p, block_bytes=block_bytes))
+
+
+BLOCKS = [1, 2, 3, 5, 17, 4096]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_streamed_items_and_lines_equal_a_whole_text_decode(tmp_path, seed):
+    rng = random.Random(seed)
+    text = random_json_array(rng)
+    expected = reference_items(text)
+    for block in BLOCKS:
+        assert stream(tmp_path, text, block) == expected, block
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_streamed_errors_name_the_line_and_column_of_a_whole_text_decode(tmp_path, seed):
+    rng = random.Random(seed)
+    text = random_json_array(rng)
+    cut = rng.randrange(len(text))
+    bad = text[:cut] + rng.choice(["", "}", "x", ",", "]", "\"", "[", "{\"a\" 1}"]) + text[cut + rng.randrange(2):]
+    try:
+        expected = reference_items(bad)
+        if expected is None:  # not an array: the loader read it whole to say what it is
+            expected = ("not a list", type(json.loads(bad)).__name__)
+    except json.JSONDecodeError as err:
+        expected = (err.msg, err.lineno, err.colno)
+    for block in BLOCKS:
+        try:
+            got = stream(tmp_path, bad, block)
+        except JsonError as err:
+            got = (err.msg, err.line, err.column)
+        except NotAList as err:
+            got = ("not a list", type(err.value).__name__)
+        assert got == expected, (block, bad)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_load_in_tiny_blocks_equals_the_default(tmp_path, block):
+    d = make_dir(tmp_path / "kg")
+    (d / "valid.txt.json").write_text(json.dumps([ex("03", "hypernym", "01")] * 3), encoding="utf-8")  # one line
+    with pytest.warns(DataWarning, match=r"valid\.txt\.json:1: 2 duplicate triples removed"):
+        ref = load_simkgc_dir(d)
+    with pytest.warns(DataWarning, match=r"valid\.txt\.json:1: 2 duplicate triples removed"):
+        kg = load_simkgc_dir(d, block_bytes=block)
+    for field in ("entity_ids", "entity_names", "entity_descs", "relation_ids", "relation_texts"):
+        assert getattr(kg, field) == getattr(ref, field)
+    for split in ("train", "valid", "test"):
+        assert kg.split(split).tolist() == ref.split(split).tolist()
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7])
+def test_messages_keep_their_lines_in_tiny_blocks(tmp_path, block):
+    d = make_dir(tmp_path / "kg", entities=[ENTITIES[0], {"entity_id": "02"}])
+    with pytest.raises(DataFormatError) as err:
+        load_simkgc_dir(d, block_bytes=block)
+    assert str(err.value).startswith(f"{d / 'entities.json'}:7: item 1: expected an object with keys")
+    d = make_dir(tmp_path / "kg2")
+    (d / "train.txt.json").write_text('[\n  {"head_id": "01", "relation": "r", "tail_id": "02"},\n\n  {"head_id": 02}]',
+                                      encoding="utf-8")
+    with pytest.raises(DataFormatError, match=r"train\.txt\.json:4: invalid JSON \(Expecting ',' delimiter at "
+                                              r"column 16\)"):  # "  {\"head_id\": 0" is 15 characters
+        load_simkgc_dir(d, block_bytes=block)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_not_utf8_in_blocks_is_reported_as_read_utf8_reports_it(tmp_path, seed):
+    rng = random.Random(seed)
+    text = random_json_array(rng).encode("utf-8")
+    at = rng.randrange(len(text) + 1)
+    raw = text[:at] + rng.choice([b"\xe9", b"\xff", b"\xc3", b"\x80", b"\xf0\x9f"]) + text[at:]
+    p = tmp_path / "x.json"
+    p.write_bytes(raw)
+    with pytest.raises(DataFormatError) as ref:
+        read_utf8(p)
+    for block in BLOCKS:
+        with pytest.raises(DataFormatError) as err:
+            list(iter_json_items(p, block_bytes=block))
+        assert str(err.value) == str(ref.value), block
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_byte_order_mark_and_multibyte_text_across_blocks(tmp_path, block):
+    items = [{"entity_id": "é", "entity": "日本語 \U0001F600"}, {"entity_id": "x", "entity": "naïve"}]
+    raw = b"\xef\xbb\xbf" + json.dumps(items, indent=1, ensure_ascii=False).encode("utf-8")
+    assert stream(tmp_path, raw, block) == [(2, items[0]), (6, items[1])]

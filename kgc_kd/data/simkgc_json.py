@@ -4,8 +4,13 @@ Users who already ran SimKGC's preprocess.py can point us at its output. Relatio
 is already normalised, so it doubles as the relation id. WordNet names arrive raw
 ("__family_alcidae_NN_1") and are parsed as SimKGC does at vectorisation time.
 
-Each top-level item is decoded on its own, so every message names the line the item starts on. Repairs,
-each reported by one `DataWarning` and counted in `KG.notes`: repeated triples in a split file are
+The files stream: `iter_json_items` reads a file in blocks (`BLOCK_BYTES`), decodes the top-level
+array's items one by one with `JSONDecoder.raw_decode` (an item cut by a block boundary is decoded again
+once the next block is in) and hands each on before the next is read, so neither the file's text nor
+its 20M records (Wikidata5M) are ever held at once; triples go straight into `TripleCollector`'s
+arrays. Every message names the line the item starts on, counted across blocks.
+
+Repairs, each reported by one `DataWarning` and counted in `KG.notes`: repeated triples in a split file are
 dropped; an entity with an empty name is named by its id; with `drop_unknown`, triples whose head_id or
 tail_id is not in entities.json are dropped instead of being an error. An empty split is an error.
 """
@@ -14,15 +19,20 @@ from __future__ import annotations
 
 import json
 import re
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, TripleCollector, read_utf8, warn
+from kgc_kd.data.io import DataFormatError, TripleCollector, not_utf8_error, warn
 from kgc_kd.data.kg import KG
 
 # SimKGC's preprocess strips the leading "__" (family_alcidae_NN_1); raw WordNet ids keep it.
 _WN_NAME = re.compile(r"^_*(.+?)_[A-Za-z]{2}_\d+$")
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+_NUMBER_CHARS = frozenset("0123456789.eE+-")  # what may follow a number's prefix within the number
+_COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
+BLOCK_BYTES = 1 << 22  # 4 MiB read at a time: the largest item must fit in a few blocks, the rest streams
 TRIPLE_KEYS = ("head_id", "relation", "tail_id")
 ENTITY_KEYS = ("entity_id", "entity")
 
@@ -36,52 +46,180 @@ def is_simkgc_dir(directory: Path) -> bool:
     return (directory / "entities.json").is_file()
 
 
-def _decode_items(text: str) -> list[tuple[int, object]] | None:
-    """(line, item) for each item of a top-level JSON array, None if the text is not an array; raises
-    json.JSONDecodeError (positions in `text`) where the JSON is invalid."""
-    i = _WS.match(text).end()
-    if not text.startswith("[", i):
-        return None
-    items: list[tuple[int, object]] = []
-    line, counted = 1, 0  # newlines counted incrementally: one pass over the text, whatever its size
-    i = _WS.match(text, i + 1).end()
-    if text.startswith("]", i):
-        i += 1
+class _Utf8Blocks:
+    """A file's text, block by block: each block is cut before a UTF-8 sequence that the next completes,
+    and decoding errors are reported as `read_utf8` reports them (line, column in bytes, byte offset)."""
+
+    def __init__(self, path: Path, block_bytes: int):
+        self.path, self.block_bytes = path, block_bytes
+        self.offset = 0  # bytes decoded so far
+        self.lines = 0  # newlines among them
+        self.line_start = 0  # byte offset just after the last of them
+
+    def __iter__(self) -> Iterator[str]:
+        carry = b""
+        with open(self.path, "rb") as f:
+            while True:
+                raw = f.read(self.block_bytes)
+                data = carry + raw
+                if not data:
+                    return
+                cut = len(data) if not raw else _complete_utf8(data)
+                block, carry = data[:cut], data[cut:]
+                try:
+                    text = block.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    line = self.lines + block.count(b"\n", 0, err.start) + 1
+                    nl = block.rfind(b"\n", 0, err.start)
+                    start = self.offset + nl + 1 if nl >= 0 else self.line_start
+                    at = self.offset + err.start
+                    raise not_utf8_error(self.path, line, at - start + 1, at, block[err.start]) from None
+                if self.offset == 0:
+                    text = text.removeprefix("\ufeff")
+                nl = block.rfind(b"\n")
+                if nl >= 0:
+                    self.lines += block.count(b"\n")
+                    self.line_start = self.offset + nl + 1
+                self.offset += len(block)
+                yield text
+
+
+def _complete_utf8(data: bytes) -> int:
+    """Length of the longest prefix of `data` that does not end inside a UTF-8 sequence."""
+    for back in range(1, min(4, len(data)) + 1):
+        b = data[-back]
+        if b < 0x80:
+            return len(data)
+        if b >= 0xC0:  # the lead byte of the last sequence: complete if all its bytes are here
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return len(data) if back >= need else len(data) - back
+    return len(data)  # continuation bytes only: invalid, left for the decoder to report
+
+
+class JsonError(Exception):
+    """Invalid JSON at a position of the whole file: line, column (1-based), what was expected."""
+
+    def __init__(self, msg: str, line: int, column: int):
+        super().__init__(msg)
+        self.msg, self.line, self.column = msg, line, column
+
+
+class _TextStream:
+    """A window over the file's text: `buf[i:]` is what is read but not consumed; `more()` appends a block.
+    Line and column of a position are counted across the blocks already dropped from the window."""
+
+    def __init__(self, blocks: Iterator[str]):
+        self.blocks = blocks
+        self.buf, self.i = "", 0
+        self.eof = False
+        self.line, self.counted = 1, 0  # line number at buf[counted]
+        self.column0 = 0  # characters on buf[0]'s line before buf[0]
+
+    def more(self) -> bool:
+        """Append the next block (dropping the consumed text first); False at the end of the file."""
+        if self.eof:
+            return False
+        block = next(self.blocks, None)
+        if block is None:
+            self.eof = True
+            return False
+        if self.i > len(self.buf) // 2:
+            self.line_at(self.i)
+            nl = self.buf.rfind("\n", 0, self.i)
+            self.column0 = self.i - nl - 1 if nl >= 0 else self.column0 + self.i
+            self.buf, self.counted, self.i = self.buf[self.i:], 0, 0
+        self.buf += block
+        return True
+
+    def line_at(self, pos: int) -> int:
+        """The line of buf[pos], for pos >= the last position asked (newlines are counted once)."""
+        self.line += self.buf.count("\n", self.counted, pos)
+        self.counted = pos
+        return self.line
+
+    def error(self, msg: str, pos: int) -> JsonError:
+        line = self.line + self.buf.count("\n", self.counted, pos)
+        nl = self.buf.rfind("\n", 0, pos)
+        return JsonError(msg, line, pos - nl if nl >= 0 else self.column0 + pos + 1)
+
+    def skip_ws(self) -> str:
+        """Skip JSON whitespace (reading on as needed); the next character, "" at the end of the file."""
+        while True:
+            self.i = _WS.match(self.buf, self.i).end()
+            if self.i < len(self.buf):
+                return self.buf[self.i]
+            if not self.more():
+                return ""
+
+    def value(self) -> object:
+        """Decode the value at `i` and move past it. An item cut by the window's end fails to decode, or,
+        if it is a number ("12" of "12.5"), decodes short: either is decoded again with the next block."""
+        while True:
+            try:
+                obj, end = _DECODER.raw_decode(self.buf, self.i)
+            except json.JSONDecodeError as err:
+                if self.more():
+                    continue
+                raise self.error(err.msg, err.pos) from None
+            if type(obj) in (int, float, bool) and (end == len(self.buf) or self.buf[end] in _NUMBER_CHARS) \
+                    and self.more():
+                continue  # an object, array, string or literal ends where it says; a number may go on
+            self.i = end
+            return obj
+
+
+def iter_json_items(path: Path, *, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, object]]:
+    """(line, item) for each item of the top-level JSON array in `path`, read block by block. Raises
+    `JsonError` where the JSON is invalid and `NotAList` (holding the value) where it is not an array."""
+    text = _TextStream(iter(_Utf8Blocks(path, block_bytes)))
+    if text.skip_ws() != "[":  # an error path: the one value is decoded whole, as json.loads would
+        value = text.value()
+        if text.skip_ws():
+            raise text.error("Extra data", text.i)
+        raise NotAList(value)
+    text.i += 1
+    if text.skip_ws() == "]":
+        text.i += 1
     else:
         while True:
-            obj, end = _DECODER.raw_decode(text, i)
-            line += text.count("\n", counted, i)
-            counted = i
-            items.append((line, obj))
-            i = _WS.match(text, end).end()
-            if text.startswith(",", i):
-                i = _WS.match(text, i + 1).end()
-            elif text.startswith("]", i):
-                i += 1
+            if text.i >= len(text.buf) and not text.more():
+                raise text.error("Expecting value", text.i)
+            line = text.line_at(text.i)
+            yield line, text.value()
+            sep = _COMMA.match(text.buf, text.i)  # the usual case, in one step: a comma, then the next item
+            if sep is not None and sep.end() < len(text.buf):
+                text.i = sep.end()
+                continue
+            c = text.skip_ws()
+            if c == ",":
+                text.i += 1
+                text.skip_ws()
+            elif c == "]":
+                text.i += 1
                 break
             else:
-                raise json.JSONDecodeError("Expecting ',' delimiter or ']'", text, i)
-    i = _WS.match(text, i).end()
-    if i != len(text):
-        raise json.JSONDecodeError("Extra data", text, i)
-    return items
+                raise text.error("Expecting ',' delimiter or ']'", text.i)
+    if text.skip_ws():
+        raise text.error("Extra data", text.i)
 
 
-def _load_json_items(path: Path, expected: str) -> list[tuple[int, object]]:
-    """(line, item) for each item of the JSON list in `path`."""
+class NotAList(Exception):
+    def __init__(self, value: object):
+        super().__init__(type(value).__name__)
+        self.value = value
+
+
+def _load_json_items(path: Path, expected: str, *, block_bytes: int = BLOCK_BYTES) -> Iterator[tuple[int, object]]:
+    """(line, item) for each item of the JSON list in `path`, streamed; errors as `DataFormatError`."""
     if not path.is_file():
         raise DataFormatError(f"{path.parent}: missing {path.name}")
-    text = read_utf8(path)
     try:
-        items = _decode_items(text)
-        if items is None:
-            data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataFormatError(f"{path}:{err.lineno}: invalid JSON ({err.msg} at column {err.colno}); "
+        yield from iter_json_items(path, block_bytes=block_bytes)
+    except JsonError as err:
+        raise DataFormatError(f"{path}:{err.line}: invalid JSON ({err.msg} at column {err.column}); "
                               f"expected {expected}") from None
-    if items is None:
-        raise DataFormatError(f"{path}: expected {expected}, found {type(data).__name__}")
-    return items
+    except NotAList as err:
+        raise DataFormatError(f"{path}: expected {expected}, found {type(err.value).__name__}") from None
 
 
 def _require(path: Path, line: int, i: int, obj: object, keys: tuple[str, ...]) -> dict:
@@ -92,32 +230,33 @@ def _require(path: Path, line: int, i: int, obj: object, keys: tuple[str, ...]) 
     return obj
 
 
-def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False) -> KG:
+def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, block_bytes: int = BLOCK_BYTES) -> KG:
     d = Path(directory)
     ents_path = d / "entities.json"
-    entities = _load_json_items(ents_path, f"a JSON list of objects with keys {', '.join(ENTITY_KEYS)}")
-    if not entities:
-        raise DataFormatError(f"{ents_path}: no entities; expected a JSON list of objects with keys "
-                              f"{', '.join(ENTITY_KEYS)}")
+    expected = f"a JSON list of objects with keys {', '.join(ENTITY_KEYS)}"
     ids, names, descs = [], [], []
     index: dict[str, int] = {}
-    lines: dict[str, int] = {}
+    lines = array("q")  # the line of each entity, for the message about a repeated id
     no_name: list[tuple[int, str]] = []  # (line, id)
-    for i, (line, e) in enumerate(entities):
+    for i, (line, e) in enumerate(_load_json_items(ents_path, expected, block_bytes=block_bytes)):
         e = _require(ents_path, line, i, e, ENTITY_KEYS)
         key = str(e["entity_id"]).strip()
         if not key:
             raise DataFormatError(f"{ents_path}:{line}: item {i}: empty entity_id; expected a non-empty id")
         if key in index:
             raise DataFormatError(f"{ents_path}:{line}: item {i}: entity_id {key!r} appears twice "
-                                  f"(first at line {lines[key]})")
-        index[key], lines[key] = len(ids), line
+                                  f"(first at line {lines[index[key]]})")
+        index[key] = len(ids)
+        lines.append(line)
         name = wordnet_name(str(e["entity"] or "").strip())
         if not name:
             no_name.append((line, key))
         ids.append(key)
         names.append(name or key)
         descs.append(str(e.get("entity_desc") or ""))
+    if not ids:
+        raise DataFormatError(f"{ents_path}: no entities; expected {expected}")
+    del lines
 
     notes: dict[str, int] = {}
     if no_name:
@@ -132,18 +271,17 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False) -> KG:
     for split in ("train", "valid", "test"):
         path = d / f"{split}.txt.json"
         out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes, expected=expected)
-        for i, (line, ex) in enumerate(_load_json_items(path, expected)):
+        for i, (line, ex) in enumerate(_load_json_items(path, expected, block_bytes=block_bytes)):
             ex = _require(path, line, i, ex, TRIPLE_KEYS)
-            unknown = [k for k in ("head_id", "tail_id") if str(ex[k]).strip() not in index]
-            if unknown:
-                k = unknown[0]
+            h, t = index.get(str(ex["head_id"]).strip()), index.get(str(ex["tail_id"]).strip())
+            if h is None or t is None:
+                k = "head_id" if h is None else "tail_id"
                 out.unknown_id(line, f"item {i}: {k} {ex[k]!r} is not in entities.json")
                 continue
             rel_text = str(ex["relation"] or "").strip()
             if not rel_text:
                 raise DataFormatError(f"{path}:{line}: item {i}: empty relation; expected the relation's text")
-            r = relations.setdefault(rel_text, len(relations))
-            out.add(line, (index[str(ex["head_id"]).strip()], r, index[str(ex["tail_id"]).strip()]))
+            out.add(line, (h, relations.setdefault(rel_text, len(relations)), t))
         splits[split] = out.finish()
 
     rel = list(relations)
