@@ -407,3 +407,130 @@ def test_bad_option_or_data_exits_2_before_anything_is_written(tmp_path, tiny_pl
     assert exc.value.code == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "b" / "bench.json").exists()
+
+
+# ---- the scale section (scale.py, scale_steps.py) -----------------------------------------------------------
+def test_scale_fractions_parse_exactly():
+    from fractions import Fraction
+
+    from kgc_kd.bench.scale import entities_at, fraction_label, parse_fraction
+
+    assert parse_fraction("1/50") == Fraction(1, 50) and parse_fraction("0.1") == Fraction(1, 10)
+    assert fraction_label(Fraction(1, 50)) == "1/50" and fraction_label(Fraction(3, 100)) == "0.03"
+    assert entities_at(Fraction(1, 10)) == 459_448  # round(4,594,485 / 10)
+    for bad in ("0", "1.5", "-1/10", "half"):
+        with pytest.raises(ValueError):
+            parse_fraction(bad)
+
+
+def test_scale_fit_is_least_squares_and_a_measured_full_size_wins():
+    from kgc_kd.bench.scale import extrapolate, fit_line
+
+    assert fit_line([(10, 3.0), (30, 7.0)]) == pytest.approx((1.0, 0.2))  # the line through both
+    assert fit_line([(0, 1.0), (1, 3.0), (2, 2.0)]) == pytest.approx((1.5, 0.5))  # by hand
+    assert fit_line([(4, 2.0)]) == (0.0, 0.5)  # one point: through the origin
+    rows = [{"num_entities": 10, "seconds": 3.0}, {"num_entities": 30, "seconds": 7.0}]
+    fit = extrapolate(rows, "seconds", "entities", 100)
+    assert fit == {"value": pytest.approx(21.0), "formula": "a + b*n", "a": pytest.approx(1.0), "b": pytest.approx(0.2),
+                   "n": 100, "n_of": "entities", "points": 2}
+    rows.append({"num_entities": 100, "seconds": 50.0})
+    assert extrapolate(rows, "seconds", "entities", 100) == {"value": 50.0, "formula": "measured", "n": 100,
+                                                             "n_of": "entities"}
+
+
+def test_scale_step_memory_is_growth_over_the_start(monkeypatch):
+    """A step that peaks at 192 MiB and keeps 64 MiB: the runner reports those growths (plus slack for the
+    allocator), positive seconds and the threads it set."""
+    from kgc_kd.bench import scale_steps
+
+    def alloc_step(args):
+        def measure():
+            keep = torch.ones(64 * 2**20 // 4)  # 64 MiB, written: resident
+            scratch = torch.ones(128 * 2**20 // 4)
+            del scratch
+            return {"kept_elements": keep.numel()}, keep
+        return measure
+
+    monkeypatch.setitem(scale_steps.STEPS, "alloc", alloc_step)
+    threads = torch.get_num_threads()
+    try:
+        row = scale_steps.run_step("alloc", {"threads": 1})
+    finally:
+        torch.set_num_threads(threads)
+    assert row["step"] == "alloc" and row["threads"] == 1 and row["seconds"] > 0
+    assert row["kept_elements"] == 16 * 2**20
+    if row["memory_method"] == "VmHWM after reset":  # Linux
+        assert 190 <= row["peak_growth_mib"] <= 260
+        assert 60 <= row["kept_growth_mib"] <= 100
+
+
+def test_scale_step_not_available_is_reported_not_raised(monkeypatch):
+    from kgc_kd.bench import scale_steps
+
+    def missing(args):
+        raise scale_steps.NotAvailable("no such part")
+
+    monkeypatch.setitem(scale_steps.STEPS, "missing", missing)
+    assert scale_steps.run_step("missing", {})["not_available"] == "no such part"
+
+
+@pytest.mark.slow
+def test_scale_section_at_a_tiny_fraction(tmp_path, tiny_plm_dir):
+    """`--sections scale` at 1/5000 of Wikidata5M (919 entities) and a 2,000-entity collate graph: every step
+    ran in its own process, with positive seconds and memory figures; the fits pass through what was
+    measured; the cache is written by the first run and read by the second; targets and tables are there."""
+    from kgc_kd.bench import scale
+    from kgc_kd.bench.__main__ import main
+
+    b = main(["--out", str(tmp_path / "bench.json"), "--sections", "scale", "--scale-fractions", "1/5000",
+              "--scale-link-graph-fractions", "1/5000", "--scale-collate-entities", "2000", "--scale-threads", "1", "2",
+              "--scale-batches", "2", "--warmup", "1", "--", "data.source=synthetic", f"model.plm={tiny_plm_dir}"])
+    assert json.loads((tmp_path / "bench.json").read_text()) == json.loads(json.dumps(b))
+    s = b["scale"]
+    assert set(s["steps"]) == set(scale.STEPS) and [f["num_entities"] for f in s["fractions"]] == [919]
+    assert not (tmp_path / "scale-work").exists()  # scratch files removed
+    for name, step in s["steps"].items():
+        assert step["measured"], name
+        for r in step["measured"]:
+            assert "error" not in r and "not_available" not in r, (name, r)
+            assert r["seconds"] > 0 and r["start_rss_mib"] > 0, (name, r)
+            assert r["peak_growth_mib"] >= 0 and r["kept_growth_mib"] >= 0, (name, r)
+            assert r["peak_growth_mib"] >= r["kept_growth_mib"] - 1.0, (name, r)  # within a page table's slack
+        assert step["full_scale"], name
+    groups = lambda name, key: sorted(r[key] for r in s["steps"][name]["measured"])  # noqa: E731
+    assert groups("tokens", "run") == groups("link_graph", "run") == groups("predict", "run") == ["first", "second"]
+    assert groups("collate", "threads") == [1, 1, 2, 2] and groups("train_collate", "threads") == [1, 2]
+    for name in ("tokens", "link_graph"):
+        reads = {r["run"]: r["read_cache"] for r in s["steps"][name]["measured"]}
+        assert reads == {"first": False, "second": True}, name
+
+    # the collate: 919 and 2,000 entities, 1,024-example batches, the fit through both sizes per thread count
+    collate = s["steps"]["collate"]
+    for k in (1, 2):
+        rows = sorted((r for r in collate["measured"] if r["threads"] == k), key=lambda r: r["num_keys"])
+        assert [r["num_entities"] for r in rows] == [919, 2000]
+        assert all(r["batch_size"] == 1024 and r["batches"] == 2 and 0 < r["median_ms"] <= r["max_ms"] for r in rows)
+        assert all(r["num_keys"] == 2 * round(4_594_485 ** -1 * 20_614_279 * r["num_entities"]) for r in rows)
+        fit = collate["full_scale"][f"threads={k}"]["median_ms"]
+        assert fit["formula"] == "a + b*n" and fit["n"] == 2 * 20_614_279
+        for r in rows:
+            assert fit["a"] + fit["b"] * r["num_keys"] == pytest.approx(r["median_ms"])
+        assert fit["value"] == pytest.approx(fit["a"] + fit["b"] * fit["n"])
+    filt = s["steps"]["filter"]
+    assert filt["n_of"] == "triples" and filt["full_scale"]["all"]["seconds"]["n"] == 20_614_279 + 5_163 + 5_133
+
+    # the evaluation memory plan (full scale, both widths) and its CPU check
+    plan = s["eval_plan"]
+    assert set(plan["plans"]) == {"384", "768"} and plan["num_entities"] == 4_594_485
+    assert plan["cpu_check"]["num_entities"] == 919 and plan["cpu_check"]["plan_fp32_mib"] > 0
+    names = [t["target"] for t in s["targets"]]
+    assert names == ["collate mask median, threads=1", "collate mask median, threads=2",
+                     "data preparation peak, first run", "data preparation kept, first run",
+                     "data preparation peak, second run", "data preparation kept, second run", "filter index",
+                     "second run reads the cached table", "evaluation memory plan, 768-d bf16"]
+    assert all(t["pass"] in (True, False) for t in s["targets"])
+    reads = next(t for t in s["targets"] if t["target"] == "second run reads the cached table")
+    assert reads["pass"] is True and reads["from"] == "measured"
+    md = (tmp_path / "bench.md").read_text()
+    assert "## Scale: Wikidata5M-sized graphs" in md and "### Targets (issue 21)" in md
+    assert "| tokens | 1/5000 | run=second |" in md and "cache read" in md

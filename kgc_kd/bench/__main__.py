@@ -7,7 +7,10 @@ encoding/ranking speed and peak memory of a full evaluation on the configured KG
 memory/time on random embeddings for growing entity counts, `rerank` SimKGC's graph re-ranking on WN18RR
 (`--rerank-data`, a KG-BERT directory) from random vectors, neighbourhood search and ranking timed
 apart, `stages` parameters and latency of every
-stage against the teacher, `chain` the default chain end to end (time by stage and phase, peak memory).
+stage against the teacher, `chain` the default chain end to end (time by stage and phase, peak memory),
+and, only when named (`--sections scale`: ~20 min on a 2-core CPU), `scale` the host side of a
+Wikidata5M-sized run on a Wikidata-shaped synthetic graph at fractions of its size (`--scale-fractions`),
+each step in a fresh process, extrapolated to full scale beside the targets of issue 21 (scale.py).
 `key=value` items configure the model and data exactly as for `kgc_kd.fit` (the chain gets them too),
 so tiny models make the harness fast in tests. Every ratio is taken within the same invocation.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from kgc_kd.bench import chain_run, evaluation, peak, stages, train_step
+from kgc_kd.bench import chain_run, evaluation, peak, scale, stages, train_step
 from kgc_kd.bench.table import format_tables
 from kgc_kd.chain import build_datamodule
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
@@ -32,7 +35,8 @@ from kgc_kd.files import write_json_atomic, write_text_atomic
 from kgc_kd.models.biencoder import build_biencoder
 from kgc_kd.models.plm import load_tokenizer
 
-SECTIONS = ("peak", "train", "eval", "scaling", "rerank", "stages", "chain")
+SECTIONS = ("peak", "train", "eval", "scaling", "rerank", "stages", "chain", "scale")
+NAMED_ONLY = ("scale",)  # not among the default sections: it runs ~20 min on its own graph
 # WN18RR for the rerank section: the benchmark (never the project at run time) may read the shared copy
 DEFAULT_RERANK_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wn18rr"
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
@@ -40,7 +44,8 @@ PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 EXAMPLES = ("python -m kgc_kd.bench                                     # = make bench: every section, the default run",
             "python -m kgc_kd.bench --sections train eval --repeats 3   # some sections only",
-            "python -m kgc_kd.bench data=nations model.plm=/models/bert-base-uncased --sections eval")
+            "python -m kgc_kd.bench data=nations model.plm=/models/bert-base-uncased --sections eval",
+            "python -m kgc_kd.bench --sections scale --out runs/bench-scale/bench.json   # Wikidata5M-sized host costs")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -52,7 +57,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                 docs=("docs/performance.md (sections, figures)", "docs/configuration.md (forms and keys)"))
     ap.add_argument("--out", default="runs/bench/bench.json", help="the JSON file (the table goes next to it)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, metavar="SECTION",
-                    help=f"some of {', '.join(SECTIONS)} (default: all); ITEMs go before it, or after --")
+                    help=f"some of {', '.join(SECTIONS)} (default: all but {', '.join(NAMED_ONLY)}); ITEMs go before "
+                         "it, or after --")
     ap.add_argument("--warmup", type=int, default=2, help="untimed runs before each measurement")
     ap.add_argument("--repeats", type=int, default=5, help="timed runs; figures are their median")
     ap.add_argument("--matmul-n", type=int, default=2048, help="size of the square matmul that measures the peak")
@@ -67,6 +73,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rerank-hops", type=int, default=5, help="as conf/experiment/wn18rr_*.yaml (eval.rerank_hops)")
     ap.add_argument("--rerank-weight", type=float, default=0.05,
                     help="as conf/experiment/wn18rr_*.yaml (eval.rerank_weight)")
+    ap.add_argument("--scale-fractions", type=scale.parse_fraction, nargs="+", metavar="F",
+                    default=[scale.parse_fraction(f) for f in scale.DEFAULT_FRACTIONS],
+                    help="fractions of Wikidata5M's entities the scale section measures (default 1/50 1/10; "
+                         "'1/50' or '0.02'); the train collate and predict run at the largest, the CPU evaluation "
+                         "at the smallest")
+    ap.add_argument("--scale-link-graph-fractions", type=scale.parse_fraction, nargs="*", metavar="F",
+                    default=[scale.parse_fraction("1/50")],
+                    help="fractions at which data preparation with data.link_graph is measured (default 1/50)")
+    ap.add_argument("--scale-collate-entities", type=int, default=scale.WIKIDATA5M["entities"], metavar="N",
+                    help="entities of the extra collate-mask graph (default Wikidata5M's 4594485: its 41.2M "
+                         "train + inverse keys; 0: none)")
+    ap.add_argument("--scale-threads", type=int, nargs="+", default=[1, 2], metavar="N",
+                    help="torch intra-op threads the collate is measured at (default 1 2)")
+    ap.add_argument("--scale-batches", type=int, default=20, metavar="N",
+                    help="timed collate batches per measurement, after --warmup (default 20)")
     ap.add_argument("--chain-run", help="read this finished run's report instead of running the chain")
     ap.add_argument("--run", help="measure this finished run's exported stages (section stages)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -90,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(args: argparse.Namespace) -> dict:
     cfg = load_config(args.overrides)
-    sections = set(args.sections or SECTIONS)
+    sections = set(args.sections or [s for s in SECTIONS if s not in NAMED_ONLY])
     missing = evaluation.missing_kgbert_files(args.rerank_data) if "rerank" in sections else []
     rerank_skip = (f"no WN18RR in the KG-BERT layout at {args.rerank_data} (missing: {', '.join(missing)}); "
                    "give the directory with --rerank-data DIR") if missing else None
@@ -154,6 +175,13 @@ def run(args: argparse.Namespace) -> dict:
     if "chain" in sections:
         result["chain"] = (chain_run.read_chain_report(Path(args.chain_run)) if args.chain_run
                            else chain_run.run_chain_subprocess(args.overrides, out.parent))
+        save()
+    if "scale" in sections:
+        result["scale"] = scale.scale_section(out.parent / "scale-work", plm=cfg.model.plm,
+                                              fractions=args.scale_fractions,
+                                              link_graph_fractions=args.scale_link_graph_fractions,
+                                              collate_entities=args.scale_collate_entities, threads=args.scale_threads,
+                                              batches=args.scale_batches, warmup=args.warmup)
         save()
     print(format_tables(result), flush=True)
     print(f"\nwrote {out} and {out.with_suffix('.md')}", flush=True)

@@ -94,4 +94,85 @@ def format_tables(b: dict) -> str:
                          + [_f(s["phases_s"].get(n), "{:.1f}") for n in names] + [_f(s.get("test_mrr"), "{:.4f}")]
                          for s in c["stages"]])
         lines.append("")
+    if "scale" in b:
+        lines += scale_tables(b["scale"])
     return "\n".join(lines)
+
+
+def _scale_detail(r: dict) -> str:
+    """A measured scale row's own figures, in words."""
+    if "error" in r:
+        return "error: " + r["error"].strip().splitlines()[-1][:120]
+    if "not_available" in r:
+        return "not available: " + r["not_available"]
+    parts = []
+    if "median_ms" in r:
+        parts.append(f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms per {r['batch_size']}-batch "
+                     f"({r['batches']} batches); key set built in {r['known_build_s']:.2f} s")
+    if "tokens_s" in r:
+        parts.append(f"KG {r['kg_s']:.1f} s + tokens {r['tokens_s']:.1f} s; cache "
+                     + ("read" if r["read_cache"] else f"written ({r['cache_files_written']} files)"))
+    if "file_mib" in r:
+        written = f", written in {r['write_s']:.1f} s" if r.get("write_s") else ""
+        parts.append(f"{r['file_mib']:.0f} MiB of json{written}")
+    if "start_s" in r:
+        parts.append(f"start {r['start_s']:.2f} s, first query {r['first_query_s']:.2f} s")
+    return "; ".join(parts)
+
+
+def _fit_text(fit: dict) -> str:
+    if fit["formula"] == "measured":
+        return "measured"
+    a = f"{fit['a']:.4g} + " if fit["formula"] == "a + b*n" else ""
+    return f"{a}{fit['b']:.4g} x {fit['n']:,} {fit['n_of']}"
+
+
+def scale_tables(s: dict) -> list[str]:
+    fr = ", ".join(f"{f['label']} ({f['num_entities']:,} entities)" for f in s["fractions"])
+    lines = [f"## Scale: Wikidata5M-sized graphs (a Wikidata-shaped synthetic graph at {fr}; seed {s['seed']}, "
+             f"tokenizer {s['plm']}, max length {s['max_length']})", "",
+             "Every step in a fresh process; memory is growth of resident memory over the process's start (peak: "
+             "high-water mark while measuring; kept: after the step, its result still held). The section took "
+             f"{s['seconds']:.0f} s.", ""]
+    rows = []
+    for name, step in s["steps"].items():
+        for r in step["measured"]:
+            group = ", ".join(f"{k}={r.get(k)}" for k in step["group_by"])
+            rows.append([name, str(r.get("fraction")), group, _f(r.get("seconds"), "{:.2f}"),
+                         _f(r.get("peak_growth_mib")), _f(r.get("kept_growth_mib")), _scale_detail(r)])
+    lines += _table(["step", "scale", "run", "s", "peak +MiB", "kept +MiB", "detail"], rows)
+    lines += ["", f"### Extrapolated to Wikidata5M ({s['full_n']['entities']:,} entities, {s['full_n']['triples']:,} "
+              f"triples, {s['full_n']['keys']:,} train + inverse keys): cost = a + b x n through the fractions", ""]
+    rows = [[name, group, fig, _f(fit["value"], "{:.4g}"), _fit_text(fit)]
+            for name, step in s["steps"].items() for group, figs in step["full_scale"].items()
+            for fig, fit in figs.items()]
+    lines += _table(["step", "run", "figure", "at full scale", "from"], rows)
+    plan = s["eval_plan"]
+    lines.append("")
+    if "plans" in plan:
+        lines += [f"### Evaluation memory plan at full scale ({plan['num_entities']:,} entities, "
+                  f"{plan['num_queries']:,} queries, {8 * plan['dtype_bytes']}-bit vectors)", ""]
+        lines += _table(["dim", "held GiB", "ranking scratch GiB", "total GiB", "bytes per entity"],
+                        [[d, _f(p.get("held_bytes") and p["held_bytes"] / 2**30, "{:.2f}"),
+                          _f(p.get("ranking_scratch_bytes") and p["ranking_scratch_bytes"] / 2**30, "{:.2f}"),
+                          _f(p.get("total_bytes") and p["total_bytes"] / 2**30, "{:.2f}"),
+                          _f(p.get("bytes_per_entity"), "{:.0f}")] for d, p in plan["plans"].items()])
+        lines.append("")
+    else:
+        lines += [f"Evaluation memory plan: not available ({plan.get('not_available')})", ""]
+    cpu = plan.get("cpu_check", {})
+    if "seconds" in cpu:
+        lines += [f"CPU check of the plan ({cpu.get('fraction')}: {cpu['num_entities']:,} entities x "
+                  f"{cpu['num_queries']:,} queries, {cpu['dim']}-d fp32, chunk {cpu['chunk_size']}): measured peak "
+                  f"growth {_f(cpu['peak_growth_mib'])} MiB, plan {_f(cpu.get('plan_fp32_mib'))} MiB; ranking "
+                  f"{cpu['rank_s']:.1f} s.", ""]
+    elif cpu:
+        lines += [f"CPU check of the plan: {_scale_detail(cpu)}", ""]
+    lines += ["### Targets (issue 21)", ""]
+    lines += _table(["target", "at", "value", "limit", "from", "pass"],
+                    [[t["target"], t["at"],
+                      str(t["value"]) if isinstance(t["value"], bool) else _f(t["value"], "{:.3g}"),
+                      (f"<= {t['limit']:.4g} {t['unit']}" if t["unit"] else str(t["limit"])), t["from"],
+                      {True: "pass", False: "FAIL", None: "-"}[t["pass"]]] for t in s["targets"]])
+    lines.append("")
+    return lines
