@@ -172,6 +172,8 @@ def test_validate_rejects(arg, fragment):
     (["stages.1.layers=0"], "stages[1].layers=0: expected >= 1"),
     (["eval.val_max_queries=0"], "eval.val_max_queries=0: expected a positive number of queries (or null: all)"),
     (["eval.val_max_queries=-5"], "eval.val_max_queries=-5: expected a positive number of queries"),
+    (["eval.memory_budget_gb=0"], "eval.memory_budget_gb=0.0: expected a positive size in GB (or null: no budget)"),
+    (["eval.memory_budget_gb=-2"], "eval.memory_budget_gb=-2.0: expected a positive size in GB"),
 ])
 def test_validate_names_the_key_and_the_expectation(args, message):
     with pytest.raises(ConfigError) as exc:
@@ -199,6 +201,9 @@ def test_valid_edge_values_pass():
     assert load_config([]).eval.val_max_queries is None  # default: every validation query
     assert load_config(["eval.val_max_queries=1"]).eval.val_max_queries == 1
     assert load_config(["eval.val_max_queries=5", "eval.val_max_queries=null"]).eval.val_max_queries is None
+    assert load_config([]).eval.memory_budget_gb == 8.0  # default: 8 GB of ranking scratch
+    assert load_config(["eval.memory_budget_gb=null"]).eval.memory_budget_gb is None  # eval.chunk_size alone
+    assert load_config(["eval.memory_budget_gb=0.25"]).eval.memory_budget_gb == 0.25
 
 
 def test_later_override_wins(conf, tmp_path):

@@ -137,3 +137,49 @@ def test_evaluation_on_two_processes_reports_the_single_process_metrics(tmp_path
     assert metrics[1]["test/mrr"] > 0
     for key in ("test/mrr", "test/mr", "test/hits@1", "test/hits@10", "test/tail/mrr", "test/head/mrr"):
         assert metrics[2][key] == pytest.approx(metrics[1][key], abs=1e-6), key
+
+
+class SaveEvaluation(L.Callback):
+    """Rank 0 writes the module's last evaluation (ranks, top-k, triples, metrics) to a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def _save(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            torch.save(pl_module.last_eval, self.path)
+
+    on_validation_end = on_test_end = _save
+
+
+def test_sharded_evaluation_with_padding_budget_and_rerank_equals_one_process(tmp_path):
+    """21 entities and 3 validation queries on 2 ranks: the sampler pads both loaders with a repeat. Each
+    rank keeps only its own query vectors and ranks them against the whole entity matrix (all-gathered
+    batch by batch) in one-query chunks (a 1-byte budget), with re-ranking; the ranks, top-k and metrics,
+    padding dropped, equal one process's."""
+    net = BiEncoder(make_tiny_bert(dropout=0.0))
+    ev = {"chunk_size": 64, "rerank_weight": 0.05, "rerank_hops": 1, "topk": 3, "memory_budget_gb": 1e-9}
+    runs = {}
+    for devices in (1, 2):
+        dm = KGDataModule("synthetic", batch_size=4, eval_batch_size=4, max_length=24, shuffle=False,
+                          tokenizer=make_tokenizer(), val_max_queries=3,
+                          synthetic={"num_entities": 21, "num_relations": 2, "num_triples": 40, "seed": 1})
+        path = tmp_path / f"eval{devices}.pt"
+        trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                            logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[SaveEvaluation(path)])
+        module = KGCModule(MODEL, OPTIM, ev, 4, net=net)
+        trainer.validate(module, datamodule=dm, verbose=False)
+        val = torch.load(path, weights_only=False)["val"]
+        trainer.test(module, datamodule=dm, verbose=False)
+        runs[devices] = {"val": val, "test": torch.load(path, weights_only=False)["test"]}
+    assert len(runs[1]["val"]["triples"]) == 3 and runs[2]["val"]["memory_plan"]["chunk_rows"] == 1
+    assert runs[2]["val"]["memory_plan"]["queries_per_rank"] == 2  # its own share, padded: not all 3
+    for split in ("val", "test"):
+        one, two = runs[1][split], runs[2][split]
+        assert torch.equal(one["triples"], two["triples"]), split
+        for name in ("optimistic", "pessimistic", "realistic"):
+            assert torch.equal(getattr(one["output"].ranks, name), getattr(two["output"].ranks, name)), (split, name)
+        assert one["metrics"] == pytest.approx(two["metrics"], abs=1e-6)
+    assert torch.equal(runs[1]["test"]["output"].topk_ids, runs[2]["test"]["output"].topk_ids)
+    assert torch.allclose(runs[1]["test"]["output"].topk_scores, runs[2]["test"]["output"].topk_scores, atol=1e-6)

@@ -361,3 +361,130 @@ def test_evaluate_queries_reranks_around_query_head():
     # two hops reach the gold too: [0.35, 0.5, 0.65, 0.45]
     _, out = evaluate_queries(qv, ev, triples, R, {}, adjacency=adj, rerank_hops=2, rerank_weight=0.25)
     assert out.ranks.realistic.tolist() == [1.0]
+
+
+# --- the memory-bounded ranking against today's path (before eval.memory_budget_gb) -----------------------
+from kgc_kd.eval.evaluator import _known_pairs  # noqa: E402
+from kgc_kd.eval.memory_plan import UPCAST_BLOCK_ROWS, chunk_fixed_bytes, chunk_row_bytes, query_chunk_rows  # noqa: E402
+from kgc_kd.eval.ranks import RankCounter  # noqa: E402
+
+
+def todays_rank_all_entities(query_vecs, entity_vecs, gold, known, *, heads=None, nbrs=None, weight=0.0,
+                             chunk_size=256, topk=0):
+    """rank_all_entities as it was before the memory plan: the whole entity matrix upcast to float32 once,
+    `chunk_size` queries at a time, fresh buffers sized by chunk_size alone."""
+    num_q, num_e = query_vecs.shape[0], entity_vecs.shape[0]
+    rows_max = min(chunk_size, num_q)
+    score_buf = torch.empty(rows_max, num_e)
+    compare_buf = torch.empty(rows_max, num_e)
+    counter = RankCounter(gold, num_e, *_known_pairs(known, torch.device("cpu")))
+    if nbrs is not None:
+        slots = nbrs.checked_slots(heads)
+        table = nbrs.table(float(weight), torch.float32)
+        bonus_buf = torch.empty(rows_max * nbrs.unpacked_width)
+    k = min(topk, num_e)
+    ids, tops = [], []
+    ent = entity_vecs.float()
+    for start in range(0, num_q, chunk_size):
+        stop = min(start + chunk_size, num_q)
+        scores = torch.mm(query_vecs[start:stop].float(), ent.T, out=score_buf[: stop - start])
+        if nbrs is not None:
+            scores.add_(nbrs.unpack(slots[start:stop], table, out=bonus_buf))
+        counter.add(start, scores, compare_buf[: stop - start])
+        if k > 0:
+            rows, cols = counter.excluded(start, stop)
+            scores[rows, cols] = float("-inf")
+            top_s, top_i = scores.nan_to_num_(nan=float("-inf")).topk(k, dim=1)
+            ids.append(top_i.masked_fill(torch.isneginf(top_s), -1))
+            tops.append(top_s)
+    return counter.ranks(), (torch.cat(ids) if k else None), (torch.cat(tops) if k else None)
+
+
+def _tied_problem(seed, num_e=300, num_q=41, dim=12, num_rel=3):
+    """Random unit vectors with exact ties (entities 50-99 copy 0-49; some queries copy an entity), a filter
+    with a hub (entity 0 is the tail of a fifth of the triples), and a train graph with a hub for the
+    re-ranking."""
+    g = torch.Generator().manual_seed(seed)
+    ent = torch.nn.functional.normalize(torch.randn(num_e, dim, generator=g), dim=1)
+    ent[50:100] = ent[:50]
+    qv = torch.nn.functional.normalize(torch.randn(num_q, dim, generator=g), dim=1)
+    qv[::5] = ent[torch.randint(0, num_e, (len(qv[::5]),), generator=g)]
+    m = 4 * num_e
+    tails = torch.where(torch.rand(m, generator=g) < 0.2, 0, torch.randint(0, num_e, (m,), generator=g))
+    train = torch.stack([torch.randint(0, num_e, (m,), generator=g), torch.randint(0, num_rel, (m,), generator=g),
+                         tails], dim=1)
+    queries = train[torch.randperm(m, generator=g)[:num_q]]
+    queries[1::2] = torch.stack([queries[1::2, 2], queries[1::2, 1] + num_rel, queries[1::2, 0]], dim=1)
+    known = FilterIndex.from_forward(train, num_rel).lookup(queries[:, 0], queries[:, 1])
+    return qv, ent, queries, known, train
+
+
+def _same(new, old):
+    ranks, ids, scores = old
+    for name in ("optimistic", "pessimistic", "realistic"):
+        assert torch.equal(getattr(new.ranks, name), getattr(ranks, name)), name
+    if ids is None:
+        assert new.topk_ids is None
+    else:
+        assert torch.equal(new.topk_ids, ids) and torch.equal(new.topk_scores, scores)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rerank", [False, True])
+@pytest.mark.parametrize("budget_rows", [None, 1, 3, 7, 0])
+def test_budgeted_ranking_equals_todays(seed, dtype, rerank, budget_rows):
+    """Budgets of 1, 3 and 7 rows force many chunks (0: a budget below one row still scores one at a time);
+    ranks and top-k equal today's path on the same stored vectors, bf16 included, with today's chunk_size set
+    to the rows the budget allows (a float32 product of 1 row and of 16 may round differently in the last bit,
+    today as before: the chunk a budget picks is what `eval.chunk_size` picked)."""
+    qv, ent, queries, known, train = _tied_problem(seed)
+    ent, qv = ent.to(dtype), qv.to(dtype)
+    num_e, dim = ent.shape
+    heads = queries[:, 0]
+    nbrs = NeighbourGraph.from_triples(train, num_e).neighbourhoods(heads, 2, max_nodes=120) if rerank else None
+    budget, expect = None, 16
+    if budget_rows is not None:
+        row = chunk_row_bytes(num_e, dim, rerank=rerank)
+        budget = chunk_fixed_bytes(num_e, dim, dtype_bytes=ent.element_size()) + max(budget_rows * row, 1)
+        expect = max(budget_rows, 1)
+        assert query_chunk_rows(num_e, dim, len(qv), chunk_size=16, memory_budget=budget, rerank=rerank,
+                                dtype_bytes=ent.element_size()) == expect
+    new = rank_all_entities(qv, ent, queries[:, 2], known, heads=heads, adjacency=nbrs, rerank_hops=2 if rerank else 0,
+                            rerank_weight=0.05 if rerank else 0.0, chunk_size=16, memory_budget=budget, topk=5)
+    old = todays_rank_all_entities(qv, ent, queries[:, 2], known, heads=heads, nbrs=nbrs, weight=0.05,
+                                   chunk_size=expect, topk=5)
+    _same(new, old)
+    unbounded = todays_rank_all_entities(qv, ent, queries[:, 2], known, heads=heads, nbrs=nbrs, weight=0.05,
+                                         chunk_size=16, topk=5)
+    assert _tuples(new.ranks) == _tuples(unbounded[0]) and torch.equal(new.topk_ids, unbounded[1])
+    assert bool((new.ranks.pessimistic > new.ranks.optimistic).any())  # the ties took part
+
+
+def test_bf16_matrix_larger_than_one_upcast_block_equals_todays():
+    """More entities than one float32 block: the matrix is upcast block by block (ties across the block
+    boundary included); the scores, so ranks and top-k, equal those of the matrix upcast whole."""
+    g = torch.Generator().manual_seed(5)
+    num_e, dim, num_q = 2 * UPCAST_BLOCK_ROWS + 1000, 8, 23
+    ent = torch.nn.functional.normalize(torch.randn(num_e, dim, generator=g), dim=1).bfloat16()
+    ent[UPCAST_BLOCK_ROWS: UPCAST_BLOCK_ROWS + 500] = ent[:500]  # copies in the next block
+    qv = ent[torch.randint(0, 500, (num_q,), generator=g)].float()
+    gold = torch.randint(0, num_e, (num_q,), generator=g)
+    known = [torch.randint(0, num_e, (4,), generator=g) for _ in range(num_q)]
+    new = rank_all_entities(qv, ent, gold, known, chunk_size=5, topk=4)
+    _same(new, todays_rank_all_entities(qv, ent, gold, known, chunk_size=5, topk=4))
+    assert new.topk_scores[:, 0].eq(new.topk_scores[:, 1]).all()  # every query's best entity has its copy
+
+
+def test_evaluate_queries_with_a_budget_equals_without():
+    qv, ent, queries, _, train = _tied_problem(9)
+    filt = FilterIndex.from_forward(train, 3)
+    m0, o0 = evaluate_queries(qv, ent, queries, 3, filt, topk=3)
+    m1, o1 = evaluate_queries(qv, ent, queries, 3, filt, topk=3, memory_budget=2 * chunk_row_bytes(300, 12, rerank=False))
+    assert m0 == m1 and torch.equal(o0.topk_ids, o1.topk_ids) and _tuples(o0.ranks) == _tuples(o1.ranks)
+    assert torch.allclose(o0.topk_scores, o1.topk_scores, rtol=0, atol=1e-6)  # chunks of 2 rows, not 41
+
+
+def test_no_queries_with_topk():
+    out = rank_all_entities(torch.empty(0, 4), torch.eye(4), torch.empty(0, dtype=torch.long), [], topk=3)
+    assert len(out.ranks) == 0 and out.topk_ids.shape == (0, 3) and out.topk_scores.shape == (0, 3)

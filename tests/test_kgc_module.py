@@ -146,3 +146,45 @@ def test_adamw_is_fused_exactly_when_the_parameters_live_on_cuda(accelerator):
     trainer = _trainer(accelerator=accelerator, max_steps=1, limit_val_batches=0)
     trainer.fit(module, datamodule=_dm())
     assert bool(trainer.optimizers[0].defaults["fused"]) == (accelerator == "gpu")
+
+
+class EntityMatrixSeen(L.Callback):
+    """The evaluation's entity matrix (dtype, shape) after every test batch of the entity loader."""
+
+    def __init__(self):
+        self.seen = set()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        matrix = pl_module._eval_store.get("entity_matrix")
+        if dataloader_idx == 0:
+            self.seen.add((matrix.dtype, tuple(matrix.shape), matrix.data_ptr()))
+
+
+@pytest.mark.parametrize("precision,dtype", [("32-true", torch.float32), ("bf16-mixed", torch.bfloat16)])
+def test_entity_vectors_fill_one_matrix_in_the_runs_dtype(precision, dtype):
+    dm = _dm()
+    module = KGCModule(MODEL, OPTIM, {**EVAL, "memory_budget_gb": 8.0}, batch_size=8, encoder=make_tiny_bert())
+    seen = EntityMatrixSeen()
+    _trainer(precision=precision, callbacks=[seen]).test(module, datamodule=dm, verbose=False)
+    # one matrix (one allocation) for every batch of the 20 entities (eval batches of 16)
+    dim = module.net.entity_encoder.config.hidden_size
+    assert [(d, s) for d, s, _ in seen.seen] == [(dtype, (dm.kg.num_entities, dim))]
+    plan = module.last_eval["test"]["memory_plan"]
+    assert plan["dtype_bytes"] == (2 if dtype == torch.bfloat16 else 4)
+    assert plan["chunk_rows"] == min(EVAL["chunk_size"], 2 * len(dm.kg.test))
+    assert 0 < module.last_eval["test"]["metrics"]["mrr"] <= 1
+
+
+def test_a_budget_of_one_query_row_reports_the_same_evaluation():
+    dm = _dm()
+    encoder = make_tiny_bert(dropout=0.0)
+    runs = {}
+    for budget in (None, 1e-9):  # 1 byte: one query per chunk
+        module = KGCModule(MODEL, OPTIM, {**EVAL, "memory_budget_gb": budget}, batch_size=8, encoder=encoder)
+        _trainer().test(module, datamodule=dm, verbose=False)
+        runs[budget] = module.last_eval["test"]
+    assert runs[1e-9]["memory_plan"]["chunk_rows"] == 1
+    assert runs[None]["memory_plan"]["chunk_rows"] == min(EVAL["chunk_size"], 2 * len(dm.kg.test)) > 1
+    assert runs[1e-9]["metrics"] == runs[None]["metrics"]
+    assert torch.equal(runs[1e-9]["output"].topk_ids, runs[None]["output"].topk_ids)
+    assert torch.equal(runs[1e-9]["triples"], runs[None]["triples"])

@@ -217,3 +217,28 @@ def test_apply_rerank_noop_and_checks(graph):
         apply_rerank_(scores, torch.tensor([1, 2, 2]), nb, weight=0.5)
     with pytest.raises(ValueError, match="scores cover 5 entities"):
         apply_rerank_(torch.zeros(2, 5), torch.tensor([1, 2]), nb, weight=0.5)
+
+
+def test_groups_gather_at_most_one_word_matrix_and_a_budget_only_batches_the_search():
+    """A graph with hubs and many same-degree nodes: every group's gather is at most N + 1 rows (large groups
+    are split by nodes), and a budget that holds one word of 64 heads searches in batches of 64 with the same
+    neighbourhoods as one batch of all heads, all equal to the Python BFS."""
+    from kgc_kd.eval.memory_plan import search_bytes_per_64_heads
+
+    g = torch.Generator().manual_seed(3)
+    n = 150
+    ring = torch.stack([torch.arange(n), torch.zeros(n, dtype=torch.long), (torch.arange(n) + 1) % n], dim=1)
+    hubs = torch.stack([torch.randint(0, 3, (120,), generator=g), torch.ones(120, dtype=torch.long),
+                        torch.randint(0, n, (120,), generator=g)], dim=1)
+    triples = torch.cat([ring, hubs])
+    graph = NeighbourGraph.from_triples(triples, n)
+    assert max(len(nbr) for _, _, _, nbr in graph.groups) <= n + 1
+    assert len(graph.groups) > len({w for _, _, w, _ in graph.groups})  # some group was split
+    heads = torch.arange(n)
+    whole = graph.neighbourhoods(heads, 3, max_nodes=90)
+    budget = search_bytes_per_64_heads(n)  # one word of heads: three batches
+    batched = graph.neighbourhoods(heads, 3, max_nodes=90, memory_budget=budget)
+    assert torch.equal(whole.bits, batched.bits) and torch.equal(whole.sizes, batched.sizes)
+    adj = reference_adjacency(triples, n)
+    for h in range(n):
+        assert batched.members(h) == reference_neighbourhood(adj, h, 3, 90)
