@@ -78,8 +78,8 @@ def test_directory_of_neither_layout(tmp_path):
     with pytest.raises(DataFormatError) as err:
         load_kg(str(d))
     msg = str(err.value)
-    assert str(d) in msg and "KG-BERT" in msg and "SimKGC" in msg
-    assert "entity2text.txt" in msg and "entities.json" in msg
+    assert str(d) in msg and "KG-BERT" in msg and "SimKGC" in msg and "Wikidata5M" in msg
+    assert "entity2text.txt" in msg and "entities.json" in msg and "wikidata5m_entity.txt" in msg
 
 
 @pytest.mark.parametrize("name", ["does-not-exist", "UMLS", "file"])
@@ -119,3 +119,36 @@ def test_drop_unknown_reaches_the_directory_loaders(tmp_path, layout):
 def test_drop_unknown_ignored_by_builtin_and_synthetic():
     assert load_kg("nations", drop_unknown=True).num_entities == 14
     assert load_kg("synthetic", drop_unknown=True).notes == {}
+
+
+def write_wikidata5m(d: Path) -> Path:
+    d.mkdir(parents=True)
+    (d / "wikidata5m_entity.txt").write_text("Q1\tDouglas Adams\tDNA\nQ2\tEarth\n", encoding="utf-8")
+    (d / "wikidata5m_relation.txt").write_text("P1\tlives on\n", encoding="utf-8")
+    (d / "wikidata5m_text.txt").write_text("Q1\tEnglish writer\nQ2\tthird planet\n", encoding="utf-8")
+    for split in ("train", "valid", "test"):
+        (d / f"wikidata5m_transductive_{split}.txt").write_text("Q1\tP1\tQ2\n", encoding="utf-8")
+    return d
+
+
+def test_wikidata5m_dir(tmp_path):
+    d = write_wikidata5m(tmp_path / "wikidata5m")
+    kg = load_kg(str(d))
+    assert kg.source == f"wikidata5m:{d}"
+    assert kg.entity_names == ["Douglas Adams", "Earth"] and kg.relation_texts == ["lives on"]
+    assert kg.entity_descs == ["English writer", "third planet"]
+
+
+def test_simkgc_json_wins_over_raw_wikidata5m_files(tmp_path):
+    """SimKGC's preprocess writes its json next to the raw files: what SimKGC trains on is read."""
+    d = write_simkgc(tmp_path / "wiki5m_trans")
+    write_wikidata5m(tmp_path / "raw")
+    for f in (tmp_path / "raw").iterdir():
+        f.rename(d / f.name)
+    assert load_kg(str(d)).source.startswith("simkgc:")
+
+
+def test_wikidata5m_wins_over_kgbert_files(tmp_path):
+    d = write_wikidata5m(tmp_path / "w")
+    (d / "entity2text.txt").write_text("Q1\tex\n", encoding="utf-8")
+    assert load_kg(str(d)).source.startswith("wikidata5m:")
