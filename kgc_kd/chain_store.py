@@ -70,6 +70,7 @@ class ChainStore:
         self._state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
         self._state.setdefault("stages", {})
         self.teacher: BiEncoder | None = None
+        self._last_kg: tuple[KG, Path] | None = None  # the KG of the last export and where it went
 
     # ---- the layout ------------------------------------------------------------------------------------
     def _link(self, name: str) -> Path:
@@ -195,19 +196,21 @@ class ChainStore:
     # ---- what a finished stage leaves --------------------------------------------------------------------
     def export(self, name: str, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool,
                tokens: TokenCache | None = None) -> None:
-        """The stage as Hugging Face directories, its KG (`kg_export.save_kg`: kg.json + kg/) and, given the
-        run's `tokens` (the datamodule's TokenCache) with a cache entry on disk, that entry linked into
-        token-cache/ so `kgc_kd.predict` memory-maps it instead of tokenising (a pruned stage reads other
-        ids: its predict tokenises once and keeps the table there). Written to a temporary directory and
-        renamed, so a half-written export is never mistaken for one; a kill between the renames leaves the
-        old one whole."""
+        """The stage as Hugging Face directories, its KG (`kg_export.save_kg`: kg.json + kg/, hard-linked to the
+        previous export's files where it is the same KG) and, given the run's `tokens` (the datamodule's
+        TokenCache) with a cache entry on disk, that entry linked into token-cache/ so `kgc_kd.predict`
+        memory-maps it instead of tokenising (a pruned stage reads other ids: its predict tokenises once and
+        keeps the table there). Written to a temporary directory and renamed, so a half-written export is
+        never mistaken for one; a kill between the renames leaves the old one whole."""
         final = self.export_dir(name)
         tmp = final.with_name(final.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         with torch.no_grad():
             net_cpu = copy.deepcopy(net).cpu()
         net_cpu.save_pretrained(tmp, self.tokenizer)
-        save_kg(kg, tmp, max_length=max_length, link_graph=link_graph)  # predict builds the same inputs
+        last = self._last_kg  # the stages of a chain export one KG object: one copy of its files on disk
+        parts_from = last[1] if last is not None and last[0] is kg else None
+        save_kg(kg, tmp, parts_from=parts_from, max_length=max_length, link_graph=link_graph)  # predict's inputs
         if tokens is not None and net.kept_ids is None:  # the export's tokenizer is the one the table was made with
             link_token_cache(tokens.cache_path, tmp)
         old = final.with_name(final.name + ".old")
@@ -216,6 +219,7 @@ class ChainStore:
             final.rename(old)
         tmp.rename(final)
         shutil.rmtree(old, ignore_errors=True)
+        self._last_kg = (kg, final)
 
     def write_predictions(self, name: str, kg: KG, evaluation: dict) -> None:
         """The stage's test predictions (`evaluation`: a module's `last_eval["test"]`), one JSON line per query."""

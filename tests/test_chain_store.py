@@ -145,6 +145,21 @@ def test_the_export_carries_the_token_table_as_links_to_its_cache_entry(tmp_path
     assert not (store.export_dir("m") / "token-cache").exists() and store.export_dir("m").is_dir()
 
 
+def test_the_stages_of_one_kg_share_its_files(tmp_path):
+    store = ChainStore(tmp_path)
+    _export(store, "teacher")
+    _export(store, "s")
+    _export(store, "s")  # exported again: linked to the files of the export it replaces
+    a, b = store.export_dir("teacher") / "kg", store.export_dir("s") / "kg"
+    assert all(os.path.samefile(p, b / p.name) for p in a.iterdir())
+    kg, _ = load_kg_export(store.export_dir("s"))
+    assert kg.entity_names == KG.entity_names and torch.equal(kg.train, KG.train)
+    other = synthetic_kg(num_entities=14, num_relations=2, num_triples=40, seed=1)
+    store.export("o", _net(), other, max_length=24, link_graph=False)
+    assert not os.path.samefile(a / "train.npy", store.export_dir("o") / "kg" / "train.npy")
+    assert torch.equal(load_kg_export(store.export_dir("o"))[0].train, other.train)
+
+
 def test_predictions_go_next_to_the_export(tmp_path):
     store = ChainStore(tmp_path)
     ranks = Ranks(optimistic=torch.tensor([1.0, 2.0]), pessimistic=torch.tensor([1.0, 4.0]),

@@ -121,6 +121,25 @@ def test_triples_are_int32_unless_an_id_does_not_fit():
     assert kg_export.triple_dtype(2**31 + 1) == np.int64
 
 
+def test_an_export_of_the_same_kg_links_the_files_of_another(tmp_path):
+    kg = synthetic_kg(50, 3, 200, seed=5)
+    save_kg(kg, tmp_path / "a", max_length=24)
+    save_kg(kg, tmp_path / "b", parts_from=tmp_path / "a", max_length=32)
+    got, meta = load_kg_export(tmp_path / "b")
+    assert_same_kg(got, kg)
+    assert meta == {"max_length": 32}
+    files = sorted(p.name for p in (tmp_path / "a" / "kg").iterdir())
+    assert len(files) == 8 and all(os.path.samefile(tmp_path / "a" / "kg" / f, tmp_path / "b" / "kg" / f) for f in files)
+    # another KG (other sizes): written, not linked; and writing never changes the files it was linked to
+    other = synthetic_kg(60, 3, 200, seed=6)
+    save_kg(other, tmp_path / "b", parts_from=tmp_path / "a")
+    assert_same_kg(load_kg_export(tmp_path / "b")[0], other)
+    assert_same_kg(load_kg_export(tmp_path / "a")[0], kg)
+    assert not os.path.samefile(tmp_path / "a" / "kg" / "train.npy", tmp_path / "b" / "kg" / "train.npy")
+    save_kg(kg, tmp_path / "c", parts_from=tmp_path / "nowhere")  # nothing to link from: written
+    assert_same_kg(load_kg_export(tmp_path / "c")[0], kg)
+
+
 # ---- format 1 -----------------------------------------------------------------------------------------------
 def test_an_old_export_with_only_kg_json_still_loads(tmp_path):
     kg = awkward_kg()

@@ -18,6 +18,11 @@ escaped lines 0.105 s, one JSON array of strings 0.147 s, JSON lines parsed one 
 split at "\\n" only and read without newline translation, and only the lines holding a backslash are
 unescaped, so tabs, unicode and empty texts cost nothing. The `.npy` triples load with one read each.
 
+The texts are most of the bytes (1/10 scale, 20-30-word descriptions: 104 of 129 MB; format 1: 154 MB), so
+the stages of a chain do not each hold a copy: `save_kg(parts_from=...)` hard-links the kg/ files of an
+earlier export of the same KG, and the token table is linked from the run's cache. Files are always
+written to a new name and renamed, so a file linked into other exports is never rewritten under them.
+
 `kg.json` keeps its name so that an export stays one recognisable file plus its parts, and so that old exports
 (format 1, no "format" key: everything inline) still load: `load_kg_export` reads both.
 This module knows nothing of Lightning or models; `ChainStore.export` and `kgc_kd.predict` call it.
@@ -52,23 +57,38 @@ _TO_ESCAPE = re.compile(r"[\\\n\r]")
 
 
 # ---- format 2 ---------------------------------------------------------------------------------------------
-def save_kg(kg: KG, directory: str | Path, **meta: Any) -> None:
+def save_kg(kg: KG, directory: str | Path, *, parts_from: str | Path | None = None, **meta: Any) -> None:
     """Write `kg` into `directory` (kg.json + kg/); `meta` (JSON values: max_length, link_graph, ...) goes into
-    kg.json and comes back from `load_kg_export`. `kg.notes` (what loading repaired) is not saved."""
+    kg.json and comes back from `load_kg_export`. `kg.notes` (what loading repaired) is not saved.
+    `parts_from`: an export of this same KG (the caller knows, e.g. a chain's previous stage exported from
+    the same object) whose kg/ files are hard-linked instead of written again: the stages of a chain hold
+    one copy of the KG on disk. Used only where its kg.json has this KG's name and sizes; else written."""
     clash = sorted(_KG_KEYS & meta.keys())
     if clash:
         raise ValueError(f"save_kg: meta keys {clash} are the KG's own")
     d = Path(directory)
     parts = d / PARTS_DIR
     parts.mkdir(parents=True, exist_ok=True)
-    dtype = triple_dtype(max(kg.num_entities, kg.num_relations))
-    for split in SPLITS:
-        np.save(parts / f"{split}.npy", kg.split(split).numpy().astype(dtype, copy=False))
-    for name in TEXT_FIELDS:
-        write_lines(parts / f"{name}.txt", getattr(kg, name))
     info = {"format": FORMAT, "name": kg.name, "source": kg.source, "num_entities": kg.num_entities,
-            "num_relations": kg.num_relations, "num_triples": {s: len(kg.split(s)) for s in SPLITS}, **meta}
-    (d / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+            "num_relations": kg.num_relations, "num_triples": {s: len(kg.split(s)) for s in SPLITS}}
+    if parts_from is not None and _same_parts(Path(parts_from), info):
+        link_tree(Path(parts_from) / PARTS_DIR, parts)
+    else:
+        dtype = triple_dtype(max(kg.num_entities, kg.num_relations))
+        for split in SPLITS:
+            triples = kg.split(split).numpy().astype(dtype, copy=False)
+            _replace(parts / f"{split}.npy", lambda f, a=triples: np.save(f, a, allow_pickle=False))
+        for name in TEXT_FIELDS:
+            write_lines(parts / f"{name}.txt", getattr(kg, name))
+    (d / META_FILE).write_text(json.dumps({**info, **meta}, indent=2) + "\n")
+
+
+def _same_parts(export: Path, info: dict) -> bool:
+    try:
+        theirs = json.loads((export / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(theirs.get(k) == v for k, v in info.items()) and (export / PARTS_DIR).is_dir()
 
 
 def load_kg_export(directory: str | Path) -> tuple[KG, dict[str, Any]]:
@@ -104,8 +124,16 @@ def triple_dtype(num_ids: int) -> type:
 def write_lines(path: Path, texts: list[str]) -> None:
     """One text a line (no final newline), escaped so that no text spans two lines."""
     escaped = (_TO_ESCAPE.sub(lambda m: _ESCAPES[m.group(0)], t) if _TO_ESCAPE.search(t) else t for t in texts)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        f.write("\n".join(escaped))
+    _replace(path, lambda f: f.write("\n".join(escaped).encode("utf-8")))
+
+
+def _replace(path: Path, write) -> None:
+    """`write(binary file)` into a new file renamed over `path`: a file hard-linked into other exports (or a
+    token cache) is replaced here, never rewritten in place under them."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+    os.replace(tmp, path)
 
 
 def read_lines(path: Path, count: int) -> list[str]:
@@ -134,6 +162,13 @@ def link_token_cache(cache_path: str | Path | None, directory: str | Path) -> Pa
     if not src.is_dir():
         raise FileNotFoundError(f"token cache entry {src} does not exist")
     dst = Path(directory) / TOKEN_CACHE_DIR / src.name
+    link_tree(src, dst)
+    return dst
+
+
+def link_tree(src: Path, dst: Path) -> None:
+    """Every file under `src` at the same place under `dst`, hard-linked (copied across filesystems)."""
+    dst.mkdir(parents=True, exist_ok=True)
     for path in sorted(src.rglob("*")):
         target = dst / path.relative_to(src)
         if path.is_dir():
@@ -145,7 +180,6 @@ def link_token_cache(cache_path: str | Path | None, directory: str | Path) -> Pa
             os.link(path, target)
         except OSError:  # another filesystem (EXDEV) or one without hard links
             shutil.copy2(path, target)
-    return dst
 
 
 # ---- format 1 (one kg.json with everything inline), read for old exports --------------------------------------
