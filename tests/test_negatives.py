@@ -227,3 +227,100 @@ def test_empty_known_set_masks_only_the_gold_tail():
     got = false_negative_mask(torch.tensor([[0, 1], [2, 0]]), torch.tensor([3, 4]), torch.tensor([3, 4, 0]), kt)
     assert got.tolist() == [[True, False, False], [False, True, False]]
     assert not kt.contains(torch.tensor([0]), torch.tensor([0]), torch.tensor([0])).any()
+
+
+# ---- the mask against the implementation it replaced -----------------------------------------------------
+def reference_answers_among(kt: KnownTriples, h: torch.Tensor, r: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """answers_among as it was before queries were de-duplicated (kept verbatim as the reference): every
+    query row searched on its own, slices or dense by its answer count, the (B, M) matrix gathered by column."""
+    keys = kt.keys_on(h.device)
+    base = (h.long() * kt.r + r.long()) * kt.n
+    lo = torch.searchsorted(keys, base)
+    counts = torch.searchsorted(keys, base + kt.n) - lo
+    distinct, column = torch.unique(candidates.long(), return_inverse=True)
+    found = torch.zeros(len(h), len(distinct), dtype=torch.bool, device=h.device)
+    if len(distinct) == 0 or len(keys) == 0:
+        return found[:, column]
+    dense = counts > len(distinct)
+    hubs = dense.nonzero().squeeze(1)
+    if len(hubs):
+        key = base[hubs, None] + distinct[None, :]
+        pos = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
+        found[hubs] = keys[pos] == key
+    counts = counts.masked_fill(dense, 0)
+    rows = torch.repeat_interleave(torch.arange(len(h), device=h.device), counts)
+    if len(rows):
+        starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
+        answers = keys[starts + torch.arange(len(rows), device=h.device)] - base[rows]
+        pos = torch.searchsorted(distinct, answers).clamp_(max=len(distinct) - 1)
+        hit = distinct[pos] == answers
+        found[rows[hit], pos[hit]] = True
+    return found[:, column]
+
+
+def reference_in_batch_mask(triples: torch.Tensor, kt: KnownTriples) -> tuple[torch.Tensor, torch.Tensor]:
+    fn = (triples[None, :, 2] == triples[:, 2, None]) | reference_answers_among(kt, triples[:, 0], triples[:, 1], triples[:, 2])
+    fn.fill_diagonal_(False)
+    return fn, kt.contains(triples[:, 0], triples[:, 1], triples[:, 0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_in_batch_mask_equals_the_reference_on_wikidata_like_graphs(seed):
+    """Hubs with far more answers than a batch has candidates, mid-size hubs, Zipf degrees; batches of train +
+    inverse rows drawn at random, from the heaviest queries only, and with repeated rows."""
+    from kgc_kd.data.synthetic import wikidata_like_triples
+
+    n, r = 3000, 12
+    tr = wikidata_like_triples(n, num_relations=r, mid_hubs=20, seed=seed)
+    rows = torch.cat([tr, torch.stack([tr[:, 2], tr[:, 1] + r, tr[:, 0]], 1)])
+    kt = KnownTriples(rows, n, 2 * r)
+    _, counts = kt.answer_counts(rows[:, 0], rows[:, 1])
+    g = torch.Generator().manual_seed(seed)
+    heavy = rows[counts > 20]
+    batches = [rows[torch.randint(0, len(rows), (b,), generator=g)] for b in (256, 64, 7, 1)]
+    batches += [heavy[torch.randint(0, len(heavy), (128,), generator=g)], rows[torch.tensor([0, 0, 1, 0])]]
+    paths = set()
+    for batch in batches:
+        distinct = len(torch.unique(batch[:, 2]))
+        _, c = kt.answer_counts(batch[:, 0], batch[:, 1])
+        paths |= {"dense" if x > distinct else "slices" for x in c.tolist()}
+        got, ref = in_batch_mask(batch, kt), reference_in_batch_mask(batch, kt)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        assert got[0].is_contiguous() and got[0].shape == (len(batch), len(batch))
+    assert paths == {"dense", "slices"}
+
+
+@pytest.mark.parametrize("answers", [9, 10, 11])
+def test_answers_among_at_the_dense_boundary(answers):
+    """A query with exactly as many known answers as distinct candidates reads its slice, one answer more
+    takes the dense search: the same rows either way, repeated candidates and repeated queries included."""
+    n, r = 50, 2
+    hub = torch.stack([torch.full((answers,), 3), torch.zeros(answers, dtype=torch.long), torch.arange(answers) * 4], 1)
+    kt = KnownTriples(torch.cat([hub, torch.tensor([[5, 1, 7], [5, 1, 8], [6, 0, 8]])]), n, r)
+    cand = torch.tensor([0, 4, 4, 8, 12, 16, 20, 7, 8, 9, 11, 13, 44, 36, 40])  # 15 entries, 13 distinct
+    h, rel = torch.tensor([3, 5, 3, 6, 0, 3]), torch.tensor([0, 1, 0, 0, 0, 0])
+    _, counts = kt.answer_counts(h, rel)
+    assert counts.tolist() == [answers, 2, answers, 1, 0, answers]
+    seen = set()
+    for m in range(1, len(cand) + 1):  # candidate sets with 1 to 13 distinct entities: both sides of the boundary
+        c = cand[:m]
+        distinct = len(torch.unique(c))
+        seen |= {distinct - answers} & {-1, 0}  # -1: the hub searched densely (one answer more); 0: exactly as many
+        got = kt.answers_among(h, rel, c)
+        assert torch.equal(got, reference_answers_among(kt, h, rel, c)), m
+        assert torch.equal(got, kt.contains(h[:, None], rel[:, None], c[None, :])), m
+    assert seen == {-1, 0}
+
+
+def test_answers_among_empty_cases_equal_the_reference():
+    kt = KnownTriples(torch.tensor([[0, 1, 2], [3, 0, 1]]), 5, 2)
+    empty = KnownTriples(torch.empty(0, 3, dtype=torch.long), 5, 2)
+    h, rel, cand = torch.tensor([0, 3, 0]), torch.tensor([1, 0, 1]), torch.tensor([2, 1, 2, 4])
+    none = torch.empty(0, dtype=torch.long)
+    for k in (kt, empty):
+        for args in ((h, rel, cand), (h, rel, none), (none, none, cand), (none, none, none)):
+            got = k.answers_among(*args)
+            assert got.shape == (len(args[0]), len(args[2])) and got.dtype == torch.bool
+            assert torch.equal(got, reference_answers_among(k, *args))
+    assert kt.answers_among(h, rel, cand).tolist() == [[True, False, True, False], [False, True, False, False],
+                                                       [True, False, True, False]]

@@ -5,13 +5,21 @@ object serves the collate function (in-batch, on the CPU), the model (pre-batch 
 batch under DDP, on the training device). The keys are moved to a device once and cached there
 (`keys_on`), so a step on a GPU searches GPU keys and never copies the key set.
 
-One algorithm runs on every device, chosen per query by cost, not by device: the known answers of a
-query (h, r) are the contiguous slice of the sorted keys in [(h R + r) N, (h R + r + 1) N), so a query
-with few known answers reads its slice and looks each answer up among the batch's distinct candidates
-("slices": a few ms for a 1024-batch of WN18RR on the CPU, where searching all B x B keys costs about
-30 ms), while a query with more known answers than there are candidates (a hub of a large graph:
-an inverse relation's hub may have ~1M answers) searches each candidate's key instead ("dense"), so no
-query costs more than the batch it sits in. The two give identical masks (tests/test_negatives.py).
+One algorithm runs on every device, and its cost is bounded by the batch, not by the graph:
+- each distinct query (h, r) of the batch is worked out once, then copied to its rows (a batch of a
+  Wikidata-shaped graph repeats its hub's inverse query: ~3% of the training rows ask it);
+- each distinct candidate entity is one column, copied to its repeats at the end;
+- the known answers of a query are the contiguous slice of the sorted keys in [(h R + r) N,
+  (h R + r + 1) N), so a query with at most as many known answers as there are distinct candidates
+  reads its slice and looks each answer up among the candidates ("slices"), while a query with more
+  (a hub: ~1.2M answers at Wikidata5M's scale) searches each candidate's key instead ("dense").
+So no query costs more than about M searches (M = distinct candidates), and a B x M mask at most about
+B x M steps whatever the graph's degrees. Both paths give the same mask as searching every (query,
+candidate) key; tests/test_negatives.py keeps the earlier implementation (one search per row) as a
+reference. Queries and candidates are visited in sorted order (`torch.unique`), so the searches walk the
+keys forwards, and the candidate-by-query matrix is built transposed, so that copying it out to the
+batch's rows and columns gathers whole rows (a bool matrix's column gather costs ~5x more).
+Measured figures (Wikidata5M's 41.2M keys, WN18RR) are in docs/performance.md.
 """
 
 from __future__ import annotations
@@ -63,47 +71,51 @@ class KnownTriples:
 
     def answer_counts(self, h: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """Where the known answers of each (h_i, r_i) start in the sorted keys, and how many there are."""
-        lo, counts, _ = self._slices(h, r)
-        return lo, counts
+        return self._slices(self.keys_on(h.device), (h.long() * self.r + r.long()) * self.n)
 
-    def _slices(self, h: Tensor, r: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(start, count, base key) of each query's slice of the sorted keys."""
-        keys = self.keys_on(h.device)
-        base = (h.long() * self.r + r.long()) * self.n
+    def _slices(self, keys: Tensor, base: Tensor) -> tuple[Tensor, Tensor]:
+        """(start, count) of the slice of `keys` holding the answers of each query whose base key is `base`."""
         lo = torch.searchsorted(keys, base)
-        return lo, torch.searchsorted(keys, base + self.n) - lo, base
+        return lo, torch.searchsorted(keys, base + self.n) - lo
 
     def answers_among(self, h: Tensor, r: Tensor, candidates: Tensor) -> Tensor:
         """(B, M) == contains(h[:, None], r[:, None], candidates[None, :]); see the module docstring for how
-        each query's row is computed."""
+        it is computed (each distinct query once, each distinct candidate once, slices or dense by cost)."""
         keys = self.keys_on(h.device)
-        lo, counts, base = self._slices(h, r)  # the base keys searched once, reused below
+        queries, row = torch.unique(h.long() * self.r + r.long(), return_inverse=True)
         distinct, column = torch.unique(candidates.long(), return_inverse=True)
-        found = torch.zeros(len(h), len(distinct), dtype=torch.bool, device=h.device)
-        if len(distinct) == 0 or len(keys) == 0:
-            return found[:, column]
+        # transposed (distinct candidate, distinct query): the copies below then gather whole rows, which is
+        # ~5x cheaper than gathering columns of a bool matrix (one transpose in between)
+        found = torch.zeros(len(distinct), len(queries), dtype=torch.bool, device=h.device)
+        if len(queries) and len(distinct) and len(keys):
+            self._find(keys, queries * self.n, distinct, found)
+        return found[column].t().contiguous()[row]
+
+    def _find(self, keys: Tensor, base: Tensor, distinct: Tensor, found: Tensor) -> None:
+        """found[j, i] = key base[i] + distinct[j] is known, for sorted distinct `base` and `distinct`."""
+        lo, counts = self._slices(keys, base)
         dense = counts > len(distinct)  # expanding this query's answers costs more than searching each candidate
         hubs = dense.nonzero().squeeze(1)
         if len(hubs):
-            key = base[hubs, None] + distinct[None, :]
+            key = (base[hubs, None] + distinct[None, :]).reshape(-1)  # ascending: the search walks forwards
             pos = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
-            found[hubs] = keys[pos] == key
+            found[:, hubs] = (keys[pos] == key).reshape(len(hubs), len(distinct)).t()
         counts = counts.masked_fill(dense, 0)
-        rows = torch.repeat_interleave(torch.arange(len(h), device=h.device), counts)
+        rows = torch.repeat_interleave(torch.arange(len(base), device=base.device), counts)
         if len(rows):
             starts = torch.repeat_interleave(lo - (torch.cumsum(counts, 0) - counts), counts)
-            answers = keys[starts + torch.arange(len(rows), device=h.device)] - base[rows]  # entity ids
+            answers = keys[starts + torch.arange(len(rows), device=base.device)] - base[rows]  # entity ids, ascending per query
             pos = torch.searchsorted(distinct, answers).clamp_(max=len(distinct) - 1)
             hit = distinct[pos] == answers
-            found[rows[hit], pos[hit]] = True
-        return found[:, column]
+            found[pos[hit], rows[hit]] = True
 
 
 def false_negative_mask(hr: Tensor, gold: Tensor, candidates: Tensor, known: KnownTriples) -> Tensor:
     """(B, M) True where candidate j is a known answer of query i (same entity as the gold tail, or a
     train tail of (h_i, r_i)); such columns must not act as negatives."""
-    same = candidates[None, :] == gold[:, None]
-    return same | known.answers_among(hr[:, 0], hr[:, 1], candidates)
+    found = known.answers_among(hr[:, 0], hr[:, 1], candidates)
+    found |= candidates[None, :] == gold[:, None]  # in place: one (B, M) temporary fewer
+    return found
 
 
 def in_batch_mask(triples: Tensor, known: KnownTriples) -> tuple[Tensor, Tensor]:
