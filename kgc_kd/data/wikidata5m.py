@@ -23,12 +23,14 @@ entities of the graph without a description line ("entities_without_description"
 an id with a second alias or text line (the later line wins, as in SimKGC's dict; "<file>.repeated_ids");
 repeated triples in a split file (dropped, "<split>.duplicates").
 
-Everything streams line by line (`iter_lines`, `read_rows`): the alias tables are dicts of short strings,
-descriptions are kept only for the graph's entities, triples go into `TripleCollector`'s int64 arrays.
+Everything streams line by line (`iter_lines`, `read_rows`). An alias file becomes an `IdTable` (id ->
+row, one dict look-up per entity of a triple; row -> graph index by array indexing), descriptions are
+kept for the graph's entities only, and triples go into `TripleCollector`'s int64 arrays.
 """
 
 from __future__ import annotations
 
+from array import array
 from pathlib import Path
 
 from kgc_kd.data.io import DataFormatError, TripleCollector, iter_lines, read_rows, warn
@@ -61,15 +63,54 @@ def split_path(directory: Path, split: str, variant: str) -> Path:
     raise DataFormatError(f"{directory}: missing wikidata5m_{variant}_{split}.txt (or {split}.txt)")
 
 
-def read_id_table(path: Path, what: str, *, first_only: bool, words: int,
-                  keep: dict[str, int] | None = None) -> tuple[dict[str, str], int, int]:
-    """id -> text of `path` (id<TAB>field<TAB>field ...): the first field (`first_only`, an alias) or all
-    fields joined by spaces (a description), cut to `words` words. With `keep`, only those ids are stored.
-    Returns the table, the number of repeated ids and the line of the first repeat (the later line wins)."""
+class IdTable:
+    """The rows of an id<TAB>field<TAB>field ... file: `ids`, `texts` (cut to their words), `row` (id -> row).
+    Triples are mapped id -> row by one dict look-up and row -> graph index (`graph`, -1: not yet in the
+    graph) by list indexing, so a triple costs one look-up in the big table per entity."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.texts: list[str] = []
+        self.row: dict[str, int] = {}
+        self.graph = array("q")
+        self.order: list[int] = []  # the rows in the graph, in order of first appearance
+        self.repeats, self.first_repeat = 0, 0
+
+    def add(self, key: str, text: str) -> int:
+        self.row[key] = len(self.ids)
+        self.ids.append(key)
+        self.texts.append(text)
+        self.graph.append(-1)
+        return len(self.ids) - 1
+
+    def index(self, row: int) -> int:
+        """The graph index of `row`, numbered on first use."""
+        g = self.graph[row]
+        if g < 0:
+            g = self.graph[row] = len(self.order)
+            self.order.append(row)
+        return g
+
+
+def read_id_table(path: Path, what: str, *, words: int) -> IdTable:
+    """`path`'s ids with their first field (an alias) cut to `words` words; a repeated id: the later line."""
+    table = IdTable()
+    for lineno, key, fields in _id_lines(path, what):
+        text = truncate_words(fields[1], words)
+        row = table.row.get(key)
+        if row is None:
+            table.add(key, text)
+        else:
+            table.repeats += 1
+            table.first_repeat = table.first_repeat or lineno
+            table.texts[row] = text
+    return table
+
+
+def _id_lines(path: Path, what: str):
+    """(line, id, fields) of every non-blank line, split as SimKGC splits it (the line stripped, then tabs)."""
     if not path.is_file():
         raise DataFormatError(f"{path.parent}: missing {path.name}")
-    table: dict[str, str] = {}
-    repeats, first_repeat = 0, 0
     for lineno, line in iter_lines(path):
         fields = line.strip().split("\t")
         if len(fields) < 2 or not fields[0].strip():
@@ -77,14 +118,7 @@ def read_id_table(path: Path, what: str, *, first_only: bool, words: int,
                 continue  # a blank line
             raise DataFormatError(f"{path}:{lineno}: expected id<TAB>{what}[<TAB>...], found "
                                   f"{len(fields)} field{'s' if len(fields) != 1 else ''}: {line[:80]!r}")
-        key = fields[0].strip()
-        if keep is not None and key not in keep:
-            continue
-        if key in table:
-            repeats += 1
-            first_repeat = first_repeat or lineno
-        table[key] = truncate_words(fields[1] if first_only else " ".join(fields[1:]), words)
-    return table, repeats, first_repeat
+        yield lineno, fields[0].strip(), fields
 
 
 def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive", drop_unknown: bool = False) -> KG:
@@ -102,24 +136,22 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
                  "(as SimKGC reads the file)")
             notes[f"{path.name}.repeated_ids"] = n
 
-    rel_text, n, line = read_id_table(d / RELATION_FILE, "alias", first_only=True, words=RELATION_WORDS)
-    repeated(d / RELATION_FILE, n, line)
-    names, n, line = read_id_table(d / ENTITY_FILE, "alias", first_only=True, words=NAME_WORDS)
-    repeated(d / ENTITY_FILE, n, line)
+    rels = read_id_table(d / RELATION_FILE, "alias", words=RELATION_WORDS)
+    repeated(d / RELATION_FILE, rels.repeats, rels.first_repeat)
+    ents = read_id_table(d / ENTITY_FILE, "alias", words=NAME_WORDS)
+    repeated(d / ENTITY_FILE, ents.repeats, ents.first_repeat)
 
-    entities: dict[str, int] = {}
-    relations: dict[str, int] = {}
-    # ids of kept triples without text (no line, or an empty alias) -> (file, line) of their first triple
+    # graph ids of kept triples without text (no line, or an empty alias) -> (file, line) of their first triple
     textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]] = ({}, {})
     splits = {}
-    for split, path in files.items():
+    for split, path in files.items():  # train first: ids added for valid/test below never reach train
         out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes)
         dropped, first_dropped = 0, None
         for lineno, (h, r, t) in read_rows(path, 3):
-            texts = names.get(h), rel_text.get(r), names.get(t)
-            if None in texts:
-                kind, key, file = next(k for k, text in zip((("head", h, ENTITY_FILE), ("relation", r, RELATION_FILE),
-                                                             ("tail", t, ENTITY_FILE)), texts) if text is None)
+            rows = ents.row.get(h), rels.row.get(r), ents.row.get(t)
+            if None in rows:
+                kind, key, file = next(k for k, row in zip((("head", h, ENTITY_FILE), ("relation", r, RELATION_FILE),
+                                                            ("tail", t, ENTITY_FILE)), rows) if row is None)
                 missing = f"{kind} {key!r} has no line in {file}"
                 if split == "train":  # SimKGC's preprocess drops these from train only
                     dropped += 1
@@ -128,12 +160,16 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
                 if drop_unknown:
                     out.unknown_id(lineno, missing)
                     continue
-            if not all(texts):
-                for key, text, seen in zip((h, r, t), texts, (textless[0], textless[1], textless[0])):
+                # kept as SimKGC keeps them: the id joins its table without text
+                rows = tuple(table.add(key, "") if row is None and key not in table.row else table.row[key]
+                             for key, row, table in ((h, rows[0], ents), (r, rows[1], rels), (t, rows[2], ents)))
+            fh, fr, ft = rows
+            if not (ents.texts[fh] and rels.texts[fr] and ents.texts[ft]):
+                for key, text, seen in ((h, ents.texts[fh], textless[0]), (r, rels.texts[fr], textless[1]),
+                                        (t, ents.texts[ft], textless[0])):
                     if not text:
                         seen.setdefault(key, (path, lineno))
-            out.add(lineno, (entities.setdefault(h, len(entities)), relations.setdefault(r, len(relations)),
-                             entities.setdefault(t, len(entities))))
+            out.add(lineno, (ents.index(fh), rels.index(fr), ents.index(ft)))
         if dropped:
             line, what = first_dropped
             warn(f"{path}:{line}: {dropped} train triple{'s' if dropped != 1 else ''} dropped: a head, relation or "
@@ -141,10 +177,10 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
             notes["train.without_text_dropped"] = dropped
         splits[split] = out.finish()
 
-    entity_ids, relation_ids = list(entities), list(relations)
-    entity_names = [names.get(e) or e for e in entity_ids]
-    del names
-    relation_texts = [rel_text.get(r) or r for r in relation_ids]
+    entity_ids = [ents.ids[row] for row in ents.order]
+    entity_names = [ents.texts[row] or ents.ids[row] for row in ents.order]
+    relation_ids = [rels.ids[row] for row in rels.order]
+    relation_texts = [rels.texts[row] or rels.ids[row] for row in rels.order]
     for kind, seen, total, file, used in (("entities", textless[0], len(entity_ids), ENTITY_FILE, "names"),
                                           ("relations", textless[1], len(relation_ids), RELATION_FILE, "texts")):
         if seen:
@@ -154,18 +190,30 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
             notes[f"{kind}_without_text"] = len(seen)
     _check_relation_texts(relation_ids, relation_texts, d / RELATION_FILE)
 
+    # descriptions of the graph's entities only: all fields after the id, joined by spaces, cut to 30 words
     text_path = d / TEXT_FILE
-    descs, n, line = read_id_table(text_path, "description", first_only=False, words=DESCRIPTION_WORDS,
-                                   keep=entities)
-    repeated(text_path, n, line)
-    entity_descs = [descs.get(e, "") for e in entity_ids]
-    without = sum(1 for e in entity_ids if e not in descs)
+    descs = [""] * len(entity_ids)
+    have = bytearray(len(entity_ids))
+    repeats, first_repeat = 0, 0
+    for lineno, key, fields in _id_lines(text_path, "description"):
+        row = ents.row.get(key)
+        g = ents.graph[row] if row is not None else -1
+        if g < 0:
+            continue
+        if have[g]:
+            repeats += 1
+            first_repeat = first_repeat or lineno
+        have[g] = 1
+        descs[g] = truncate_words(" ".join(fields[1:]), DESCRIPTION_WORDS)
+    del ents
+    repeated(text_path, repeats, first_repeat)
+    without = len(entity_ids) - sum(have)
     if without:
-        e = next(e for e in entity_ids if e not in descs)
+        e = entity_ids[have.index(0)]
         warn(f"{text_path}: {without} of {len(entity_ids)} entities have no description line; their descriptions "
              f"are empty, e.g. {e!r}")
         notes["entities_without_description"] = without
-    return KG(name=d.name, entity_ids=entity_ids, entity_names=entity_names, entity_descs=entity_descs,
+    return KG(name=d.name, entity_ids=entity_ids, entity_names=entity_names, entity_descs=descs,
               relation_ids=relation_ids, relation_texts=relation_texts, source=f"wikidata5m:{d}", notes=notes,
               **splits)
 
