@@ -229,3 +229,52 @@ def test_eval_collators_link_graph_equal_simkgc_without_exclusion(link_setup):
     out = EntityCollator(tokens)(list(ids))
     check_encoding(out["entity"], [simkgc_vectorize(kg, tok, -1, 0, e, 24, is_test=True)["tail"] for e in ids.tolist()],
                    None, tokens.pad_id)
+
+
+# ---- the training collate runs on one intra-op thread ------------------------------------------------------
+from kgc_kd.data.batching import one_thread  # noqa: E402
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_one_thread_restores_the_count_also_on_errors(two_threads):
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    with pytest.raises(RuntimeError, match="boom"):
+        with one_thread():
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 1
+
+
+class _ThreadsSeen(KnownTriples):
+    """The real known-triple set, noting the intra-op thread count each mask is built with."""
+
+    seen: list[int]
+
+    def answers_among(self, h, r, candidates):
+        self.seen.append(torch.get_num_threads())
+        return super().answers_among(h, r, candidates)
+
+
+def test_train_collator_masks_on_one_thread_and_restores_the_count(setup, two_threads):
+    kg, tokens, known, batch = setup
+    spy = _ThreadsSeen(kg.with_inverse(kg.train), kg.num_entities, 2 * kg.num_relations)
+    spy.seen = []
+    out = TrainCollator(tokens, spy)(list(batch))
+    assert spy.seen == [1] and torch.get_num_threads() == 2
+    assert torch.equal(out["fn_mask"], in_batch_mask(batch, known)[0])
+    with pytest.raises(IndexError):  # an entity id beyond the token table fails inside the collate ...
+        TrainCollator(tokens, spy)(list(torch.tensor([[0, 0, 1], [99, 0, 2]])))
+    assert torch.get_num_threads() == 2  # ... and the thread count is restored all the same

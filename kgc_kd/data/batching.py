@@ -3,12 +3,22 @@
 Collation runs once per batch on the loader's hot path, so it is tensor ops on whole batches
 (`TokenCache.hr_batch` / `entity_batch`), never a Python loop over the examples.
 
+The training collate runs on one intra-op thread (`one_thread`, restored afterwards), as PyTorch runs a
+DataLoader worker: its ops are many and small (a 1,024-batch's (B, B) masks are 1 MB), so a second thread
+adds its start-up and synchronisation to each op and gains little, and where the cores are busy (the
+training process itself with data.num_workers=0, other processes) it waits for a core on every op. Measured
+on the 2-core CPU here, WN18RR 1,024-batches: ~9 ms CPU with one thread against ~70 ms with two while the
+machine was loaded (docs/performance.md).
+
 With data.link_graph, training texts leave the example's partner out of their neighbour names (the head
 text and head-only input omit the tail, the tail text omits the head); queries and ranking candidates at
 evaluation show every neighbour (SimKGC's evaluate.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -39,6 +49,20 @@ def _encode_entities(tokens: TokenCache, entities: Tensor, exclude: Tensor | Non
     return tokens.entity_batch(entities, exclude)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch intra-op thread; the earlier count is restored, also on an exception."""
+    before = torch.get_num_threads()
+    if before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class TrainCollator:
     """(h, r, t) rows -> hr / tail / head-only inputs plus SimKGC's masks, built on CPU in the workers.
 
@@ -52,14 +76,17 @@ class TrainCollator:
         self.tokens, self.known, self.dedup = tokens, known, dedup_entities
 
     def __call__(self, rows: list[Tensor]) -> dict:
-        triples = torch.stack(rows)
+        with one_thread():  # see the module docstring
+            return self._collate(torch.stack(rows))
+
+    def _collate(self, triples: Tensor) -> dict:
         fn_mask, self_mask = in_batch_mask(triples, self.known)
         h, t = triples[:, 0], triples[:, 2]
         x_h, x_t = self.tokens.exclusion(h, t), self.tokens.exclusion(t, h)  # -1 without link_graph
         batch = {"triples": triples, "hr": _encode_hr(self.tokens, triples, x_h), "fn_mask": fn_mask,
                  "self_mask": self_mask}
         if self.dedup:
-            n = len(self.tokens.entity) + 1  # key = entity * n + (exclusion + 1): the text's identity
+            n = self.tokens.num_entities + 1  # key = entity * n + (exclusion + 1): the text's identity
             keys, index = torch.unique(torch.cat([t * n + x_t + 1, h * n + x_h + 1]), return_inverse=True)
             b = len(triples)
             batch.update(entities=_encode_entities(self.tokens, keys // n, keys % n - 1), tail_index=index[:b],
