@@ -71,7 +71,8 @@ STEPS = {
                 ("threads",), ("median_ms", "max_ms", "known_build_s", "peak_growth_mib", "kept_growth_mib")),
     "train_collate": ("the whole TrainCollator per batch (mask, inputs, de-duplication), token table from the cache",
                       "keys", ("threads",), ("median_ms", "max_ms", "known_build_s")),
-    "predict": ("kgc_kd.predict start-up on a compact export (tiny encoder): the first start, then every later one",
+    "predict": ("kgc_kd.predict start-up on a compact export (tiny encoder), imports apart: the first start, then "
+                "every later one",
                 "entities", ("run",), ("start_s", "seconds", "peak_growth_mib", "kept_growth_mib")),
 }
 
@@ -210,7 +211,8 @@ def scale_section(work_dir: str | Path, *, plm: str, fractions: list[Fraction], 
         return str(work / f"token-cache-{'link-' if link else ''}{fraction_label(f).replace('/', '_')}")
 
     def run(name: str, step: str, args: dict, **row_extra) -> dict:
-        row = run_child(step, args, label=" ".join(str(v) for v in (args.get("fraction"), *row_extra.values()) if v))
+        words = [f"({name})" if name != step else "", args.get("fraction"), *row_extra.values()]
+        row = run_child(step, args, label=" ".join(str(v) for v in words if v))
         row.update(fraction=args.get("fraction"), **row_extra)
         rows[name].append(row)
         return row

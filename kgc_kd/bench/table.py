@@ -116,7 +116,8 @@ def _scale_detail(r: dict) -> str:
         written = f", written in {r['write_s']:.1f} s" if r.get("write_s") else ""
         parts.append(f"{r['file_mib']:.0f} MiB of json{written}")
     if "start_s" in r:
-        parts.append(f"start {r['start_s']:.2f} s, first query {r['first_query_s']:.2f} s")
+        parts.append(f"start {r['start_s']:.2f} s (after {r['imports_s']:.1f} s of imports), first query "
+                     f"{r['first_query_s']:.2f} s")
     return "; ".join(parts)
 
 
