@@ -65,7 +65,7 @@ class StageRecorder(Callback):
         if trainer.is_global_zero:
             start = time.perf_counter()
             dm = trainer.datamodule
-            self.store.export(name, net, dm.kg, max_length=dm.max_length, link_graph=dm.link_graph)
+            self.store.export(name, net, dm.kg, max_length=dm.max_length, link_graph=dm.link_graph, tokens=dm.tokens)
             if self.save_predictions:
                 self.store.write_predictions(name, dm.kg, ev)
             phases["export"] = round(time.perf_counter() - start, 2)
