@@ -420,3 +420,14 @@ def test_byte_order_mark_and_multibyte_text_across_blocks(tmp_path, block):
     items = [{"entity_id": "é", "entity": "日本語 \U0001F600"}, {"entity_id": "x", "entity": "naïve"}]
     raw = b"\xef\xbb\xbf" + json.dumps(items, indent=1, ensure_ascii=False).encode("utf-8")
     assert stream(tmp_path, raw, block) == [(2, items[0]), (6, items[1])]
+
+
+def test_an_error_is_raised_where_it_is_without_reading_the_rest(tmp_path):
+    # a bad byte at the very end: read on to it and the message would be about UTF-8, not line 2
+    rows = ",\n".join(json.dumps(ex("01", "hypernym", "02")) for _ in range(2000))
+    raw = ('[\n{"head_id": "01",, "tail_id": "02"},\n' + rows + "]").encode() + b"\xff"
+    for block in (64, 256, 4096):
+        with pytest.raises(JsonError) as err:
+            stream(tmp_path, raw, block)
+        assert (err.value.msg, err.value.line, err.value.column) == (
+            "Expecting property name enclosed in double quotes", 2, 19)

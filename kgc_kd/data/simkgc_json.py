@@ -29,6 +29,7 @@ from kgc_kd.data.kg import KG
 # SimKGC's preprocess strips the leading "__" (family_alcidae_NN_1); raw WordNet ids keep it.
 _WN_NAME = re.compile(r"^_*(.+?)_[A-Za-z]{2}_\d+$")
 _WS = re.compile(r"[ \t\n\r]*")  # JSON's whitespace
+_LONGEST_TOKEN = 64  # characters of a number, literal or escape that a block boundary may cut
 _NUMBER_CHARS = frozenset("0123456789.eE+-")  # what may follow a number's prefix within the number
 _COMMA = re.compile(r"[ \t\n\r]*,[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -153,12 +154,16 @@ class _TextStream:
 
     def value(self) -> object:
         """Decode the value at `i` and move past it. An item cut by the window's end fails to decode, or,
-        if it is a number ("12" of "12.5"), decodes short: either is decoded again with the next block."""
+        if it is a number ("12" of "12.5"), decodes short: either is decoded again with the next block.
+        A cut item fails at its last, partial token: in a string running to the end ("Unterminated
+        string") or within a token's length of the end; an error elsewhere is the file's own, raised
+        without reading on."""
         while True:
             try:
                 obj, end = _DECODER.raw_decode(self.buf, self.i)
             except json.JSONDecodeError as err:
-                if self.more():
+                cut = err.msg.startswith("Unterminated string") or err.pos >= len(self.buf) - _LONGEST_TOKEN
+                if cut and self.more():
                     continue
                 raise self.error(err.msg, err.pos) from None
             if type(obj) in (int, float, bool) and (end == len(self.buf) or self.buf[end] in _NUMBER_CHARS) \
