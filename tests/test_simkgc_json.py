@@ -430,4 +430,4 @@ def test_an_error_is_raised_where_it_is_without_reading_the_rest(tmp_path):
         with pytest.raises(JsonError) as err:
             stream(tmp_path, raw, block)
         assert (err.value.msg, err.value.line, err.value.column) == (
-            "Expecting property name enclosed in double quotes", 2, 19)
+            "Expecting property name enclosed in double quotes", 2, 18)  # at the second comma
