@@ -709,3 +709,22 @@ def test_cache_equality_compares_ids_not_storage(tok, kg):
     b.entity_table = b.entity_table.clone()
     b.entity_table[0, 0] += 1
     assert a != b
+
+
+@pytest.mark.parametrize("link_graph", [False, True])
+def test_truncation_counts_and_used_ids_in_steps_equal_the_reference(tok, link_graph, monkeypatch):
+    kg = varied_kg(1)
+    whole = TokenCache.build(kg, tok, 20, link_graph=link_graph, warn=False)
+    monkeypatch.setattr(tokens_module, "ROWS_PER_STEP", 4)  # 120 triples and 40 entities: many steps
+    stepped = TokenCache.build(kg, tok, 20, link_graph=link_graph, warn=False)
+    assert stepped.truncated == whole.truncated and torch.equal(stepped.used_ids(), whole.used_ids())
+    ref = ReferenceInputs(kg, tok, 20, link_graph)
+    queries = kg.with_inverse(kg.train).tolist()
+    long_queries = sum(ref.text_ids(h, t)[1] + ref.rel_len[r] + 3 > 20 for h, r, t in queries)
+    long_texts = sum(ref.text_ids(e, None)[1] > 18 for e in range(kg.num_entities))
+    assert whole.truncated == {"entity_texts": long_texts, "train_queries": long_queries} and 0 < long_queries < len(queries)
+    pieces = [i for e in range(kg.num_entities) for i in ref.text_ids(e, None)[0]] + sum(ref.rel, [])
+    if link_graph:
+        _, prefix, names, *_ = ref.link
+        pieces += sum(prefix + names, [])
+    assert whole.used_ids().tolist() == sorted(set(pieces))

@@ -44,7 +44,7 @@ from kgc_kd.data.text import entity_text, linked_text, linked_texts, prefix_mism
 
 CHUNK_TEXTS = 16_384  # texts per tokenizer call: the peak is the table plus one chunk (its Rust encodings and Python
 # lists; at 1/10 of Wikidata5M, 65,536 texts per call peaked at twice the growth of 16,384, at the same speed)
-QUERY_CHUNK = 1 << 20  # training triples per step of the truncation count
+ROWS_PER_STEP = 1 << 18  # training triples or table rows per step of `count_truncated` and `used_ids`
 TABLES = ("entity_table", "entity_lengths", "relation_table", "relation_lengths")  # a cache entry's arrays
 
 
@@ -70,15 +70,14 @@ def text_fingerprint(kg: KG) -> str:
     return hashlib.sha1(head + lengths.digest() + data.digest()).hexdigest()[:16]
 
 
-def chunks(seq: Sequence, size: int | None = None) -> Iterator[Sequence]:
-    size = size or CHUNK_TEXTS
-    for start in range(0, len(seq), size):
-        yield seq[start:start + size]
+def _chunks(seq: Sequence) -> Iterator[Sequence]:
+    for start in range(0, len(seq), CHUNK_TEXTS):
+        yield seq[start:start + CHUNK_TEXTS]
 
 
 def entity_text_chunks(kg: KG) -> Iterator[list[str]]:
     """`text.entity_texts`, CHUNK_TEXTS at a time: the list of every entity's text is never held."""
-    for names, descs in zip(chunks(kg.entity_names), chunks(kg.entity_descs)):
+    for names, descs in zip(_chunks(kg.entity_names), _chunks(kg.entity_descs)):
         yield [entity_text(n, d) for n, d in zip(names, descs)]
 
 
@@ -149,11 +148,12 @@ class TokenCache:
         with token_store.building(entry):
             found = token_store.read(entry, key)
             if found is None:
+                unusable = entry.exists()  # (warned about) replaced; an entry that appears meanwhile is kept
                 arrays = _tokenise(kg, tokenizer, max_length, special["pad_id"])
                 counts = {"entities": kg.num_entities, "relations": 2 * kg.num_relations,
                           "truncated_entity_texts": int((arrays["entity_lengths"] > max_length - 2).sum())}
                 token_store.write(entry, arrays, {"key": key, "special_ids": special, **counts},
-                                  replace=entry.exists())
+                                  replace=unusable)
                 del arrays  # the mapped file replaces the in-memory copy
                 tables = token_store.open_arrays(entry)
             else:
@@ -218,10 +218,10 @@ class TokenCache:
         """Entity texts longer than [CLS] text [SEP] allows, and training queries (every (h, r, t) of `train`
         and its inverse (t, r + num_relations, h)) whose [CLS] text(h) [SEP] text(r) [SEP] is longer than
         max_length (with link_graph: entity texts as ranking candidates, i.e. with all their neighbours;
-        query heads as in training, without the partner). Counted QUERY_CHUNK triples at a time."""
+        query heads as in training, without the partner). Counted ROWS_PER_STEP triples at a time."""
         entities = int((self.text_lengths(torch.arange(self.num_entities)) > self.max_length - 2).sum())
         queries = 0
-        for rows in train.split(QUERY_CHUNK):
+        for rows in train.split(ROWS_PER_STEP):
             h, r, t = rows.unbind(1)
             for head, rel, partner in ((h, r, t), (t, r + num_relations, h)):
                 length = self.text_lengths(head, partner) + self.relation_lengths[rel].long() + 3
@@ -231,14 +231,14 @@ class TokenCache:
     def used_ids(self) -> Tensor:
         """Sorted unique word-piece ids that inputs are built from: every table's ids within each row's
         length, link-graph pieces included (for vocabulary checks and pruning; `vocab.used_token_ids` adds the
-        special tokens). Read QUERY_CHUNK rows at a time."""
+        special tokens). Read ROWS_PER_STEP rows at a time."""
         tables = [(self.entity_table, self.entity_lengths), (self.relation_table, self.relation_lengths)]
         if self.link is not None:
             tables.append((self.link.table, self.link.lengths))
         found = [torch.zeros(0, dtype=torch.long)]
         for table, lengths in tables:
             columns = torch.arange(table.shape[1])
-            for rows, n in zip(table.split(QUERY_CHUNK), lengths.split(QUERY_CHUNK)):
+            for rows, n in zip(table.split(ROWS_PER_STEP), lengths.split(ROWS_PER_STEP)):
                 found.append(torch.unique(rows[columns < n.unsqueeze(1)]).long())
         return torch.unique(torch.cat(found))
 
@@ -387,7 +387,7 @@ class LinkedTokens:
                                  f"{parts[e][0]!r} (entity {kg.entity_ids[e]}); neighbour text needs a tokenizer "
                                  "that splits words and punctuation apart, like BERT's")
             bare[e] = len(ids)
-        names, name_len = tokenise_table(tokenizer, chunks(kg.entity_names), n, max_length, pad_id)
+        names, name_len = tokenise_table(tokenizer, _chunks(kg.entity_names), n, max_length, pad_id)
         width = max(names.shape[1], 1, min(int(head_len.max(initial=0)), max_length))
         table = np.full((2 * n, width), pad_id, dtype=np.int32)
         table[:n] = heads[:, :width]
