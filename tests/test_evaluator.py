@@ -365,7 +365,12 @@ def test_evaluate_queries_reranks_around_query_head():
 
 # --- the memory-bounded ranking against today's path (before eval.memory_budget_gb) -----------------------
 from kgc_kd.eval.evaluator import _known_pairs  # noqa: E402
-from kgc_kd.eval.memory_plan import UPCAST_BLOCK_ROWS, chunk_fixed_bytes, chunk_row_bytes, query_chunk_rows  # noqa: E402
+from kgc_kd.eval.memory_plan import (  # noqa: E402
+    UPCAST_BLOCK_ROWS,
+    chunk_fixed_bytes,
+    chunk_row_bytes,
+    query_chunk_rows,
+)
 from kgc_kd.eval.ranks import RankCounter  # noqa: E402
 
 
@@ -480,7 +485,8 @@ def test_evaluate_queries_with_a_budget_equals_without():
     qv, ent, queries, _, train = _tied_problem(9)
     filt = FilterIndex.from_forward(train, 3)
     m0, o0 = evaluate_queries(qv, ent, queries, 3, filt, topk=3)
-    m1, o1 = evaluate_queries(qv, ent, queries, 3, filt, topk=3, memory_budget=2 * chunk_row_bytes(300, 12, rerank=False))
+    two_rows = 2 * chunk_row_bytes(300, 12, rerank=False)
+    m1, o1 = evaluate_queries(qv, ent, queries, 3, filt, topk=3, memory_budget=two_rows)
     assert m0 == m1 and torch.equal(o0.topk_ids, o1.topk_ids) and _tuples(o0.ranks) == _tuples(o1.ranks)
     assert torch.allclose(o0.topk_scores, o1.topk_scores, rtol=0, atol=1e-6)  # chunks of 2 rows, not 41
 

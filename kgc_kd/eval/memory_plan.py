@@ -33,7 +33,8 @@ import math
 import torch
 
 __all__ = ["GB", "GIB", "KNOWN_PAIR_BYTES", "SEARCH_WORD_MATRICES", "UPCAST_BLOCK_ROWS", "entity_dtype",
-           "budget_bytes", "chunk_row_bytes", "chunk_fixed_bytes", "query_chunk_rows", "search_batch_heads", "evaluation_memory_plan"]
+           "budget_bytes", "chunk_row_bytes", "chunk_fixed_bytes", "query_chunk_rows", "search_batch_heads",
+           "search_bytes_per_64_heads", "evaluation_memory_plan"]
 
 GB = 10**9  # the budget's unit (eval.memory_budget_gb)
 GIB = 2**30  # the plan's figures are also given in GiB, as GPU memory is quoted

@@ -125,7 +125,8 @@ class BiEncoderModule(L.LightningModule):
             self._store_entities(batch["entity_ids"], self.net.encode_entity(batch["entity"]))
         else:
             self._eval_store.setdefault("triples", []).append(batch["triples"])
-            self._eval_store.setdefault("query_vecs", []).append(self.net.encode_query(batch["hr"]).to(self.eval_dtype))
+            vecs = self.net.encode_query(batch["hr"]).detach().to(self.eval_dtype)
+            self._eval_store.setdefault("query_vecs", []).append(vecs)
             if "query_index" in batch:
                 self._eval_store.setdefault("query_index", []).append(batch["query_index"])
 
