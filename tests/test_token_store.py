@@ -69,6 +69,16 @@ def test_second_build_reads_the_entry_without_tokenising(tmp_path):
     assert second.entity_table.dtype == torch.int32
 
 
+def test_reading_an_entry_takes_no_lock(tmp_path):
+    kg, tok = varied_kg(0), make_tokenizer()
+    entry = load(kg, tok, tmp_path).cache_path
+    locks = [p for p in tmp_path.iterdir() if p.name.endswith(".lock")]
+    assert [p.name for p in locks] == [f".{entry.name}.lock"]  # the builder's
+    locks[0].unlink()
+    assert load(kg, tok, tmp_path) == TokenCache.build(kg, tok, 12)
+    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # a read-only directory would do
+
+
 def test_without_a_cache_dir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     kg, tok = varied_kg(1), make_tokenizer()
@@ -148,8 +158,9 @@ def test_a_damaged_entry_is_rebuilt_with_a_warning(tmp_path, damage):
         meta["arrays"]["entity_table"]["shape"][1] += 1
         (entry / "meta.json").write_text(json.dumps(meta))
     counting = CountingTokenizer(tok)
-    with pytest.warns(DataWarning, match=rf"token cache {entry} cannot be used \(.*\); tokenising again"):
+    with pytest.warns(DataWarning, match=rf"token cache {entry} cannot be used \(.*\); tokenising again") as record:
         cache = load(kg, counting, tmp_path)
+    assert sum("cannot be used" in str(w.message) for w in record) == 1  # said once
     assert counting.calls > 0 and cache == TokenCache.build(kg, tok, 12) and cache.cache_path == entry
     counting.calls = 0
     with warnings.catch_warnings():

@@ -722,7 +722,8 @@ def test_truncation_counts_and_used_ids_in_steps_equal_the_reference(tok, link_g
     queries = kg.with_inverse(kg.train).tolist()
     long_queries = sum(ref.text_ids(h, t)[1] + ref.rel_len[r] + 3 > 20 for h, r, t in queries)
     long_texts = sum(ref.text_ids(e, None)[1] > 18 for e in range(kg.num_entities))
-    assert whole.truncated == {"entity_texts": long_texts, "train_queries": long_queries} and 0 < long_queries < len(queries)
+    assert whole.truncated == {"entity_texts": long_texts, "train_queries": long_queries}
+    assert 0 < long_queries < len(queries)
     pieces = [i for e in range(kg.num_entities) for i in ref.text_ids(e, None)[0]] + sum(ref.rel, [])
     if link_graph:
         _, prefix, names, *_ = ref.link

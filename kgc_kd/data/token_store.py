@@ -8,8 +8,9 @@ a run, so `TokenCache.load_or_build` keeps the table on disk under the run root 
   the report). The name is the key, so a different tokenizer, max length or any entity/relation text
   reads another entry; `FORMAT` changes when the files or the text rule change;
 - an entry is written whole into a temporary directory beside it and renamed into place (rename is atomic),
-  so a reader never sees half an entry. Builders of the same entry take an exclusive `flock` on a lock file
-  first: the other DDP ranks wait and then read the entry rank 0 wrote instead of tokenising too. Where
+  so a reader never sees half an entry and reading takes no lock (a read-only entry, e.g. in an export,
+  can be used). Builders of the same entry take an exclusive `flock` on a lock file beside it first and
+  look again: the other DDP ranks wait and then read the entry rank 0 wrote instead of tokenising too. Where
   there is no such lock (or it does not hold, e.g. on some network file systems) two builders may both
   write; the first rename wins and the other uses that entry;
 - arrays are opened with `np.load(mmap_mode="c")`: copy-on-write pages of the file, shared through the page
@@ -69,9 +70,9 @@ def building(entry: Path) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def read(entry: Path, key: dict) -> tuple[dict[str, Tensor], dict] | None:
-    """The arrays (memory-mapped tensors) and meta of `entry`; None where there is none, or, with a
-    `DataWarning` saying why, where it cannot be used."""
+def read(entry: Path, key: dict, *, warn: bool = True) -> tuple[dict[str, Tensor], dict] | None:
+    """The arrays (memory-mapped tensors) and meta of `entry`; None where there is none, or (with `warn`, in a
+    `DataWarning` saying why) where it cannot be used. Needs no lock: an entry appears whole or not at all."""
     if not entry.exists():
         return None
     try:
@@ -84,7 +85,8 @@ def read(entry: Path, key: dict) -> tuple[dict[str, Tensor], dict] | None:
                 raise UnusableEntry(f"{name}.npy has SHA-1 {digest}, meta.json says {spec['sha1']}")
         return open_arrays(entry, meta), meta
     except (UnusableEntry, OSError, ValueError, KeyError, TypeError) as err:
-        data_warning(f"token cache {entry} cannot be used ({err}); tokenising again and replacing it")
+        if warn:
+            data_warning(    f"token cache {entry} cannot be used ({err}); tokenising again and replacing it")
         return None
 
 

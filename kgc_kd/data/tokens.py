@@ -145,20 +145,23 @@ class TokenCache:
         key = {"format": token_store.FORMAT, "tokenizer": tokenizer_fingerprint(tokenizer),
                "max_length": int(max_length), "texts": text_fingerprint(kg)}
         entry = Path(cache_dir) / token_store.entry_name(key)
-        with token_store.building(entry):
-            found = token_store.read(entry, key)
-            if found is None:
-                unusable = entry.exists()  # (warned about) replaced; an entry that appears meanwhile is kept
-                arrays = _tokenise(kg, tokenizer, max_length, special["pad_id"])
-                counts = {"entities": kg.num_entities, "relations": 2 * kg.num_relations,
-                          "truncated_entity_texts": int((arrays["entity_lengths"] > max_length - 2).sum())}
-                token_store.write(entry, arrays, {"key": key, "special_ids": special, **counts},
-                                  replace=unusable)
-                del arrays  # the mapped file replaces the in-memory copy
-                tables = token_store.open_arrays(entry)
-            else:
-                tables = found[0]
-        return cls._assemble(kg, tokenizer, max_length, tables, special, link_graph=link_graph, warn=warn,
+        seen = entry.exists()
+        found = token_store.read(entry, key)  # no lock: an entry is whole or absent
+        if found is None:
+            with token_store.building(entry):
+                # another builder may have written it while this one waited for the lock: look again (what
+                # was wrong with an entry seen above has been said)
+                unusable = entry.exists()
+                found = token_store.read(entry, key, warn=not seen)
+                if found is None:
+                    arrays = _tokenise(kg, tokenizer, max_length, special["pad_id"])
+                    counts = {"entities": kg.num_entities, "relations": 2 * kg.num_relations,
+                              "truncated_entity_texts": int((arrays["entity_lengths"] > max_length - 2).sum())}
+                    token_store.write(entry, arrays, {"key": key, "special_ids": special, **counts},
+                                      replace=unusable)
+                    del arrays  # the mapped file replaces the in-memory copy
+                    found = token_store.open_arrays(entry), None
+        return cls._assemble(kg, tokenizer, max_length, found[0], special, link_graph=link_graph, warn=warn,
                              cache_path=entry)
 
     @classmethod
@@ -184,12 +187,6 @@ class TokenCache:
     @property
     def num_entities(self) -> int:
         return self.entity_table.shape[0]
-
-    @property
-    def entity(self) -> _Rows:
-        """Transitional: the rows of `entity_table` as lists, for `len(tokens.entity)` in batching.py until
-        it reads `num_entities` (nothing is materialised)."""
-        return _Rows(self.entity_table, self.entity_lengths, self.max_length)
 
     def __eq__(self, other: object) -> bool:
         """The same ids, lengths, special ids and link pieces (not `truncated` or where the tables live)."""
@@ -301,21 +298,6 @@ class TokenCache:
         ids = torch.where(pos < length - 1, _gather(rows, pos - 1), self.sep_id)
         return _finish(ids, pos, length, token_types=torch.zeros_like(ids, dtype=torch.long), cls_id=self.cls_id,
                        pad_id=self.pad_id)
-
-
-class _Rows(Sequence):
-    """Rows of a token table as lists, read one at a time (see `TokenCache.entity`)."""
-
-    def __init__(self, table: Tensor, lengths: Tensor, max_length: int):
-        self.table, self.lengths, self.max_length = table, lengths, max_length
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
-        return _row(self.table, self.lengths, i, self.max_length)[0]
 
 
 def _row(table: Tensor, lengths: Tensor, i: int, max_length: int) -> tuple[list[int], int]:
