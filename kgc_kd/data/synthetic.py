@@ -59,8 +59,8 @@ def synthetic_kg(num_entities: int = 30, num_relations: int = 3, num_triples: in
 # Wikidata5M, transductive split (KEPLER's release; SimKGC's largest benchmark)
 WIKIDATA5M = {"entities": 4_594_485, "relations": 822, "train": 20_614_279, "valid": 5_163, "test": 5_133}
 TRIPLES_PER_ENTITY = WIKIDATA5M["train"] / WIKIDATA5M["entities"]  # ~4.49
-# SimKGC's preprocessing cuts Wikidata5M names and relation aliases at 10 words, descriptions at 30
-NAME_WORDS_MAX, DESC_WORDS_MAX = 10, 30
+# SimKGC's preprocessing cuts Wikidata5M descriptions at 30 words (names and relation aliases at 10)
+DESC_WORDS_MAX = 30
 
 
 def _power_ranks(rng: np.random.Generator, size: int, n: int, exponent: float) -> np.ndarray:
@@ -144,13 +144,13 @@ def wikidata_like_triples(num_entities: int, *, num_triples: int | None = None,
     def relations(size: int) -> np.ndarray:
         return rel_order[_zipf_choice(rng, size, r, relation_zipf)]
 
-    def heads(size: int) -> np.ndarray:
+    def popular(size: int) -> np.ndarray:  # entities of the rest, by the Zipf law over their popularity
         return rest[_power_ranks(rng, size, len(rest), zipf)]
 
     hub_heads = np.delete(order, 0)[rng.choice(n - 1, n_hub, replace=False)]  # distinct: distinct triples
     parts = [key(hub_heads, np.full(n_hub, rel_order[0]), np.full(n_hub, hub))]
-    parts.append(_distinct(rng, lambda s: key(heads(s), relations(s), mids[rng.integers(0, mid_hubs, s)]), n_mid))
-    parts.append(_distinct(rng, lambda s: key(heads(s), relations(s), heads(s)), num_triples - n_hub - n_mid))
+    parts.append(_distinct(rng, lambda s: key(popular(s), relations(s), mids[rng.integers(0, mid_hubs, s)]), n_mid))
+    parts.append(_distinct(rng, lambda s: key(popular(s), relations(s), popular(s)), num_triples - n_hub - n_mid))
     keys = np.concatenate(parts)  # the three parts have disjoint tails: distinct as a whole
     del parts
     keys = keys[rng.permutation(len(keys))]
