@@ -7,8 +7,8 @@ The training collate runs on one intra-op thread (`one_thread`, restored afterwa
 DataLoader worker: its ops are many and small (a 1,024-batch's (B, B) masks are 1 MB), so a second thread
 adds its start-up and synchronisation to each op and gains little, and where the cores are busy (the
 training process itself with data.num_workers=0, other processes) it waits for a core on every op. Measured
-on the 2-core CPU here, WN18RR 1,024-batches: ~9 ms CPU with one thread against ~70 ms with two while the
-machine was loaded (docs/performance.md).
+on the 2-core CPU here, 1,024-batches: WN18RR ~17 ms with one thread against ~48 ms (max 0.9 s) with two
+while the machine was busy; on an idle machine two threads saved ~1.5 ms of ~6 ms at 1/10 of Wikidata5M.
 
 With data.link_graph, training texts leave the example's partner out of their neighbour names (the head
 text and head-only input omit the tail, the tail text omits the head); queries and ranking candidates at
