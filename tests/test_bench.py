@@ -521,13 +521,14 @@ def test_scale_section_at_a_tiny_fraction(tmp_path, tiny_plm_dir):
 
     # the evaluation memory plan (full scale, both widths) and its CPU check
     plan = s["eval_plan"]
-    assert set(plan["plans"]) == {"384", "768"} and plan["num_entities"] == 4_594_485
+    assert set(plan["plans"]) == {"384", "768", "384+rerank", "768+rerank"} and plan["num_entities"] == 4_594_485
+    assert plan["plans"]["768+rerank"]["total_bytes"] > plan["plans"]["768"]["total_bytes"]
     assert plan["cpu_check"]["num_entities"] == 919 and plan["cpu_check"]["plan_fp32_mib"] > 0
     names = [t["target"] for t in s["targets"]]
     assert names == ["collate mask median, threads=1", "collate mask median, threads=2",
                      "data preparation peak, first run", "data preparation kept, first run",
                      "data preparation peak, second run", "data preparation kept, second run", "filter index",
-                     "second run reads the cached table", "evaluation memory plan, 768-d bf16"]
+                     "second run reads the cached table", "evaluation memory plan, 768-d bf16, re-rank on"]
     assert all(t["pass"] in (True, False) for t in s["targets"])
     reads = next(t for t in s["targets"] if t["target"] == "second run reads the cached table")
     assert reads["pass"] is True and reads["from"] == "measured"

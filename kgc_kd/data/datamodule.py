@@ -117,15 +117,17 @@ class KGDataModule(L.LightningDataModule):
             rows = rows[keep.sort().values]
         return self._loader(rows, QueryCollator(self._require_tokens()), self.eval_batch_size)
 
-    def rerank_neighbourhoods(self, hops: int, device: torch.device | str) -> Neighbourhoods:
+    def rerank_neighbourhoods(self, hops: int, device: torch.device | str,
+                              memory_budget: int | None = None) -> Neighbourhoods:
         """Train-graph neighbourhoods of every validation and test query head (both directions), searched
-        once per (hops, device) and shared by every stage and evaluation of the run."""
+        once per (hops, device) and shared by every stage and evaluation of the run; `memory_budget` (bytes,
+        eval.memory_budget_gb) sizes the search's batches of heads (the result does not depend on it)."""
         key = (int(hops), str(torch.device(device)))
         if key not in self._neighbourhoods:
             kg = self.kg
             heads = torch.cat([kg.valid, kg.test])[:, [0, 2]]
             graph = NeighbourGraph.from_triples(kg.train, kg.num_entities, device=device)
-            self._neighbourhoods[key] = graph.neighbourhoods(heads, hops)
+            self._neighbourhoods[key] = graph.neighbourhoods(heads, hops, memory_budget=memory_budget)
         return self._neighbourhoods[key]
 
     def entity_dataloader(self) -> DataLoader:

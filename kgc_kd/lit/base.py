@@ -179,7 +179,8 @@ class BiEncoderModule(L.LightningModule):
             _, output = evaluate_queries(
                 query_vecs, entity_vecs, triples, kg.num_relations, kg.filter_index,
                 # searched once per run for every validation and test head, on this device (datamodule cache)
-                adjacency=(self.trainer.datamodule.rerank_neighbourhoods(ev["rerank_hops"], entity_vecs.device)
+                adjacency=(self.trainer.datamodule.rerank_neighbourhoods(ev["rerank_hops"], entity_vecs.device,
+                                                                         memory_budget=budget)
                            if rerank else None),
                 rerank_hops=ev["rerank_hops"], rerank_weight=ev["rerank_weight"], chunk_size=ev["chunk_size"],
                 memory_budget=budget, topk=topk,
