@@ -98,15 +98,16 @@ def _batch_times(fn: Callable[[torch.Tensor], object], examples: torch.Tensor, *
     need = min(warmup + batches, len(examples) // batch_size)
     if need <= warmup:
         raise ValueError(f"{len(examples):,} examples make no timed batch of {batch_size} after {warmup} warm-up")
-    times = []
+    times, cpu = [], []  # wall and this process's CPU time: on a shared machine the two tell load from work
     for i in range(need):
         batch = examples[order[i * batch_size:(i + 1) * batch_size]]
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn(batch)
         if i >= warmup:
             times.append(1000 * (time.perf_counter() - start))
+            cpu.append(1000 * (time.process_time() - start_cpu))
     return {"batch_size": batch_size, "batches": len(times), "warmup": warmup, "median_ms": statistics.median(times),
-            "max_ms": max(times), "mean_ms": statistics.fmean(times)}
+            "max_ms": max(times), "mean_ms": statistics.fmean(times), "median_cpu_ms": statistics.median(cpu)}
 
 
 # ---- the steps ----------------------------------------------------------------------------------------------

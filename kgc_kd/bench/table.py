@@ -124,6 +124,9 @@ def _scale_detail(r: dict) -> str:
 def _fit_text(fit: dict) -> str:
     if fit["formula"] == "measured":
         return "measured"
+    if fit["formula"] == "composed":  # scale.compose_train_collate
+        return (f"collator {fit['collator_n0']:.4g} - mask {fit['mask_n0']:.4g} at {fit['n0']:,} keys "
+                f"+ mask {fit['mask_full']:.4g} at {fit['n']:,} keys")
     a = f"{fit['a']:.4g} + " if fit["formula"] == "a + b*n" else ""
     return f"{a}{fit['b']:.4g} x {fit['n']:,} {fit['n_of']}"
 
