@@ -286,9 +286,9 @@ def test_validation_every_second_epoch_through_the_chain(tmp_path, plm4, monkeyp
     searches = []
     original = KGDataModule.rerank_neighbourhoods
 
-    def counting(self, hops, device):
+    def counting(self, hops, device, **kwargs):
         before = dict(self._neighbourhoods)
-        out = original(self, hops, device)
+        out = original(self, hops, device, **kwargs)
         searches.extend(k for k in self._neighbourhoods if k not in before)
         return out
 

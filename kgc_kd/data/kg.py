@@ -42,7 +42,8 @@ class KG:
             raise ValueError(f"{self.name}: entity ids, names and descriptions differ in length")
         if len(self.relation_texts) != r:
             raise ValueError(f"{self.name}: relation ids and texts differ in length")
-        if len(set(self.entity_ids)) != n:
+        self._entity_index = dict(zip(self.entity_ids, range(n)))  # also the duplicate check: one pass, not two
+        if len(self._entity_index) != n:
             raise ValueError(f"{self.name}: duplicate entity ids")
         for split in SPLITS:
             t = getattr(self, split)
@@ -52,7 +53,6 @@ class KG:
             setattr(self, split, t)
         if len(self.train) == 0:
             raise ValueError(f"{self.name}: the train split is empty")
-        self._entity_index = {e: i for i, e in enumerate(self.entity_ids)}
 
     # ---- sizes and text -------------------------------------------------------------------------------
     @property
