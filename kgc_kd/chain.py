@@ -47,7 +47,10 @@ def data_checks(dm: KGDataModule) -> dict[str, int]:
     return {**dm.kg.notes, **truncated}
 
 
-def build_datamodule(cfg: DictConfig, tokenizer) -> KGDataModule:
+def build_datamodule(cfg: DictConfig, tokenizer=None) -> KGDataModule:
+    """The run's datamodule; with `tokenizer`, every text is tokenised (or the run root's cached token table
+    mapped) now, which writes `<run.root>/token-cache/` the first time: a run connects its tokenizer only
+    after its checks passed (`run_chain`), so a refused run writes nothing."""
     d = cfg.data
     return KGDataModule(
         d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
@@ -244,10 +247,11 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
     tracking.detach_agent()  # under `wandb agent`, the agent's run is the report's, not a stage's
     # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
-    dm = build_datamodule(cfg, tokenizer)  # loads the KG and tokenises every text once
-    setup_s = round(time.time() - start, 2)
-    print(dm.kg.summary(), flush=True)
+    dm = build_datamodule(cfg)
+    print(dm.kg.summary(), flush=True)  # loads the KG: a bad path or file fails here
     check_run(cfg, dm, tokenizer)  # every config/data/model mismatch fails here, before anything is written
+    dm.connect(tokenizer)  # tokenises every text once, or maps the token table cached under run.root
+    setup_s = round(time.time() - start, 2)
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     matmul = configure_matmul(cfg.trainer.accelerator)
     print(f"precision: {precision} ({why})" + (f"; float32 matmul precision {matmul} (TF32)" if matmul else ""),

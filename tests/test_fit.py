@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,7 +199,7 @@ def test_repairable_data_is_loaded_with_counts_in_the_report(tmp_path, tiny_plm_
     # (e9, r_plus, e0); its repeat was removed first
     assert result["data_checks"] == {"train.duplicates": 2, "test.unknown_dropped": 1, "entities_without_text": 1,
                                      "truncated.entity_texts": 1, "truncated.train_queries": 3}
-    report = json.loads((tmp_path / "runs" / next((tmp_path / "runs").iterdir()).name / "report.json").read_text())
+    report = json.loads((Path(result["run_dir"]) / "report.json").read_text())
     assert report["data_checks"] == result["data_checks"]
 
 

@@ -31,7 +31,7 @@ from kgc_kd.preflight import check_run
 def preflight(plan: Plan) -> None:
     """Data, model and every chain's stages and loss terms, checked before the teacher trains."""
     tokenizer = load_tokenizer(plan.base.model.plm)
-    dm = build_datamodule(plan.base, tokenizer)
+    dm = build_datamodule(plan.base)  # the KG only: the checks need no token table (nothing is written)
     if plan.teacher is not None:
         check_run(plan.teacher.cfg, dm, tokenizer)
     exported = (Path(plan.teacher_export) / "biencoder.json").is_file()

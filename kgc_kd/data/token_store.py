@@ -86,7 +86,7 @@ def read(entry: Path, key: dict, *, warn: bool = True) -> tuple[dict[str, Tensor
         return open_arrays(entry, meta), meta
     except (UnusableEntry, OSError, ValueError, KeyError, TypeError) as err:
         if warn:
-            data_warning(    f"token cache {entry} cannot be used ({err}); tokenising again and replacing it")
+            data_warning(f"token cache {entry} cannot be used ({err}); tokenising again and replacing it")
         return None
 
 
