@@ -192,12 +192,14 @@ class BiEncoderModule(L.LightningModule):
         del entity_vecs, query_vecs
         triples = triples.cpu()
         if self.world_size > 1:  # every rank's share, in rank order: ranks and top-k only, never vectors
-            triples, index = self._gather_padded(triples, -1), self._gather_padded(index, -1)
+            # every tensor below has this rank's query count as its length: gathered once
+            counts = self.all_gather(torch.tensor([len(triples)], device=self.device)).reshape(-1).tolist()
+            triples, index = self._gather_padded(triples, -1, counts), self._gather_padded(index, -1, counts)
             r = output.ranks
-            output = RankingOutput(Ranks(*(self._gather_padded(t, float("nan"))
+            output = RankingOutput(Ranks(*(self._gather_padded(t, float("nan"), counts)
                                            for t in (r.optimistic, r.pessimistic, r.realistic))),
-                                   self._gather_padded(output.topk_ids, -1),
-                                   self._gather_padded(output.topk_scores, float("-inf")))
+                                   self._gather_padded(output.topk_ids, -1, counts),
+                                   self._gather_padded(output.topk_scores, float("-inf"), counts))
         if index is not None:  # each query once, in query order (DDP: the sampler pads shares with repeats)
             order = torch.argsort(index, stable=True)
             first = torch.ones_like(index, dtype=torch.bool)
@@ -214,12 +216,11 @@ class BiEncoderModule(L.LightningModule):
                 self.log(f"{prefix}/{k}", float(v), prog_bar=k == "mrr", batch_size=1)
         return metrics
 
-    def _gather_padded(self, x: Tensor | None, fill: float) -> Tensor | None:
-        """Every rank's rows of `x` in rank order, on CPU; shares of unequal length are padded with `fill`
-        for the collective and trimmed after."""
+    def _gather_padded(self, x: Tensor | None, fill: float, counts: list[int]) -> Tensor | None:
+        """Every rank's rows of `x` in rank order, on CPU (`counts`: each rank's row count); shares of
+        unequal length are padded with `fill` for the collective and trimmed after."""
         if x is None:
             return None
-        counts = self.all_gather(torch.tensor([len(x)], device=self.device)).reshape(-1).tolist()
         pad = x.new_full((max(counts) - len(x), *x.shape[1:]), fill)
         rows = self.all_gather(torch.cat([x, pad]).to(self.device)).cpu()
         return torch.cat([rows[rank, :count] for rank, count in enumerate(counts)])
