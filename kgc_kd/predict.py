@@ -44,11 +44,10 @@ def resolve_export(path: str, stage: str | None = None) -> Path:
     raise FileNotFoundError(f"{p}: neither an exported stage (biencoder.json) nor a run directory (chain_state.json)")
 
 
-def token_cache_dir(export: Path) -> Path | None:
-    """Where predict keeps the export's token table: `<export>/token-cache`, or None (tokenise in memory)
-    where it cannot be written (`TokenCache.load_or_build` locks an entry in its directory, even to read it)."""
-    d = export / TOKEN_CACHE_DIR
-    return d if os.access(d if d.is_dir() else export, os.W_OK) else None
+def token_cache_dir(export: Path) -> Path:
+    """Where predict finds (or keeps) the export's token table: `<export>/token-cache` (a read-only export's
+    table is mapped as it is; one without a table there is tokenised in memory, `TokenCache.load_or_build`)."""
+    return export / TOKEN_CACHE_DIR
 
 
 class Predictor:

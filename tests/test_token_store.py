@@ -79,6 +79,24 @@ def test_reading_an_entry_takes_no_lock(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # a read-only directory would do
 
 
+def test_a_read_only_place_is_read_but_never_built_in(tmp_path, monkeypatch):
+    """Where nothing can be written (an export copied read-only): an existing entry is mapped without
+    tokenising, a missing one is built in memory and nothing is created. Tests run as root, for whom every
+    directory is writable, so the permission check itself is what is switched off here."""
+    kg, tok = varied_kg(0), CountingTokenizer(make_tokenizer())
+    written = load(kg, tok, tmp_path / "cache")
+    before = sorted(p.name for p in (tmp_path / "cache").iterdir())  # the entry and its builder's lock file
+    monkeypatch.setattr(token_store.os, "access", lambda path, mode: False)
+    tok.calls = 0
+    mapped = load(kg, tok, tmp_path / "cache")
+    assert tok.calls == 0 and mapped == written and mapped.cache_path == written.cache_path
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == before  # nothing added
+    in_memory = load(kg, tok, tmp_path / "elsewhere")
+    assert tok.calls > 0 and in_memory == written and in_memory.cache_path is None
+    assert not (tmp_path / "elsewhere").exists()
+    assert token_store.writable(tmp_path) is False
+
+
 def test_without_a_cache_dir_nothing_is_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     kg, tok = varied_kg(1), make_tokenizer()

@@ -9,7 +9,7 @@ a run, so `TokenCache.load_or_build` keeps the table on disk under the run root 
   reads another entry; `FORMAT` changes when the files or the text rule change;
 - an entry is written whole into a temporary directory beside it and renamed into place (rename is atomic),
   so a reader never sees half an entry and reading takes no lock (a read-only entry, e.g. in an export,
-  can be used). Builders of the same entry take an exclusive `flock` on a lock file beside it first and
+  can be used; where nothing can be written, a missing entry is built in memory instead). Builders of the same entry take an exclusive `flock` on a lock file beside it first and
   look again: the other DDP ranks wait and then read the entry rank 0 wrote instead of tokenising too. Where
   there is no such lock (or it does not hold, e.g. on some network file systems) two builders may both
   write; the first rename wins and the other uses that entry;
@@ -54,6 +54,15 @@ class UnusableEntry(Exception):
 
 def entry_name(key: dict) -> str:
     return f"{key['tokenizer']}-L{key['max_length']}-{key['texts']}-v{key['format']}"
+
+
+def writable(directory: Path) -> bool:
+    """Whether an entry could be built under `directory` (it, or its nearest existing parent, is writable):
+    a read-only place (an export copied read-only) is only read; a missing entry is then built in memory."""
+    d = Path(directory)
+    while not d.exists() and d != d.parent:
+        d = d.parent
+    return os.access(d, os.W_OK)
 
 
 @contextlib.contextmanager

@@ -147,6 +147,8 @@ class TokenCache:
         entry = Path(cache_dir) / token_store.entry_name(key)
         seen = entry.exists()
         found = token_store.read(entry, key)  # no lock: an entry is whole or absent
+        if found is None and not token_store.writable(entry.parent):
+            return cls.build(kg, tokenizer, max_length, warn=warn, link_graph=link_graph)  # read-only: in memory
         if found is None:
             with token_store.building(entry):
                 # another builder may have written it while this one waited for the lock: look again (what
