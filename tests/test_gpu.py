@@ -135,6 +135,26 @@ def test_ranking_with_filters_and_reranking_on_cuda_equals_the_cpu():
     assert m_gpu == pytest.approx(m_cpu, abs=1e-9)
 
 
+def test_a_bf16_entity_matrix_under_a_byte_budget_ranks_on_cuda_as_on_the_cpu():
+    """The evaluation's bf16 path on the GPU: entity rows upcast a block at a time, query chunks cut by a byte
+    budget (here a few rows each), re-ranking on. Integer-valued vectors are exact in bf16, so the ranks and
+    top-k equal the float32 CPU ranking's."""
+    kg = random_kg(4, n=40, r=3, m=300)
+    g = torch.Generator().manual_seed(1)
+    queries = kg.with_inverse(torch.cat([kg.valid, kg.test, kg.train[:30]]))
+    q = torch.randint(-3, 4, (len(queries), 16), generator=g).float()
+    e = torch.randint(-3, 4, (kg.num_entities, 16), generator=g).float()
+    kw = dict(rerank_hops=2, rerank_weight=0.05, chunk_size=256, topk=5)
+    _, out_cpu = evaluate_queries(q, e, queries, kg.num_relations, kg.filter_index,
+                                  adjacency=NeighbourGraph.from_triples(kg.train, kg.num_entities), **kw)
+    _, out_gpu = evaluate_queries(q.to(CUDA), e.to(CUDA, torch.bfloat16), queries.to(CUDA), kg.num_relations,
+                                  kg.filter_index, memory_budget=4 * 1024,
+                                  adjacency=NeighbourGraph.from_triples(kg.train, kg.num_entities, device=CUDA), **kw)
+    for name in ("optimistic", "pessimistic", "realistic"):
+        assert torch.equal(getattr(out_gpu.ranks, name), getattr(out_cpu.ranks, name)), name
+    assert torch.equal(out_gpu.topk_ids, out_cpu.topk_ids)
+
+
 def test_a_module_evaluates_with_reranking_on_cuda():
     """_finish_eval on the GPU: entity vectors placed by id, neighbourhoods searched on the device once per run."""
     net = BiEncoder(make_tiny_bert(dropout=0.0))
