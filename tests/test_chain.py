@@ -398,3 +398,27 @@ def test_a_stage_interrupted_in_one_run_resumes_in_the_next(tmp_path, plm4, monk
     assert rows["a"]["epochs"] == 2 and rows["a"]["steps"] == 2 * first_epoch
     assert ("a", 0) not in steps[first_epoch:]  # epoch 0 of `a` was not trained again
     assert ("b", 0) in steps
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_the_chains_own_trainers_run_a_gpu_runs_optimizer_clipping_and_precision_on_the_cpu(
+        tmp_path, plm4, precision, monkeypatch):
+    """The CPU seam of a GPU run's configuration: the chain's own stage Trainers (their callbacks, the default
+    `trainer.gradient_clip_val` 10, the precision plugin) with the optimizer a CUDA run builds (fused AdamW:
+    kgc_kd.devices' seam adds torch's fused CPU kernel), two steps per stage. Before the fix of lit/base.py
+    `configure_gradient_clipping` every bf16-mixed stage stopped at step 1 ("The current optimizer, AdamW, does
+    not allow for gradient clipping because it performs unscaling of gradients internally"). 16-mixed on the CPU
+    is turned into bf16-mixed by Lightning ("AMP with fp16 is not supported on CPU"); its scaler path is tested
+    with an explicit CPU GradScaler in test_kgc_module.py::test_a_fused_adamw_clips_in_every_precision."""
+    import kgc_kd.devices as devices
+
+    monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
+    result = fit.main(_argv(tmp_path, plm4, f"trainer.precision={precision}", "trainer.limit_train_batches=2",
+                            "trainer.limit_val_batches=2", "stages=[{name: g2, layers: 2, mask_rate: 0.2}]"))
+    assert result["precision"] == precision
+    for row in result["stages"]:
+        assert row["steps"] == 2 and 0 < row["test"]["mrr"] <= 1
+        last = tmp_path / "chain" / "stages" / row["name"] / "checkpoints" / "last.ckpt"
+        saved = torch.load(last, weights_only=True)
+        groups = saved["optimizer_states"][0]["param_groups"]
+        assert groups and all(g["fused"] is True for g in groups)

@@ -100,18 +100,81 @@ def test_encoders_train_with_dropout_even_when_loaded_in_eval_mode():
     assert seen == [True, True]
 
 
-def test_gradient_norm_before_clipping_is_logged():
-    class Reference(L.Callback):
-        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-            grads = [p.grad for p in pl_module.net.parameters() if p.grad is not None]
-            self.norm = float(sum((g.double() ** 2).sum() for g in grads) ** 0.5)
+class GradNorms(L.Callback):
+    """The total gradient norm seen before clipping (Lightning's hook) and the one the optimizer steps with
+    (a step post-hook on the optimizer: the gradients it stepped with, clipped and unscaled; a pre-hook would run
+    before Lightning's closure computes them)."""
 
-    ref = Reference()
+    def __init__(self):
+        self.before: list[float] = []
+        self.stepped: list[float] = []
+
+    @staticmethod
+    def _norm(params) -> float:
+        return float(sum((p.grad.double() ** 2).sum() for p in params if p.grad is not None) ** 0.5)
+
+    def on_train_start(self, trainer, pl_module):
+        opt = trainer.optimizers[0]
+        opt.register_step_post_hook(
+            lambda o, args, kwargs: self.stepped.append(self._norm(p for g in o.param_groups for p in g["params"])))
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before.append(self._norm(pl_module.net.parameters()))
+
+
+def test_gradient_norm_before_clipping_is_logged():
+    ref = GradNorms()
     module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
     trainer = _trainer(max_steps=1, limit_val_batches=0, log_every_n_steps=1, gradient_clip_val=1e-3, callbacks=[ref])
     trainer.fit(module, datamodule=_dm())
-    assert ref.norm > 1e-3  # so the clipping did act, after the norm was logged
-    assert float(trainer.callback_metrics["train/grad_norm"]) == pytest.approx(ref.norm, rel=1e-5)
+    assert ref.before[0] > 1e-3  # so the clipping did act, after the norm was logged
+    assert float(trainer.callback_metrics["train/grad_norm"]) == pytest.approx(ref.before[0], rel=1e-5)
+    assert ref.stepped[0] == pytest.approx(1e-3, rel=1e-4)
+
+
+def _precision(precision: str) -> dict:
+    """Trainer arguments for `precision` on the CPU. Lightning turns `precision="16-mixed"` into bf16-mixed on the
+    CPU ("AMP with fp16 is not supported on CPU"), so 16-mixed takes its plugin explicitly: fp16 autocast and a
+    CPU GradScaler, the scaler logic a GPU's 16-mixed run executes."""
+    if precision != "16-mixed":
+        return {"precision": precision}
+    from lightning.pytorch.plugins import MixedPrecision
+
+    return {"plugins": [MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu"))]}
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_a_fused_adamw_clips_in_every_precision(precision, algorithm, monkeypatch):
+    """The optimizer a CUDA run builds (fused AdamW: kgc_kd.devices' seam adds the CPU's fused kernel) with the
+    default clipping, in each precision: Lightning's own clipping refused it under bf16-mixed and 16-mixed
+    (RuntimeError at the first step). The step sees clipped TRUE gradients: under 16-mixed the scaler unscaled
+    them first, so the logged norm is the fp32 run's (not 65,536 times it) and the stepped norm is the bound."""
+    import kgc_kd.devices as devices
+
+    monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
+    clip = 1e-3
+    seen = {}
+    for p in dict.fromkeys(["32-true", precision]):
+        torch.manual_seed(0)
+        ref = GradNorms()
+        module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert(dropout=0.0))
+        trainer = _trainer(max_steps=2, limit_val_batches=0, log_every_n_steps=1, gradient_clip_val=clip,
+                           gradient_clip_algorithm=algorithm, callbacks=[ref], **_precision(p))
+        trainer.fit(module, datamodule=_dm())
+        opt = trainer.optimizers[0]
+        assert opt.defaults["fused"] is True and opt._step_supports_amp_scaling
+        assert (getattr(trainer.precision_plugin, "scaler", None) is not None) == (p == "16-mixed")
+        assert len(ref.stepped) == 2 and trainer.global_step == 2
+        seen[p] = (float(trainer.callback_metrics["train/grad_norm"]), ref.stepped)
+    norm, stepped = seen[precision]
+    assert norm == pytest.approx(seen["32-true"][0], rel=0.1)  # true gradients, whatever the precision
+    if algorithm == "norm":
+        assert stepped == pytest.approx([clip, clip], rel=1e-3)
+    else:  # every element within +-clip: the norm is at most clip * sqrt(#elements)
+        n = sum(p.numel() for p in module.net.parameters() if p.requires_grad)
+        assert all(0 < s <= clip * n ** 0.5 * (1 + 1e-6) for s in stepped)
+        assert all(float(p.grad.abs().max()) <= clip for p in module.net.parameters() if p.grad is not None)
 
 
 def test_non_finite_loss_raises_naming_the_stage_step_and_term(monkeypatch):

@@ -24,6 +24,7 @@ from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
 from kgc_kd.data.negatives import false_negative_mask, in_batch_mask
+from kgc_kd.devices import fused_adamw
 from kgc_kd.eval import Ranks, RankingOutput, direction_metrics, evaluate_queries
 from kgc_kd.eval.memory_plan import budget_bytes, entity_dtype, evaluation_memory_plan
 from kgc_kd.models.biencoder import BiEncoder
@@ -101,14 +102,35 @@ class BiEncoderModule(L.LightningModule):
             "rerunning the same command resumes from the last checkpoint."
         )
 
-    def on_before_optimizer_step(self, optimizer) -> None:
-        """Log the total gradient norm (before clipping) at the logging interval only: it costs a reduction
-        over every parameter."""
-        if self.trainer.global_step % max(1, self.trainer.log_every_n_steps) != 0:
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Clip here, not in Lightning's precision plugin, and log the total gradient norm (before clipping) at
+        the logging interval.
+
+        Lightning's `MixedPrecision.clip_gradients` refuses any optimizer that unscales inside its step (every
+        fused one) whenever `clip_val > 0`, scaler or not: with the default `gradient_clip_val` every bf16 run on
+        a GPU, where AdamW is fused, stopped at its first step. bf16 has no scaler, so its gradients are true
+        gradients here and clipping them is exact. Under `16-mixed` the plugin unscales before this hook only
+        for optimizers that do not unscale themselves; for a fused one the gradients arrive scaled, so the
+        scaler unscales them first (its step then skips its own unscaling and still skips inf/NaN steps).
+        The fused kernel is kept in every precision."""
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        clip = float(gradient_clip_val or 0.0)
+        log_norm = self.trainer.global_step % max(1, self.trainer.log_every_n_steps) == 0
+        if not params or (clip <= 0 and not log_norm):
             return
-        grads = [p.grad for m in self.trainable_modules() for p in m.parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads).float(), batch_size=1)
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)
+        grads = [p.grad for p in params]
+        if clip > 0 and str(gradient_clip_algorithm) == "value":
+            norm = torch.nn.utils.get_total_norm(grads) if log_norm else None
+            torch.nn.utils.clip_grad_value_(params, clip)
+        elif clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(params, clip)  # returns the norm before clipping
+        else:
+            norm = torch.nn.utils.get_total_norm(grads)
+        if log_norm:
+            self.log("train/grad_norm", norm.float(), batch_size=1)
 
     def trainable_modules(self) -> list[torch.nn.Module]:
         """Modules the optimizer updates (subclasses add e.g. a feature generator)."""
@@ -240,8 +262,8 @@ class BiEncoderModule(L.LightningModule):
                       {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
         else:
             groups = [{"params": [p for _, p in named], "weight_decay": o["weight_decay"]}]
-        # On CUDA the fused kernel updates every parameter in a few launches instead of a loop of small ones.
-        fused = bool(named) and all(p.is_cuda for _, p in named)
+        # Fused on CUDA (kgc_kd.devices.fused_adamw); its clipping is configure_gradient_clipping's.
+        fused = fused_adamw(p for _, p in named)
         opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = min(int(o["warmup_steps"]), total // 10)
