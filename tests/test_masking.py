@@ -107,3 +107,57 @@ def test_input_not_modified_in_place():
     before = ids.clone()
     mask_tokens(ids, att, 0.5, MASK, generator=torch.Generator().manual_seed(0))
     assert torch.equal(ids, before)
+
+
+def _old_mask_tokens(input_ids, attention_mask, rate, mask_id, generator=None):
+    """The algorithm before issue 26: max(k) read back from the tensor (a host sync on CUDA)."""
+    counts = torch.zeros_like(input_ids)
+    lengths = attention_mask.sum(1)
+    k = torch.floor(rate * lengths.double()).long()
+    k = torch.where(lengths > 2, k, torch.zeros_like(k))
+    kmax = int(k.max()) if k.numel() else 0
+    if kmax == 0:
+        return input_ids, counts
+    u = torch.rand(input_ids.shape[0], kmax, generator=generator, device="cpu").to(input_ids.device)
+    span = (lengths - 2).clamp(min=1).unsqueeze(1)
+    pos = 1 + torch.floor(u * span).long()
+    keep = torch.arange(kmax, device=input_ids.device).unsqueeze(0) < k.unsqueeze(1)
+    counts.scatter_add_(1, pos, keep.long())
+    return input_ids.masked_fill(counts > 0, mask_id), counts
+
+
+def test_same_masks_and_generator_state_as_the_old_algorithm_on_dynamically_padded_batches():
+    g = torch.Generator().manual_seed(123)
+    rates = [0.05, 0.1, 0.15, 0.3, 0.5, 0.9]
+    for trial in range(200):
+        n = int(torch.randint(1, 17, (1,), generator=g))
+        lengths = torch.randint(1, 60, (n,), generator=g).tolist()  # padded to the longest, as the collator does
+        ids, att = _batch(lengths, seed=trial)
+        rate = rates[trial % len(rates)]
+        old_g, new_g = torch.Generator().manual_seed(trial), torch.Generator().manual_seed(trial)
+        old = _old_mask_tokens(ids, att, rate, MASK, generator=old_g)
+        new = mask_tokens(ids, att, rate, MASK, generator=new_g)
+        assert torch.equal(old[0], new[0]) and torch.equal(old[1], new[1]), (trial, lengths, rate)
+        assert torch.equal(old_g.get_state(), new_g.get_state())  # the same draws consumed
+    # and with the global generator (what the distillation step uses)
+    ids, att = _batch([5, 17, 33, 2])
+    torch.manual_seed(7)
+    old = _old_mask_tokens(ids, att, 0.15, MASK)
+    after_old = torch.rand(3)
+    torch.manual_seed(7)
+    new = mask_tokens(ids, att, 0.15, MASK)
+    assert torch.equal(old[1], new[1]) and torch.equal(after_old, torch.rand(3))
+
+
+def test_no_value_is_read_back_from_the_tensors(monkeypatch):
+    """The draw count comes from the shape: no .item()/int()/bool() of a tensor (each a host sync on CUDA)."""
+    ids, att = _batch([5, 17, 33, 2])
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a tensor value was read on the host")
+
+    for name in ("item", "__int__", "__bool__", "__index__", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    out, counts = mask_tokens(ids, att, 0.3, MASK, generator=torch.Generator().manual_seed(0))
+    monkeypatch.undo()
+    assert int(counts.sum()) == sum(math.floor(0.3 * L) for L in [5, 17, 33])
