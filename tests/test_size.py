@@ -3,7 +3,7 @@ import torch
 
 from conftest import make_tiny_bert
 from kgc_kd.models.biencoder import BiEncoder
-from kgc_kd.models.size import parameter_counts, throughput
+from kgc_kd.models.size import autocast_dtype, parameter_counts, throughput
 
 
 def _n(module, skip_embeddings=False):
@@ -97,3 +97,48 @@ def test_throughput_keeps_the_best_of_repeated_passes():
     enc = Counter()
     throughput(enc, _loader(100, 8), torch.device("cpu"), "hr", max_items=40, warmup=1, repeats=3)
     assert enc.calls == 1 + 3 * 4
+
+
+class AutocastProbe:
+    """Records the autocast state each call sees and runs a real Linear, whose output dtype shows it."""
+
+    def __init__(self):
+        self.seen, self.dtypes = set(), set()
+        self.linear = torch.nn.Linear(4, 3)
+
+    def __call__(self, inputs):
+        enabled = torch.is_autocast_enabled("cpu")
+        self.seen.add((enabled, torch.get_autocast_dtype("cpu") if enabled else None))
+        out = self.linear(inputs["input_ids"].float())
+        self.dtypes.add(out.dtype)
+        return out
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.float16),
+                                              ("32-true", None), (None, None), ("bf16-true", None)])
+def test_throughput_runs_in_the_runs_precision(precision, dtype):
+    enc = AutocastProbe()
+    assert throughput(enc, _loader(4, 8), torch.device("cpu"), "hr", max_items=32, warmup=1, repeats=2,
+                      precision=precision) > 0
+    assert autocast_dtype(precision) is dtype
+    if dtype is None:
+        assert enc.seen == {(False, None)} and enc.dtypes == {torch.float32}
+    else:  # warm-up and every timed pass under the run's autocast
+        assert enc.seen == {(True, dtype)} and enc.dtypes == {dtype}
+    assert not torch.is_autocast_enabled("cpu")  # and nothing left switched on
+
+
+def test_stage_latency_passes_the_trainers_precision(monkeypatch):
+    """StageRecorder._latency times each side in the stage's own precision (trainer.precision)."""
+    from types import SimpleNamespace
+
+    from kgc_kd.callbacks import progressive
+
+    calls = []
+    monkeypatch.setattr(progressive, "throughput", lambda *a, **k: calls.append(k.get("precision")) or 1.0)
+    net = torch.nn.Linear(2, 2)
+    net.encode_query = net.encode_entity = None
+    dm = SimpleNamespace(query_dataloader=lambda split: [], entity_dataloader=lambda: [])
+    trainer = SimpleNamespace(datamodule=dm, precision="bf16-mixed")
+    progressive.StageRecorder._latency(None, trainer, net)
+    assert calls == ["bf16-mixed", "bf16-mixed"]

@@ -78,8 +78,9 @@ class StageRecorder(Callback):
         was_training = net.training
         net.eval()
         try:
-            q = throughput(net.encode_query, dm.query_dataloader("valid"), device, "hr")
-            e = throughput(net.encode_entity, dm.entity_dataloader(), device, "entity")
+            precision = str(trainer.precision)  # the stage's own: latency in the precision it runs in
+            q = throughput(net.encode_query, dm.query_dataloader("valid"), device, "hr", precision=precision)
+            e = throughput(net.encode_entity, dm.entity_dataloader(), device, "entity", precision=precision)
         finally:
             net.train(was_training)
         return {"queries_per_s": round(q, 1), "entities_per_s": round(e, 1), "latency_device": device.type}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -26,11 +27,29 @@ def parameter_counts(net: BiEncoder) -> dict[str, int]:
             "params_no_embeddings": q_ne + e_ne}
 
 
+#: Lightning precision -> the autocast dtype its forward passes run in (absent: no autocast, fp32 or "-true")
+AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def autocast_dtype(precision: str | None) -> torch.dtype | None:
+    """The dtype a run in `precision` autocasts to (bf16-mixed -> bfloat16, 16-mixed -> float16), None for
+    32-true (and unset) and the "-true" precisions, whose weights already hold their dtype."""
+    return AUTOCAST_DTYPES.get(str(precision)) if precision is not None else None
+
+
 @torch.no_grad()
 def throughput(encode, loader, device: torch.device, key: str, max_items: int = 2048, warmup: int = 1,
-               repeats: int = 3) -> float:
+               repeats: int = 3, precision: str | None = None) -> float:
     """Items per second of `encode` over batches of `loader` (eval mode, no grad): the best of `repeats`
-    timed passes after `warmup` batches, so one slow pass (allocation, a busy core) does not decide it."""
+    timed passes after `warmup` batches, so one slow pass (allocation, a busy core) does not decide it.
+    `precision` is the run's Lightning precision: the passes run under its autocast (bf16-mixed: bfloat16,
+    16-mixed: float16, 32-true or None: none), so the latency is the one the trained stage runs at."""
+    device = torch.device(device)
+    dtype = autocast_dtype(precision)
+
+    def context():
+        return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
     def move(inputs):
         return {k: v.to(device) for k, v in inputs.items()}
 
@@ -41,16 +60,18 @@ def throughput(encode, loader, device: torch.device, key: str, max_items: int = 
         n += batch[key]["input_ids"].shape[0]
         if n >= max_items:
             break
-    for inputs in batches[:warmup]:
-        encode(inputs)
+    with context():
+        for inputs in batches[:warmup]:
+            encode(inputs)
     timed = batches[warmup:] or batches
     count = sum(b["input_ids"].shape[0] for b in timed)
     best = 0.0
     for _ in range(max(1, repeats)):
         synchronize(device)
         start = time.perf_counter()
-        for inputs in timed:
-            encode(inputs)
+        with context():
+            for inputs in timed:
+                encode(inputs)
         synchronize(device)
         best = max(best, count / max(time.perf_counter() - start, 1e-9))
     return best
