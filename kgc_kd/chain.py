@@ -25,7 +25,7 @@ from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, 
 from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.chain_store import ChainStore
 from kgc_kd.config import run_name, to_plain
-from kgc_kd.data.datamodule import KGDataModule
+from kgc_kd.data.datamodule import KGDataModule, resolve_loader
 from kgc_kd.distill.registry import Dims
 from kgc_kd.files import write_text_atomic
 from kgc_kd.lit.distill_module import DistillModule
@@ -52,13 +52,16 @@ def build_datamodule(cfg: DictConfig, tokenizer=None) -> KGDataModule:
     mapped) now, which writes `<run.root>/token-cache/` the first time: a run connects its tokenizer only
     after its checks passed (`run_chain`), so a refused run writes nothing."""
     d = cfg.data
-    return KGDataModule(
+    loader = resolve_loader(d.get("num_workers"), d.get("pin_memory"), cfg.trainer.accelerator)
+    dm = KGDataModule(
         d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
-        num_workers=d.num_workers, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
+        num_workers=loader.num_workers, pin_memory=loader.pin_memory, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
         name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
         drop_unknown=d.drop_unknown, link_graph=d.link_graph, val_max_queries=cfg.eval.val_max_queries,
         token_cache_dir=Path(cfg.run.root) / "token-cache",  # shared by every run under run.root
     )
+    dm.loader_settings = loader  # resolved once, here; run_chain prints and records it
+    return dm
 
 
 def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
@@ -256,6 +259,8 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
     matmul = configure_matmul(cfg.trainer.accelerator)
     print(f"precision: {precision} ({why})" + (f"; float32 matmul precision {matmul} (TF32)" if matmul else ""),
           flush=True)
+    loader = dm.loader_settings
+    print(f"data loaders: {loader.num_workers} worker(s), pin_memory={loader.pin_memory} ({loader.why})", flush=True)
 
     run_dir = Path(cfg.run.root) / run_name(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +282,7 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
               "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
               "untrained_eval_s": chain.untrained_eval_s, "peak_rss_mib": peak_rss_mib(),
               "data_checks": data_checks(dm), "precision": precision, "precision_reason": why,
-              "float32_matmul_precision": matmul}
+              "float32_matmul_precision": matmul, "data_loader": loader.as_dict()}
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)

@@ -41,7 +41,8 @@ class DataCfg:
     max_length: int = 50  # tokens of the hr pair and of an entity (SimKGC: 50)
     batch_size: int = 128
     eval_batch_size: int = 256
-    num_workers: int = 0
+    num_workers: Optional[int] = None  # None: auto, 0 without CUDA, min(4, CPU cores) on CUDA (data/datamodule.py resolve_loader)
+    pin_memory: Optional[bool] = None  # None: auto, True on a CUDA run (page-locked batches, asynchronous copies)
     dedup_entities: bool = True  # encode each distinct entity of a batch once (exact at eval; shares dropout)
     use_long_text: bool = True  # KG-BERT dirs: entity2textlong as the description when present
     name_separator: Optional[str] = None  # KG-BERT WN18RR packs "lemma, definition": set ", "
@@ -71,6 +72,8 @@ class OptimCfg:
     warmup_steps: int = 400  # SimKGC: min(400, total_steps // 10)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    # None: every step without CUDA (free there), trainer.log_every_n_steps on CUDA (lit/base.py check_finite)
+    check_finite_every_n_steps: Optional[int] = None
 
 
 @dataclass
@@ -306,6 +309,10 @@ def validate(cfg: DictConfig) -> None:
         (cfg.run.checkpoint_every_n_steps >= 0,
          f"run.checkpoint_every_n_steps={cfg.run.checkpoint_every_n_steps}: expected >= 0 (0: at epoch ends only)"),
         (cfg.optim.lr > 0, "optim.lr must be > 0"),
+        (cfg.optim.check_finite_every_n_steps is None or cfg.optim.check_finite_every_n_steps >= 1,
+         f"optim.check_finite_every_n_steps={cfg.optim.check_finite_every_n_steps}: expected >= 1 (or null: auto)"),
+        (cfg.data.num_workers is None or cfg.data.num_workers >= 0,
+         f"data.num_workers={cfg.data.num_workers}: expected >= 0 (or null: auto)"),
         (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
         (cfg.eval.memory_budget_gb is None or cfg.eval.memory_budget_gb > 0,
          f"eval.memory_budget_gb={cfg.eval.memory_budget_gb}: expected a positive size in GB (or null: no budget)"),

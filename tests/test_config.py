@@ -320,3 +320,27 @@ def test_the_paper_recipes_train_their_teacher_for_the_papers_epochs(preset, epo
     trainer.max_epochs; the embedded default chain's teacher.epochs=2 must not leak into a recipe)."""
     cfg = load_config([f"config=conf/experiment/{preset}.yaml", "data.source=x", "model.plm=y"])
     assert (cfg.teacher.epochs if cfg.teacher.epochs is not None else cfg.trainer.max_epochs) == epochs
+
+
+# ---- loader workers / pinned memory and the finite-loss check: unset means auto --------------------------------
+def test_loader_and_finite_check_keys_default_to_auto_and_take_values():
+    cfg = load_config([])
+    assert cfg.data.num_workers is None and cfg.data.pin_memory is None
+    assert cfg.optim.check_finite_every_n_steps is None
+    cfg = load_config(["data.num_workers=3", "data.pin_memory=false", "optim.check_finite_every_n_steps=25"])
+    assert cfg.data.num_workers == 3 and cfg.data.pin_memory is False and cfg.optim.check_finite_every_n_steps == 25
+
+
+@pytest.mark.parametrize("arg, key", [("data.pin_memroy=true", "pin_memroy"), ("optim.check_finite=5", "check_finite"),
+                                      ("data.workers=2", "workers")])
+def test_misspelt_loader_and_check_keys_are_errors(arg, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config([arg])
+
+
+@pytest.mark.parametrize("arg, fragment", [("data.num_workers=-1", "data.num_workers=-1: expected >= 0"),
+                                           ("optim.check_finite_every_n_steps=0",
+                                            "optim.check_finite_every_n_steps=0: expected >= 1")])
+def test_loader_and_check_values_are_validated(arg, fragment):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config([arg])

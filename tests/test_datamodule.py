@@ -270,3 +270,43 @@ def test_workers_map_the_token_table_instead_of_copying_it(tmp_path):
     d.num_workers = 0
     assert len(batches) == len(d.train_dataloader()) > 1
     assert all(torch.equal(x["hr"]["input_ids"], y["hr"]["input_ids"]) for x, y in zip(batches, d.train_dataloader()))
+
+
+# ---- loader workers and pinned memory: resolved once from the device (resolve_loader) ----------------------------
+def test_resolve_loader_auto_follows_the_device(monkeypatch):
+    from kgc_kd.data import datamodule as dmod
+
+    monkeypatch.setattr(dmod, "cpu_cores", lambda: 16)
+    monkeypatch.setattr(dmod, "uses_cuda", lambda acc: False)
+    cpu = dmod.resolve_loader(None, None, "auto")
+    assert (cpu.num_workers, cpu.pin_memory) == (0, False) and "no CUDA device" in cpu.why
+    monkeypatch.setattr(dmod, "uses_cuda", lambda acc: acc in ("auto", "gpu", "cuda"))
+    gpu = dmod.resolve_loader(None, None, "gpu")
+    assert (gpu.num_workers, gpu.pin_memory) == (4, True) and "CUDA run" in gpu.why
+    assert dmod.resolve_loader(None, None, "cpu").num_workers == 0  # trainer.accelerator=cpu on a GPU machine
+    monkeypatch.setattr(dmod, "cpu_cores", lambda: 2)
+    assert dmod.resolve_loader(None, None, "auto").num_workers == 2  # min(4, cores)
+    # an explicit value always wins, either way
+    assert dmod.resolve_loader(0, False, "gpu") == dmod.LoaderSettings(
+        0, False, "num_workers set by data.num_workers; pin_memory set by data.pin_memory")
+    monkeypatch.setattr(dmod, "uses_cuda", lambda acc: False)
+    assert (dmod.resolve_loader(2, True, "auto").num_workers, dmod.resolve_loader(2, True, "auto").pin_memory) == (2, True)
+
+
+def test_the_chain_resolves_the_loader_once_and_the_loaders_use_it(monkeypatch):
+    from kgc_kd.chain import build_datamodule
+    from kgc_kd.config import load_config
+    from kgc_kd.data import datamodule as dmod
+
+    cfg = load_config(["data.source=synthetic", "data.batch_size=8", "trainer.accelerator=cpu"])
+    d = build_datamodule(cfg)
+    assert (d.num_workers, d.pin_memory) == (0, False)
+    assert d.loader_settings.as_dict() == {"num_workers": 0, "pin_memory": False,
+                                           "reason": "num_workers unset: no CUDA device; pin_memory unset: no CUDA device"}
+    monkeypatch.setattr(dmod, "uses_cuda", lambda acc: True)  # what a CUDA run resolves
+    monkeypatch.setattr(dmod, "cpu_cores", lambda: 8)
+    d = build_datamodule(cfg)
+    assert (d.num_workers, d.pin_memory) == (4, True)
+    d.connect(make_tokenizer())
+    for loader in (d.train_dataloader(), d.entity_dataloader(), d.query_dataloader("valid")):
+        assert loader.num_workers == 4 and loader.pin_memory is True and loader.persistent_workers is True

@@ -7,10 +7,15 @@ vocabulary (all of a distillation chain) never tokenise twice. With `token_cache
 Data-loader workers get the tables without a copy: forked ones share the mapping, spawned ones map the
 file again (a pickled `TokenCache` carries its entry's path). `connect(tokenizer)` binds the tokenizer
 after the model is built (the model decides which tokenizer applies).
+
+Loader workers and pinned memory follow the device unless set (`data.num_workers`, `data.pin_memory`;
+`resolve_loader`, called once by the chain, which records the result in report.json).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +27,50 @@ from kgc_kd.data.kg import KG
 from kgc_kd.data.negatives import KnownTriples
 from kgc_kd.data.sources import load_kg
 from kgc_kd.data.tokens import TokenCache, tokenizer_fingerprint
+from kgc_kd.precision import uses_cuda
+
+#: loader workers of a CUDA run whose data.num_workers is unset: enough to collate ahead of the GPU, capped so
+#: DDP ranks on one node (each with its own workers) do not oversubscribe the cores
+AUTO_CUDA_WORKERS = 4
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. a SLURM allocation), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class LoaderSettings:
+    num_workers: int
+    pin_memory: bool
+    why: str
+
+    def as_dict(self) -> dict:
+        return {"num_workers": self.num_workers, "pin_memory": self.pin_memory, "reason": self.why}
+
+
+def resolve_loader(num_workers: int | None, pin_memory: bool | None, accelerator: str) -> LoaderSettings:
+    """The DataLoaders' workers and pinning: an explicit value wins; unset (None), the device decides, as
+    `precision.resolve_precision` decides the precision. Without CUDA: 0 workers (the collate is cheap next to
+    a CPU step and a worker would compete with it for the cores) and no pinning (nothing to copy). On a CUDA
+    run: min(4, cores) workers, so batches are collated while the GPU runs, and pinned memory, so Lightning's
+    copy to the device is asynchronous."""
+    cuda = uses_cuda(accelerator)
+    parts = []
+    if num_workers is None:
+        num_workers = min(AUTO_CUDA_WORKERS, cpu_cores()) if cuda else 0
+        parts.append(f"num_workers unset: {'CUDA run, min(4, CPU cores)' if cuda else 'no CUDA device'}")
+    else:
+        parts.append("num_workers set by data.num_workers")
+    if pin_memory is None:
+        pin_memory = cuda
+        parts.append(f"pin_memory unset: {'CUDA run' if cuda else 'no CUDA device'}")
+    else:
+        parts.append("pin_memory set by data.pin_memory")
+    return LoaderSettings(int(num_workers), bool(pin_memory), "; ".join(parts))
 from kgc_kd.eval.rerank import NeighbourGraph, Neighbourhoods
 
 
@@ -35,6 +84,7 @@ class KGDataModule(L.LightningDataModule):
         batch_size: int = 128,
         eval_batch_size: int = 256,
         num_workers: int = 0,
+        pin_memory: bool = False,
         use_long_text: bool = True,
         dedup_entities: bool = True,
         shuffle: bool = True,
@@ -52,7 +102,9 @@ class KGDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
+        self.num_workers = num_workers  # resolved values (resolve_loader): no "auto" below this point
+        self.pin_memory = pin_memory
+        self.loader_settings = LoaderSettings(num_workers, pin_memory, "given to KGDataModule")  # the chain's: resolve_loader's
         self.dedup_entities = dedup_entities
         self.shuffle = shuffle  # off only for tests that compare runs batch by batch
         self.link_graph = link_graph  # SimKGC's neighbour names after short descriptions (data.link_graph)
@@ -143,5 +195,5 @@ class KGDataModule(L.LightningDataModule):
 
     def _loader(self, rows, collate, batch_size, *, shuffle=False, drop_last=False) -> DataLoader:
         return DataLoader(RowDataset(rows), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                          collate_fn=collate, num_workers=self.num_workers,
+                          collate_fn=collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.num_workers > 0)
