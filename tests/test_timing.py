@@ -204,3 +204,98 @@ def test_data_time_of_an_unsized_loader_includes_the_first_batch():
         trainer(timer, limit_val_batches=0).fit(Tiny(), DataLoader(FirstBatchSlow(), batch_size=None))
     assert len(timer.step_times) == 3
     assert timer.totals["data"] >= 0.3
+
+
+# ---- device-timed steps (CUDA events), run on the CPU with a host-clock stand-in for the events --------------
+class HostEvent:
+    """Stands in for torch.cuda.Event(enable_timing=True): record() stamps the host clock, elapsed_time()
+    answers in milliseconds; counts how often it is waited for."""
+    waits = 0
+    created = 0
+
+    def __init__(self):
+        HostEvent.created += 1
+        self.t: float | None = None
+
+    def record(self):
+        self.t = time.perf_counter()
+
+    def query(self):
+        return self.t is not None
+
+    def synchronize(self):
+        HostEvent.waits += 1
+
+    def elapsed_time(self, end: "HostEvent") -> float:
+        assert self.t is not None and end.t is not None
+        return (end.t - self.t) * 1000.0
+
+
+@pytest.fixture
+def event_timed(monkeypatch):
+    """The CPU treated as an event-timed device; every device synchronisation counted."""
+    from kgc_kd.callbacks import timing
+
+    syncs = []
+    HostEvent.waits = HostEvent.created = 0
+    monkeypatch.setattr(timing, "_event", HostEvent)
+    monkeypatch.setattr(timing, "EVENT_TIMED_DEVICE_TYPES", {"cpu"})
+    monkeypatch.setattr(timing, "synchronize", lambda device: syncs.append(device))
+    return syncs
+
+
+class Peeking(Tiny):
+    """Reads nothing from the timer during training; records how many steps are still pending mid-epoch."""
+
+    def __init__(self, timer):
+        super().__init__()
+        self.timer, self.pending = timer, []
+
+    def training_step(self, batch, batch_idx):
+        self.pending.append(len(self.timer._pending))
+        return super().training_step(batch, batch_idx)
+
+
+def test_device_timed_steps_never_synchronise_per_step_and_are_read_at_epoch_end(event_timed):
+    n, epochs = 5, 2
+    timer = PhaseTimer()
+    module = Peeking(timer)
+    fit(module, timer, n, max_epochs=epochs)
+    # no synchronisation in the training loop: one per validation loop (its end), none per step
+    assert len(event_timed) == epochs
+    assert HostEvent.created == 2 * n * epochs
+    assert module.pending == list(range(n)) * epochs  # the events pile up within an epoch, are read at its end
+    assert HostEvent.waits == epochs  # one wait per epoch (for its last event), not one per step
+    assert len(timer.step_times) == n * epochs and all(s >= TRAIN_S for s in timer.step_times)
+    assert timer.totals["train"] == pytest.approx(sum(timer.step_times), rel=1e-9, abs=1e-12)
+    assert timer.totals["data"] >= n * epochs * FETCH_S  # the data phase stays host time
+    assert timer.phases()["train"] == round(timer.totals["train"], 2)
+
+
+def test_device_timed_steps_pending_are_read_when_the_figures_are_read(event_timed):
+    timer = PhaseTimer()
+    start, end = HostEvent(), HostEvent()
+    start.t, end.t = 1.0, 1.25
+    timer._pending.append((start, end, True))
+    assert timer.step_times == [pytest.approx(0.25)] and timer._pending == []
+    timer._pending.append((start, end, False))  # a FLOP-counted batch: train time only
+    assert timer.phases()["train"] == 0.5 and len(timer.step_times) == 1
+
+
+def test_device_timed_flop_batch_is_timed_as_train_but_not_a_step_time(event_timed):
+    k, n = 1, 4
+    timer, module = PhaseTimer(count_flops_at=k), Tiny()
+    fit(module, timer, n)
+    assert timer.step_flops is not None and timer.step_flops > 0
+    assert len(timer.step_times) == n - 1
+    assert timer.totals["train"] - sum(timer.step_times) >= TRAIN_S
+
+
+def test_long_epochs_read_finished_steps_without_waiting(event_timed, monkeypatch):
+    from kgc_kd.callbacks import timing
+
+    monkeypatch.setattr(timing, "PENDING_LIMIT", 3)
+    timer = PhaseTimer()
+    module = Peeking(timer)
+    fit(module, timer, 7, n_val=0, limit_val_batches=0)
+    assert max(module.pending) < 3 and len(timer.step_times) == 7
