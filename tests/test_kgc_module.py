@@ -251,3 +251,103 @@ def test_a_budget_of_one_query_row_reports_the_same_evaluation():
     assert runs[1e-9]["metrics"] == runs[None]["metrics"]
     assert torch.equal(runs[1e-9]["output"].topk_ids, runs[None]["output"].topk_ids)
     assert torch.equal(runs[1e-9]["triples"], runs[None]["triples"])
+
+
+# ---- the finite-loss check every N steps (what a CUDA run does, here on the CPU) ---------------------------------
+def _inf_from_call(monkeypatch, bad: int):
+    """infonce_loss returns inf on call `bad` (0-based) only; later losses are finite again."""
+    import kgc_kd.lit.kgc_module as kmod
+
+    calls = []
+
+    def loss_fn(logits):
+        calls.append(1)
+        loss = infonce_loss(logits)
+        return loss * float("inf") if len(calls) == bad + 1 else loss
+
+    monkeypatch.setattr(kmod, "infonce_loss", loss_fn)
+
+
+class Steps(L.Callback):
+    """Weights after every finished batch, and the optimizer's step count."""
+
+    def __init__(self):
+        self.weights, self.batches = [], 0
+
+    def on_train_batch_end(self, trainer, pl_module, *args):
+        self.batches += 1
+        self.weights.append({n: p.detach().clone() for n, p in pl_module.net.named_parameters()})
+
+
+def _fit_until_error(every, precision="32-true", *, max_epochs=1, batch_size=8, **kw):
+    optim = {**OPTIM, "check_finite_every_n_steps": every}
+    module = KGCModule(MODEL, optim, EVAL, batch_size=batch_size, encoder=make_tiny_bert(dropout=0.0))
+    steps = Steps()
+    with pytest.raises(NonFiniteLossError) as err:
+        _trainer(max_epochs=max_epochs, limit_val_batches=0, callbacks=[steps], **_precision(precision), **kw).fit(
+            module, datamodule=_dm(batch_size))
+    return module, steps, str(err.value)
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
+def test_checked_every_n_steps_the_weights_stay_those_before_the_first_bad_step(precision, monkeypatch):
+    """Fused AdamW (a CUDA run's optimizer) gets the device flag as found_inf; under 16-mixed the scaler skips the
+    poisoned steps. Either way: no update from the first inf loss on, and the error, raised at the N-step check,
+    names that step."""
+    import kgc_kd.devices as devices
+
+    monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
+    _inf_from_call(monkeypatch, bad=2)
+    module, steps, msg = _fit_until_error(4, precision, batch_size=4)
+    assert steps.batches == 3  # batches 0-2 ran to their end; batch 3 ran the check and raised
+    assert "loss is inf at step 2 (epoch 0, batch 2); non-finite term(s): ce=inf (weight 1)" in msg
+    assert "check every 4 steps; the update of that step and of the 1 after it were skipped on the device" in msg
+    before_bad = steps.weights[1]
+    assert any(not torch.equal(steps.weights[0][n], before_bad[n]) for n in before_bad)  # updates did run before
+    assert all(torch.equal(p.detach(), before_bad[n]) for n, p in module.net.named_parameters())
+    opt = module.trainer.optimizers[0]
+    state_steps = {int(s["step"]) for s in opt.state.values()}
+    assert state_steps == {2}  # the fused kernel reverted its step count on the skipped steps
+    assert all(torch.isfinite(s["exp_avg"]).all() and torch.isfinite(s["exp_avg_sq"]).all() for s in opt.state.values())
+
+
+def test_checked_every_n_steps_without_a_device_skip_checks_every_step(monkeypatch):
+    """A non-fused optimizer without a scaler cannot skip an update on the device: the check runs every step."""
+    _inf_from_call(monkeypatch, bad=2)
+    module, steps, msg = _fit_until_error(4)
+    assert steps.batches == 2 and module._finite_every[1] == 1
+    assert "at step 2 (epoch 0, batch 2)" in msg and "Training stopped before the update" in msg
+    assert all(torch.equal(p.detach(), steps.weights[1][n]) for n, p in module.net.named_parameters())
+
+
+def test_a_bad_step_near_the_epoch_end_is_reported_at_the_epoch_end(monkeypatch):
+    import kgc_kd.devices as devices
+
+    monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
+    _inf_from_call(monkeypatch, bad=1)
+    module, steps, msg = _fit_until_error(1000, max_epochs=3)
+    n = len(module.trainer.train_dataloader)
+    assert n > 2 and steps.batches == n  # the whole first epoch ran, its end read the flag
+    assert "at step 1 (epoch 0, batch 1)" in msg and f"of the {n - 2} after it were skipped" in msg
+    assert all(torch.equal(p.detach(), steps.weights[0][n_]) for n_, p in module.net.named_parameters())
+
+
+def test_the_check_interval_defaults_to_every_step_on_the_cpu_and_the_log_interval_on_cuda(monkeypatch):
+    import kgc_kd.devices as devices
+
+    monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
+    module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
+    _trainer(max_steps=2, limit_val_batches=0, log_every_n_steps=7).fit(module, datamodule=_dm())
+    assert module._finite_every[1] == 1 and module._finite_state is None  # no key in optim: unset, CPU
+    from types import SimpleNamespace
+
+    class OnCuda(KGCModule):  # what the resolution sees on a CUDA device (nothing runs there)
+        device = torch.device("cuda", 0)
+
+    probe = OnCuda(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())
+    fused = SimpleNamespace(defaults={"fused": True})
+    probe._trainer = SimpleNamespace(log_every_n_steps=7, optimizers=[fused], precision_plugin=None)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: torch.empty(0))  # no CUDA allocation on this machine
+    monkeypatch.setattr(torch, "full", lambda *a, **k: torch.empty(0))
+    assert probe._finite_interval() == 7 and probe._finite_state["skip"] == "found_inf"
+    assert fused.found_inf is probe._finite_state["flag"]

@@ -82,22 +82,119 @@ class BiEncoderModule(L.LightningModule):
 
     # ---- numerical faults ---------------------------------------------------------------------------------
     def check_finite(self, loss: Tensor, terms: dict[str, Tensor], batch_idx: int) -> Tensor:
-        """Stop before a non-finite loss reaches backward(): the weights (and the last checkpoint on disk) are
-        still the last good ones. One scalar read per step, small next to a transformer's forward."""
-        finite = bool(torch.isfinite(loss.detach()))
-        if self.world_size > 1:  # every rank must stop together, or the others hang in the next all-reduce
+        """Stop when the loss is NaN or infinite, with the weights of the last good step; returns the loss to
+        back-propagate (the training steps return it).
+
+        Every step (`optim.check_finite_every_n_steps` = 1; unset means 1 without CUDA): the loss is read on the
+        host and a non-finite one raises before backward(), so the weights (and the last checkpoint on disk)
+        are the last good ones. On the CPU this read costs nothing.
+
+        Every N steps (unset on CUDA: N = trainer.log_every_n_steps): reading the loss each step would make the
+        host wait for the GPU every step. Instead a device-side flag records the first non-finite loss (its
+        step and term values too), and from that step on every update is skipped ON THE DEVICE: a fused
+        optimizer (AdamW on CUDA) gets the flag as its `found_inf`, the tensor by which GradScaler skips steps
+        (parameters, moments and step count untouched, weight decay included); under a GradScaler (16-mixed)
+        the loss is multiplied by NaN, so the scaler finds non-finite gradients and skips the step. The flag
+        is read every N steps and at each epoch's end, and the error names the first bad step. So the weights
+        are those before the first bad step, as with the per-step check; what differs: up to N - 1 further
+        batches ran forward/backward, the learning-rate schedule and `global_step` advanced over the skipped
+        steps, and a checkpoint written in between holds the good weights with that step count. Where no
+        device-side skip exists (a non-fused optimizer without a scaler) the check runs every step.
+        Under DDP the step's flag is all-reduced on the device (every rank skips the same steps) and every
+        rank stops together (`reduce_boolean_decision`)."""
+        every = self._finite_interval()
+        if every == 1:
+            finite = bool(torch.isfinite(loss.detach()))
+            if self.world_size > 1:  # every rank must stop together, or the others hang in the next all-reduce
+                finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+            if not finite:
+                values = [float(loss.detach())] + [float(v.detach().float().mean()) for v in terms.values()]
+                self._raise_non_finite(values, list(terms), self.global_step, self.current_epoch, batch_idx,
+                                       "Training stopped before the update")
+            return loss
+        st = self._finite_state
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)  # queued, not waited for
+        newly = (bad > 0) & (st["flag"] == 0)
+        index = len(st["steps"])
+        st["steps"].append((self.global_step, self.current_epoch, batch_idx))
+        values = torch.stack([loss.detach().float()] + [v.detach().float().mean() for v in terms.values()])
+        if st["values"] is None or st["values"].shape != values.shape:
+            st["values"] = torch.full_like(values, float("nan"))
+        st["first"].copy_(torch.where(newly, index, st["first"]))
+        st["values"].copy_(torch.where(newly, values, st["values"]))
+        torch.maximum(st["flag"], bad, out=st["flag"])
+        st["names"] = list(terms)
+        if st["skip"] == "scaler":  # NaN gradients from the first bad step on: the scaler skips those steps
+            loss = loss * torch.where(st["flag"] > 0, float("nan"), 1.0)
+        if len(st["steps"]) >= every:
+            self._read_finite_flag()
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self._finite_state is not None and self._finite_state["steps"]:
+            self._read_finite_flag()  # a bad step in the epoch's last N - 1 must not end the stage silently
+
+    _finite_state: dict | None = None
+    _finite_every: tuple | None = None
+
+    def _finite_interval(self) -> int:
+        """N, resolved once per fit (and the device-side state when N > 1); see `check_finite`."""
+        key = (id(self.trainer), self.device)
+        if self._finite_every is not None and self._finite_every[0] == key:
+            return self._finite_every[1]
+        n = (self.hparams.get("optim") or {}).get("check_finite_every_n_steps")
+        if n is None:
+            n = max(1, int(self.trainer.log_every_n_steps)) if self.device.type == "cuda" else 1
+        n, skip = max(1, int(n)), None
+        if n > 1:
+            optimizers = list(self.trainer.optimizers)
+            if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+                skip = "scaler"
+            elif optimizers and all(o.defaults.get("fused") for o in optimizers):
+                skip = "found_inf"
+            else:
+                n = 1  # no way to skip an update without reading the flag: check every step
+        self._finite_every = (key, n)
+        self._finite_state = None
+        if n > 1:
+            flag = torch.zeros((), dtype=torch.float32, device=self.device)
+            self._finite_state = {"flag": flag, "first": torch.full((), -1, dtype=torch.long, device=self.device),
+                                  "values": None, "steps": [], "names": [], "skip": skip}
+            if skip == "found_inf":
+                for o in self.trainer.optimizers:
+                    o.found_inf = flag  # read by the fused kernel: a nonzero flag skips the whole update
+        return n
+
+    def _read_finite_flag(self) -> None:
+        """The N-step read: one host sync; raises (every rank together) if any step since the last read was bad."""
+        st = self._finite_state
+        finite = not bool(st["flag"] > 0)
+        if self.world_size > 1:
             finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
-            return loss
+            st["steps"].clear()
+            return
+        first = int(st["first"])
+        step, epoch, batch = st["steps"][first] if 0 <= first < len(st["steps"]) else (self.global_step, self.current_epoch, -1)
+        values = st["values"].tolist() if st["values"] is not None else [float("nan")]
+        skipped = len(st["steps"]) - max(first, 0)
+        self._raise_non_finite(values, st["names"], step, epoch, batch,
+                               f"Training stopped at the check every {self._finite_every[1]} steps; the update of "
+                               f"that step and of the {skipped - 1} after it were skipped on the device")
+
+    def _raise_non_finite(self, values: list[float], names: list[str], step: int, epoch: int, batch_idx: int,
+                          stopped: str) -> None:
         weights = getattr(self, "weights", {"ce": 1.0})
-        bad = [f"{n}={float(v.detach().float().mean()):g} (weight {weights.get(n, 0.0):g})"
-               for n, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+        bad = [f"{n}={v:g} (weight {weights.get(n, 0.0):g})" for n, v in zip(names, values[1:])
+               if not torch.isfinite(torch.tensor(v))]
         ckpt = self.trainer.checkpoint_callback
         last = getattr(ckpt, "last_model_path", "") if ckpt is not None else ""
         raise NonFiniteLossError(
-            f"stage {self.stage_name}: loss is {float(loss.detach()):g} at step {self.global_step} "
-            f"(epoch {self.current_epoch}, batch {batch_idx}); non-finite term(s): {', '.join(bad) or 'none on this rank'}. "
-            f"Training stopped before the update; last good checkpoint: {last or 'none yet (first epoch)'}. "
+            f"stage {self.stage_name}: loss is {values[0]:g} at step {step} "
+            f"(epoch {epoch}, batch {batch_idx}); non-finite term(s): {', '.join(bad) or 'none on this rank'}. "
+            f"{stopped}; last good checkpoint: {last or 'none yet (first epoch)'}. "
             "Try a lower optim.lr, a smaller trainer.gradient_clip_val or trainer.precision=32-true; "
             "rerunning the same command resumes from the last checkpoint."
         )

@@ -147,7 +147,7 @@ class DistillModule(BiEncoderModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         terms = self.distill_terms(batch)
         loss = sum(weight * terms[name] for name, weight in self.weights.items())
-        self.check_finite(loss, {n: terms[n] for n in self.weights}, batch_idx)
+        loss = self.check_finite(loss, {n: terms[n] for n in self.weights}, batch_idx)
         bs = batch["triples"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         for name, value in terms.items():

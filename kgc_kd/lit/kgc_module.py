@@ -36,7 +36,7 @@ class KGCModule(BiEncoderModule):
             prebatch=pb, prebatch_mask=pb_mask, prebatch_weight=cfg["pre_batch_weight"],
         )
         loss = infonce_loss(logits)
-        self.check_finite(loss, {"ce": loss}, batch_idx)
+        loss = self.check_finite(loss, {"ce": loss}, batch_idx)  # on CUDA: poisoned after a bad step under a scaler
         if self.prebatch is not None:  # the global batch, so every rank's buffer stays identical
             self.prebatch.push(vecs["tail"], triples)
         bs = logits.shape[0]
