@@ -324,3 +324,66 @@ def test_answers_among_empty_cases_equal_the_reference():
             assert torch.equal(got, reference_answers_among(k, *args))
     assert kt.answers_among(h, rel, cand).tolist() == [[True, False, True, False], [False, True, False, False],
                                                        [True, False, True, False]]
+
+
+# ---- the fixed-size search of a CUDA device (no size read back), run here with the CPU in its place -------------
+@pytest.fixture
+def fixed_size(monkeypatch):
+    import kgc_kd.data.negatives as neg
+
+    monkeypatch.setattr(neg, "FIXED_SIZE_DEVICE_TYPES", {"cpu"})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fixed_size_masks_equal_the_reference_on_wikidata_like_graphs(seed, fixed_size):
+    from kgc_kd.data.synthetic import wikidata_like_triples
+
+    n, r = 3000, 12
+    tr = wikidata_like_triples(n, num_relations=r, mid_hubs=20, seed=seed)
+    rows = torch.cat([tr, torch.stack([tr[:, 2], tr[:, 1] + r, tr[:, 0]], 1)])
+    kt = KnownTriples(rows, n, 2 * r)
+    _, counts = kt.answer_counts(rows[:, 0], rows[:, 1])
+    g = torch.Generator().manual_seed(seed)
+    heavy = rows[counts > 20]
+    batches = [rows[torch.randint(0, len(rows), (b,), generator=g)] for b in (256, 64, 7, 1)]
+    batches += [heavy[torch.randint(0, len(heavy), (128,), generator=g)], rows[torch.tensor([0, 0, 1, 0])]]
+    for batch in batches:
+        got, ref = in_batch_mask(batch, kt), reference_in_batch_mask(batch, kt)
+        assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+        # pre-batch style: other candidates than the batch's tails, repeats included
+        cand = rows[torch.randint(0, len(rows), (300,), generator=g), 2]
+        assert torch.equal(kt.answers_among(batch[:, 0], batch[:, 1], cand),
+                           reference_answers_among(kt, batch[:, 0], batch[:, 1], cand))
+
+
+def test_fixed_size_empty_cases_equal_the_reference(fixed_size):
+    kt = KnownTriples(torch.tensor([[0, 1, 2], [3, 0, 1]]), 5, 2)
+    empty = KnownTriples(torch.empty(0, 3, dtype=torch.long), 5, 2)
+    h, rel, cand = torch.tensor([0, 3, 0]), torch.tensor([1, 0, 1]), torch.tensor([2, 1, 2, 4])
+    none = torch.empty(0, dtype=torch.long)
+    for k in (kt, empty):
+        for args in ((h, rel, cand), (h, rel, none), (none, none, cand), (none, none, none)):
+            got = k.answers_among(*args)
+            assert got.shape == (len(args[0]), len(args[2])) and got.dtype == torch.bool
+            assert torch.equal(got, reference_answers_among(k, *args))
+
+
+def test_fixed_size_masks_read_no_size_or_value_back(fixed_size, monkeypatch):
+    """What would make the host wait on a CUDA device: data-dependent output sizes and values read on the host."""
+    tr, n, r = _hub_graph(0)
+    kt = KnownTriples(tr, n, r)
+    batch = tr[torch.randint(0, len(tr), (64,), generator=torch.Generator().manual_seed(0))]
+    want = reference_in_batch_mask(batch, kt)
+
+    def refuse(*_a, **_k):
+        raise AssertionError("a data-dependent size or a value was read")
+
+    for name in ("unique", "repeat_interleave", "nonzero", "masked_select"):
+        monkeypatch.setattr(torch, name, refuse)
+    for name in ("nonzero", "item", "__bool__", "__int__", "tolist", "unique", "repeat_interleave"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    got = in_batch_mask(batch, kt)
+    pre = false_negative_mask(batch[:, :2], batch[:, 2], batch[:16, 2].flip(0), kt)
+    monkeypatch.undo()
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert pre.shape == (64, 16)

@@ -20,6 +20,15 @@ reference. Queries and candidates are visited in sorted order (`torch.unique`), 
 keys forwards, and the candidate-by-query matrix is built transposed, so that copying it out to the
 batch's rows and columns gathers whole rows (a bool matrix's column gather costs ~5x more).
 Measured figures (Wikidata5M's 41.2M keys, WN18RR) are in docs/performance.md.
+
+That algorithm sizes its work from the data: `torch.unique`'s output length, the hubs (`nonzero`), the
+slices' total length (`repeat_interleave`). On the CPU reading a size is free; on a CUDA device each is a
+host sync, the host waiting for every queued kernel, several per training step (the pre-batch mask, the
+DDP mask rebuild). There (`FIXED_SIZE_DEVICE_TYPES`) the mask is the fixed-size search of every (query,
+candidate) key against the cached sorted keys (`contains` broadcast to B x M): no size is read, the same
+mask (set membership either way; tests compare both with the reference), B x M searches, which a GPU does
+in parallel. The choice is by cost: a sync costs a GPU its queue, a CPU nothing. The collate function runs
+on the CPU and keeps the cost-bounded algorithm.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ from torch import Tensor
 
 from kgc_kd.data.kg import KG
 from kgc_kd.devices import canonical
+
+#: device types where reading a size back makes the host wait for the device: masks are fixed-size searches there
+FIXED_SIZE_DEVICE_TYPES: set[str] = {"cuda"}
 
 
 class KnownTriples:
@@ -80,7 +92,10 @@ class KnownTriples:
 
     def answers_among(self, h: Tensor, r: Tensor, candidates: Tensor) -> Tensor:
         """(B, M) == contains(h[:, None], r[:, None], candidates[None, :]); see the module docstring for how
-        it is computed (each distinct query once, each distinct candidate once, slices or dense by cost)."""
+        it is computed (each distinct query once, each distinct candidate once, slices or dense by cost; on a
+        CUDA device one fixed-size search, no size read back)."""
+        if h.device.type in FIXED_SIZE_DEVICE_TYPES:
+            return self.contains(h[:, None], r[:, None], candidates.reshape(-1)[None, :])
         keys = self.keys_on(h.device)
         queries, row = torch.unique(h.long() * self.r + r.long(), return_inverse=True)
         distinct, column = torch.unique(candidates.long(), return_inverse=True)
