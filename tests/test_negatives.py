@@ -264,10 +264,9 @@ def reference_in_batch_mask(triples: torch.Tensor, kt: KnownTriples) -> tuple[to
     return fn, kt.contains(triples[:, 0], triples[:, 1], triples[:, 0])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_in_batch_mask_equals_the_reference_on_wikidata_like_graphs(seed):
-    """Hubs with far more answers than a batch has candidates, mid-size hubs, Zipf degrees; batches of train +
-    inverse rows drawn at random, from the heaviest queries only, and with repeated rows."""
+def _wikidata_like_batches(seed: int):
+    """A Wikidata-shaped graph (train + inverse rows), its KnownTriples, a generator and batches drawn at random,
+    from the heaviest queries only, and with repeated rows."""
     from kgc_kd.data.synthetic import wikidata_like_triples
 
     n, r = 3000, 12
@@ -279,6 +278,14 @@ def test_in_batch_mask_equals_the_reference_on_wikidata_like_graphs(seed):
     heavy = rows[counts > 20]
     batches = [rows[torch.randint(0, len(rows), (b,), generator=g)] for b in (256, 64, 7, 1)]
     batches += [heavy[torch.randint(0, len(heavy), (128,), generator=g)], rows[torch.tensor([0, 0, 1, 0])]]
+    return rows, kt, g, batches
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_in_batch_mask_equals_the_reference_on_wikidata_like_graphs(seed):
+    """Hubs with far more answers than a batch has candidates, mid-size hubs, Zipf degrees; batches of train +
+    inverse rows drawn at random, from the heaviest queries only, and with repeated rows."""
+    rows, kt, g, batches = _wikidata_like_batches(seed)
     paths = set()
     for batch in batches:
         distinct = len(torch.unique(batch[:, 2]))
@@ -336,17 +343,7 @@ def fixed_size(monkeypatch):
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_fixed_size_masks_equal_the_reference_on_wikidata_like_graphs(seed, fixed_size):
-    from kgc_kd.data.synthetic import wikidata_like_triples
-
-    n, r = 3000, 12
-    tr = wikidata_like_triples(n, num_relations=r, mid_hubs=20, seed=seed)
-    rows = torch.cat([tr, torch.stack([tr[:, 2], tr[:, 1] + r, tr[:, 0]], 1)])
-    kt = KnownTriples(rows, n, 2 * r)
-    _, counts = kt.answer_counts(rows[:, 0], rows[:, 1])
-    g = torch.Generator().manual_seed(seed)
-    heavy = rows[counts > 20]
-    batches = [rows[torch.randint(0, len(rows), (b,), generator=g)] for b in (256, 64, 7, 1)]
-    batches += [heavy[torch.randint(0, len(heavy), (128,), generator=g)], rows[torch.tensor([0, 0, 1, 0])]]
+    rows, kt, g, batches = _wikidata_like_batches(seed)
     for batch in batches:
         got, ref = in_batch_mask(batch, kt), reference_in_batch_mask(batch, kt)
         assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
