@@ -6,8 +6,8 @@ shape (12 layers, 768 wide, 12 heads, FFN 3072, 512 positions), the vocabulary i
 word-pieces, which all-MiniLM-L6-v2 uses too, so MiniLM's tokenizer (`--tokenizer`) tokenises the texts.
 Everything else is the product's own path: the config is `conf/experiment/wn18rr_simkgc.yaml` (batch 1024,
 max length 50, link-graph text, self-negatives, lr 5e-5, bf16-mixed on one GPU) with the items given on the
-command line, the data module is `kgc_kd.chain.build_datamodule` (the token table cached under `run.root`,
-4 loader workers), the module is the teacher's `KGCModule`, the trainer gets `kgc_kd.chain.trainer_kwargs`
+command line, the data module is `kgc_kd.chain.driver.build_datamodule` (the token table cached under `run.root`,
+4 loader workers), the module is the teacher's `KGCModule`, the trainer gets `kgc_kd.chain.driver.trainer_kwargs`
 (precision, gradient clipping) with validation off. `--encoders minilm` runs the same for the packaged
 all-MiniLM-L6-v2 (its real weights, from `--tokenizer`'s directory), so both figures come from one card, one
 method.
@@ -90,11 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import BertConfig, BertModel
 
-    from kgc_kd.chain import build_datamodule, trainer_kwargs
+    from kgc_kd.chain.driver import build_datamodule, trainer_kwargs
     from kgc_kd.config import load_config, to_plain
     from kgc_kd.lit.kgc_module import KGCModule
     from kgc_kd.models.plm import load_tokenizer
-    from kgc_kd.precision import configure_matmul, resolve_precision
+    from kgc_kd.runtime.precision import configure_matmul, resolve_precision
 
     cfg = load_config([f"config={RECIPE}", f"data.source={a.data}", f"model.plm={a.tokenizer}",
                        f"run.root={a.run_root}", *a.items])

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from kgc_kd.chain import build_datamodule
+from kgc_kd.chain.driver import build_datamodule
 from kgc_kd.config import load_config, to_plain
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.models.biencoder import BiEncoder, build_biencoder

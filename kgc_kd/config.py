@@ -82,7 +82,7 @@ class TrainerCfg:
     devices: Any = 1  # multi-GPU is opt-in: trainer=ddp (in-batch negatives span the global batch)
     strategy: str = "auto"
     num_nodes: int = 1
-    precision: Optional[str] = None  # None: bf16-mixed on a CUDA device with bf16, else 32-true (kgc_kd/precision.py)
+    precision: Optional[str] = None  # None: bf16-mixed on a CUDA device with bf16, else 32-true (kgc_kd/runtime/precision.py)
     max_epochs: int = 1  # per stage unless the stage (or teacher.epochs) says otherwise
     max_steps: int = -1
     gradient_clip_val: float = 10.0
@@ -122,7 +122,7 @@ class TeacherCfg:
 @dataclass
 class DistillCfg:
     """The objective every student stage uses unless the stage overrides it (presets: conf/distill), spelt as
-    a term list or as PMD's alpha/beta shorthand (kgc_kd/stage_spec.py resolves both)."""
+    a term list or as PMD's alpha/beta shorthand (kgc_kd/chain/stage_spec.py resolves both)."""
 
     alpha: float = 0.1  # shorthand: L_SCORE weight
     beta: float = 0.1  # shorthand: L_MGFD weight
@@ -346,7 +346,7 @@ def validate(cfg: DictConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    from kgc_kd.stage_spec import resolve_stage  # the stage layer builds on this module
+    from kgc_kd.chain.stage_spec import resolve_stage  # the stage layer builds on this module
 
     for i in range(len(cfg.stages)):  # every stage's objective, resolved as it will train (model shapes: preflight)
         resolve_stage(cfg, i)

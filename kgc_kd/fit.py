@@ -42,7 +42,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def print_config(cfg: DictConfig) -> str:
-    """The YAML `--print-config` prints: interpolations resolved, as chain.py writes the run's config.yaml."""
+    """The YAML `--print-config` prints: interpolations resolved, as chain/driver.py writes the run's config.yaml."""
     return OmegaConf.to_yaml(cfg, resolve=True)
 
 
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.print_config:
             sys.stdout.write(print_config(cfg))
             return None
-        from kgc_kd.chain import run_chain  # here: `--help` and `--print-config` need no torch or Lightning
+        from kgc_kd.chain.driver import run_chain  # here: `--help` and `--print-config` need no torch or Lightning
 
         return run_chain(cfg)
 

@@ -26,7 +26,7 @@ from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, p
 from kgc_kd.data.batching import EntityCollator, QueryCollator
 from kgc_kd.data.kg_export import TOKEN_CACHE_DIR, load_kg_export
 from kgc_kd.data.tokens import TokenCache
-from kgc_kd.files import write_text_atomic
+from kgc_kd.runtime.files import write_text_atomic
 from kgc_kd.models.biencoder import BiEncoder
 
 

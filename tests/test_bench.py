@@ -373,7 +373,7 @@ def test_unknown_config_key_exits_2_naming_it(tmp_path, capsys):
 # ---- known gaps ---------------------------------------------------------------------------------------------
 def test_train_step_student_is_built_as_the_chain_builds_it(tiny_plm_dir):
     from kgc_kd.bench.train_step import build_module
-    from kgc_kd.chain import build_datamodule
+    from kgc_kd.chain.driver import build_datamodule
     from kgc_kd.config import load_config
     from kgc_kd.models.plm import load_tokenizer
 

@@ -1,4 +1,4 @@
-"""kgc_kd.chain_store.ChainStore alone (no Lightning): the run directory's layout, the state file, exports and
+"""kgc_kd.chain.store.ChainStore alone (no Lightning): the run directory's layout, the state file, exports and
 the teacher handed from one stage to the next."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-import kgc_kd.chain_store as chain_store
+import kgc_kd.chain.store as chain_store
 from conftest import make_tiny_bert, make_tokenizer
-from kgc_kd.chain_store import ChainStore
+from kgc_kd.chain.store import ChainStore
 from kgc_kd.data.kg_export import load_kg_export
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.data.tokens import TokenCache
@@ -198,7 +198,7 @@ def test_a_skipped_stage_teaches_from_its_export(tmp_path):
 def test_the_store_needs_no_lightning():
     import subprocess
 
-    code = ("import sys, kgc_kd.chain_store; "
+    code = ("import sys, kgc_kd.chain.store; "
             "sys.exit(any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 

@@ -19,7 +19,7 @@ from kgc_kd.compare.report import format_markdown, verdict_lines
 from kgc_kd.config import ConfigError, conf_dir, load_config, run_name
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
-from kgc_kd.tracking import _init_kwargs
+from kgc_kd.chain.tracking import _init_kwargs
 
 
 # ---- aggregation: pure functions on hand-made per-seed metrics -------------------------------------------------

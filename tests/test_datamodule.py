@@ -230,7 +230,7 @@ def test_link_graph_option_reaches_the_loaders():
 
 
 def test_build_datamodule_passes_link_graph_and_the_token_cache(tmp_path):
-    from kgc_kd.chain import build_datamodule
+    from kgc_kd.chain.driver import build_datamodule
     from kgc_kd.config import load_config
 
     for value in (False, True):
@@ -294,7 +294,7 @@ def test_resolve_loader_auto_follows_the_device(monkeypatch):
 
 
 def test_the_chain_resolves_the_loader_once_and_the_loaders_use_it(monkeypatch):
-    from kgc_kd.chain import build_datamodule
+    from kgc_kd.chain.driver import build_datamodule
     from kgc_kd.config import load_config
     from kgc_kd.data import datamodule as dmod
 

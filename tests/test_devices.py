@@ -1,8 +1,8 @@
-"""kgc_kd.devices on the CPU (its CUDA branches run in tests/test_gpu.py)."""
+"""kgc_kd.runtime.devices on the CPU (its CUDA branches run in tests/test_gpu.py)."""
 
 import torch
 
-from kgc_kd.devices import canonical, synchronize
+from kgc_kd.runtime.devices import canonical, synchronize
 
 
 def test_canonical_names_are_the_tensor_names():

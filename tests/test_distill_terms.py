@@ -1,4 +1,4 @@
-"""A stage's resolved terms (kgc_kd.stage_spec.objective_terms): PMD's alpha/beta(/pkd) shorthand or a term list."""
+"""A stage's resolved terms (kgc_kd.chain.stage_spec.objective_terms): PMD's alpha/beta(/pkd) shorthand or a term list."""
 
 import re
 from dataclasses import asdict
@@ -7,7 +7,7 @@ import pytest
 
 from kgc_kd.config import DistillCfg
 from kgc_kd.distill.registry import Dims
-from kgc_kd.stage_spec import objective_terms
+from kgc_kd.chain.stage_spec import objective_terms
 
 
 def _weights(terms):

@@ -1,4 +1,4 @@
-"""kgc_kd.files: atomic writes leave the old file or the new one, never a part, and no temporary file."""
+"""kgc_kd.runtime.files: atomic writes leave the old file or the new one, never a part, and no temporary file."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from kgc_kd.files import replace_atomically, write_json_atomic, write_text_atomic
+from kgc_kd.runtime.files import replace_atomically, write_json_atomic, write_text_atomic
 
 
 def _temps(d):

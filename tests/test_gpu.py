@@ -27,7 +27,7 @@ from test_negatives import _hub_graph, random_kg, train_hr2tails_ref
 from kgc_kd.callbacks.resume import RngState
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.negatives import KnownTriples, false_negative_mask, in_batch_mask
-from kgc_kd.devices import canonical, synchronize
+from kgc_kd.runtime.devices import canonical, synchronize
 from kgc_kd.eval import FilterIndex, evaluate_queries
 from kgc_kd.eval.rerank import NeighbourGraph
 from kgc_kd.lit.distill_module import DistillModule
@@ -35,7 +35,7 @@ from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.size import throughput
 from kgc_kd.models.student import build_student
-from kgc_kd.precision import configure_matmul, resolve_precision
+from kgc_kd.runtime.precision import configure_matmul, resolve_precision
 
 pytestmark = pytest.mark.gpu
 CUDA = torch.device("cuda", 0)
@@ -435,11 +435,12 @@ def test_the_default_chain_on_the_gpu_with_two_training_batches_per_stage(tmp_pa
 # ---- the chain's own stage Trainer on CUDA: bf16-mixed, default clipping, fused AdamW ------------------------------
 def test_the_chains_own_stage_trainers_train_bf16_mixed_on_cuda_with_fused_adamw_and_default_clipping(
         tmp_path, monkeypatch):
-    """The Trainers a GPU run builds (kgc_kd.chain._stage_trainer: trainer_kwargs with the default
+    """The Trainers a GPU run builds (kgc_kd.chain.driver._stage_trainer: trainer_kwargs with the default
     trainer.gradient_clip_val 10, its callbacks and checkpoint plugin, build_datamodule's loaders) for a teacher
     and a student, two bf16-mixed steps each on CUDA: AdamW fused, clipping done by the module (Lightning's own
     refused a fused optimizer at step 1), finite losses, two optimizer steps, weights moved by them."""
-    from kgc_kd import chain, fit
+    from kgc_kd import fit
+    from kgc_kd.chain import driver as chain
     from conftest import save_tiny_plm
 
     seen: dict[str, tuple[L.Trainer, FirstLosses]] = {}

@@ -146,11 +146,11 @@ def _precision(precision: str) -> dict:
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])
 @pytest.mark.parametrize("algorithm", ["norm", "value"])
 def test_a_fused_adamw_clips_in_every_precision(precision, algorithm, monkeypatch):
-    """The optimizer a CUDA run builds (fused AdamW: kgc_kd.devices' seam adds the CPU's fused kernel) with the
+    """The optimizer a CUDA run builds (fused AdamW: kgc_kd.runtime.devices' seam adds the CPU's fused kernel) with the
     default clipping, in each precision: Lightning's own clipping refused it under bf16-mixed and 16-mixed
     (RuntimeError at the first step). The step sees clipped TRUE gradients: under 16-mixed the scaler unscaled
     them first, so the logged norm is the fp32 run's (not 65,536 times it) and the stepped norm is the bound."""
-    import kgc_kd.devices as devices
+    import kgc_kd.runtime.devices as devices
 
     monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
     clip = 1e-3
@@ -294,7 +294,7 @@ def test_checked_every_n_steps_the_weights_stay_those_before_the_first_bad_step(
     """Fused AdamW (a CUDA run's optimizer) gets the device flag as found_inf; under 16-mixed the scaler skips the
     poisoned steps. Either way: no update from the first inf loss on, and the error, raised at the N-step check,
     names that step."""
-    import kgc_kd.devices as devices
+    import kgc_kd.runtime.devices as devices
 
     monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
     _inf_from_call(monkeypatch, bad=2)
@@ -321,7 +321,7 @@ def test_checked_every_n_steps_without_a_device_skip_checks_every_step(monkeypat
 
 
 def test_a_bad_step_near_the_epoch_end_is_reported_at_the_epoch_end(monkeypatch):
-    import kgc_kd.devices as devices
+    import kgc_kd.runtime.devices as devices
 
     monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
     _inf_from_call(monkeypatch, bad=1)
@@ -333,7 +333,7 @@ def test_a_bad_step_near_the_epoch_end_is_reported_at_the_epoch_end(monkeypatch)
 
 
 def test_the_check_interval_defaults_to_every_step_on_the_cpu_and_the_log_interval_on_cuda(monkeypatch):
-    import kgc_kd.devices as devices
+    import kgc_kd.runtime.devices as devices
 
     monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
     module = KGCModule(MODEL, OPTIM, EVAL, batch_size=8, encoder=make_tiny_bert())

@@ -1,4 +1,4 @@
-"""kgc_kd.memory: resident memory now and at its peak, read from /proc/self/status (ru_maxrss elsewhere)."""
+"""kgc_kd.runtime.memory: resident memory now and at its peak, read from /proc/self/status (ru_maxrss elsewhere)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kgc_kd import memory
+from kgc_kd.runtime import memory
 
 
 def _status_line(field: str) -> int | None:

@@ -12,7 +12,7 @@ from kgc_kd.distill.objective import Objective
 from kgc_kd.distill.projection import LowRankProjection
 from kgc_kd.distill.registry import Dims, Step
 from kgc_kd.models.features import FeatureCapture
-from kgc_kd.stage_spec import objective_terms
+from kgc_kd.chain.stage_spec import objective_terms
 
 FEATURE_TERMS = ("hidden_mse", "qkv_mse", "attn_out_mse", "ffn_mid_mse", "ffn_out_mse", "emb_mse", "attn_kl",
                  "attn_score_mse", "value_kl", "qkv_relation")

@@ -1,4 +1,4 @@
-"""kgc_kd.precision: an unset trainer.precision follows the device; an explicit one always wins.
+"""kgc_kd.runtime.precision: an unset trainer.precision follows the device; an explicit one always wins.
 
 There is no GPU on CI, so the CUDA device's capabilities are set with monkeypatch on torch.cuda's two queries
 (`is_available`, `is_bf16_supported`): exactly what the code asks a real device.
@@ -7,9 +7,9 @@ There is no GPU on CI, so the CUDA device's capabilities are set with monkeypatc
 import pytest
 import torch
 
-from kgc_kd.chain import trainer_kwargs
+from kgc_kd.chain.driver import trainer_kwargs
 from kgc_kd.config import load_config
-from kgc_kd.precision import configure_matmul, resolve_precision, uses_cuda
+from kgc_kd.runtime.precision import configure_matmul, resolve_precision, uses_cuda
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd import predict
 from kgc_kd.data.batching import EntityCollator, QueryCollator
-from kgc_kd.chain_store import ChainStore
+from kgc_kd.chain.store import ChainStore
 from kgc_kd.data.kg_export import save_kg
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.data.text import entity_texts

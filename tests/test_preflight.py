@@ -1,4 +1,4 @@
-"""kgc_kd.preflight: every config/data/model mismatch is refused before a chain writes or trains anything,
+"""kgc_kd.chain.preflight: every config/data/model mismatch is refused before a chain writes or trains anything,
 with a ConfigError that names the config key and what was expected."""
 
 import json
@@ -13,11 +13,11 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from conftest import make_tokenizer, tiny_vocab
-from kgc_kd.chain import build_datamodule
+from kgc_kd.chain.driver import build_datamodule
 from kgc_kd.config import ConfigError, load_config
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
-from kgc_kd.preflight import (check_batch_size, check_logger, check_outputs, check_plm_vocab, check_plot_library,
+from kgc_kd.chain.preflight import (check_batch_size, check_logger, check_outputs, check_plm_vocab, check_plot_library,
                               check_run, check_run_directory, check_stages, check_teacher)
 
 # The default synthetic KG (num_entities=30, num_relations=3, num_triples=90, seed=0): the 90 random draws

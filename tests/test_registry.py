@@ -9,7 +9,7 @@ import torch
 
 from kgc_kd.distill.objective import Objective
 from kgc_kd.distill.registry import TERMS, Dims, LossTerm, Step, known_terms, register, resolve_term, term_class
-from kgc_kd.stage_spec import objective_terms
+from kgc_kd.chain.stage_spec import objective_terms
 
 SHIPPED = {"ce", "score", "mgfd", "mgd", "pkd", "hidden_mse", "qkv_mse", "attn_out_mse", "ffn_mid_mse", "ffn_out_mse",
            "emb_mse", "attn_kl", "attn_score_mse", "value_kl", "qkv_relation"}
@@ -171,7 +171,7 @@ def test_a_new_registered_class_is_a_usable_term(l2_vec):
 
 def test_a_new_term_is_usable_from_the_config(l2_vec):
     from kgc_kd.config import load_config
-    from kgc_kd.stage_spec import resolve_stage
+    from kgc_kd.chain.stage_spec import resolve_stage
 
     cfg = load_config(["distill.terms=[{name: ce}, {name: l2_vec, weight: 0.5}]"])
     spec = resolve_stage(cfg, 0)
@@ -183,7 +183,7 @@ def test_a_new_terms_own_parameter_is_accepted_by_the_config(l2_vec):
     # docs/configuration.md ("Adding a loss term"): `{name: query_mse, scale: 2}` in a config. The config's
     # distill.terms entries are plain mappings checked by the term itself, so a new term brings its own parameters.
     from kgc_kd.config import load_config
-    from kgc_kd.stage_spec import resolve_stage
+    from kgc_kd.chain.stage_spec import resolve_stage
 
     cfg = load_config(["distill.terms=[{name: ce}, {name: l2_vec, key: tail}]"])
     assert resolve_stage(cfg, 0)["terms"][1]["params"] == {"key": "tail"}

@@ -403,9 +403,9 @@ def test_lightnings_own_on_exception_checkpoint_would_delete_it(tmp_path):
 def _chain_trainer(tmp_path, epochs: int, *args: str, callbacks=()):
     """The chain's own stage Trainer (chain._stage_trainer: ModelCheckpoint, LastCheckpoint, RngState, interrupt
     checkpoint, AtomicCheckpointIO), for the tiny module and KG above; `callbacks` are appended to it."""
-    from kgc_kd.callbacks.progressive import StageRecorder
-    from kgc_kd.chain import _stage_trainer
-    from kgc_kd.chain_store import ChainStore
+    from kgc_kd.chain.recorder import StageRecorder
+    from kgc_kd.chain.driver import _stage_trainer
+    from kgc_kd.chain.store import ChainStore
     from kgc_kd.config import load_config
 
     cfg = load_config(["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "run.logger=none", *args])
@@ -645,7 +645,7 @@ class RequeuedAt(L.Callback):
 def test_a_requeued_stage_resumes_from_lightnings_hpc_checkpoint_when_it_is_newer(tmp_path, on_slurm):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from kgc_kd.chain import _fit_and_test
+    from kgc_kd.chain.driver import _fit_and_test
 
     args = ("run.checkpoint_every_n_steps=4",)
     trainer, stage_dir = _chain_trainer(tmp_path, 2, *args, callbacks=[RequeuedAt(9)])

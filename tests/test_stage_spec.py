@@ -1,9 +1,9 @@
-"""kgc_kd.stage_spec.stage_keys: what changes a stage's key (and so makes it train again) and what does not."""
+"""kgc_kd.chain.stage_spec.stage_keys: what changes a stage's key (and so makes it train again) and what does not."""
 
 from __future__ import annotations
 
 from kgc_kd.config import load_config
-from kgc_kd.stage_spec import stage_keys
+from kgc_kd.chain.stage_spec import stage_keys
 
 BASE = ["data=nations"]
 

@@ -226,7 +226,7 @@ def test_build_student_plm_init_validates_map_against_plm_depth(tiny_plm_dir):
 
 def test_build_student_from_frozen_teacher_has_trainable_temperature():
     teacher = _teacher()  # learn_temperature=True
-    teacher.requires_grad_(False).eval()  # what the chain does (chain_store.py freeze)
+    teacher.requires_grad_(False).eval()  # what the chain does (chain/store.py freeze)
     student, _ = build_student(teacher, 2)
     assert all(p.requires_grad for p in student.query_encoder.parameters())
     assert student.log_inv_t.requires_grad

@@ -154,9 +154,9 @@ def test_unknown_option_exits_2(tmp_path, capsys):
 ])
 def test_bad_input_exits_2_naming_it_before_anything_trains(tmp_path, monkeypatch, capsys, change, items, options,
                                                             named):
-    import kgc_kd.chain
+    import kgc_kd.chain.driver
 
-    monkeypatch.setattr(kgc_kd.chain, "run_chain", lambda *a, **k: pytest.fail("a trial ran"))
+    monkeypatch.setattr(kgc_kd.chain.driver, "run_chain", lambda *a, **k: pytest.fail("a trial ran"))
     path = _file(tmp_path, **change)
     root = tmp_path / "runs"
     with pytest.raises(SystemExit) as exc:

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from kgc_kd import tracking
+from kgc_kd.chain import tracking
 
 
 def test_offline_wandb_writes_one_run_per_stage_and_a_report(tmp_path, plm4):
@@ -77,7 +77,7 @@ def test_the_sweep_table_run_is_in_the_studys_group(tmp_path):
     code = f"""
 import sys
 from kgc_kd.config import load_config
-from kgc_kd import tracking
+from kgc_kd.chain import tracking
 summary = {{"metrics": [{{"name": "last/val_mrr", "goal": "maximize"}}], "method": "grid", "counts": {{"complete": 1}},
            "best": {{"number": 0}}, "trials": [{{"number": 0, "state": "complete", "params": {{"distill.alpha": 0.1}},
            "values": [0.5], "seconds": 3.0, "stages": [{{"name": "g", "val_mrr": 0.5, "test_mrr": 0.4}}]}}]}}

@@ -28,10 +28,10 @@ import torch
 
 from kgc_kd.bench import chain_run, evaluation, peak, scale, stages, train_step
 from kgc_kd.bench.table import format_tables
-from kgc_kd.chain import build_datamodule
+from kgc_kd.chain.driver import build_datamodule
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
 from kgc_kd.config import load_config
-from kgc_kd.files import write_json_atomic, write_text_atomic
+from kgc_kd.runtime.files import write_json_atomic, write_text_atomic
 from kgc_kd.models.biencoder import build_biencoder
 from kgc_kd.models.plm import load_tokenizer
 

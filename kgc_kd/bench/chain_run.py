@@ -1,7 +1,7 @@
 """The default chain end to end: wall time by stage and phase, and the peak memory of the whole run.
 
 The chain runs as `python -m kgc_kd.fit` in a child process (so its peak resident memory is its own,
-recorded by the chain itself as VmHWM, see kgc_kd.memory.peak_rss_mib) with the CSV logger, in a fresh run
+recorded by the chain itself as VmHWM, see kgc_kd.runtime.memory.peak_rss_mib) with the CSV logger, in a fresh run
 directory under the benchmark's output. Phase times come from the run's report (PhaseTimer and each
 stage's StageRecorder record data / train / eval / latency / export). `--chain-run DIR` reads an
 existing run's report instead of training (its own recorded peak memory is used).

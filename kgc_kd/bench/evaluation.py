@@ -201,7 +201,7 @@ def synthetic_ranking_process(num_entities: int, num_queries: int, *, chunk_size
 if __name__ == "__main__":  # python -m kgc_kd.bench.evaluation ENTITIES QUERIES CHUNK DEVICE
     import sys
 
-    from kgc_kd.memory import peak_rss_mib
+    from kgc_kd.runtime.memory import peak_rss_mib
 
     e, q, c, dev = sys.argv[1:5]
     row = synthetic_ranking(int(e), int(q), chunk_size=int(c), device=dev)

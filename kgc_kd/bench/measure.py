@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from kgc_kd.devices import synchronize
-from kgc_kd.memory import rss_mib, status_mib
+from kgc_kd.runtime.devices import synchronize
+from kgc_kd.runtime.memory import rss_mib, status_mib
 
 
 def timed(fn: Callable[[], object], *, warmup: int, repeats: int, device: torch.device | str = "cpu") -> dict:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from kgc_kd.bench.measure import PeakMemory
-from kgc_kd.memory import rss_mib
+from kgc_kd.runtime.memory import rss_mib
 
 # a step: its set-up, returning the measured part; that returns (figures, result kept referenced)
 Measure = Callable[[], tuple[dict, object]]

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from kgc_kd.bench.measure import timed
-from kgc_kd.chain import build_stage
+from kgc_kd.chain.driver import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.models.biencoder import BiEncoder, build_biencoder

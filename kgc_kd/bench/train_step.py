@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from kgc_kd.callbacks.timing import PhaseTimer
-from kgc_kd.chain import build_stage
+from kgc_kd.chain.driver import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.bench.measure import summarize

@@ -48,7 +48,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, ModelCheckpoint, O
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from kgc_kd.files import replace_atomically
+from kgc_kd.runtime.files import replace_atomically
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -29,7 +29,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from kgc_kd.devices import synchronize
+from kgc_kd.runtime.devices import synchronize
 
 #: device types whose training steps are timed by device events instead of the host clock
 EVENT_TIMED_DEVICE_TYPES: set[str] = {"cuda"}

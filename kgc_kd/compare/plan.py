@@ -21,7 +21,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from kgc_kd.config import ConfigError, config_hash, load_config, presets, run_name
-from kgc_kd.stage_spec import LOSS_KEYS as STAGE_LOSS_KEYS
+from kgc_kd.chain.stage_spec import LOSS_KEYS as STAGE_LOSS_KEYS
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """compare.json, compare.md and compare.png of a comparison, and its W&B run.
 
-Files are written atomically (reporting.py's helpers): a reader sees the previous comparison or this
+Files are written atomically (runtime/files.py's helpers): a reader sees the previous comparison or this
 one, never a part.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kgc_kd.compare.aggregate import BASELINE, beats_baseline
-from kgc_kd.files import replace_atomically, write_json_atomic, write_text_atomic
+from kgc_kd.runtime.files import replace_atomically, write_json_atomic, write_text_atomic
 
 
 def _pm(mean: float, std: Optional[float], fmt: str = "{:.4f}") -> str:
@@ -141,7 +141,7 @@ def log_wandb(cfg, out_dir: Path, comparison: dict[str, Any]) -> None:
     """A final W&B run in the comparison's group: the table (one row per grade and objective) and the plot."""
     import wandb
 
-    from kgc_kd.tracking import wandb_mode
+    from kgc_kd.chain.tracking import wandb_mode
 
     name = comparison["name"]
     run = wandb.init(project=cfg.run.wandb_project, entity=cfg.run.wandb_entity, group=name, name=f"{name}/compare",

@@ -1,6 +1,6 @@
 """Run a comparison's plan: preflight every chain, the teacher once, then each (objective, seed) chain.
 
-Chains run in this process through `kgc_kd.chain.run_chain`, one after another. Nothing carries over
+Chains run in this process through `kgc_kd.chain.driver.run_chain`, one after another. Nothing carries over
 from one chain to the next: each builds its own data module, tokenizer and models, and every stage
 seeds all generators with its chain's `run.seed` (`L.seed_everything`), so a chain gives the same
 metrics here as alone under `python -m kgc_kd.fit` (tested). A chain whose run directory already has
@@ -22,10 +22,10 @@ from typing import Any, Callable
 
 import torch
 
-from kgc_kd.chain import build_datamodule, open_chain, run_chain
+from kgc_kd.chain.driver import build_datamodule, open_chain, run_chain
 from kgc_kd.compare.plan import Chain, Plan
 from kgc_kd.models.plm import load_tokenizer
-from kgc_kd.preflight import check_run
+from kgc_kd.chain.preflight import check_run
 
 
 def preflight(plan: Plan) -> None:

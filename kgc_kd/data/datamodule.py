@@ -27,7 +27,7 @@ from kgc_kd.data.kg import KG
 from kgc_kd.data.negatives import KnownTriples
 from kgc_kd.data.sources import load_kg
 from kgc_kd.data.tokens import TokenCache, tokenizer_fingerprint
-from kgc_kd.precision import uses_cuda
+from kgc_kd.runtime.precision import uses_cuda
 
 #: loader workers of a CUDA run whose data.num_workers is unset: enough to collate ahead of the GPU, capped so
 #: DDP ranks on one node (each with its own workers) do not oversubscribe the cores

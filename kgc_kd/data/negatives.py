@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from kgc_kd.data.kg import KG
-from kgc_kd.devices import canonical
+from kgc_kd.runtime.devices import canonical
 
 #: device types where reading a size back makes the host wait for the device: masks are fixed-size searches there
 FIXED_SIZE_DEVICE_TYPES: set[str] = {"cuda"}

@@ -1,7 +1,7 @@
 """A stage's objective: its resolved terms (distill/registry.py), built for one student/teacher pair and summed.
 
 `Objective(terms, dims)` takes the resolved spec's term list ({name, weight, params} each, as
-kgc_kd/stage_spec.py resolves it) and builds every registered term; it answers what the step must compute
+kgc_kd/chain/stage_spec.py resolves it) and builds every registered term; it answers what the step must compute
 (`needs_teacher`, `needs_teacher_logits`, `masks_inputs`, `all_layers`, the features to capture per model)
 and `forward(step)` returns each term's value by name. Modules the terms own (projections, generators)
 train with the student and are never exported.

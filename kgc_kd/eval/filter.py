@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from kgc_kd.devices import canonical
+from kgc_kd.runtime.devices import canonical
 
 __all__ = ["FilterIndex", "QueryAnswers"]
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from transformers import get_linear_schedule_with_warmup
 
 from kgc_kd.data.negatives import false_negative_mask, in_batch_mask
-from kgc_kd.devices import fused_adamw
+from kgc_kd.runtime.devices import fused_adamw
 from kgc_kd.eval import Ranks, RankingOutput, direction_metrics, evaluate_queries
 from kgc_kd.eval.memory_plan import budget_bytes, entity_dtype, evaluation_memory_plan
 from kgc_kd.models.biencoder import BiEncoder
@@ -359,7 +359,7 @@ class BiEncoderModule(L.LightningModule):
                       {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}]
         else:
             groups = [{"params": [p for _, p in named], "weight_decay": o["weight_decay"]}]
-        # Fused on CUDA (kgc_kd.devices.fused_adamw); its clipping is configure_gradient_clipping's.
+        # Fused on CUDA (kgc_kd.runtime.devices.fused_adamw); its clipping is configure_gradient_clipping's.
         fused = fused_adamw(p for _, p in named)
         opt = torch.optim.AdamW(groups, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], fused=fused or None)
         total = int(self.trainer.estimated_stepping_batches)

@@ -1,6 +1,6 @@
 """A student stage of the chain: a smaller bi-encoder taught by the frozen previous stage.
 
-The objective is the stage's resolved spec (kgc_kd/stage_spec.py): a weighted list of registered loss terms
+The objective is the stage's resolved spec (kgc_kd/chain/stage_spec.py): a weighted list of registered loss terms
 (distill/registry.py), built once for this student/teacher pair (`Objective`) and summed; every term is
 logged. The step computes only what the terms ask for: the teacher runs only when a term reads it, its
 logits only for score distillation, the stage's input masking only for PMD's MGFD, captured layer
@@ -24,7 +24,7 @@ from kgc_kd.lit.base import BiEncoderModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.contrastive import contrastive_logits, in_batch_accuracy
 from kgc_kd.models.features import FeatureCapture
-from kgc_kd.stage_spec import LOSS_KEYS, objective_terms
+from kgc_kd.chain.stage_spec import LOSS_KEYS, objective_terms
 
 
 def resolved_terms(stage: dict[str, Any]) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from kgc_kd.devices import synchronize
+from kgc_kd.runtime.devices import synchronize
 from kgc_kd.models.biencoder import BiEncoder
 
 

@@ -80,9 +80,9 @@ def _check(args: argparse.Namespace):
 
 def _preflight(base) -> None:
     """The data and the model, loaded and checked as a run would, before the first trial."""
-    from kgc_kd.chain import build_datamodule
+    from kgc_kd.chain.driver import build_datamodule
     from kgc_kd.models.plm import load_tokenizer
-    from kgc_kd.preflight import check_run
+    from kgc_kd.chain.preflight import check_run
 
     tokenizer = load_tokenizer(base.model.plm)
     check_run(base, build_datamodule(base, tokenizer), tokenizer)
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         summary = write_outputs(study, space, out, ["teacher", *(str(s.name) for s in base.stages)])
         if base.run.logger == "wandb":
-            from kgc_kd.tracking import log_sweep
+            from kgc_kd.chain.tracking import log_sweep
 
             log_sweep(base, out, study_name, summary)
         print((out / "trials.md").read_text())

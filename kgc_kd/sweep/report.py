@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kgc_kd.config import load_config
-from kgc_kd.files import write_json_atomic, write_text_atomic
+from kgc_kd.runtime.files import write_json_atomic, write_text_atomic
 from kgc_kd.sweep.space import SweepSpace
 from kgc_kd.sweep.study import retried_numbers
 

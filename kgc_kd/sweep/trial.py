@@ -58,7 +58,7 @@ def suggest(trial: optuna.Trial, name: str, d) -> Any:
 
 
 def objective(space: SweepSpace, items: list[str], study: optuna.Study, heartbeat_s: float, prune: bool):
-    from kgc_kd.chain import run_chain
+    from kgc_kd.chain.driver import run_chain
 
     def run(trial: optuna.Trial):
         params = {k: suggest(trial, k, d) for k, d in space.distributions.items()}

@@ -1,6 +1,6 @@
 """What a run leaves behind for people: metrics.json, per-query predictions, a printed summary.
 
-Every file is written to a temporary name and renamed into place (`kgc_kd.files`), so an interrupted
+Every file is written to a temporary name and renamed into place (`kgc_kd.runtime.files`), so an interrupted
 run never leaves a half-written report that a later tool would trust.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from kgc_kd.files import replace_atomically, write_json_atomic, write_text_atomic
+from kgc_kd.runtime.files import replace_atomically, write_json_atomic, write_text_atomic
 
 
 def write_predictions(path: Path, kg, evaluation: dict) -> None:

@@ -17,13 +17,13 @@ from types import SimpleNamespace
 
 from omegaconf import DictConfig
 
-from kgc_kd import tracking
+from kgc_kd.chain import tracking
 from kgc_kd.config import ConfigError, run_name
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.tokens import tokenizer_fingerprint
 from kgc_kd.distill.registry import Dims
 from kgc_kd.models.plm import plm_config
-from kgc_kd.stage_spec import resolve_stage
+from kgc_kd.chain.stage_spec import resolve_stage
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")

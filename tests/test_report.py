@@ -1,4 +1,4 @@
-"""kgc_kd.reporting: the printed summary table and per-query prediction lines."""
+"""kgc_kd.chain.report: the printed summary table and per-query prediction lines."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.eval import RankingOutput, Ranks
-from kgc_kd.reporting import format_report, report_rows, write_predictions, write_report
+from kgc_kd.chain.report import format_report, report_rows, write_predictions, write_report
 
 
 # ---- stage report ----------------------------------------------------------------------------------------

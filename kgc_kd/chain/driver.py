@@ -18,27 +18,27 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from kgc_kd import tracking
-from kgc_kd.callbacks.progressive import StageRecorder
+from kgc_kd.chain import tracking
+from kgc_kd.chain.recorder import StageRecorder
 from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
                                      newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
-from kgc_kd.chain_store import ChainStore
+from kgc_kd.chain.store import ChainStore
 from kgc_kd.config import run_name, to_plain
 from kgc_kd.data.datamodule import KGDataModule, resolve_loader
 from kgc_kd.distill.registry import Dims
-from kgc_kd.files import write_text_atomic
+from kgc_kd.runtime.files import write_text_atomic
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
-from kgc_kd.memory import peak_rss_mib
+from kgc_kd.runtime.memory import peak_rss_mib
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
-from kgc_kd.precision import configure_matmul, resolve_precision
-from kgc_kd.preflight import check_run
-from kgc_kd.reporting import write_report
-from kgc_kd.stage_spec import resolve_stage, stage_keys, stage_negatives
+from kgc_kd.runtime.precision import configure_matmul, resolve_precision
+from kgc_kd.chain.preflight import check_run
+from kgc_kd.chain.report import write_report
+from kgc_kd.chain.stage_spec import resolve_stage, stage_keys, stage_negatives
 
 
 def data_checks(dm: KGDataModule) -> dict[str, int]:

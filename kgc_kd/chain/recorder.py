@@ -5,7 +5,7 @@ silently does nothing); chain.py gives every stage's Trainer one recorder, built
 the stage (name, kind, layers, losses...). The recorder only reacts to events: it times the fit, takes the fit's
 facts at its end (best checkpoint, best val MRR, epochs, steps, processes), and when the stage's best checkpoint
 has been tested it adds the test metrics, parameter counts and measured throughput, then has the chain's store
-(`kgc_kd.chain_store.ChainStore`) export the stage, write its predictions and record the row. Handing the
+(`kgc_kd.chain.store.ChainStore`) export the stage, write its predictions and record the row. Handing the
 trained bi-encoder to the next stage is the driver's step, after `trainer.test` (`ChainStore.hand_over`).
 """
 
@@ -18,7 +18,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from kgc_kd.callbacks.timing import PhaseTimer
-from kgc_kd.chain_store import ChainStore
+from kgc_kd.chain.store import ChainStore
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.size import parameter_counts, throughput
 

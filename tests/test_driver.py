@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModel
 
 from kgc_kd import fit
-from kgc_kd.chain import build_datamodule
+from kgc_kd.chain.driver import build_datamodule
 from kgc_kd.config import load_config
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
@@ -405,12 +405,12 @@ def test_the_chains_own_trainers_run_a_gpu_runs_optimizer_clipping_and_precision
         tmp_path, plm4, precision, monkeypatch):
     """The CPU seam of a GPU run's configuration: the chain's own stage Trainers (their callbacks, the default
     `trainer.gradient_clip_val` 10, the precision plugin) with the optimizer a CUDA run builds (fused AdamW:
-    kgc_kd.devices' seam adds torch's fused CPU kernel), two steps per stage. Before the fix of lit/base.py
+    kgc_kd.runtime.devices' seam adds torch's fused CPU kernel), two steps per stage. Before the fix of lit/base.py
     `configure_gradient_clipping` every bf16-mixed stage stopped at step 1 ("The current optimizer, AdamW, does
     not allow for gradient clipping because it performs unscaling of gradients internally"). 16-mixed on the CPU
     is turned into bf16-mixed by Lightning ("AMP with fp16 is not supported on CPU"); its scaler path is tested
     with an explicit CPU GradScaler in test_kgc_module.py::test_a_fused_adamw_clips_in_every_precision."""
-    import kgc_kd.devices as devices
+    import kgc_kd.runtime.devices as devices
 
     monkeypatch.setattr(devices, "FUSED_ADAMW_DEVICE_TYPES", {"cuda", "cpu"})
     result = fit.main(_argv(tmp_path, plm4, f"trainer.precision={precision}", "trainer.limit_train_batches=2",

@@ -41,9 +41,9 @@ import torch
 from kgc_kd.data.kg import KG
 from kgc_kd.data.kg_export import link_token_cache, save_kg
 from kgc_kd.data.tokens import TokenCache
-from kgc_kd.files import write_json_atomic
+from kgc_kd.runtime.files import write_json_atomic
 from kgc_kd.models.biencoder import BiEncoder
-from kgc_kd.reporting import write_predictions
+from kgc_kd.chain.report import write_predictions
 
 STATE_FILE = "chain_state.json"
 STORE_DIR = "stage-store"  # under run.root
