@@ -1,27 +1,24 @@
-"""kgc_kd.chain.store.ChainStore alone (no Lightning): the run directory's layout, the state file, exports and
-the teacher handed from one stage to the next."""
+"""kgc_kd.chain.store.ChainStore alone (no Lightning): the run directory's layout, the lock, the state file, where
+exports go (what they hold: test_export.py) and the teacher handed from one stage to the next."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-import kgc_kd.chain.store as chain_store
+import kgc_kd.chain.export as export_module
 from conftest import make_tiny_bert, make_tokenizer
-from kgc_kd.chain.store import ChainStore
-from kgc_kd.data.kg_export import load_kg_export
+from kgc_kd.chain.store import ChainStore, CurrentTeacher
 from kgc_kd.data.synthetic import synthetic_kg
-from kgc_kd.data.tokens import TokenCache
 from kgc_kd.eval import RankingOutput, Ranks
 from kgc_kd.models.biencoder import BiEncoder
-from kgc_kd.models.vocab import used_token_ids
 
 KG = synthetic_kg(num_entities=12, num_relations=2, num_triples=40)
+KEYS = {"teacher": "k0", "s": "k1"}
 
 
 def _net(seed: int = 0) -> BiEncoder:
@@ -30,10 +27,6 @@ def _net(seed: int = 0) -> BiEncoder:
 
 def _export(store: ChainStore, name: str, net: BiEncoder | None = None) -> None:
     store.export(name, net if net is not None else _net(), KG, max_length=24, link_graph=False)
-
-
-def _files(directory) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_the_layout_of_a_run_directory(tmp_path):
@@ -88,76 +81,32 @@ def test_rows_come_in_the_order_stages_finished_and_a_rerecorded_stage_keeps_its
     assert [r["name"] for r in ChainStore(tmp_path).rows()] == ["teacher", "b", "a"]
 
 
-def test_an_interrupted_export_is_never_mistaken_for_one(tmp_path, monkeypatch):
+def test_an_interrupted_export_is_not_a_done_stage(tmp_path, monkeypatch):
     store = ChainStore(tmp_path)
     store.record("s", {"name": "s"})
 
     def killed(*args, **kwargs):  # after the model directories were written, before the KG
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(chain_store, "save_kg", killed)
+    monkeypatch.setattr(export_module, "save_kg", killed)
     with pytest.raises(KeyboardInterrupt):
         _export(store, "s")
     assert (store.stage_dir("s") / "export.tmp" / "biencoder.json").is_file()  # the half-written one
     assert not store.export_dir("s").exists() and not store.is_done("s")
     assert not ChainStore(tmp_path).is_done("s")
-
     monkeypatch.undo()
-    _export(store, "s", _net(seed=1))
-    assert store.is_done("s") and not (store.stage_dir("s") / "export.tmp").exists()
-    whole = _files(store.export_dir("s"))
-    monkeypatch.setattr(chain_store, "save_kg", killed)
-    with pytest.raises(KeyboardInterrupt):
-        _export(store, "s", _net(seed=2))  # a second export of the stage, killed: the first stays whole
-    assert _files(store.export_dir("s")) == whole and store.is_done("s")
-
-
-def test_the_export_loads_back_with_the_same_weights_and_the_kg(tmp_path):
-    store = ChainStore(tmp_path, make_tokenizer())
-    net = _net(seed=3)
-    _export(store, "s", net)
-    loaded = BiEncoder.from_pretrained(store.export_dir("s"))
-    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), k
-    kg, meta = load_kg_export(store.export_dir("s"))
-    assert meta == {"max_length": 24, "link_graph": False}
-    assert kg.entity_ids == KG.entity_ids and torch.equal(kg.train, KG.train) and torch.equal(kg.test, KG.test)
-    tok = AutoTokenizer.from_pretrained(store.export_dir("s") / "query", local_files_only=True)
-    assert tok.get_vocab() == make_tokenizer().get_vocab()  # the tokenizer travels with the export
-
-
-def test_the_export_carries_the_token_table_as_links_to_its_cache_entry(tmp_path):
-    tok = make_tokenizer()
-    tokens = TokenCache.load_or_build(KG, tok, 24, cache_dir=tmp_path / "token-cache")
-    store = ChainStore(tmp_path / "run", tok)
-    store.export("s", _net(), KG, max_length=24, link_graph=False, tokens=tokens)
-    entry = store.export_dir("s") / "token-cache" / tokens.cache_path.name
-    files = sorted(p.name for p in tokens.cache_path.iterdir())
-    assert files and sorted(p.name for p in entry.iterdir()) == files
-    assert all(os.path.samefile(entry / f, tokens.cache_path / f) for f in files)  # no second copy
-    # a pruned stage reads other ids than the table holds: no table in its export (predict tokenises once)
-    pruned = _net()
-    pruned.prune_vocabulary(used_token_ids([tokens.used_ids()], tok), len(tok))
-    store.export("p", pruned, KG, max_length=24, link_graph=False, tokens=tokens)
-    assert not (store.export_dir("p") / "token-cache").exists()
-    # a table kept only in memory: nothing to link
-    store.export("m", _net(), KG, max_length=24, link_graph=False, tokens=TokenCache.build(KG, tok, 24))
-    assert not (store.export_dir("m") / "token-cache").exists() and store.export_dir("m").is_dir()
-
-
-def test_the_stages_of_one_kg_share_its_files(tmp_path):
-    store = ChainStore(tmp_path)
-    _export(store, "teacher")
     _export(store, "s")
-    _export(store, "s")  # exported again: linked to the files of the export it replaces
-    a, b = store.export_dir("teacher") / "kg", store.export_dir("s") / "kg"
-    assert all(os.path.samefile(p, b / p.name) for p in a.iterdir())
-    kg, _ = load_kg_export(store.export_dir("s"))
-    assert kg.entity_names == KG.entity_names and torch.equal(kg.train, KG.train)
-    other = synthetic_kg(num_entities=14, num_relations=2, num_triples=40, seed=1)
-    store.export("o", _net(), other, max_length=24, link_graph=False)
-    assert not os.path.samefile(a / "train.npy", store.export_dir("o") / "kg" / "train.npy")
-    assert torch.equal(load_kg_export(store.export_dir("o"))[0].train, other.train)
+    assert store.is_done("s") and not (store.stage_dir("s") / "export.tmp").exists()
+
+
+def test_exports_go_to_the_stage_directory_with_the_run_tokenizer(tmp_path):
+    store = ChainStore(tmp_path / "run", make_tokenizer(), keys=KEYS, store_root=tmp_path)
+    assert store.tokenizer is store.exporter.tokenizer
+    store.open_stage("s")
+    _export(store, "s")
+    assert (tmp_path / "stage-store" / "s-k1" / "export" / "biencoder.json").is_file()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "run" / "stages" / "s" / "export" / "query", local_files_only=True)
+    assert tok.get_vocab() == make_tokenizer().get_vocab()
 
 
 def test_predictions_go_next_to_the_export(tmp_path):
@@ -204,7 +153,6 @@ def test_the_store_needs_no_lightning():
 
 
 # ---- the stage store: stages keyed by what determines them, shared by the runs under one root ----------------
-KEYS = {"teacher": "k0", "s": "k1"}
 
 
 def test_with_keys_stages_live_in_the_store_and_the_run_links_to_them(tmp_path):
@@ -258,3 +206,29 @@ def test_a_claimed_stage_is_locked_against_other_processes_until_released(tmp_pa
     assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0
     with ChainStore(tmp_path / "run", writes=False, keys=KEYS, store_root=tmp_path).claim("s", lock=False):
         assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0  # a non-zero rank
+
+
+def test_adopt_joins_a_stage_without_touching_the_teacher_and_reuse_also_loads_it(tmp_path):
+    first = ChainStore(tmp_path / "a", keys=KEYS, store_root=tmp_path)
+    first.open_stage("teacher")
+    _export(first, "teacher", _net(seed=3))
+    first.record("teacher", {"name": "teacher"})
+    second = ChainStore(tmp_path / "b", keys=KEYS, store_root=tmp_path)
+    assert second.adopt("teacher") is True and second.teacher is None
+    assert second.rows() == [{"name": "teacher", "reused_from_store": True}]
+    assert (tmp_path / "b" / "stages" / "teacher").is_symlink()
+    assert second.reuse("teacher") is False  # adopted already: now this run's row
+    assert second.teacher is not None and not second.teacher.training
+
+
+def test_the_current_teacher_stands_alone(tmp_path):
+    current = CurrentTeacher()
+    assert current.net is None
+    net = _net(seed=5).train()
+    current.hand_over(net)
+    assert current.net is not net and not current.net.training
+    net.save_pretrained(tmp_path / "export", None)
+    current.load(tmp_path / "export")
+    assert not any(p.requires_grad for p in current.net.parameters())
+    for (k, a), (_, b) in zip(net.state_dict().items(), current.net.state_dict().items()):
+        assert torch.equal(a, b), k

@@ -1,27 +1,28 @@
-"""`ChainStore`: a chain's run directory, which stages are done, their rows, their exports and the current teacher.
+"""`ChainStore`: the stage store, a chain's run directory, which stages are done and their rows.
 
-The chain trains one stage after another, each taught by the one before (chain.py drives it, one Lightning
+The chain trains one stage after another, each taught by the one before (chain.driver drives it, one Lightning
 Trainer per stage). What carries over from stage to stage and from one invocation to the next lives here,
 without Lightning:
 
-- the stage store: with stage keys (`stage_spec.stage_keys`: a hash of what determines a stage's outputs,
+- the layout: with stage keys (`stage_spec.stage_keys`: a hash of what determines a stage's outputs,
   its own settings, the data, the seed and the keys of the stages before it), a stage lives in
   `<run.root>/stage-store/<stage>-<key>/`, shared by every run under that root: a run, a comparison or a
   sweep trial that needs a stage already trained under the same key reuses it, and one interrupted in one
   run resumes in the next. The run directory links `stages/<stage>` to its entry, so its layout stays
-  `stages/<stage>/` (the trainer directory), `stages/<stage>/export/` (Hugging Face directories,
-  `biencoder.json`, the KG as `kg.json` + `kg/` and the token table in `token-cache/`, see
-  `kgc_kd.data.kg_export`) and `stages/<stage>/predictions_test.jsonl`. Without keys (a run directory
-  read on its own) `stages/<stage>/` is read as it is;
-- an entry's `stage.json`: its key, its row and (the teacher) the untrained baseline; `claim` holds the
-  entry's lock file while a run trains it, so two runs never train one stage at once (the second waits and
-  then reuses it);
-- the run's state file `chain_state.json`: `stages` (each finished stage's row), `order` (the order they
+  `stages/<stage>/` (the trainer directory), `stages/<stage>/export/` (written by
+  `kgc_kd.chain.export.StageExporter`) and `stages/<stage>/predictions_test.jsonl`. Without keys (a run
+  directory read on its own) `stages/<stage>/` is read as it is;
+- the lock: `claim` holds the entry's lock file while a run trains it, so two runs never train one stage at
+  once (the second waits and then reuses it);
+- the records: an entry's `stage.json` (its key, its row and, the teacher, the untrained baseline) and the
+  run's state file `chain_state.json`: `stages` (each finished stage's row), `order` (the order they
   finished in, reused stages included) and the untrained baseline (`untrained_test`, `untrained_eval_s`),
   rewritten atomically whenever a stage is recorded. A stage is done when its row is recorded and its
-  export is complete, so rerunning the same command skips it with its row untouched;
-- the current teacher: the frozen bi-encoder the next stage learns from. The driver sets it after a stage
-  is tested (`hand_over`) or, when a stage is skipped, loads it from that stage's export (`load_teacher`).
+  export is complete, so rerunning the same command skips it with its row untouched.
+
+Two things it only hands on, kept here until the driver takes them: the exporter (`export` writes through
+`StageExporter`) and the current teacher (`CurrentTeacher`, the frozen bi-encoder the next stage learns from:
+set after a stage is tested, `hand_over`, or loaded from a skipped stage's export, `load_teacher`).
 """
 
 from __future__ import annotations
@@ -31,19 +32,16 @@ import copy
 import fcntl
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
-
-from kgc_kd.data.kg import KG
-from kgc_kd.data.kg_export import link_token_cache, save_kg
-from kgc_kd.data.tokens import TokenCache
-from kgc_kd.runtime.files import write_json_atomic
-from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.chain.export import StageExporter
 from kgc_kd.chain.report import write_predictions
+from kgc_kd.data.kg import KG
+from kgc_kd.data.tokens import TokenCache
+from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.runtime.files import write_json_atomic
 
 STATE_FILE = "chain_state.json"
 STORE_DIR = "stage-store"  # under run.root
@@ -52,6 +50,23 @@ ENTRY_FILE = "stage.json"
 
 def freeze(net: BiEncoder) -> BiEncoder:
     return net.requires_grad_(False).eval()
+
+
+class CurrentTeacher:
+    """The frozen bi-encoder the next stage learns from (None before the first stage is done). To move into the
+    driver; `ChainStore` holds one meanwhile."""
+
+    def __init__(self) -> None:
+        self.net: BiEncoder | None = None
+
+    def hand_over(self, net: BiEncoder) -> None:
+        """A tested stage's bi-encoder teaches the next stage: a frozen copy, so training the next stage
+        cannot change it."""
+        self.net = freeze(copy.deepcopy(net))
+
+    def load(self, export_dir: Path) -> None:
+        """A finished stage is skipped: its export teaches the next stage (read with the source tokenizer's ids)."""
+        self.net = freeze(BiEncoder.from_pretrained(export_dir, source_ids=True))
 
 
 class ChainStore:
@@ -63,14 +78,17 @@ class ChainStore:
         read the state, never write it."""
         self.run_dir = Path(run_dir)
         self.writes = writes
-        self.tokenizer = tokenizer
         self.keys = dict(keys or {})
         self.store_dir = Path(store_root if store_root is not None else self.run_dir.parent) / STORE_DIR
         self.state_path = self.run_dir / STATE_FILE
-        self._state: dict[str, Any] = json.loads(self.state_path.read_text()) if self.state_path.is_file() else {}
-        self._state.setdefault("stages", {})
-        self.teacher: BiEncoder | None = None
-        self._last_kg: tuple[KG, Path] | None = None  # the KG of the last export and where it went
+        self._state = _read_state(self.state_path)
+        self.exporter = StageExporter(tokenizer)
+        self.current = CurrentTeacher()
+
+    @property
+    def tokenizer(self):
+        """The source tokenizer every stage reads (the exporter saves it with each export)."""
+        return self.exporter.tokenizer
 
     # ---- the layout ------------------------------------------------------------------------------------
     def _link(self, name: str) -> Path:
@@ -96,15 +114,10 @@ class ChainStore:
         d.mkdir(parents=True, exist_ok=True)
         link = self._link(name)
         if d != link and self.writes:
-            target = os.path.relpath(d, link.parent)
-            if not (link.is_symlink() and os.readlink(link) == target):
-                link.parent.mkdir(parents=True, exist_ok=True)
-                tmp = link.with_name(f".{name}.link.tmp")
-                tmp.unlink(missing_ok=True)
-                tmp.symlink_to(target, target_is_directory=True)
-                os.replace(tmp, link)  # atomic: an old link (another key) is replaced, never half-written
+            _point_link(link, os.path.relpath(d, link.parent))
         return d
 
+    # ---- the lock ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def claim(self, name: str, lock: bool = True) -> Iterator[None]:
         """Hold the stage's lock while it is decided and trained: another run that needs the same stage waits
@@ -114,16 +127,8 @@ class ChainStore:
             yield
             return
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with open(entry.with_name(entry.name + ".lock"), "a") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                print(f"[chain] {name}: another run is training {entry}; waiting for it", file=sys.stderr, flush=True)
-                fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with _exclusive(entry.with_name(entry.name + ".lock"), f"[chain] {name}: another run is training {entry}"):
+            yield
 
     # ---- finished stages ---------------------------------------------------------------------------------
     def _entry_record(self, name: str) -> dict[str, Any] | None:
@@ -155,10 +160,10 @@ class ChainStore:
         if self.writes:
             write_json_atomic(self.state_path, self._state)
 
-    def reuse(self, name: str) -> bool:
+    def adopt(self, name: str) -> bool:
         """A done stage joins this run: its row (from the store entry when another run trained it) is recorded in
-        the run's state, the run's link is made, and its export becomes the teacher. True when it was trained by
-        another run."""
+        the run's state and the run's link is made. True when it was trained by another run. The current
+        teacher is left alone (`reuse` also loads it)."""
         record = self._entry_record(name)
         from_store = name not in self._state["stages"] and record is not None
         if from_store:
@@ -167,6 +172,12 @@ class ChainStore:
             self._adopt(name, {**record["row"], "reused_from_store": True})
         if self._entry(name) is not None:
             self.open_stage(name)
+        return from_store
+
+    def reuse(self, name: str) -> bool:
+        """`adopt`, then the stage's export becomes the current teacher (the driver's step, kept here until the
+        driver holds the teacher). True when it was trained by another run."""
+        from_store = self.adopt(name)
         self.load_teacher(name)
         return from_store
 
@@ -193,44 +204,60 @@ class ChainStore:
     def untrained_eval_s(self) -> float | None:
         return self._state.get("untrained_eval_s")
 
-    # ---- what a finished stage leaves --------------------------------------------------------------------
+    # ---- what a finished stage leaves: written by the exporter, where the layout says ----------------------
     def export(self, name: str, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool,
                tokens: TokenCache | None = None) -> None:
-        """The stage as Hugging Face directories, its KG (`kg_export.save_kg`: kg.json + kg/, hard-linked to the
-        previous export's files where it is the same KG) and, given the run's `tokens` (the datamodule's
-        TokenCache) with a cache entry on disk, that entry linked into token-cache/ so `kgc_kd.predict`
-        memory-maps it instead of tokenising (a pruned stage reads other ids: its predict tokenises once and
-        keeps the table there). Written to a temporary directory and renamed, so a half-written export is
-        never mistaken for one; a kill between the renames leaves the old one whole."""
-        final = self.export_dir(name)
-        tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        with torch.no_grad():
-            net_cpu = copy.deepcopy(net).cpu()
-        net_cpu.save_pretrained(tmp, self.tokenizer)
-        last = self._last_kg  # the stages of a chain export one KG object: one copy of its files on disk
-        parts_from = last[1] if last is not None and last[0] is kg else None
-        save_kg(kg, tmp, parts_from=parts_from, max_length=max_length, link_graph=link_graph)  # predict's inputs
-        if tokens is not None and net.kept_ids is None:  # the export's tokenizer is the one the table was made with
-            link_token_cache(tokens.cache_path, tmp)
-        old = final.with_name(final.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-        self._last_kg = (kg, final)
+        """The stage's export into `export_dir(name)` (`StageExporter.export`)."""
+        self.exporter.export(self.export_dir(name), net, kg, max_length=max_length, link_graph=link_graph,
+                             tokens=tokens)
 
     def write_predictions(self, name: str, kg: KG, evaluation: dict) -> None:
         """The stage's test predictions (`evaluation`: a module's `last_eval["test"]`), one JSON line per query."""
         write_predictions(self.stage_dir(name) / "predictions_test.jsonl", kg, evaluation)
 
-    # ---- the teacher of the next stage -------------------------------------------------------------------
+    # ---- the teacher of the next stage (delegating to `CurrentTeacher`, for the driver to take over) -------
+    @property
+    def teacher(self) -> BiEncoder | None:
+        return self.current.net
+
     def hand_over(self, net: BiEncoder) -> None:
-        """A tested stage's bi-encoder teaches the next stage: a frozen copy, so training the next stage
-        cannot change it."""
-        self.teacher = freeze(copy.deepcopy(net))
+        """`CurrentTeacher.hand_over`: a frozen copy of a tested stage's bi-encoder teaches the next stage."""
+        self.current.hand_over(net)
 
     def load_teacher(self, name: str) -> None:
-        """A finished stage is skipped: its export teaches the next stage (read with the source tokenizer's ids)."""
-        self.teacher = freeze(BiEncoder.from_pretrained(self.export_dir(name), source_ids=True))
+        """`CurrentTeacher.load`: a skipped stage's export teaches the next stage."""
+        self.current.load(self.export_dir(name))
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """The run's state file as written (an empty one when there is none yet), with its `stages` table."""
+    state: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    state.setdefault("stages", {})
+    return state
+
+
+def _point_link(link: Path, target: str) -> None:
+    """`link` -> `target` (a directory); atomic: an old link (another key) is replaced, never half-written."""
+    if link.is_symlink() and os.readlink(link) == target:
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = link.with_name(f".{link.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target, target_is_directory=True)
+    os.replace(tmp, link)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path, waiting: str) -> Iterator[None]:
+    """An exclusive `flock` on `lock_path` for the block; when another process holds it, says `waiting` on
+    stderr and waits for it."""
+    with open(lock_path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{waiting}; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,75 @@
+"""`StageExporter`: what a finished stage leaves for `kgc_kd.predict` and for the next invocation, its export.
+
+An export directory holds the stage's bi-encoder as Hugging Face directories (`biencoder.json`, `query/`,
+`entity/`, with the source tokenizer), its KG (`kg.json` + `kg/`, see `kgc_kd.data.kg_export`) and, where the
+run's token table is on disk and the stage reads the source tokenizer's ids, that table linked into
+`token-cache/`. Where an export goes is the stage store's business (`ChainStore.export_dir`); this module only
+writes one, whole or not at all. No Lightning.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import torch
+
+from kgc_kd.data.kg import KG
+from kgc_kd.data.kg_export import link_token_cache, save_kg
+from kgc_kd.data.tokens import TokenCache
+from kgc_kd.models.biencoder import BiEncoder
+
+
+class StageExporter:
+    """Writes the stages' exports of one run. `tokenizer`: the source tokenizer every stage reads, saved with each
+    export (None: not saved). Remembers where the last KG went: the stages of a chain export one KG object, so
+    one copy of its files on disk."""
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer
+        self._last_kg: tuple[KG, Path] | None = None  # the KG of the last export and where it went
+
+    def export(self, final: Path, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool,
+               tokens: TokenCache | None = None) -> None:
+        """The stage as Hugging Face directories, its KG (`kg_export.save_kg`: kg.json + kg/, hard-linked to the
+        previous export's files where it is the same KG) and, given the run's `tokens` (the datamodule's
+        TokenCache) with a cache entry on disk, that entry linked into token-cache/ so `kgc_kd.predict`
+        memory-maps it instead of tokenising (a pruned stage reads other ids: its predict tokenises once and
+        keeps the table there). Written to a temporary directory and renamed into `final`, so a half-written
+        export is never mistaken for one; a kill between the renames leaves the old one whole."""
+        tmp = _fresh(final.with_name(final.name + ".tmp"))
+        _save_net(net, tmp, self.tokenizer)
+        save_kg(kg, tmp, parts_from=self._kg_files_of(kg), max_length=max_length,
+                link_graph=link_graph)  # predict's inputs
+        if tokens is not None and net.kept_ids is None:  # the export's tokenizer is the one the table was made with
+            link_token_cache(tokens.cache_path, tmp)
+        _replace_dir(tmp, final)
+        self._last_kg = (kg, final)
+
+    def _kg_files_of(self, kg: KG) -> Path | None:
+        """The last export's directory when it holds this very KG (its files are linked, not written again)."""
+        last = self._last_kg
+        return last[1] if last is not None and last[0] is kg else None
+
+
+def _fresh(directory: Path) -> Path:
+    """`directory`, with whatever an earlier, interrupted attempt left there removed."""
+    shutil.rmtree(directory, ignore_errors=True)
+    return directory
+
+
+def _save_net(net: BiEncoder, directory: Path, tokenizer) -> None:
+    """A CPU copy of `net` saved as Hugging Face directories (the training copy stays where it is)."""
+    with torch.no_grad():
+        net_cpu = copy.deepcopy(net).cpu()
+    net_cpu.save_pretrained(directory, tokenizer)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """`tmp` becomes `final`; an existing `final` is moved aside first and removed only after the rename."""
+    old = _fresh(final.with_name(final.name + ".old"))
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)

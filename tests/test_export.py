@@ -1,0 +1,131 @@
+"""kgc_kd.chain.export.StageExporter alone (no Lightning, no stage store): an export directory written whole or
+not at all, loading back with the same weights, the KG and the tokenizer, its token table linked, and the stages
+of one KG sharing its files."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import kgc_kd.chain.export as export_module
+from conftest import make_tiny_bert, make_tokenizer
+from kgc_kd.chain.export import StageExporter
+from kgc_kd.data.kg_export import load_kg_export
+from kgc_kd.data.synthetic import synthetic_kg
+from kgc_kd.data.tokens import TokenCache
+from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.models.vocab import used_token_ids
+
+KG = synthetic_kg(num_entities=12, num_relations=2, num_triples=40)
+
+
+def _net(seed: int = 0) -> BiEncoder:
+    return BiEncoder(make_tiny_bert(num_layers=1, seed=seed))
+
+
+def _export(exporter: StageExporter, directory, net: BiEncoder | None = None) -> None:
+    exporter.export(directory, net if net is not None else _net(), KG, max_length=24, link_graph=False)
+
+
+def _files(directory) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_an_interrupted_export_is_never_mistaken_for_one(tmp_path, monkeypatch):
+    exporter, final = StageExporter(), tmp_path / "s" / "export"
+
+    def killed(*args, **kwargs):  # after the model directories were written, before the KG
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_module, "save_kg", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _export(exporter, final)
+    assert (tmp_path / "s" / "export.tmp" / "biencoder.json").is_file()  # the half-written one
+    assert not final.exists()
+
+    monkeypatch.undo()
+    _export(exporter, final, _net(seed=1))
+    assert (final / "biencoder.json").is_file() and not (tmp_path / "s" / "export.tmp").exists()
+    whole = _files(final)
+    monkeypatch.setattr(export_module, "save_kg", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _export(exporter, final, _net(seed=2))  # a second export of the stage, killed: the first stays whole
+    assert _files(final) == whole
+
+
+def test_a_second_export_replaces_the_first_and_leaves_nothing_beside_it(tmp_path):
+    exporter, final = StageExporter(), tmp_path / "s" / "export"
+    _export(exporter, final, _net(seed=1))
+    _export(exporter, final, _net(seed=2))
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["export"]
+    loaded = BiEncoder.from_pretrained(final)
+    want = _net(seed=2)
+    for (k, a), (_, b) in zip(want.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_the_export_loads_back_with_the_same_weights_and_the_kg(tmp_path):
+    exporter, final = StageExporter(make_tokenizer()), tmp_path / "export"
+    net = _net(seed=3)
+    _export(exporter, final, net)
+    loaded = BiEncoder.from_pretrained(final)
+    for (k, a), (_, b) in zip(net.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), k
+    kg, meta = load_kg_export(final)
+    assert meta == {"max_length": 24, "link_graph": False}
+    assert kg.entity_ids == KG.entity_ids and torch.equal(kg.train, KG.train) and torch.equal(kg.test, KG.test)
+    tok = AutoTokenizer.from_pretrained(final / "query", local_files_only=True)
+    assert tok.get_vocab() == make_tokenizer().get_vocab()  # the tokenizer travels with the export
+
+
+def test_the_export_carries_the_token_table_as_links_to_its_cache_entry(tmp_path):
+    tok = make_tokenizer()
+    tokens = TokenCache.load_or_build(KG, tok, 24, cache_dir=tmp_path / "token-cache")
+    exporter = StageExporter(tok)
+    exporter.export(tmp_path / "s", _net(), KG, max_length=24, link_graph=False, tokens=tokens)
+    entry = tmp_path / "s" / "token-cache" / tokens.cache_path.name
+    files = sorted(p.name for p in tokens.cache_path.iterdir())
+    assert files and sorted(p.name for p in entry.iterdir()) == files
+    assert all(os.path.samefile(entry / f, tokens.cache_path / f) for f in files)  # no second copy
+    # a pruned stage reads other ids than the table holds: no table in its export (predict tokenises once)
+    pruned = _net()
+    pruned.prune_vocabulary(used_token_ids([tokens.used_ids()], tok), len(tok))
+    exporter.export(tmp_path / "p", pruned, KG, max_length=24, link_graph=False, tokens=tokens)
+    assert not (tmp_path / "p" / "token-cache").exists()
+    # a table kept only in memory: nothing to link
+    exporter.export(tmp_path / "m", _net(), KG, max_length=24, link_graph=False, tokens=TokenCache.build(KG, tok, 24))
+    assert not (tmp_path / "m" / "token-cache").exists() and (tmp_path / "m").is_dir()
+
+
+def test_the_stages_of_one_kg_share_its_files(tmp_path):
+    exporter = StageExporter()
+    _export(exporter, tmp_path / "teacher")
+    _export(exporter, tmp_path / "s")
+    _export(exporter, tmp_path / "s")  # exported again: linked to the files of the export it replaces
+    a, b = tmp_path / "teacher" / "kg", tmp_path / "s" / "kg"
+    assert all(os.path.samefile(p, b / p.name) for p in a.iterdir())
+    kg, _ = load_kg_export(tmp_path / "s")
+    assert kg.entity_names == KG.entity_names and torch.equal(kg.train, KG.train)
+    other = synthetic_kg(num_entities=14, num_relations=2, num_triples=40, seed=1)
+    exporter.export(tmp_path / "o", _net(), other, max_length=24, link_graph=False)
+    assert not os.path.samefile(a / "train.npy", tmp_path / "o" / "kg" / "train.npy")
+    assert torch.equal(load_kg_export(tmp_path / "o")[0].train, other.train)
+
+
+def test_a_new_exporter_writes_the_kg_afresh(tmp_path):
+    _export(StageExporter(), tmp_path / "a")
+    _export(StageExporter(), tmp_path / "b")  # another run: nothing to link to
+    a, b = tmp_path / "a" / "kg", tmp_path / "b" / "kg"
+    assert not any(os.path.samefile(p, b / p.name) for p in a.iterdir())
+
+
+def test_the_exporter_needs_no_lightning():
+    import subprocess
+    import sys
+
+    code = ("import sys, kgc_kd.chain.export; "
+            "sys.exit(any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
