@@ -111,12 +111,35 @@ def rank_all_entities(
     neighbourhoods: best precomputed `Neighbourhoods` (built once per run for every head to come), or a
     `NeighbourGraph` / neighbour lists to search the heads of this call.
     """
+    gold = _checked_gold(query_vecs, entity_vecs, gold, known_answers, chunk_size, topk)
+    num_q, num_e = query_vecs.shape[0], entity_vecs.shape[0]
+    device = entity_vecs.device
+    rerank = (_RerankLookup.build(heads, adjacency, rerank_hops, rerank_weight, num_q, num_e, device, memory_budget)
+              if rerank_hops > 0 and rerank_weight != 0 else None)
+    k = min(topk, num_e)
+    counter = _rank_counter(gold, known_answers, num_e, device)  # before the workspace: its scratch is gone then
+    work = _Workspace.allocate(entity_vecs, num_q, chunk_size, memory_budget, rerank)
+    tops: list[tuple[Tensor, Tensor]] = []
+    with torch.no_grad():
+        ent = entity_vecs.detach()
+        for start in range(0, num_q, work.step):
+            stop = min(start + work.step, num_q)
+            scores = work.score(query_vecs[start:stop], ent, start, stop)
+            counter.add(start, scores, work.compare[: stop - start])
+            if k > 0:
+                tops.append(_filtered_topk(scores, counter.excluded(start, stop), k))
+    return _assemble(counter.ranks().cpu(), tops, k, topk, num_q)
+
+
+def _checked_gold(query_vecs: Tensor, entity_vecs: Tensor, gold: Tensor,
+                  known_answers: Sequence[Tensor | Sequence[int]] | QueryAnswers, chunk_size: int, topk: int) -> Tensor:
+    """The input checks of `rank_all_entities`; returns `gold` as a flat long tensor."""
     if query_vecs.ndim != 2 or entity_vecs.ndim != 2 or query_vecs.shape[1] != entity_vecs.shape[1]:
         raise ValueError(
             f"need query_vecs (Q, D) and entity_vecs (E, D), got {tuple(query_vecs.shape)} "
             f"and {tuple(entity_vecs.shape)}"
         )
-    num_q, num_e = query_vecs.shape[0], entity_vecs.shape[0]
+    num_q = query_vecs.shape[0]
     gold = torch.as_tensor(gold).long().reshape(-1)
     if gold.shape[0] != num_q or len(known_answers) != num_q:
         raise ValueError(f"gold ({gold.shape[0]}) and known_answers ({len(known_answers)}) must have {num_q} entries")
@@ -124,77 +147,107 @@ def rank_all_entities(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if topk < 0:
         raise ValueError(f"topk must be >= 0, got {topk}")
-    device = entity_vecs.device
-    do_rerank = rerank_hops > 0 and rerank_weight != 0
-    nbrs: Neighbourhoods | None = None
-    if do_rerank:
+    return gold
+
+
+@dataclass
+class _RerankLookup:
+    """What the graph re-ranking needs per query, looked up once: the heads' neighbourhoods, each query's slot in
+    them and the weighted bit table."""
+
+    nbrs: Neighbourhoods
+    slots: Tensor
+    table: Tensor
+
+    @classmethod
+    def build(cls, heads: Tensor | None, adjacency: Neighbourhoods | NeighbourGraph | Adjacency | None, hops: int,
+              weight: float, num_q: int, num_e: int, device: torch.device,
+              memory_budget: int | None) -> _RerankLookup:
         if heads is None or adjacency is None:
             raise ValueError("re-ranking needs both heads and adjacency")
         heads = torch.as_tensor(heads).long().reshape(-1)
         if heads.shape[0] != num_q:
             raise ValueError(f"heads has {heads.shape[0]} entries for {num_q} queries")
         heads = heads.to(device)
-        nbrs = _neighbourhoods(adjacency, heads, rerank_hops, num_e, device, memory_budget)
-
-    k = min(topk, num_e)
-    id_parts: list[Tensor] = []
-    score_parts: list[Tensor] = []
-
-    # One workspace for all chunks (scores, comparison results): a fresh (chunk, E) block per chunk would be
-    # released to the allocator each time and, with glibc's growing mmap threshold, kept as fragmented
-    # heap, so resident memory grew with the number of chunks instead of staying at one chunk's working
-    # set. Known answers are never a (chunk, E) mask: the counter subtracts them, top-k overwrites them.
-    # Everything per query (known answers, neighbourhood rows, the weighted bit table) is looked up once,
-    # so a chunk runs a fixed handful of operations: a busy machine pays per operation, not per element.
-    low_precision = entity_vecs.dtype != torch.float32
-    rows_max = query_chunk_rows(num_e, entity_vecs.shape[1], num_q, chunk_size=chunk_size,
-                                memory_budget=memory_budget, rerank=nbrs is not None,
-                                dtype_bytes=entity_vecs.element_size())
-    step = max(rows_max, 1)
-    score_buf = torch.empty(rows_max, num_e, device=device)
-    compare_buf = torch.empty(rows_max, num_e, device=device)
-    known_rows, known_cols = _known_pairs(known_answers, device)
-    counter = RankCounter(gold, num_e, known_rows, known_cols, device=device)
-    del known_rows, known_cols  # the counter keeps its own copies
-    if low_precision:  # float32 copy of a block of entity rows at a time, never of the whole matrix
-        block_rows = min(UPCAST_BLOCK_ROWS, num_e)
-        upcast_buf = torch.empty(block_rows, entity_vecs.shape[1], device=device)
-    if nbrs is not None:
+        nbrs = _neighbourhoods(adjacency, heads, hops, num_e, device, memory_budget)
         slots = nbrs.checked_slots(heads)
-        table = nbrs.table(float(rerank_weight), torch.float32)  # the weight as SimKGC's float32 bonus holds it
-        bonus_buf = torch.empty(rows_max * nbrs.unpacked_width, device=device)
+        table = nbrs.table(float(weight), torch.float32)  # the weight as SimKGC's float32 bonus holds it
+        return cls(nbrs, slots, table)
 
-    with torch.no_grad():
-        ent = entity_vecs.detach()
-        for start in range(0, num_q, step):
-            stop = min(start + step, num_q)
-            n = stop - start
-            q = query_vecs[start:stop].to(device=device, dtype=torch.float32)
-            if low_precision:
-                scores = score_buf[:n]
-                for e0 in range(0, num_e, block_rows):
-                    e1 = min(e0 + block_rows, num_e)
-                    block = upcast_buf[: e1 - e0].copy_(ent[e0:e1])
-                    torch.mm(q, block.T, out=scores[:, e0:e1])
-            else:
-                scores = torch.mm(q, ent.T, out=score_buf[:n])
-            if nbrs is not None:  # + weight once per (query, neighbour); + 0 elsewhere changes nothing
-                scores.add_(nbrs.unpack(slots[start:stop], table, out=bonus_buf))
-            counter.add(start, scores, compare_buf[:n])
-            if k > 0:
-                rows, cols = counter.excluded(start, stop)  # known answers but the gold
-                scores[rows, cols] = float("-inf")
-                filtered = scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-                top_s, top_i = filtered.topk(k, dim=1)
-                top_i = top_i.masked_fill(torch.isneginf(top_s), -1)
-                id_parts.append(top_i)
-                score_parts.append(top_s)
 
-    ranks = counter.ranks().cpu()
-    if k > 0 and not id_parts:  # no queries
+@dataclass
+class _Workspace:
+    """One workspace for all chunks (scores, comparison results): a fresh (chunk, E) block per chunk would be
+    released to the allocator each time and, with glibc's growing mmap threshold, kept as fragmented heap, so
+    resident memory grew with the number of chunks instead of staying at one chunk's working set. Known answers
+    are never a (chunk, E) mask: the counter subtracts them, top-k overwrites them. Everything per query (known
+    answers, neighbourhood rows, the weighted bit table) is looked up once, so a chunk runs a fixed handful of
+    operations: a busy machine pays per operation, not per element."""
+
+    step: int  # queries per chunk
+    scores: Tensor  # (rows, E) float32
+    compare: Tensor  # (rows, E), the counter's comparison results
+    upcast: Tensor | None  # (block rows, D) float32: a low-precision entity matrix, a block of rows at a time
+    rerank: _RerankLookup | None
+    bonus: Tensor | None  # rows * unpacked width, the re-ranking bonus of a chunk
+
+    @classmethod
+    def allocate(cls, entity_vecs: Tensor, num_q: int, chunk_size: int, memory_budget: int | None,
+                 rerank: _RerankLookup | None) -> _Workspace:
+        num_e, dim, device = entity_vecs.shape[0], entity_vecs.shape[1], entity_vecs.device
+        rows_max = query_chunk_rows(num_e, dim, num_q, chunk_size=chunk_size, memory_budget=memory_budget,
+                                    rerank=rerank is not None, dtype_bytes=entity_vecs.element_size())
+        scores = torch.empty(rows_max, num_e, device=device)
+        compare = torch.empty(rows_max, num_e, device=device)
+        upcast = (torch.empty(min(UPCAST_BLOCK_ROWS, num_e), dim, device=device)
+                  if entity_vecs.dtype != torch.float32 else None)  # never a float32 copy of the whole matrix
+        bonus = (torch.empty(rows_max * rerank.nbrs.unpacked_width, device=device)
+                 if rerank is not None else None)
+        return cls(max(rows_max, 1), scores, compare, upcast, rerank, bonus)
+
+    def score(self, queries: Tensor, ent: Tensor, start: int, stop: int) -> Tensor:
+        """The float32 scores of queries `start:stop` (given as `queries`) against every entity, plus the
+        re-ranking bonus: a view of the workspace."""
+        q = queries.to(device=ent.device, dtype=torch.float32)
+        scores = self.scores[: stop - start]
+        if self.upcast is not None:
+            block_rows = self.upcast.shape[0]
+            for e0 in range(0, ent.shape[0], block_rows):
+                e1 = min(e0 + block_rows, ent.shape[0])
+                block = self.upcast[: e1 - e0].copy_(ent[e0:e1])
+                torch.mm(q, block.T, out=scores[:, e0:e1])
+        else:
+            scores = torch.mm(q, ent.T, out=scores)
+        if self.rerank is not None:  # + weight once per (query, neighbour); + 0 elsewhere changes nothing
+            r = self.rerank
+            scores.add_(r.nbrs.unpack(r.slots[start:stop], r.table, out=self.bonus))
+        return scores
+
+
+def _rank_counter(gold: Tensor, known_answers: Sequence[Tensor | Sequence[int]] | QueryAnswers, num_e: int,
+                  device: torch.device) -> RankCounter:
+    """The counter of every query's rank, with the known answers it subtracts (it keeps its own copies)."""
+    known_rows, known_cols = _known_pairs(known_answers, device)
+    return RankCounter(gold, num_e, known_rows, known_cols, device=device)
+
+
+def _filtered_topk(scores: Tensor, excluded: tuple[Tensor, Tensor], k: int) -> tuple[Tensor, Tensor]:
+    """(ids, scores) of a chunk's `k` best entities, known answers but the gold (`excluded`) and NaN scores left
+    out (they overwrite `scores`); a slot without a candidate has id -1 and score -inf."""
+    rows, cols = excluded
+    scores[rows, cols] = float("-inf")
+    filtered = scores.nan_to_num_(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
+    top_s, top_i = filtered.topk(k, dim=1)
+    return top_i.masked_fill(torch.isneginf(top_s), -1), top_s
+
+
+def _assemble(ranks: Ranks, tops: list[tuple[Tensor, Tensor]], k: int, topk: int, num_q: int) -> RankingOutput:
+    """The ranks and, when asked for, the chunks' top-k joined on CPU (empty tensors without queries or
+    entities)."""
+    if k > 0 and not tops:  # no queries
         return RankingOutput(ranks, torch.empty(0, k, dtype=torch.long), torch.empty(0, k))
     if k > 0:
-        return RankingOutput(ranks, torch.cat(id_parts).cpu(), torch.cat(score_parts).cpu())
+        return RankingOutput(ranks, torch.cat([i for i, _ in tops]).cpu(), torch.cat([s for _, s in tops]).cpu())
     if topk > 0:  # no entities at all
         return RankingOutput(ranks, torch.empty(num_q, 0, dtype=torch.long), torch.empty(num_q, 0))
     return RankingOutput(ranks, None, None)
