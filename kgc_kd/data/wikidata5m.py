@@ -129,69 +129,109 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
     d = Path(directory)
     files = {s: split_path(d, s, variant) for s in SPLITS}
     notes: dict[str, int] = {}
-
-    def repeated(path: Path, n: int, line: int) -> None:
-        if n:
-            warn(f"{path}:{line}: {n} id{'s' if n != 1 else ''} with a second line; the later line is used "
-                 "(as SimKGC reads the file)")
-            notes[f"{path.name}.repeated_ids"] = n
-
-    rels = read_id_table(d / RELATION_FILE, "alias", words=RELATION_WORDS)
-    repeated(d / RELATION_FILE, rels.repeats, rels.first_repeat)
-    ents = read_id_table(d / ENTITY_FILE, "alias", words=NAME_WORDS)
-    repeated(d / ENTITY_FILE, ents.repeats, ents.first_repeat)
-
+    rels = _read_alias_table(d / RELATION_FILE, RELATION_WORDS, notes)
+    ents = _read_alias_table(d / ENTITY_FILE, NAME_WORDS, notes)
     # graph ids of kept triples without text (no line, or an empty alias) -> (file, line) of their first triple
     textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]] = ({}, {})
-    splits = {}
-    for split, path in files.items():  # train first: ids added for valid/test below never reach train
-        out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes)
-        dropped, first_dropped = 0, None
-        for lineno, (h, r, t) in read_rows(path, 3):
-            rows = ents.row.get(h), rels.row.get(r), ents.row.get(t)
-            if None in rows:
-                kind, key, file = next(k for k, row in zip((("head", h, ENTITY_FILE), ("relation", r, RELATION_FILE),
-                                                            ("tail", t, ENTITY_FILE)), rows) if row is None)
-                missing = f"{kind} {key!r} has no line in {file}"
-                if split == "train":  # SimKGC's preprocess drops these from train only
-                    dropped += 1
-                    first_dropped = first_dropped or (lineno, missing)
-                    continue
-                if drop_unknown:
-                    out.unknown_id(lineno, missing)
-                    continue
-                # kept as SimKGC keeps them: the id joins its table without text
-                rows = tuple(table.add(key, "") if row is None and key not in table.row else table.row[key]
-                             for key, row, table in ((h, rows[0], ents), (r, rows[1], rels), (t, rows[2], ents)))
-            fh, fr, ft = rows
-            if not (ents.texts[fh] and rels.texts[fr] and ents.texts[ft]):
-                for key, text, seen in ((h, ents.texts[fh], textless[0]), (r, rels.texts[fr], textless[1]),
-                                        (t, ents.texts[ft], textless[0])):
-                    if not text:
-                        seen.setdefault(key, (path, lineno))
-            out.add(lineno, (ents.index(fh), rels.index(fr), ents.index(ft)))
-        if dropped:
-            line, what = first_dropped
-            warn(f"{path}:{line}: {dropped} train triple{'s' if dropped != 1 else ''} dropped: a head, relation or "
-                 f"tail without text (SimKGC's preprocess drops them), first at line {line}: {what}")
-            notes["train.without_text_dropped"] = dropped
-        splits[split] = out.finish()
+    splits = {split: _read_split(path, split, ents, rels, textless, drop_unknown=drop_unknown, notes=notes)
+              for split, path in files.items()}  # train first: ids added for valid/test below never reach train
+    entity_ids, entity_names = _graph_ids_and_texts(ents)
+    relation_ids, relation_texts = _graph_ids_and_texts(rels)
+    _report_textless(textless, len(entity_ids), len(relation_ids), notes)
+    _check_relation_texts(relation_ids, relation_texts, d / RELATION_FILE)
+    descs = _read_descriptions(d / TEXT_FILE, ents, entity_ids, notes)
+    del ents
+    return KG(name=d.name, entity_ids=entity_ids, entity_names=entity_names, entity_descs=descs,
+              relation_ids=relation_ids, relation_texts=relation_texts, source=f"wikidata5m:{d}", notes=notes,
+              **splits)
 
-    entity_ids = [ents.ids[row] for row in ents.order]
-    entity_names = [ents.texts[row] or ents.ids[row] for row in ents.order]
-    relation_ids = [rels.ids[row] for row in rels.order]
-    relation_texts = [rels.texts[row] or rels.ids[row] for row in rels.order]
-    for kind, seen, total, file, used in (("entities", textless[0], len(entity_ids), ENTITY_FILE, "names"),
-                                          ("relations", textless[1], len(relation_ids), RELATION_FILE, "texts")):
+
+def _note_repeats(path: Path, n: int, line: int, notes: dict[str, int]) -> None:
+    """Ids with a second line in `path` (the first at `line`): one warning, counted in `notes`."""
+    if n:
+        warn(f"{path}:{line}: {n} id{'s' if n != 1 else ''} with a second line; the later line is used "
+             "(as SimKGC reads the file)")
+        notes[f"{path.name}.repeated_ids"] = n
+
+
+def _read_alias_table(path: Path, words: int, notes: dict[str, int]) -> IdTable:
+    """An alias file (entities or relations) as an `IdTable`, its repeated ids reported."""
+    table = read_id_table(path, "alias", words=words)
+    _note_repeats(path, table.repeats, table.first_repeat, notes)
+    return table
+
+
+def _read_split(path: Path, split: str, ents: IdTable, rels: IdTable,
+                textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]], *, drop_unknown: bool,
+                notes: dict[str, int]):
+    """One split file's triples as graph indices (`TripleCollector.finish`), numbering entities and relations
+    on first appearance. A triple with an id without an alias line: dropped from train (reported once), in
+    valid/test dropped with `drop_unknown`, else kept with the id added to its table without text. Ids
+    without text of the kept triples are remembered in `textless` (entities, relations)."""
+    out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes)
+    dropped, first_dropped = 0, None
+    for lineno, (h, r, t) in read_rows(path, 3):
+        rows = ents.row.get(h), rels.row.get(r), ents.row.get(t)
+        if None in rows:
+            missing = _missing_line(h, r, t, rows)
+            if split == "train":  # SimKGC's preprocess drops these from train only
+                dropped += 1
+                first_dropped = first_dropped or (lineno, missing)
+                continue
+            if drop_unknown:
+                out.unknown_id(lineno, missing)
+                continue
+            rows = _add_without_text(h, r, t, rows, ents, rels)
+        fh, fr, ft = rows
+        if not (ents.texts[fh] and rels.texts[fr] and ents.texts[ft]):
+            for key, text, seen in ((h, ents.texts[fh], textless[0]), (r, rels.texts[fr], textless[1]),
+                                    (t, ents.texts[ft], textless[0])):
+                if not text:
+                    seen.setdefault(key, (path, lineno))
+        out.add(lineno, (ents.index(fh), rels.index(fr), ents.index(ft)))
+    if dropped:
+        line, what = first_dropped
+        warn(f"{path}:{line}: {dropped} train triple{'s' if dropped != 1 else ''} dropped: a head, relation or "
+             f"tail without text (SimKGC's preprocess drops them), first at line {line}: {what}")
+        notes["train.without_text_dropped"] = dropped
+    return out.finish()
+
+
+def _missing_line(h: str, r: str, t: str, rows: tuple[int | None, int | None, int | None]) -> str:
+    """What the first id of a triple without an alias line is, for the messages."""
+    kind, key, file = next(k for k, row in zip((("head", h, ENTITY_FILE), ("relation", r, RELATION_FILE),
+                                                ("tail", t, ENTITY_FILE)), rows) if row is None)
+    return f"{kind} {key!r} has no line in {file}"
+
+
+def _add_without_text(h: str, r: str, t: str, rows: tuple[int | None, int | None, int | None], ents: IdTable,
+                      rels: IdTable) -> tuple[int, int, int]:
+    """A valid/test triple kept as SimKGC keeps it: each id without a line joins its table without text."""
+    return tuple(table.add(key, "") if row is None and key not in table.row else table.row[key]
+                 for key, row, table in ((h, rows[0], ents), (r, rows[1], rels), (t, rows[2], ents)))
+
+
+def _graph_ids_and_texts(table: IdTable) -> tuple[list[str], list[str]]:
+    """The ids of the graph's rows in graph order and their texts (an id stands in for a missing text)."""
+    return ([table.ids[row] for row in table.order],
+            [table.texts[row] or table.ids[row] for row in table.order])
+
+
+def _report_textless(textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]], num_entities: int,
+                     num_relations: int, notes: dict[str, int]) -> None:
+    """One warning each for the graph's entities and relations without text, counted in `notes`."""
+    for kind, seen, total, file, used in (("entities", textless[0], num_entities, ENTITY_FILE, "names"),
+                                          ("relations", textless[1], num_relations, RELATION_FILE, "texts")):
         if seen:
             key, (path, line) = next(iter(seen.items()))
             warn(f"{path}:{line}: {len(seen)} of {total} {kind} have no text in {file} (no line, or an empty "
                  f"alias); their ids are used as {used}, e.g. {key!r}")
             notes[f"{kind}_without_text"] = len(seen)
-    _check_relation_texts(relation_ids, relation_texts, d / RELATION_FILE)
 
-    # descriptions of the graph's entities only: all fields after the id, joined by spaces, cut to 30 words
-    text_path = d / TEXT_FILE
+
+def _read_descriptions(text_path: Path, ents: IdTable, entity_ids: list[str], notes: dict[str, int]) -> list[str]:
+    """Descriptions of the graph's entities only (in graph order): all fields after the id, joined by spaces,
+    cut to 30 words; repeated ids (the later line wins) and entities without a line reported."""
     descs = [""] * len(entity_ids)
     have = bytearray(len(entity_ids))
     repeats, first_repeat = 0, 0
@@ -205,17 +245,14 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
             first_repeat = first_repeat or lineno
         have[g] = 1
         descs[g] = truncate_words(" ".join(fields[1:]), DESCRIPTION_WORDS)
-    del ents
-    repeated(text_path, repeats, first_repeat)
+    _note_repeats(text_path, repeats, first_repeat, notes)
     without = len(entity_ids) - sum(have)
     if without:
         e = entity_ids[have.index(0)]
         warn(f"{text_path}: {without} of {len(entity_ids)} entities have no description line; their descriptions "
              f"are empty, e.g. {e!r}")
         notes["entities_without_description"] = without
-    return KG(name=d.name, entity_ids=entity_ids, entity_names=entity_names, entity_descs=descs,
-              relation_ids=relation_ids, relation_texts=relation_texts, source=f"wikidata5m:{d}", notes=notes,
-              **splits)
+    return descs
 
 
 def _check_relation_texts(relation_ids: list[str], relation_texts: list[str], path: Path) -> None:
