@@ -48,8 +48,9 @@ COMPARE_ARGS ?= --objectives none,pmd,makd,pmd_makd --seeds 3 config=conf/experi
 compare:  ## objectives x seeds on one teacher (UMLS): runs/compare/<name>/compare.md (~1 h 30 min on 2 CPU cores)
 	$(PYTHON) -m kgc_kd.compare $(COMPARE_ARGS)
 
+# experiments/bench: not in the package; BENCH_ARGS="--rerank-data DIR" adds the rerank section (WN18RR, KG-BERT layout)
 bench:  ## benchmark harness: runs/bench/bench.json + bench.md (MiniLM on UMLS; ~25 min on 2 CPU cores)
-	WANDB_MODE=disabled $(PYTHON) -m kgc_kd.bench $(BENCH_ARGS)
+	WANDB_MODE=disabled $(PYTHON) -m experiments.bench $(BENCH_ARGS)
 
 clean:  ## remove run outputs and caches
 	rm -rf runs lightning_logs .pytest_cache

@@ -1,4 +1,4 @@
-"""The benchmark harness (kgc_kd/bench): its primitives exactly, and the whole CLI once on a tiny model.
+"""The benchmark harness (experiments/bench): its primitives exactly, and the whole CLI once on a tiny model.
 
 No upper-bound timing assertions: the machine may be busy. Sleeps give lower bounds; counts, FLOPs,
 shapes and the JSON/Markdown structure are exact.
@@ -13,8 +13,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from kgc_kd.bench import evaluation, measure, peak
-from kgc_kd.bench.table import format_tables
+from experiments.bench import evaluation, measure, peak
+from experiments.bench.table import format_tables
 
 
 # ---- measure.timed / summarize ------------------------------------------------------------------------------
@@ -205,8 +205,8 @@ def test_rerank_evaluation_measures_the_reranked_ranking(tmp_path):
 
 
 def test_rerank_section_without_data_is_skipped_or_an_error(tmp_path, tiny_plm_dir, capsys, monkeypatch):
-    from kgc_kd.bench import __main__ as bench_main
-    from kgc_kd.bench.__main__ import main
+    from experiments.bench import __main__ as bench_main
+    from experiments.bench.__main__ import main
 
     assert "rerank" in bench_main.SECTIONS
     absent = tmp_path / "no-wn18rr"
@@ -227,6 +227,19 @@ def test_rerank_section_without_data_is_skipped_or_an_error(tmp_path, tiny_plm_d
     assert "rerank section skipped: no WN18RR" in capsys.readouterr().err
     md = (tmp_path / "b" / "bench.md").read_text()
     assert f"## Re-ranked filtered ranking\n\nskipped: no WN18RR in the KG-BERT layout at {absent}" in md
+
+
+def test_rerank_section_without_rerank_data_is_skipped_or_an_error(tmp_path, tiny_plm_dir, capsys):
+    """No --rerank-data: the default run skips the section (the benchmark reads no data outside what it is
+    given); named in --sections it is an error before anything is written."""
+    from experiments.bench.__main__ import main, rerank_skip_reason
+
+    assert rerank_skip_reason(None) == "no --rerank-data DIR (WN18RR in the KG-BERT layout) given"
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path / "b" / "bench.json"), f"model.plm={tiny_plm_dir}", "--sections", "rerank"])
+    assert exc.value.code == 2
+    assert "error: rerank section: no --rerank-data DIR" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
 
 
 # ---- table.format_tables ------------------------------------------------------------------------------------
@@ -282,7 +295,7 @@ def bench_argv(tmp_path, plm, *extra) -> list[str]:
 
 
 def test_whole_harness_on_a_tiny_model(tmp_path, tiny_plm_dir, capsys):
-    from kgc_kd.bench.__main__ import main
+    from experiments.bench.__main__ import main
 
     result = main(bench_argv(tmp_path, tiny_plm_dir))
     out = tmp_path / "bench.json"
@@ -349,7 +362,7 @@ def test_whole_harness_on_a_tiny_model(tmp_path, tiny_plm_dir, capsys):
 
 
 def test_sections_select_what_is_measured(tmp_path, tiny_plm_dir):
-    from kgc_kd.bench.__main__ import main
+    from experiments.bench.__main__ import main
 
     b = main(bench_argv(tmp_path, tiny_plm_dir, "--sections", "scaling", "stages"))
     assert "eval_scaling" in b and "stages" in b
@@ -361,7 +374,7 @@ def test_sections_select_what_is_measured(tmp_path, tiny_plm_dir):
 
 
 def test_unknown_config_key_exits_2_naming_it(tmp_path, capsys):
-    from kgc_kd.bench.__main__ import main
+    from experiments.bench.__main__ import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "b" / "bench.json"), "data.no_such_key=1"])
@@ -372,7 +385,7 @@ def test_unknown_config_key_exits_2_naming_it(tmp_path, capsys):
 
 # ---- known gaps ---------------------------------------------------------------------------------------------
 def test_train_step_student_is_built_as_the_chain_builds_it(tiny_plm_dir):
-    from kgc_kd.bench.train_step import build_module
+    from experiments.bench.train_step import build_module
     from kgc_kd.chain.driver import build_datamodule
     from kgc_kd.config import load_config
     from kgc_kd.models.plm import load_tokenizer
@@ -386,12 +399,28 @@ def test_train_step_student_is_built_as_the_chain_builds_it(tiny_plm_dir):
 
 # ---- the command line ---------------------------------------------------------------------------------------
 def test_help_shows_its_options_the_forms_and_the_groups_with_their_presets(capsys):
-    from kgc_kd.bench.__main__ import SECTIONS, main
+    from experiments.bench.__main__ import SECTIONS, main
     from test_cli import check_help
 
-    check_help(capsys, main, "--help", "python -m kgc_kd.bench ",
+    check_help(capsys, main, "--help", "python -m experiments.bench ",
                ("--out", "--sections", "--repeats", *SECTIONS, "config=PATH", "GROUP=PRESET", "key=value",
                 "docs/performance.md"))
+
+
+def test_help_imports_no_torch():
+    """`python -m experiments.bench --help` parses before importing torch, Lightning or the sections."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import runpy, sys\nsys.argv = ['bench', '--help']\ntry:\n    runpy.run_module('experiments.bench', "
+            "run_name='__main__')\nexcept SystemExit as e:\n    assert e.code == 0, e.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'lightning', 'transformers')))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: python -m experiments.bench" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("argv,named", [
@@ -400,7 +429,7 @@ def test_help_shows_its_options_the_forms_and_the_groups_with_their_presets(caps
     (["--sections", "eval", "--", "data.source=/no/such/kg"], "error: "),  # found after parsing: still exit 2
 ])
 def test_bad_option_or_data_exits_2_before_anything_is_written(tmp_path, tiny_plm_dir, capsys, argv, named):
-    from kgc_kd.bench.__main__ import main
+    from experiments.bench.__main__ import main
 
     with pytest.raises(SystemExit) as exc:
         main(["--out", str(tmp_path / "b" / "bench.json"), f"model.plm={tiny_plm_dir}", *argv])
@@ -413,7 +442,7 @@ def test_bad_option_or_data_exits_2_before_anything_is_written(tmp_path, tiny_pl
 def test_scale_fractions_parse_exactly():
     from fractions import Fraction
 
-    from kgc_kd.bench.scale import entities_at, fraction_label, parse_fraction
+    from experiments.bench.scale import entities_at, fraction_label, parse_fraction
 
     assert parse_fraction("1/50") == Fraction(1, 50) and parse_fraction("0.1") == Fraction(1, 10)
     assert fraction_label(Fraction(1, 50)) == "1/50" and fraction_label(Fraction(3, 100)) == "0.03"
@@ -424,7 +453,7 @@ def test_scale_fractions_parse_exactly():
 
 
 def test_scale_fit_is_least_squares_and_a_measured_full_size_wins():
-    from kgc_kd.bench.scale import extrapolate, fit_line
+    from experiments.bench.scale import extrapolate, fit_line
 
     assert fit_line([(10, 3.0), (30, 7.0)]) == pytest.approx((1.0, 0.2))  # the line through both
     assert fit_line([(0, 1.0), (1, 3.0), (2, 2.0)]) == pytest.approx((1.5, 0.5))  # by hand
@@ -441,7 +470,7 @@ def test_scale_fit_is_least_squares_and_a_measured_full_size_wins():
 def test_scale_step_memory_is_growth_over_the_start(monkeypatch):
     """A step that peaks at 192 MiB and keeps 64 MiB: the runner reports those growths (plus slack for the
     allocator), positive seconds and the threads it set."""
-    from kgc_kd.bench import scale_steps
+    from experiments.bench import scale_steps
 
     def alloc_step(args):
         def measure():
@@ -464,23 +493,13 @@ def test_scale_step_memory_is_growth_over_the_start(monkeypatch):
         assert 60 <= row["kept_growth_mib"] <= 100
 
 
-def test_scale_step_not_available_is_reported_not_raised(monkeypatch):
-    from kgc_kd.bench import scale_steps
-
-    def missing(args):
-        raise scale_steps.NotAvailable("no such part")
-
-    monkeypatch.setitem(scale_steps.STEPS, "missing", missing)
-    assert scale_steps.run_step("missing", {})["not_available"] == "no such part"
-
-
 @pytest.mark.slow
 def test_scale_section_at_a_tiny_fraction(tmp_path, tiny_plm_dir):
     """`--sections scale` at 1/5000 of Wikidata5M (919 entities) and a 2,000-entity collate graph: every step
     ran in its own process, with positive seconds and memory figures; the fits pass through what was
     measured; the cache is written by the first run and read by the second; targets and tables are there."""
-    from kgc_kd.bench import scale
-    from kgc_kd.bench.__main__ import main
+    from experiments.bench import scale
+    from experiments.bench.__main__ import main
 
     b = main(["--out", str(tmp_path / "bench.json"), "--sections", "scale", "--scale-fractions", "1/5000",
               "--scale-link-graph-fractions", "1/5000", "--scale-collate-entities", "2000", "--scale-threads", "1", "2",
@@ -533,5 +552,5 @@ def test_scale_section_at_a_tiny_fraction(tmp_path, tiny_plm_dir):
     reads = next(t for t in s["targets"] if t["target"] == "second run reads the cached table")
     assert reads["pass"] is True and reads["from"] == "measured"
     md = (tmp_path / "bench.md").read_text()
-    assert "## Scale: Wikidata5M-sized graphs" in md and "### Targets (issue 21)" in md
+    assert "## Scale: Wikidata5M-sized graphs" in md and "### Targets" in md
     assert "| tokens | 1/5000 | run=second |" in md and "cache read" in md

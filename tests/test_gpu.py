@@ -381,7 +381,7 @@ def test_precision_and_matmul_follow_the_real_device():
 
 
 def test_throughput_and_peak_memory_measure_cuda_work():
-    from kgc_kd.bench.measure import PeakMemory, timed
+    from experiments.bench.measure import PeakMemory, timed
 
     dm = _dm()
     net = BiEncoder(make_tiny_bert(dropout=0.0)).to(CUDA).eval()
@@ -396,7 +396,7 @@ def test_throughput_and_peak_memory_measure_cuda_work():
 
 
 def test_the_benchmark_defaults_to_the_gpu_and_names_it():
-    from kgc_kd.bench.__main__ import machine, parse
+    from experiments.bench.__main__ import machine, parse
 
     assert parse([]).device == "cuda"
     assert machine()["gpu"] == torch.cuda.get_device_name(0)

@@ -267,7 +267,7 @@ def reference_in_batch_mask(triples: torch.Tensor, kt: KnownTriples) -> tuple[to
 def _wikidata_like_batches(seed: int):
     """A Wikidata-shaped graph (train + inverse rows), its KnownTriples, a generator and batches drawn at random,
     from the heaviest queries only, and with repeated rows."""
-    from kgc_kd.data.synthetic import wikidata_like_triples
+    from experiments.bench.wikidata_like import wikidata_like_triples
 
     n, r = 3000, 12
     tr = wikidata_like_triples(n, num_relations=r, mid_hubs=20, seed=seed)

@@ -30,10 +30,10 @@ Extrapolation: each figure of each step (per run / thread count) is fitted as co
 squares through the fractions (two fractions: the line through both; one: b * n), n the step's size
 (entities; triples for the filter; train + inverse keys for the collate), and evaluated at Wikidata5M's n;
 bench.json keeps the fit's a, b and n with the measured rows. A step measured at full size (the collate
-at 41.2M keys) reports that measurement as its full-scale value. The issue's targets sit beside their
-figures with pass / fail: measured where the stated scale was run, else from the fit (said so).
-A step whose code is not in the checkout reports {"not_available": why}; a failed step {"error": ...};
-neither stops the section.
+at 41.2M keys) reports that measurement as its full-scale value. The targets (`targets`: what a
+Wikidata5M run needs of the host, docs/performance.md) sit beside their figures with pass / fail: measured
+where the stated scale was run, else from the fit (said so). A failed step reports {"error": ...} and does
+not stop the section.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-from kgc_kd.data.synthetic import TRIPLES_PER_ENTITY, WIKIDATA5M
+from experiments.bench import child_env
+from experiments.bench.wikidata_like import TRIPLES_PER_ENTITY, WIKIDATA5M
 
 DEFAULT_FRACTIONS = ("1/50", "1/10")
 FULL_N = {"entities": WIKIDATA5M["entities"], "triples": WIKIDATA5M["train"] + WIKIDATA5M["valid"] + WIKIDATA5M["test"],
           "keys": 2 * WIKIDATA5M["train"]}
-GB = 1e9 / 2**20  # MiB in a GB (the issue's targets are in GB)
+GB = 1e9 / 2**20  # MiB in a GB (the targets are in GB)
 # evaluation at full scale: every test triple in both directions (SimKGC's evaluation of Wikidata5M)
 FULL_EVAL_QUERIES = 2 * WIKIDATA5M["test"]
 
@@ -137,7 +138,7 @@ def group_label(row: dict, keys: tuple[str, ...]) -> str:
 
 def summarize_step(name: str, rows: list[dict]) -> dict:
     what, n_of, keys, figures = STEPS[name]
-    ok = [r for r in rows if "error" not in r and "not_available" not in r]
+    ok = [r for r in rows if "error" not in r]
     full_scale: dict[str, dict] = {}
     for r in ok:
         full_scale.setdefault(group_label(r, keys), {})
@@ -145,11 +146,7 @@ def summarize_step(name: str, rows: list[dict]) -> dict:
         group = [r for r in ok if group_label(r, keys) == label]
         fits = {f: extrapolate(group, f, n_of, FULL_N[n_of]) for f in figures}
         full_scale[label] = {f: v for f, v in fits.items() if v is not None}
-    out = {"what": what, "n_of": n_of, "group_by": list(keys), "measured": rows, "full_scale": full_scale}
-    missing = [r for r in rows if "not_available" in r]
-    if missing and not ok:
-        out["not_available"] = missing[0]["not_available"]
-    return out
+    return {"what": what, "n_of": n_of, "group_by": list(keys), "measured": rows, "full_scale": full_scale}
 
 
 def compose_train_collate(steps: dict) -> None:
@@ -180,10 +177,10 @@ def compose_train_collate(steps: dict) -> None:
 
 # ---- running the steps --------------------------------------------------------------------------------------
 def run_child(step: str, args: dict, *, label: str = "") -> dict:
-    """One step in a fresh `python -m kgc_kd.bench.scale_steps` process: its JSON line, or {"error": ...}."""
-    cmd = [sys.executable, "-m", "kgc_kd.bench.scale_steps", step, json.dumps(args)]
+    """One step in a fresh `python -m experiments.bench.scale_steps` process: its JSON line, or {"error": ...}."""
+    cmd = [sys.executable, "-m", "experiments.bench.scale_steps", step, json.dumps(args)]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     wall = time.perf_counter() - start
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
@@ -192,19 +189,15 @@ def run_child(step: str, args: dict, *, label: str = "") -> dict:
         row = json.loads(lines[-1])
     row["process_wall_s"] = wall
     what = (f"{row['seconds']:.2f} s, peak +{row['peak_growth_mib']:.0f} MiB" if "seconds" in row
-            else row.get("not_available") or row.get("error", "").splitlines()[-1:])
+            else row.get("error", "").splitlines()[-1:])
     print(f"scale: {step} {label}: {what} ({wall:.0f} s with start-up)", file=sys.stderr, flush=True)
     return row
 
 
 def eval_plan(dims: tuple[int, ...] = (384, 768), *, dtype_bytes: int = 2) -> dict:
     """The GPU evaluation's memory plan at Wikidata5M's size (arithmetic, no measurement)."""
-    try:
-        from kgc_kd.eval.memory_plan import evaluation_memory_plan
-    except ImportError as err:
-        return {"not_available": f"kgc_kd.eval.memory_plan.evaluation_memory_plan: {err}"}
     from kgc_kd.config import EvalCfg
-    from kgc_kd.eval.memory_plan import budget_bytes
+    from kgc_kd.eval.memory_plan import budget_bytes, evaluation_memory_plan
 
     # as a run evaluates: the default eval.memory_budget_gb and chunk_size; with SimKGC's re-ranking the
     # neighbourhoods of every validation and test head (both directions) are held (datamodule cache)
@@ -304,7 +297,7 @@ def scale_section(work_dir: str | Path, *, plm: str, fractions: list[Fraction], 
                     label=f"{fraction_label(small)} {eval_dim}-d")
     cpu["fraction"] = fraction_label(small)
     plan = eval_plan()
-    if "seconds" in cpu and "not_available" not in plan:
+    if "seconds" in cpu:
         from kgc_kd.eval.memory_plan import evaluation_memory_plan
 
         cpu["plan_fp32"] = evaluation_memory_plan(cpu["num_entities"], cpu["dim"], cpu["num_queries"], dtype_bytes=4,
@@ -324,7 +317,7 @@ def scale_section(work_dir: str | Path, *, plm: str, fractions: list[Fraction], 
     return result
 
 
-# ---- the issue's targets ------------------------------------------------------------------------------------
+# ---- the targets -----------------------------------------------------------------------------------------
 def _at_scale(step: dict, figure: str, fraction: Fraction, group: str) -> tuple[float | None, str]:
     """A step's figure at `fraction` of Wikidata5M for one group: measured there, else from the fit."""
     n_of, keys = step["n_of"], tuple(step["group_by"])
@@ -364,7 +357,7 @@ def targets(result: dict) -> list[dict]:
     out.append(_target("second run reads the cached table", all(r["read_cache"] for r in second) if second else None,
                        True, "", "measured" if second else "not measured", at="every fraction", below=False))
     plan = result["eval_plan"]
-    total = plan_total(plan["plans"].get("768+rerank", {})) if "plans" in plan else None
+    total = plan_total(plan["plans"].get("768+rerank", {}))
     out.append(_target("evaluation memory plan, 768-d bf16, re-rank on", None if total is None else total / 2**30, 40.0, "GiB",
-                       "plan" if total is not None else plan.get("not_available", "not available"), at="full scale"))
+                       "plan", at="full scale"))
     return out

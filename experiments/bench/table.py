@@ -103,8 +103,6 @@ def _scale_detail(r: dict) -> str:
     """A measured scale row's own figures, in words."""
     if "error" in r:
         return "error: " + r["error"].strip().splitlines()[-1][:120]
-    if "not_available" in r:
-        return "not available: " + r["not_available"]
     parts = []
     if "median_ms" in r:
         parts.append(f"median {r['median_ms']:.1f} ms, max {r['max_ms']:.1f} ms per {r['batch_size']}-batch "
@@ -153,17 +151,14 @@ def scale_tables(s: dict) -> list[str]:
     lines += _table(["step", "run", "figure", "at full scale", "from"], rows)
     plan = s["eval_plan"]
     lines.append("")
-    if "plans" in plan:
-        lines += [f"### Evaluation memory plan at full scale ({plan['num_entities']:,} entities, "
-                  f"{plan['num_queries']:,} queries, {8 * plan['dtype_bytes']}-bit vectors)", ""]
-        lines += _table(["dim", "held GiB", "ranking scratch GiB", "total GiB", "bytes per entity"],
-                        [[d, _f(p.get("held_bytes") and p["held_bytes"] / 2**30, "{:.2f}"),
-                          _f(p.get("ranking_scratch_bytes") and p["ranking_scratch_bytes"] / 2**30, "{:.2f}"),
-                          _f(p.get("total_bytes") and p["total_bytes"] / 2**30, "{:.2f}"),
-                          _f(p.get("bytes_per_entity"), "{:.0f}")] for d, p in plan["plans"].items()])
-        lines.append("")
-    else:
-        lines += [f"Evaluation memory plan: not available ({plan.get('not_available')})", ""]
+    lines += [f"### Evaluation memory plan at full scale ({plan['num_entities']:,} entities, "
+              f"{plan['num_queries']:,} queries, {8 * plan['dtype_bytes']}-bit vectors)", ""]
+    lines += _table(["dim", "held GiB", "ranking scratch GiB", "total GiB", "bytes per entity"],
+                    [[d, _f(p.get("held_bytes") and p["held_bytes"] / 2**30, "{:.2f}"),
+                      _f(p.get("ranking_scratch_bytes") and p["ranking_scratch_bytes"] / 2**30, "{:.2f}"),
+                      _f(p.get("total_bytes") and p["total_bytes"] / 2**30, "{:.2f}"),
+                      _f(p.get("bytes_per_entity"), "{:.0f}")] for d, p in plan["plans"].items()])
+    lines.append("")
     cpu = plan.get("cpu_check", {})
     if "seconds" in cpu:
         lines += [f"CPU check of the plan ({cpu.get('fraction')}: {cpu['num_entities']:,} entities x "
@@ -172,7 +167,7 @@ def scale_tables(s: dict) -> list[str]:
                   f"{cpu['rank_s']:.1f} s.", ""]
     elif cpu:
         lines += [f"CPU check of the plan: {_scale_detail(cpu)}", ""]
-    lines += ["### Targets (issue 21)", ""]
+    lines += ["### Targets", ""]
     lines += _table(["target", "at", "value", "limit", "from", "pass"],
                     [[t["target"], t["at"],
                       str(t["value"]) if isinstance(t["value"], bool) else _f(t["value"], "{:.3g}"),

@@ -1,4 +1,4 @@
-"""One step of the scale benchmark, in a process of its own: `python -m kgc_kd.bench.scale_steps STEP ARGS`.
+"""One step of the scale benchmark, in a process of its own: `python -m experiments.bench.scale_steps STEP ARGS`.
 
 ARGS is a JSON object (the step's inputs: `num_entities`, `seed`, `threads`, paths, ...). The process
 sets torch's intra-op threads (`threads`), runs the step's set-up (imports, the tokenizer, the graph the
@@ -15,8 +15,7 @@ one JSON line:
 
 A fresh process per step makes peak and kept memory the step's alone: in the harness process they would
 sit on whatever earlier steps left in the allocator. Steps read only the project's real code paths, as a
-user's run calls them; where a part is not there (an API another change adds) the step raises
-`NotAvailable`, printed as {"not_available": why} instead of figures.
+user's run calls them.
 """
 
 from __future__ import annotations
@@ -32,15 +31,11 @@ from pathlib import Path
 
 import torch
 
-from kgc_kd.bench.measure import PeakMemory
+from experiments.bench.measure import PeakMemory
 from kgc_kd.runtime.memory import rss_mib
 
 # a step: its set-up, returning the measured part; that returns (figures, result kept referenced)
 Measure = Callable[[], tuple[dict, object]]
-
-
-class NotAvailable(Exception):
-    """The code path a step measures is not in this checkout (its message says what is missing)."""
 
 
 # ---- shared set-up ------------------------------------------------------------------------------------------
@@ -51,20 +46,20 @@ def _tokenizer(plm: str):
 
 
 def _words(tokenizer) -> list[str]:
-    from kgc_kd.data.synthetic import vocabulary_words
+    from experiments.bench.wikidata_like import vocabulary_words
 
     return vocabulary_words(tokenizer)
 
 
 def _kg(args: dict, words: list[str]):
-    from kgc_kd.data.synthetic import wikidata_like_kg
+    from experiments.bench.wikidata_like import wikidata_like_kg
 
     return wikidata_like_kg(int(args["num_entities"]), words=words, seed=int(args["seed"]))
 
 
 def _train_triples(args: dict) -> tuple[torch.Tensor, int]:
     """The training graph alone (no texts): Wikidata5M's shape at `num_entities`, and its relation count."""
-    from kgc_kd.data.synthetic import WIKIDATA5M, wikidata_like_triples
+    from experiments.bench.wikidata_like import WIKIDATA5M, wikidata_like_triples
 
     return wikidata_like_triples(int(args["num_entities"]), seed=int(args["seed"])), WIKIDATA5M["relations"]
 
@@ -78,8 +73,6 @@ def _load_or_build(kg, tokenizer, args: dict):
     """The token table as a run gets it: from the disk cache under `cache_dir` (built there if absent)."""
     from kgc_kd.data.tokens import TokenCache
 
-    if not hasattr(TokenCache, "load_or_build"):
-        raise NotAvailable("TokenCache.load_or_build (the token table's disk cache) is not in kgc_kd/data/tokens.py")
     return TokenCache.load_or_build(kg, tokenizer, max_length=int(args["max_length"]), cache_dir=args["cache_dir"],
                                     link_graph=bool(args.get("link_graph", False)))
 
@@ -127,10 +120,6 @@ def tokens_step(args: dict) -> Measure:
     `cache_dir`). Run twice in fresh processes: the first builds the cache, the second should read it."""
     tokenizer = _tokenizer(args["plm"])
     words = _words(tokenizer)
-    from kgc_kd.data.tokens import TokenCache
-
-    if not hasattr(TokenCache, "load_or_build"):
-        raise NotAvailable("TokenCache.load_or_build (the token table's disk cache) is not in kgc_kd/data/tokens.py")
     before = _files(args["cache_dir"])
 
     def measure():
@@ -276,12 +265,9 @@ def predict_export_step(args: dict) -> Measure:
     `kg_export.save_kg`, the run's token table linked from the disk cache), with a tiny one-layer encoder
     over the configured tokenizer's vocabulary: start-up reads the KG, the tokens and the weights, and a tiny
     encoder keeps the first start's entity encoding (a model's speed, not start-up) short."""
-    try:
-        from kgc_kd.data.kg_export import link_token_cache, save_kg
-    except ImportError as err:
-        raise NotAvailable(f"the compact export (kgc_kd.data.kg_export: save_kg, link_token_cache): {err}") from None
     from transformers import BertConfig, BertModel
 
+    from kgc_kd.data.kg_export import link_token_cache, save_kg
     from kgc_kd.models.biencoder import BiEncoder
 
     tokenizer = _tokenizer(args["plm"])
@@ -337,10 +323,7 @@ def run_step(name: str, args: dict) -> dict:
     if args.get("threads"):
         torch.set_num_threads(int(args["threads"]))
     row = {"step": name, "threads": torch.get_num_threads()}
-    try:
-        measure = STEPS[name](args)
-    except NotAvailable as why:
-        return {**row, "not_available": str(why)}
+    measure = STEPS[name](args)
     gc.collect()
     start_rss = rss_mib()
     with PeakMemory("cpu") as mem:  # VmHWM reset to the resident memory here
@@ -363,5 +346,5 @@ def main(argv: list[str]) -> None:
     os._exit(0)  # the kept result is not torn down object by object: the figures are out
 
 
-if __name__ == "__main__":  # python -m kgc_kd.bench.scale_steps STEP '{"num_entities": ..., ...}'
+if __name__ == "__main__":  # python -m experiments.bench.scale_steps STEP '{"num_entities": ..., ...}'
     main(sys.argv[1:])

@@ -1,4 +1,4 @@
-"""`python -m kgc_kd.bench [options] [key=value ...]`: the benchmark harness behind `make bench`.
+"""`python -m experiments.bench [options] [key=value ...]`: the benchmark harness behind `make bench`.
 
 Writes OUT (JSON, every figure with its spread and how it was taken) and OUT with .md (the readable
 table). Sections (`--sections`, default all): `peak` matmul peak per precision, `train` training-step
@@ -10,9 +10,10 @@ apart, `stages` parameters and latency of every
 stage against the teacher, `chain` the default chain end to end (time by stage and phase, peak memory),
 and, only when named (`--sections scale`: ~20 min on a 2-core CPU), `scale` the host side of a
 Wikidata5M-sized run on a Wikidata-shaped synthetic graph at fractions of its size (`--scale-fractions`),
-each step in a fresh process, extrapolated to full scale beside the targets of issue 21 (scale.py).
+each step in a fresh process, extrapolated to full scale beside its targets (scale.py).
 `key=value` items configure the model and data exactly as for `kgc_kd.fit` (the chain gets them too),
 so tiny models make the harness fast in tests. Every ratio is taken within the same invocation.
+torch, Lightning and the sections are imported after parsing: `--help` and a bad option answer at once.
 """
 
 from __future__ import annotations
@@ -24,32 +25,22 @@ import platform
 import sys
 from pathlib import Path
 
-import torch
-
-from kgc_kd.bench import chain_run, evaluation, peak, scale, stages, train_step
-from kgc_kd.bench.table import format_tables
-from kgc_kd.chain.driver import build_datamodule
-from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
-from kgc_kd.config import load_config
-from kgc_kd.runtime.files import write_json_atomic, write_text_atomic
-from kgc_kd.models.biencoder import build_biencoder
-from kgc_kd.models.plm import load_tokenizer
+from experiments.bench.scale import DEFAULT_FRACTIONS, WIKIDATA5M, parse_fraction
+from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, exit_statuses, parser
 
 SECTIONS = ("peak", "train", "eval", "scaling", "rerank", "stages", "chain", "scale")
 NAMED_ONLY = ("scale",)  # not among the default sections: it runs ~20 min on its own graph
-# WN18RR for the rerank section: the benchmark (never the project at run time) may read the shared copy
-DEFAULT_RERANK_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "wn18rr"
 PRECISIONS = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
-EXAMPLES = ("python -m kgc_kd.bench                                     # = make bench: every section, the default run",
-            "python -m kgc_kd.bench --sections train eval --repeats 3   # some sections only",
-            "python -m kgc_kd.bench data=nations model.plm=/models/bert-base-uncased --sections eval",
-            "python -m kgc_kd.bench --sections scale --out runs/bench-scale/bench.json   # Wikidata5M-sized host costs")
+EXAMPLES = ("python -m experiments.bench                                     # = make bench: every section, the default run",
+            "python -m experiments.bench --sections train eval --repeats 3   # some sections only",
+            "python -m experiments.bench data=nations model.plm=/models/bert-base-uncased --sections eval",
+            "python -m experiments.bench --sections scale --out runs/bench-scale/bench.json   # Wikidata5M-sized host costs")
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    ap = parser("python -m kgc_kd.bench",
+    ap = parser("python -m experiments.bench",
                 "The benchmark harness behind `make bench`: speed and memory of the configured model and data "
                 f"(sections {', '.join(SECTIONS)}), written to --out (JSON) and the same name with .md (the "
                 "table).", items="configuration items of the model and data, as for kgc_kd.fit (the forms "
@@ -67,21 +58,21 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="entity counts of the scaling section (default 1000 10000 100000)")
     ap.add_argument("--scale-queries", type=int, default=10_000, metavar="N",
                     help="queries of the scaling section (default 10000)")
-    ap.add_argument("--rerank-data", default=str(DEFAULT_RERANK_DATA),
-                    help="WN18RR in the KG-BERT layout for the rerank section (default: ../shared/data/wn18rr "
-                         "next to the repository)")
+    ap.add_argument("--rerank-data", metavar="DIR",
+                    help="WN18RR in the KG-BERT layout for the rerank section (without it the default run skips "
+                         "the section, and naming it in --sections is an error)")
     ap.add_argument("--rerank-hops", type=int, default=5, help="as conf/experiment/wn18rr_*.yaml (eval.rerank_hops)")
     ap.add_argument("--rerank-weight", type=float, default=0.05,
                     help="as conf/experiment/wn18rr_*.yaml (eval.rerank_weight)")
-    ap.add_argument("--scale-fractions", type=scale.parse_fraction, nargs="+", metavar="F",
-                    default=[scale.parse_fraction(f) for f in scale.DEFAULT_FRACTIONS],
+    ap.add_argument("--scale-fractions", type=parse_fraction, nargs="+", metavar="F",
+                    default=[parse_fraction(f) for f in DEFAULT_FRACTIONS],
                     help="fractions of Wikidata5M's entities the scale section measures (default 1/50 1/10; "
                          "'1/50' or '0.02'); the train collate and predict run at the largest, the CPU evaluation "
                          "at the smallest")
-    ap.add_argument("--scale-link-graph-fractions", type=scale.parse_fraction, nargs="*", metavar="F",
-                    default=[scale.parse_fraction("1/50")],
+    ap.add_argument("--scale-link-graph-fractions", type=parse_fraction, nargs="*", metavar="F",
+                    default=[parse_fraction("1/50")],
                     help="fractions at which data preparation with data.link_graph is measured (default 1/50)")
-    ap.add_argument("--scale-collate-entities", type=int, default=scale.WIKIDATA5M["entities"], metavar="N",
+    ap.add_argument("--scale-collate-entities", type=int, default=WIKIDATA5M["entities"], metavar="N",
                     help="entities of the extra collate-mask graph (default Wikidata5M's 4594485: its 41.2M "
                          "train + inverse keys; 0: none)")
     ap.add_argument("--scale-threads", type=int, nargs="+", default=[1, 2], metavar="N",
@@ -90,12 +81,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="timed collate batches per measurement, after --warmup (default 20)")
     ap.add_argument("--chain-run", help="read this finished run's report instead of running the chain")
     ap.add_argument("--run", help="measure this finished run's exported stages (section stages)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                    help="torch device (default: cuda when available, else cpu)")
-    return ap.parse_intermixed_args(argv)
+    ap.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    args = ap.parse_intermixed_args(argv)
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
 
 
 def machine() -> dict:
+    import torch
+
     info = {"python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     if torch.cuda.is_available():
@@ -109,15 +106,33 @@ def main(argv: list[str] | None = None) -> dict:
         return run(args)
 
 
+def rerank_skip_reason(rerank_data: str | None) -> str | None:
+    """Why the rerank section cannot run (no --rerank-data, or files missing there), or None."""
+    if rerank_data is None:
+        return "no --rerank-data DIR (WN18RR in the KG-BERT layout) given"
+    from experiments.bench.evaluation import missing_kgbert_files
+
+    missing = missing_kgbert_files(rerank_data)
+    return (f"no WN18RR in the KG-BERT layout at {rerank_data} (missing: {', '.join(missing)}); "
+            "give the directory with --rerank-data DIR") if missing else None
+
+
 def run(args: argparse.Namespace) -> dict:
+    from kgc_kd.config import load_config
+
     cfg = load_config(args.overrides)
     sections = set(args.sections or [s for s in SECTIONS if s not in NAMED_ONLY])
-    missing = evaluation.missing_kgbert_files(args.rerank_data) if "rerank" in sections else []
-    rerank_skip = (f"no WN18RR in the KG-BERT layout at {args.rerank_data} (missing: {', '.join(missing)}); "
-                   "give the directory with --rerank-data DIR") if missing else None
+    rerank_skip = rerank_skip_reason(args.rerank_data) if "rerank" in sections else None
     if rerank_skip and args.sections:  # asked for by name: an error before anything runs
         print(f"error: rerank section: {rerank_skip}", file=sys.stderr)
         raise SystemExit(2)
+    from experiments.bench import chain_run, evaluation, peak, scale, stages, train_step
+    from experiments.bench.table import format_tables
+    from kgc_kd.chain.driver import build_datamodule
+    from kgc_kd.models.biencoder import build_biencoder
+    from kgc_kd.models.plm import load_tokenizer
+    from kgc_kd.runtime.files import write_json_atomic, write_text_atomic
+
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(cfg.model.plm)
@@ -187,8 +202,6 @@ def run(args: argparse.Namespace) -> dict:
     print(f"\nwrote {out} and {out.with_suffix('.md')}", flush=True)
     return result
 
-
-script = console_script(main)
 
 if __name__ == "__main__":
     main()

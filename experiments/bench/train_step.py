@@ -22,7 +22,7 @@ from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.chain.driver import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
-from kgc_kd.bench.measure import summarize
+from experiments.bench.measure import summarize
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.models.biencoder import build_biencoder

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from kgc_kd.bench.measure import timed
+from experiments.bench.measure import timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

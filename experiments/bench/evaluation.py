@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from kgc_kd.bench.measure import PeakMemory, timed
+from experiments.bench import child_env
+from experiments.bench.measure import PeakMemory, timed
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.kg import KG
 from kgc_kd.data.negatives import KnownTriples, in_batch_mask
@@ -190,15 +191,15 @@ def synthetic_ranking_process(num_entities: int, num_queries: int, *, chunk_size
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "kgc_kd.bench.evaluation", str(num_entities), str(num_queries), str(chunk_size),
+    cmd = [sys.executable, "-m", "experiments.bench.evaluation", str(num_entities), str(num_queries), str(chunk_size),
            device]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-if __name__ == "__main__":  # python -m kgc_kd.bench.evaluation ENTITIES QUERIES CHUNK DEVICE
+if __name__ == "__main__":  # python -m experiments.bench.evaluation ENTITIES QUERIES CHUNK DEVICE
     import sys
 
     from kgc_kd.runtime.memory import peak_rss_mib

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from kgc_kd.bench.measure import timed
+from experiments.bench.measure import timed
 from kgc_kd.chain.driver import build_stage
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule
