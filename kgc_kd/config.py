@@ -203,12 +203,15 @@ GROUPS = ("data", "model", "optim", "trainer", "eval", "teacher", "distill", "ru
 
 
 def conf_dir() -> Path:
-    """conf/ of the checkout (the package is installed editable), or $KGC_KD_CONF."""
+    """The presets: $KGC_KD_CONF, else conf/ in the working directory, else the checkout's conf/ (an editable
+    install: pyproject.toml beside the package), else the copy installed with the package (kgc_kd/conf/)."""
     env = os.environ.get("KGC_KD_CONF")
-    for cand in ([Path(env)] if env else []) + [Path.cwd() / "conf", Path(__file__).resolve().parents[1] / "conf"]:
+    package = Path(__file__).resolve().parent
+    checkout = [package.parent / "conf"] if (package.parent / "pyproject.toml").is_file() else []
+    for cand in ([Path(env)] if env else []) + [Path.cwd() / "conf", *checkout, package / "conf"]:
         if cand.is_dir():
             return cand
-    return Path(__file__).resolve().parents[1] / "conf"
+    return package / "conf"
 
 
 def presets(group: str) -> list[str]:
