@@ -2,7 +2,7 @@
 
 Wikidata5M (4,594,485 entities, 20.6M training triples) cannot be trained here, but everything a run does
 on the host apart from the encoder's arithmetic can be run at a fraction of its size and extrapolated.
-The graph is `kgc_kd.data.synthetic.wikidata_like_kg` (Wikidata5M's triples per entity, Zipf degrees,
+The graph is `wikidata_like.wikidata_like_kg` (Wikidata5M's triples per entity, Zipf degrees,
 hub entities; texts of the configured tokenizer's own vocabulary words, so tokenising is real) at
 `fractions` of Wikidata5M's entity count (default 1/50 and 1/10), seeded.
 

@@ -282,7 +282,7 @@ def predict_export_step(args: dict) -> Measure:
     def measure():
         BiEncoder(encoder).eval().save_pretrained(d, tokenizer)
         save_kg(kg, d, max_length=int(args["max_length"]), link_graph=False)
-        linked = link_token_cache(getattr(tokens, "cache_path", None), d)
+        linked = link_token_cache(tokens.cache_path, d)
         return {"num_entities": kg.num_entities, "token_table_linked": linked is not None}, None
     return measure
 
