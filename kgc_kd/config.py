@@ -8,6 +8,11 @@ schedule), so `python -m kgc_kd.fit` needs no file at all. Command-line items ar
                      built-in KG or a directory), so `data=path/to/WN18RR` works;
 - `a.b=value`        set one key.
 Unknown keys and wrong types are errors that name the key and where it came from.
+
+This module is the schema only: dataclasses, the merge of presets and items, per-field checks, and each
+stage's objective spelt out as a term list (`objective_entries`, pure Python). It imports nothing of kgc_kd
+and no torch (so `--print-config` and every `--help` answer at once); the registered loss terms check the
+term lists when the run plan is built (kgc_kd/chain/plan.py).
 """
 
 from __future__ import annotations
@@ -15,9 +20,9 @@ from __future__ import annotations
 import hashlib
 import re
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -120,9 +125,11 @@ class TeacherCfg:
 
 
 @dataclass
-class DistillCfg:
-    """The objective every student stage uses unless the stage overrides it (presets: conf/distill), spelt as
-    a term list or as PMD's alpha/beta shorthand (kgc_kd/chain/stage_spec.py resolves both)."""
+class ObjectiveCfg:
+    """A stage's objective: the distill group's type (presets: conf/distill), and every key of it is also a
+    stage key (`stages.N.alpha`, ..., None there: the distill group's value). The keys are declared here
+    only. Two spellings: a term list, or PMD's alpha/beta shorthand, which `objective_entries` turns into a
+    term list (pure Python; the registered terms check the entries in kgc_kd/chain/stage_spec.py)."""
 
     alpha: float = 0.1  # shorthand: L_SCORE weight
     beta: float = 0.1  # shorthand: L_MGFD weight
@@ -137,8 +144,17 @@ class DistillCfg:
     terms: list[Any] = field(default_factory=list)
 
 
+DistillCfg = ObjectiveCfg  # the distill group
+OBJECTIVE_KEYS = tuple(f.name for f in fields(ObjectiveCfg))
+WEIGHT_KEYS = ("alpha", "beta", "pkd")
+# The shorthand's own keys: with a term list they go on the term (the message says how).
+SHORTHAND_KEYS = {"score_loss": "{name: score, loss: %s}", "kd_temperature": "{name: score, temperature: %s}",
+                  "mgfd": "{name: mgd} (generation) or {name: mgfd} (pmd); got %s",
+                  "generator": "{name: mgd, generator: %s}"}
+
+
 @dataclass
-class StageCfg:
+class _StageFields:
     name: str = MISSING
     layers: int = MISSING
     layer_map: Optional[list[int]] = None  # default: uniform over the init source's layers
@@ -150,14 +166,15 @@ class StageCfg:
     self_negative: Optional[bool] = None  # the head as a negative; None: model.self_negative (as the teacher)
     epochs: Optional[int] = None  # default: trainer.max_epochs
     lr: Optional[float] = None  # default: optim.lr
-    alpha: Optional[float] = None  # default: distill.alpha (and likewise below: None = the distill group's)
-    beta: Optional[float] = None
-    pkd: Optional[float] = None
-    score_loss: Optional[str] = None
-    kd_temperature: Optional[float] = None
-    mgfd: Optional[str] = None
-    generator: Optional[str] = None
-    terms: Optional[list[Any]] = None  # as distill.terms, for this stage only
+
+
+# A stage: its own fields, then every objective key of ObjectiveCfg, optional (None: the distill group's).
+_objective_hints = get_type_hints(ObjectiveCfg)
+StageCfg = make_dataclass(
+    "StageCfg", [(k, Optional[_objective_hints[k]], field(default=None)) for k in OBJECTIVE_KEYS],
+    bases=(_StageFields,))
+StageCfg.__module__ = __name__
+StageCfg.__doc__ = "A student stage: its own fields and, optionally, any objective key (ObjectiveCfg) for itself."
 
 
 def _default_stages() -> list[StageCfg]:
@@ -327,14 +344,14 @@ def validate(cfg: DictConfig) -> None:
     if not cfg.teacher.only and len(cfg.stages) == 0:
         checks.append((False, "stages: the list has no stages; a chain needs at least one student stage "
                               "(to train and evaluate the teacher alone, set teacher.only=true)"))
-    for key in ("alpha", "beta", "pkd"):
+    for key in WEIGHT_KEYS:
         v = cfg.distill[key]
         checks.append((0.0 <= v <= 1.0, f"distill.{key}={v}: expected a weight in [0, 1]"))
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names) or "teacher" in names:
         checks.append((False, f"stages: names must be unique and not 'teacher', got {names}"))
     for i, st in enumerate(cfg.stages):
-        w = {k: cfg.distill[k] if st[k] is None else st[k] for k in ("alpha", "beta", "pkd")}
+        w = {k: cfg.distill[k] if st[k] is None else st[k] for k in WEIGHT_KEYS}
         where = lambda k: f"stages[{i}].{k}" if st[k] is not None else f"distill.{k}"  # noqa: E731
         checks += [
             (st.layers >= 1, f"stages[{i}].layers={st.layers}: expected >= 1"),
@@ -344,17 +361,84 @@ def validate(cfg: DictConfig) -> None:
             (st.layer_map is None or len(st.layer_map) == st.layers,
              f"stages[{i}].layer_map={list(st.layer_map or [])}: expected {st.layers} entries, one per student layer"),
         ]
-        for k in ("alpha", "beta", "pkd"):
+        for k in WEIGHT_KEYS:
             checks.append((0.0 <= w[k] <= 1.0, f"{where(k)}={w[k]}: expected a weight in [0, 1]"))
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    from kgc_kd.chain.stage_spec import resolve_stage  # the stage layer builds on this module
-
-    for i in range(len(cfg.stages)):  # every stage's objective, resolved as it will train (model shapes: preflight)
-        resolve_stage(cfg, i)
+    for i in range(len(cfg.stages)):  # every stage's objective as a term list (the terms' own checks: the run plan)
+        objective_entries(cfg, i)
     if cfg.teacher.only:  # the resolved config (written next to the run) shows what runs
         cfg.stages = []
+
+
+# ---- a stage's objective: the distill group with the stage's overrides, as a term list ----------------------
+def objective_settings(cfg: DictConfig, index: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Stage `index`'s objective keys (the distill group with the stage's overrides) and, per key, the config
+    key it came from (for messages)."""
+    st, group = to_plain(cfg.stages[index]), to_plain(cfg.distill)
+    settings, origin = {}, {}
+    for k in OBJECTIVE_KEYS:
+        own = st.get(k) is not None
+        settings[k] = st[k] if own else group.get(k)
+        origin[k] = f"stages[{index}].{k}" if own else f"distill.{k}"
+    return settings, origin
+
+
+def shorthand_entries(settings: dict[str, Any], origin: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """The term list ({name, weight, <params>} each, unchecked by the registry) of one stage's objective keys:
+    the term list as given, or PMD's shorthand L = (1 - alpha - beta - pkd) ce + alpha score + beta mgfd +
+    pkd pkd. Keys missing from `settings` (or None) take ObjectiveCfg's defaults. A ValueError names what is
+    wrong, with the config key from `origin`."""
+    s = {**asdict(ObjectiveCfg()), **{k: v for k, v in settings.items() if v is not None}}
+    where = {k: (origin or {}).get(k, f"distill.{k}") for k in OBJECTIVE_KEYS}
+    if s["terms"]:
+        for key, spelling in SHORTHAND_KEYS.items():
+            if s.get(key) is not None:
+                raise ValueError(f"{where[key]}={s[key]!r} belongs to the alpha/beta form; with a term list give it on "
+                                 f"the term: {spelling % s[key]}")
+        return [dict(t) for t in s["terms"]]
+    a, b, p = float(s["alpha"]), float(s["beta"]), float(s["pkd"])
+    if a + b + p > 1.0 + 1e-9:
+        raise ValueError(f"{where['alpha']} + {where['beta']} + {where['pkd']} = {a:g} + {b:g} + {p:g} > 1; "
+                         "expected at most 1 (CE keeps 1 minus their sum)")
+    entries: list[dict[str, Any]] = [{"name": "ce", "weight": max(0.0, 1.0 - a - b - p)}]
+    if a > 0:
+        entries.append({"name": "score", "weight": a, "loss": s["score_loss"], "temperature": s["kd_temperature"]})
+    mode = s["mgfd"] or "pmd"
+    if mode not in ("pmd", "generation"):
+        raise ValueError(f"{where['mgfd']}={mode!r}: expected pmd or generation")
+    if s["generator"] is not None and mode != "generation":
+        raise ValueError(f"{where['generator']}={s['generator']!r} applies to mgfd=generation only")
+    if b > 0:
+        entries.append({"name": "mgfd", "weight": b} if mode == "pmd"
+                       else {"name": "mgd", "weight": b, "generator": s["generator"]})
+    if p > 0:
+        entries.append({"name": "pkd", "weight": p})
+    return entries
+
+
+def objective_error(cfg: DictConfig, index: int, err: Exception) -> ConfigError:
+    """A problem with stage `index`'s objective, prefixed with where its objective comes from."""
+    settings, origin = objective_settings(cfg, index)
+    prefix = (f"{origin['terms']} (used by stages[{index}])" if settings["terms"]
+              else f"stages[{index}] ({cfg.stages[index].name})")
+    return ConfigError(f"{prefix}: {err}")
+
+
+def objective_entries(cfg: DictConfig, index: int) -> list[dict[str, Any]]:
+    """Stage `index`'s objective as a term list (the alpha/beta shorthand spelt out); ConfigError names the key."""
+    st = cfg.stages[index]
+    settings, origin = objective_settings(cfg, index)
+    try:
+        if settings["terms"]:
+            own = [k for k in WEIGHT_KEYS if st[k] is not None]
+            if own:
+                raise ValueError(f"stages[{index}].{own[0]}={st[own[0]]} weighs the alpha/beta form, but this stage's "
+                                 "objective is a term list: give the weight on the term instead")
+        return shorthand_entries(settings, origin)
+    except ValueError as err:
+        raise objective_error(cfg, index, err) from None
 
 
 def to_plain(cfg: DictConfig) -> dict:

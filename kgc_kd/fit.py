@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         if args.print_config:
             sys.stdout.write(print_config(cfg))
             return None
-        from kgc_kd.chain.driver import run_chain  # here: `--help` and `--print-config` need no torch or Lightning
+        # here: `--help` and `--print-config` need no torch or Lightning (the plan's terms come from the registry)
+        from kgc_kd.chain.driver import run_chain
+        from kgc_kd.chain.plan import plan_config
 
-        return run_chain(cfg)
+        return run_chain(plan_config(cfg))
 
 
 script = console_script(main)

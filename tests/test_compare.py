@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from conftest import save_tiny_plm
 from kgc_kd import fit
-import kgc_kd.compare.__main__ as compare_main
+import kgc_kd.compare.report as compare_report
 from kgc_kd.compare.__main__ import main
 from kgc_kd.compare.aggregate import aggregate, beats_baseline, mean_std
 from kgc_kd.compare.plan import build_plan
@@ -19,6 +19,7 @@ from kgc_kd.compare.report import format_markdown, verdict_lines
 from kgc_kd.config import ConfigError, conf_dir, load_config, run_name
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
+from kgc_kd.chain.plan import plan_config
 from kgc_kd.chain.tracking import _init_kwargs
 
 
@@ -139,8 +140,8 @@ def test_every_challenger_gets_its_verdict_and_variants_are_spelled_out():
 def test_wandb_group_names_the_comparison_and_leaves_the_run_directory_alone(tmp_path):
     cfg = load_config(["run.wandb_group=cmp"])
     assert run_name(cfg) == run_name(load_config([]))
-    assert _init_kwargs(cfg, tmp_path, "pmd4", "pmd4", {})["group"] == "cmp"
-    assert _init_kwargs(load_config([]), tmp_path, "pmd4", "pmd4", {})["group"] == run_name(cfg)
+    assert _init_kwargs(plan_config(cfg), "pmd4", "pmd4", {})["group"] == "cmp"
+    assert _init_kwargs(plan_config(load_config([])), "pmd4", "pmd4", {})["group"] == run_name(cfg)
 
 
 BAD = {
@@ -197,14 +198,14 @@ def compared(tmp_path_factory):
     calls: list[str] = []
     writes: list[dict] = []  # what each write of the comparison's files held (the real write still runs)
 
-    def spy(out_dir, comparison, _write=compare_main.write):
+    def spy(out_dir, comparison, _write=compare_report.write):
         text = _write(out_dir, comparison)
         writes.append({**json.loads((out_dir / "compare.json").read_text()), "md": (out_dir / "compare.md").read_text()})
         return text
 
     with pytest.MonkeyPatch.context() as mp:
         _count_steps(mp, calls)
-        mp.setattr(compare_main, "write", spy)
+        mp.setattr(compare_report, "write", spy)  # compare() imports it when it runs
         result = main(argv)
     return {"root": base / "runs", "plm": plm, "argv": argv, "result": result, "calls": calls, "writes": writes}
 

@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_bert, make_tokenizer
+from kgc_kd.chain.stage_spec import objective_terms
+from kgc_kd.config import OBJECTIVE_KEYS
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.models.biencoder import BiEncoder
@@ -23,6 +25,11 @@ def _dm(dedup=True):
                         synthetic={"num_entities": 20, "num_relations": 2, "num_triples": 40, "seed": 1})
 
 
+def resolved(stage):
+    """A stage dict with its objective keys (alpha/beta/...) resolved into terms, as the run plan gives them."""
+    return {"name": "s", **stage, "terms": objective_terms({k: stage.get(k) for k in OBJECTIVE_KEYS})}
+
+
 def _teacher(dropout=0.0, layers=2):
     return BiEncoder(make_tiny_bert(num_layers=layers, dropout=dropout))
 
@@ -31,7 +38,7 @@ def _module(stage, teacher=None, student=None):
     teacher = teacher if teacher is not None else _teacher()
     if student is None:
         student, _ = build_student(teacher, stage.get("layers", 2))
-    m = DistillModule(MODEL, OPTIM, EVAL, {"name": "s", **stage}, 8, student=student, teacher=teacher)
+    m = DistillModule(MODEL, OPTIM, EVAL, resolved(stage), 8, student=student, teacher=teacher)
     m.mask_id = make_tokenizer().mask_token_id
     return m
 
@@ -162,7 +169,7 @@ def test_pre_batch_columns_hold_the_student_and_the_teacher_vectors_of_the_last_
     teacher = _teacher()
     dm = _dm()
     model = {**MODEL, "pre_batch": 1, "pre_batch_weight": 1.0}
-    m = DistillModule(model, OPTIM, EVAL, {"name": "s", "alpha": 0.3, "beta": 0.0}, 8,
+    m = DistillModule(model, OPTIM, EVAL, resolved({"alpha": 0.3, "beta": 0.0}), 8,
                       student=copy.deepcopy(teacher), teacher=teacher)
     m.mask_id = make_tokenizer().mask_token_id
     m._trainer = _Attached(dm)
@@ -193,6 +200,12 @@ def test_pre_batch_columns_hold_the_student_and_the_teacher_vectors_of_the_last_
 
 
 def test_without_score_distillation_there_is_no_teacher_buffer():
-    m = DistillModule({**MODEL, "pre_batch": 2}, OPTIM, EVAL, {"name": "s", "alpha": 0.0, "beta": 0.2}, 8,
+    m = DistillModule({**MODEL, "pre_batch": 2}, OPTIM, EVAL, resolved({"alpha": 0.0, "beta": 0.2}), 8,
                       student=build_student(_teacher(), 1)[0], teacher=_teacher())
     assert m.prebatch is not None and m.teacher_prebatch is None
+
+
+def test_unresolved_objective_settings_are_refused():
+    with pytest.raises(ValueError, match="takes resolved terms"):
+        DistillModule(MODEL, OPTIM, EVAL, {"name": "s", "alpha": 0.3, "beta": 0.0}, 8,
+                      student=build_student(_teacher(), 1)[0], teacher=_teacher())

@@ -17,6 +17,7 @@ from kgc_kd.chain.driver import build_datamodule
 from kgc_kd.config import ConfigError, load_config
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
+from kgc_kd.chain.plan import build_plan
 from kgc_kd.chain.preflight import (check_batch_size, check_logger, check_outputs, check_plm_vocab, check_plot_library,
                               check_run, check_run_directory, check_stages, check_teacher)
 
@@ -311,9 +312,9 @@ def test_teacher_from_a_padded_vocabulary_plm_can_be_loaded(tmp_path):
 
 # ---- what the run needs at its end: plot library, run directory, logger -------------------------------------
 def test_outputs_of_a_fresh_run_root_pass_and_nothing_is_left_behind(tmp_path):
-    cfg = load_config(["data=synthetic", f"run.root={tmp_path / 'runs'}", "run.logger=csv"])
+    plan = build_plan(["data=synthetic", f"run.root={tmp_path / 'runs'}", "run.logger=csv"])
     before = sorted(p.name for p in tmp_path.iterdir())
-    check_outputs(cfg)
+    check_outputs(plan)
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # the write probe removed its file
 
 

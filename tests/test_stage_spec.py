@@ -1,15 +1,15 @@
-"""kgc_kd.chain.stage_spec.stage_keys: what changes a stage's key (and so makes it train again) and what does not."""
+"""kgc_kd.chain.stage_spec.stage_keys (the run plan's `keys`): what changes a stage's key (and so makes it train
+again) and what does not."""
 
 from __future__ import annotations
 
-from kgc_kd.config import load_config
-from kgc_kd.chain.stage_spec import stage_keys
+from kgc_kd.chain.plan import build_plan
 
 BASE = ["data=nations"]
 
 
 def _keys(*items: str) -> dict[str, str]:
-    return stage_keys(load_config([*BASE, *items]))
+    return build_plan([*BASE, *items]).keys
 
 
 def test_one_key_per_stage_and_the_same_config_gives_the_same_keys():

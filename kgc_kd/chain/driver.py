@@ -23,10 +23,10 @@ from kgc_kd.chain.recorder import StageRecorder
 from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
                                      newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
+from kgc_kd.chain.plan import RunPlan, as_plan
 from kgc_kd.chain.store import ChainStore
-from kgc_kd.config import run_name, to_plain
+from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule, resolve_loader
-from kgc_kd.distill.registry import Dims
 from kgc_kd.runtime.files import write_text_atomic
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
@@ -38,7 +38,7 @@ from kgc_kd.models.vocab import used_token_ids
 from kgc_kd.runtime.precision import configure_matmul, resolve_precision
 from kgc_kd.chain.preflight import check_run
 from kgc_kd.chain.report import write_report
-from kgc_kd.chain.stage_spec import resolve_stage, stage_keys, stage_negatives
+from kgc_kd.chain.stage_spec import stage_negatives
 
 
 def data_checks(dm: KGDataModule) -> dict[str, int]:
@@ -70,8 +70,10 @@ def trainer_kwargs(cfg: DictConfig, **overrides) -> dict:
     return {**t, **overrides}
 
 
-def _stage_trainer(cfg: DictConfig, chain: ChainStore, name: str, epochs: int | None, callback: StageRecorder,
-                   stage: dict | None = None):
+def _stage_trainer(plan: RunPlan | DictConfig, chain: ChainStore, name: str, epochs: int | None,
+                   callback: StageRecorder, stage: dict | None = None):
+    plan = as_plan(plan)
+    cfg = plan.cfg
     stage_dir = chain.stage_dir(name)
     # The best epoch by val MRR (tested at the end); the resume point last.ckpt is LastCheckpoint's, written at
     # every epoch's end and every run.checkpoint_every_n_steps steps (ModelCheckpoint's save_last would only
@@ -89,7 +91,7 @@ def _stage_trainer(cfg: DictConfig, chain: ChainStore, name: str, epochs: int | 
         version = f"resume-{resumes}" if resume_candidates(stage_dir) else ""
         logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version=version)]
         if cfg.run.logger == "wandb":
-            logger.append(tracking.stage_logger(cfg, chain.run_dir, name, stage or {}))
+            logger.append(tracking.stage_logger(plan, name, stage or {}))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()])
@@ -160,13 +162,14 @@ def _reuse_if_done(chain: ChainStore, name: str) -> bool:
     return True
 
 
-def run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
+def run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
     """Train (or load) the teacher and hand it to `chain`; returns the untrained baseline metrics when measured."""
     with chain.claim("teacher", lock=chain.writes):
-        return _run_teacher(cfg, dm, chain, encoder)
+        return _run_teacher(plan, dm, chain, encoder)
 
 
-def _run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
+def _run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
+    cfg = plan.cfg
     if _reuse_if_done(chain, "teacher"):
         return chain.untrained_test
     chain.open_stage("teacher")
@@ -191,13 +194,17 @@ def _run_teacher(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, encoder=N
     chain.set_untrained(untrained, round(time.perf_counter() - start, 2))
     recorder = _recorder(cfg, chain, {**info, "layers": num_layers(module.net.query_encoder)})
     stage_dir = chain.stage_dir("teacher")
-    _fit_and_test(_stage_trainer(cfg, chain, "teacher", cfg.teacher.epochs, recorder, info), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(plan, chain, "teacher", cfg.teacher.epochs, recorder, info), module, dm, stage_dir)
     chain.hand_over(module.net)  # tested with the best checkpoint's weights
     return untrained
 
 
-def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModule, tokenizer) -> DistillModule:
-    """Student stage `index` taught by `teacher`, exactly as the chain trains it (the benchmark times this)."""
+def build_stage(plan: RunPlan | DictConfig, index: int, teacher: BiEncoder, dm: KGDataModule,
+                tokenizer) -> DistillModule:
+    """Student stage `index` taught by `teacher`, exactly as the chain trains it (the benchmark times this):
+    its spec is the plan's (a loaded config: its plan's)."""
+    plan = as_plan(plan)
+    cfg = plan.cfg
     st = cfg.stages[index]
     student, layer_map = build_student(teacher, st.layers, layer_map=to_plain(st)["layer_map"], init=st.init,
                                        plm=cfg.model.plm, learn_temperature=cfg.model.learn_temperature,
@@ -205,7 +212,7 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
     if st.prune_vocab and student.kept_ids is None:
         kept = used_token_ids(dm.tokens.used_ids(), tokenizer)
         student.prune_vocabulary(kept, student.query_encoder.config.vocab_size)
-    spec = resolve_stage(cfg, index, Dims.of(student.query_encoder.config, teacher.query_encoder.config))
+    spec = plan.specs[index]
     negatives = spec["negatives"]
     stage = {**spec, "layer_map": layer_map, "shared_encoder": student.shared,
              "vocab_size": len(student.kept_ids or []) or student.query_encoder.config.vocab_size}
@@ -214,45 +221,47 @@ def build_stage(cfg: DictConfig, index: int, teacher: BiEncoder, dm: KGDataModul
                          student=student, teacher=teacher)
 
 
-def run_student(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, index: int) -> None:
+def run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, index: int) -> None:
     """Train student stage `index`, taught by `chain`'s teacher, and hand it to `chain` as the next teacher."""
-    with chain.claim(str(cfg.stages[index].name), lock=chain.writes):
-        _run_student(cfg, dm, chain, index)
+    with chain.claim(plan.specs[index]["name"], lock=chain.writes):
+        _run_student(plan, dm, chain, index)
 
 
-def _run_student(cfg: DictConfig, dm: KGDataModule, chain: ChainStore, index: int) -> None:
+def _run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, index: int) -> None:
+    cfg = plan.cfg
     st = cfg.stages[index]
     if _reuse_if_done(chain, str(st.name)):
         return
     chain.open_stage(str(st.name))
     L.seed_everything(cfg.run.seed, workers=True)
-    module = build_stage(cfg, index, chain.teacher, dm, chain.tokenizer)
+    module = build_stage(plan, index, chain.teacher, dm, chain.tokenizer)
     stage = module.hparams.stage
     recorder = _recorder(cfg, chain, {**stage, "kind": "student",
                                       "teacher_layers": num_layers(chain.teacher.query_encoder)})
     stage_dir = chain.stage_dir(st.name)
-    _fit_and_test(_stage_trainer(cfg, chain, str(st.name), st.epochs, recorder, stage), module, dm, stage_dir)
+    _fit_and_test(_stage_trainer(plan, chain, str(st.name), st.epochs, recorder, stage), module, dm, stage_dir)
     chain.hand_over(module.net)  # tested with the best checkpoint's weights
 
 
-def open_chain(cfg: DictConfig, tokenizer=None, writes: bool = True) -> ChainStore:
-    """The chain store of `cfg`'s run: its run directory and its stages' keys in the stage store under run.root."""
-    return ChainStore(Path(cfg.run.root) / run_name(cfg), tokenizer, keys=stage_keys(cfg), store_root=cfg.run.root,
-                      writes=writes)
+def open_chain(plan: RunPlan, tokenizer=None, writes: bool = True) -> ChainStore:
+    """The chain store of `plan`'s run: its run directory and its stages' keys in the stage store under run.root."""
+    return ChainStore(plan.run_dir, tokenizer, keys=plan.keys, store_root=plan.cfg.run.root, writes=writes)
 
 
-def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
+def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
               on_stage: Callable[[int, dict], None] | None = None) -> dict:
-    """Train (or reuse) every stage of `cfg`'s chain and write its report. `on_stage(i, row)` is called after
-    stage i (0: the teacher) is done, with its row; an exception from it stops the chain there (a sweep's
-    pruner does this)."""
+    """Train (or reuse) every stage of `plan`'s chain (a loaded config: its plan's) and write its report.
+    `on_stage(i, row)` is called after stage i (0: the teacher) is done, with its row; an exception from it
+    stops the chain there (a sweep's pruner does this)."""
     start = time.time()
+    plan = as_plan(plan)
+    cfg = plan.cfg
     tracking.detach_agent()  # under `wandb agent`, the agent's run is the report's, not a stage's
     # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
     dm = build_datamodule(cfg)
     print(dm.kg.summary(), flush=True)  # loads the KG: a bad path or file fails here
-    check_run(cfg, dm, tokenizer)  # every config/data/model mismatch fails here, before anything is written
+    plan = check_run(plan, dm, tokenizer)  # every config/data/model mismatch fails here, before anything is written
     dm.connect(tokenizer)  # tokenises every text once, or maps the token table cached under run.root
     setup_s = round(time.time() - start, 2)
     precision, why = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
@@ -262,18 +271,17 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
     loader = dm.loader_settings
     print(f"data loaders: {loader.num_workers} worker(s), pin_memory={loader.pin_memory} ({loader.why})", flush=True)
 
-    run_dir = Path(cfg.run.root) / run_name(cfg)
+    run_dir = plan.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     is_zero = L.fabric.utilities.rank_zero.rank_zero_only.rank == 0
     if is_zero:
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    chain = open_chain(cfg, tokenizer, writes=is_zero)
-    untrained = run_teacher(cfg, dm, chain, encoder)
-    names = ["teacher", *(str(st.name) for st in cfg.stages)]
-    for i, name in enumerate(names):
+    chain = open_chain(plan, tokenizer, writes=is_zero)
+    untrained = run_teacher(plan, dm, chain, encoder)
+    for i, name in enumerate(plan.stage_names):
         if i:
-            run_student(cfg, dm, chain, i - 1)
+            run_student(plan, dm, chain, i - 1)
         if on_stage is not None:
             on_stage(i, chain.row(name))
 
@@ -287,5 +295,5 @@ def run_chain(cfg: DictConfig, *, encoder=None, tokenizer=None,
         summary = write_report(run_dir, result)
         print(summary, flush=True)
         if cfg.run.logger == "wandb" or tracking.under_agent():
-            tracking.log_report(cfg, run_dir, result)
+            tracking.log_report(plan, result)
     return result

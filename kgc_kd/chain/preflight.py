@@ -18,31 +18,37 @@ from types import SimpleNamespace
 from omegaconf import DictConfig
 
 from kgc_kd.chain import tracking
-from kgc_kd.config import ConfigError, run_name
+from kgc_kd.chain.plan import RunPlan, as_plan
+from kgc_kd.chain.stage_spec import check_dims
+from kgc_kd.config import ConfigError
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.tokens import tokenizer_fingerprint
 from kgc_kd.distill.registry import Dims
 from kgc_kd.models.plm import plm_config
-from kgc_kd.chain.stage_spec import resolve_stage
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
 
-def check_run(cfg: DictConfig, dm: KGDataModule, tokenizer) -> None:
+def check_run(plan: RunPlan | DictConfig, dm: KGDataModule, tokenizer) -> RunPlan:
+    """Every check of a run (`plan`, or a loaded config's plan); returns the plan refined with the encoders'
+    shapes (`RunPlan.dims`)."""
+    plan = as_plan(plan)
+    cfg = plan.cfg
     check_batch_size(cfg, dm)
     teacher_conf, teacher_vocab = check_teacher(cfg, tokenizer)
-    check_stages(cfg, teacher_conf)
+    dims = check_stages(plan, teacher_conf)
     check_plm_vocab(cfg, tokenizer, teacher_vocab)
-    check_outputs(cfg)
+    check_outputs(plan)
+    return plan.with_dims(dims)
 
 
 # ---- what the run needs at its end: the report plot, a writable run directory, the logger ----------------
-def check_outputs(cfg: DictConfig) -> None:
+def check_outputs(plan: RunPlan) -> None:
     """Everything a chain needs after its last stage, checked before its first step (nothing is written)."""
     check_plot_library()
-    check_run_directory(Path(cfg.run.root) / run_name(cfg), "run.root")
-    check_logger(cfg.run.logger)
+    check_run_directory(plan.run_dir, "run.root")
+    check_logger(plan.cfg.run.logger)
 
 
 def check_plot_library() -> None:
@@ -146,9 +152,13 @@ def _shape(conf: dict, layers: int | None = None) -> SimpleNamespace:
                            num_hidden_layers=int(layers if layers is not None else conf["num_hidden_layers"]))
 
 
-def check_stages(cfg: DictConfig, teacher_conf: dict) -> None:
-    """Each grade is cut from the stage before it (init=teacher) or from the PLM (init=plm), and its objective
-    resolves against the real shapes: its taught-by stage's layers and widths and its own."""
+def check_stages(plan: RunPlan | DictConfig, teacher_conf: dict) -> list[Dims]:
+    """Each grade is cut from the stage before it (init=teacher) or from the PLM (init=plm), and its resolved
+    terms pass their checks against the real shapes: its taught-by stage's layers and widths and its own.
+    Returns each student stage's shapes."""
+    plan = as_plan(plan)
+    cfg = plan.cfg
+    dims = []
     plm_conf = None
     teacher_layers = int(teacher_conf["num_hidden_layers"])
     source, source_layers = "the teacher", teacher_layers
@@ -169,8 +179,10 @@ def check_stages(cfg: DictConfig, teacher_conf: dict) -> None:
                 raise ConfigError(f"stages[{i}].layer_map={list(st.layer_map)}: layer {bad[0]} does not exist in its "
                                   f"source, {src}, which has {n} layers; expected indices 0..{n - 1}")
         student = _shape(cut_from, st.layers)
-        resolve_stage(cfg, i, Dims.of(student, taught_by))
+        dims.append(Dims.of(student, taught_by))
+        check_dims(cfg, i, plan.specs[i], dims[-1])
         source, source_layers, taught_by = f"stage {st.name}", st.layers, student
+    return dims
 
 
 def check_plm_vocab(cfg: DictConfig, tokenizer, teacher_vocab: int) -> None:

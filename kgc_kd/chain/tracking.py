@@ -13,9 +13,14 @@ import netrc
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from omegaconf import DictConfig
 
-from kgc_kd.config import run_name, to_plain
+from kgc_kd.config import to_plain
+
+if TYPE_CHECKING:
+    from kgc_kd.chain.plan import RunPlan
 
 
 def has_api_key() -> bool:
@@ -63,19 +68,20 @@ def summary_figures(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def _init_kwargs(cfg: DictConfig, run_dir: Path, name: str, job_type: str, extra: dict) -> dict:
-    group = cfg.run.wandb_group or run_name(cfg)  # a comparison (kgc_kd.compare) groups all its chains
+def _init_kwargs(plan: RunPlan, name: str, job_type: str, extra: dict) -> dict:
+    cfg = plan.cfg
+    group = cfg.run.wandb_group or plan.run_name  # a comparison (kgc_kd.compare) groups all its chains
     return {"project": cfg.run.wandb_project, "entity": cfg.run.wandb_entity, "group": group,
-            "name": f"{run_name(cfg)}/{name}", "job_type": job_type, "dir": str(run_dir),
+            "name": f"{plan.run_name}/{name}", "job_type": job_type, "dir": str(plan.run_dir),
             "config": {**to_plain(cfg), "stage": extra}, "mode": wandb_mode(), "reinit": "finish_previous"}
 
 
-def stage_logger(cfg: DictConfig, run_dir: Path, stage: str, info: dict):
+def stage_logger(plan: RunPlan, stage: str, info: dict):
     from lightning.pytorch.loggers import WandbLogger
 
-    kw = _init_kwargs(cfg, run_dir, stage, stage, info)
+    kw = _init_kwargs(plan, stage, stage, info)
     kw.pop("dir")
-    return WandbLogger(save_dir=str(run_dir), log_model=cfg.run.wandb_log_model,
+    return WandbLogger(save_dir=str(plan.run_dir), log_model=plan.cfg.run.wandb_log_model,
                        offline=kw.pop("mode") == "offline", **kw)
 
 
@@ -88,14 +94,15 @@ def finish_stage(trainer) -> None:
         wandb.finish()
 
 
-def log_report(cfg: DictConfig, run_dir: Path, result: dict) -> None:
+def log_report(plan: RunPlan, result: dict) -> None:
     """The stage table as a wandb.Table and the MRR-vs-parameters plot, in a run of its own."""
     import wandb
 
     rows = result["stages"]
     if not rows:
         return
-    kw = _init_kwargs(cfg, run_dir, "report", "report", {})
+    run_dir = plan.run_dir
+    kw = _init_kwargs(plan, "report", "report", {})
     if _agent:  # under `wandb agent`: this is the sweep's run (W&B read its environment once, before we set it aside)
         kw["id"] = _agent.get("WANDB_RUN_ID")
         kw["settings"] = wandb.Settings(sweep_id=_agent.get("WANDB_SWEEP_ID"),

@@ -22,12 +22,6 @@ import shlex
 import sys
 from typing import Any
 
-import lightning as L
-
-from kgc_kd.compare.aggregate import aggregate
-from kgc_kd.compare.plan import build_plan
-from kgc_kd.compare.report import log_wandb, write
-from kgc_kd.compare.run import run_plan
 from kgc_kd.cli import console_script, exit_statuses, parser
 
 EXAMPLES = (
@@ -57,6 +51,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 def compare(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    # here, not at the top: `--help` imports no torch or Lightning
+    import lightning as L
+
+    from kgc_kd.compare.aggregate import aggregate
+    from kgc_kd.compare.plan import build_plan
+    from kgc_kd.compare.report import log_wandb, write
+    from kgc_kd.compare.run import run_plan
+
     plan = build_plan(args.objectives, args.seeds, args.overrides, teacher=args.teacher, name=args.name,
                       variants=args.variant)
     print(f"[compare] {plan.name}: {len(plan.objectives)} objectives x {len(plan.seeds)} seeds "

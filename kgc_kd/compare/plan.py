@@ -4,7 +4,8 @@ Every chain is an ordinary `python -m kgc_kd.fit` run whose arguments are the co
 items plus `distill=<objective>`, `run.seed=<seed>` and `teacher.load=<the teacher's export>`; the
 teacher (unless `--teacher` names an export) is the `teacher.only=true` run of the same items. Each
 config goes through `load_config`, so an unknown objective, key or preset fails here, naming it, and
-the run directories are the ones `fit` itself would derive (`run_name`: a rerun finds them).
+each chain's run plan (kgc_kd.chain.plan: its stages resolved, its run directory, the one `fit` itself would
+derive, so a rerun finds it) is built here, once.
 
 A variant (`--variant "LABEL=PRESET key=value ..."`) is an objective of its own: the preset plus items that
 apply to its chains only (a mask schedule, a KD temperature, weights), compared as a row named LABEL. The
@@ -20,8 +21,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from kgc_kd.config import ConfigError, config_hash, load_config, presets, run_name
-from kgc_kd.chain.stage_spec import LOSS_KEYS as STAGE_LOSS_KEYS
+from kgc_kd.chain.plan import RunPlan, plan_config
+from kgc_kd.config import OBJECTIVE_KEYS, ConfigError, config_hash, load_config, presets
 
 
 @dataclass
@@ -29,11 +30,15 @@ class Chain:
     objective: str
     seed: int
     argv: list[str]  # the `python -m kgc_kd.fit` arguments of this chain
-    cfg: DictConfig
+    plan: RunPlan  # its run plan (config, resolved stages, stage keys, run directory)
+
+    @property
+    def cfg(self) -> DictConfig:
+        return self.plan.cfg
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg.run.root) / run_name(self.cfg)
+        return self.plan.run_dir
 
 
 @dataclass
@@ -133,7 +138,7 @@ def _check_base(base: DictConfig) -> None:
         raise ConfigError(f"run.name={base.run.name!r}: every chain needs its own run directory; name the "
                           "comparison with --name instead")
     for i, st in enumerate(base.stages):
-        for k in STAGE_LOSS_KEYS:
+        for k in OBJECTIVE_KEYS:
             if st[k] is not None:
                 raise ConfigError(f"stages[{i}].{k} ({st.name}) overrides the objective under comparison; expected "
                                   "each grade to train with the objective's settings: remove it")
@@ -187,7 +192,7 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
     if teacher is None:
         argv = [*overrides, "teacher.only=true", f"run.wandb_group={name}"]
         t_cfg = load_config(argv)
-        plan.teacher = Chain("teacher", int(t_cfg.run.seed), argv, t_cfg)
+        plan.teacher = Chain("teacher", int(t_cfg.run.seed), argv, plan_config(t_cfg))
         plan.teacher_export = str(plan.teacher.run_dir / "stages" / "teacher" / "export")
     for seed in seed_list:  # seed by seed: an interrupted comparison has every objective for its first seeds
         for obj in objs:
@@ -195,9 +200,10 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
             argv = chain_argv(overrides, v["preset"], seed, plan.teacher_export, name, tuple(v["items"]))
             try:
                 cfg = load_config(argv)
+                run = plan_config(cfg)
             except ConfigError as e:
                 raise ConfigError(f"objective {obj!r}: {e}") from None
             if obj == "none":
                 _check_baseline(cfg, overrides)
-            plan.chains.append(Chain(obj, seed, argv, cfg))
+            plan.chains.append(Chain(obj, seed, argv, run))
     return plan

@@ -11,6 +11,7 @@ interrupted one resumes inside `run_chain` like any fit run.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import hashlib
 import json
@@ -33,22 +34,22 @@ def preflight(plan: Plan) -> None:
     tokenizer = load_tokenizer(plan.base.model.plm)
     dm = build_datamodule(plan.base)  # the KG only: the checks need no token table (nothing is written)
     if plan.teacher is not None:
-        check_run(plan.teacher.cfg, dm, tokenizer)
+        check_run(plan.teacher.plan, dm, tokenizer)
     exported = (Path(plan.teacher_export) / "biencoder.json").is_file()
     for chain in plan.chains:
-        cfg = chain.cfg
+        run = chain.plan
         if plan.teacher is not None and not exported:  # the teacher to be trained is model.plm's architecture
-            cfg = copy.deepcopy(cfg)
+            cfg = copy.deepcopy(run.cfg)
             cfg.teacher.load = None
-        check_run(cfg, dm, tokenizer)
+            run = dataclasses.replace(run, cfg=cfg)
+        check_run(run, dm, tokenizer)
 
 
 def finished_result(chain: Chain) -> dict[str, Any] | None:
     """The report of a chain whose every stage is done, or None (then it must run or resume)."""
     report = chain.run_dir / "report.json"
-    names = ["teacher", *(str(s.name) for s in chain.cfg.stages)]
-    store = open_chain(chain.cfg)
-    if not report.is_file() or not all(store.is_done(n) for n in names):
+    store = open_chain(chain.plan)
+    if not report.is_file() or not all(store.is_done(n) for n in chain.plan.stage_names):
         return None
     return json.loads(report.read_text())
 
@@ -62,7 +63,7 @@ def run_one(chain: Chain) -> tuple[dict[str, Any], str, float]:
     print(f"[compare] {chain.objective} seed {chain.seed}: {shlex.join(['python', '-m', 'kgc_kd.fit', *chain.argv])}",
           flush=True)
     try:
-        result = run_chain(chain.cfg)
+        result = run_chain(chain.plan)
     finally:  # free the chain's models before the next one (accelerator memory too)
         gc.collect()
         torch.cuda.empty_cache()  # a no-op where CUDA was never initialised

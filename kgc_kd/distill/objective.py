@@ -11,16 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-import importlib
-import pkgutil
-
-import kgc_kd.distill
 from kgc_kd.distill.registry import Dims, Step, term_class
-
-# Every module of kgc_kd/distill/ is imported, so a term registered in any of them (terms.py: ce, score,
-# mgfd, mgd, pkd; feature_terms.py: the feature-level terms; or a new module) is known by its name.
-for _module in pkgutil.iter_modules(kgc_kd.distill.__path__):
-    importlib.import_module(f"kgc_kd.distill.{_module.name}")
 
 FLAGS = ("needs_teacher", "needs_teacher_logits", "masks_inputs", "all_layers")
 

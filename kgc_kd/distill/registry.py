@@ -8,8 +8,11 @@ same masked inputs in teacher and student) and whether it needs every layer's hi
 preflight resolve a stage's objective this way before any model exists); the constructor builds the term
 for a concrete student/teacher pair (`Dims`), and `forward(step)` returns its value for one training step.
 
-Adding a term = one new registered class in any module of kgc_kd/distill/ (objective.py imports them all)
-plus its test; docs/configuration.md ("Adding a loss term") shows a short example.
+This module imports nothing of kgc_kd.distill (torchdistill's way): the package's `__init__` imports the
+modules that register the shipped terms, so any import of the registry through the package (`from
+kgc_kd.distill.registry import ...`) knows them all. Adding a term = one new registered class in a module
+of kgc_kd/distill/, that module listed in kgc_kd/distill/__init__.py, plus its test;
+docs/configuration.md ("Adding a loss term") shows a short example.
 """
 
 from __future__ import annotations
@@ -101,16 +104,12 @@ def register(cls: type[LossTerm]) -> type[LossTerm]:
 
 
 def term_class(name: str) -> type[LossTerm]:
-    import kgc_kd.distill.objective  # noqa: F401 - registers every shipped term
-
     if name not in TERMS:
         raise ValueError(f"unknown loss term {name!r}; known: {', '.join(sorted(TERMS))}")
     return TERMS[name]
 
 
 def known_terms() -> list[str]:
-    import kgc_kd.distill.objective  # noqa: F401
-
     return sorted(TERMS)
 
 

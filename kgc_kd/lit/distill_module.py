@@ -1,7 +1,7 @@
 """A student stage of the chain: a smaller bi-encoder taught by the frozen previous stage.
 
-The objective is the stage's resolved spec (kgc_kd/chain/stage_spec.py): a weighted list of registered loss terms
-(distill/registry.py), built once for this student/teacher pair (`Objective`) and summed; every term is
+The objective is the stage's resolved terms (the run plan's spec, kgc_kd/chain/stage_spec.py): a weighted
+list of registered loss terms (distill/registry.py), built once for this student/teacher pair (`Objective`) and summed; every term is
 logged. The step computes only what the terms ask for: the teacher runs only when a term reads it, its
 logits only for score distillation, the stage's input masking only for PMD's MGFD, captured layer
 internals only for feature terms. The teacher is frozen the way distillation in Lightning needs it: no
@@ -24,16 +24,17 @@ from kgc_kd.lit.base import BiEncoderModule
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.contrastive import contrastive_logits, in_batch_accuracy
 from kgc_kd.models.features import FeatureCapture
-from kgc_kd.chain.stage_spec import LOSS_KEYS, objective_terms
 
 
 def resolved_terms(stage: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stage's term list: as the spec resolved it, or resolved here from loss settings (alpha/beta/...,
-    or an unresolved `terms` list) by the same function."""
+    """The stage's resolved term list ({name, weight, params} each, as the run plan resolves it:
+    kgc_kd.chain.stage_spec); loss settings (alpha/beta/..., or unresolved entries) are refused."""
     terms = stage.get("terms")
-    if terms and all(isinstance(t, dict) and "params" in t for t in terms):
-        return [dict(t) for t in terms]
-    return objective_terms({k: stage.get(k) for k in LOSS_KEYS})
+    if not terms or not all(isinstance(t, dict) and {"name", "weight", "params"} <= set(t) for t in terms):
+        raise ValueError(f"stage {stage.get('name', 'student')!r}: DistillModule takes resolved terms "
+                         "({name, weight, params} each: kgc_kd.chain.stage_spec.resolve_stage or objective_terms); "
+                         f"got terms={terms!r}")
+    return [dict(t) for t in terms]
 
 
 class DistillModule(BiEncoderModule):

@@ -55,43 +55,45 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def _check(args: argparse.Namespace):
     """Everything before a trial: the file, the items, each parameter's extremes, the metric's stage, the
-    storage. Returns (space, base config, study name, output directory, storage URL)."""
-    from kgc_kd.config import ConfigError, load_config
+    storage. Returns (space, the items' run plan, study name, output directory, storage URL)."""
+    from kgc_kd.chain.plan import build_plan
+    from kgc_kd.config import ConfigError
     from kgc_kd.sweep.study import default_storage
-    from kgc_kd.sweep.trial import trial_config
+    from kgc_kd.sweep.trial import trial_plan
 
     space = load_space(args.file)
     if args.trials is not None and args.trials < 1:
         raise SweepError(f"--trials {args.trials}: expected >= 1")
     if args.workers < 1:
         raise SweepError(f"--workers {args.workers}: expected >= 1")
-    base = load_config([*space.fixed, *args.overrides])
-    stage_names = [str(s.name) for s in base.stages]
-    check_metric_stages(space, stage_names)
+    base = build_plan([*space.fixed, *args.overrides])
+    check_metric_stages(space, base.stage_names[1:])
     study = args.study or space.name
     for corner in space.corners():
         try:
-            trial_config(space, args.overrides, corner, study)
+            trial_plan(space, args.overrides, corner, study)
         except ConfigError as err:
             raise SweepError(f"{space.path}: parameters {corner}: {err}") from None
-    out = Path(base.run.root) / "sweeps" / study
+    out = Path(base.cfg.run.root) / "sweeps" / study
     return space, base, study, out, args.storage or default_storage(out)
 
 
 def _preflight(base) -> None:
-    """The data and the model, loaded and checked as a run would, before the first trial."""
+    """The data and the model, loaded and checked as a run would (`base`: the items' run plan), before the first
+    trial."""
     from kgc_kd.chain.driver import build_datamodule
-    from kgc_kd.models.plm import load_tokenizer
     from kgc_kd.chain.preflight import check_run
+    from kgc_kd.models.plm import load_tokenizer
 
-    tokenizer = load_tokenizer(base.model.plm)
-    check_run(base, build_datamodule(base, tokenizer), tokenizer)
+    tokenizer = load_tokenizer(base.cfg.model.plm)
+    check_run(base, build_datamodule(base.cfg, tokenizer), tokenizer)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse(sys.argv[1:] if argv is None else argv)
     with exit_statuses(SweepError):
-        space, base, study_name, out, url = _check(args)
+        space, base_plan, study_name, out, url = _check(args)
+        base = base_plan.cfg
         from kgc_kd.sweep.study import budget, make_pruner, open_storage, open_study, spawn_workers, work
 
         storage = open_storage(url)
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict | None:
             work(study, objective(space, args.overrides, study, args.heartbeat, not space.multi_objective), total,
                  args.heartbeat)
             return None
-        _preflight(base)
+        _preflight(base_plan)
         print(f"[sweep] study {study_name} ({url}): {total} trials, {args.workers} worker(s), pruner "
               f"{type(pruner).__name__}", flush=True)
         if args.workers == 1:
@@ -125,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict | None:
                 print(f"[sweep] worker exit statuses {statuses}: see {out}/worker-*.log", file=sys.stderr)
         from kgc_kd.sweep.report import write_outputs
 
-        summary = write_outputs(study, space, out, ["teacher", *(str(s.name) for s in base.stages)])
+        summary = write_outputs(study, space, out, base_plan.stage_names)
         if base.run.logger == "wandb":
             from kgc_kd.chain.tracking import log_sweep
 

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig
 
+from kgc_kd.chain.plan import RunPlan, plan_config
 from kgc_kd.config import config_hash, load_config
 from kgc_kd.sweep.space import Metric, SweepSpace, item_value
 from kgc_kd.sweep.study import Heartbeat
@@ -32,10 +33,16 @@ def trial_items(space: SweepSpace, items: list[str], params: dict[str, Any], stu
 
 
 def trial_config(space: SweepSpace, items: list[str], params: dict[str, Any], study: str) -> DictConfig:
+    """The trial's config: its run named `<study>-<config hash>` unless the items name it."""
     cfg = load_config(trial_items(space, items, params, study))
     if not cfg.run.name:
         cfg.run.name = f"{study}-{config_hash(cfg)}"
     return cfg
+
+
+def trial_plan(space: SweepSpace, items: list[str], params: dict[str, Any], study: str) -> RunPlan:
+    """The trial's run plan (its stages resolved and checked by the registered terms)."""
+    return plan_config(trial_config(space, items, params, study))
 
 
 def figure(rows: list[dict], metric: Metric) -> float:
@@ -62,9 +69,9 @@ def objective(space: SweepSpace, items: list[str], study: optuna.Study, heartbea
 
     def run(trial: optuna.Trial):
         params = {k: suggest(trial, k, d) for k, d in space.distributions.items()}
-        cfg = trial_config(space, items, params, study.study_name)
+        plan = trial_plan(space, items, params, study.study_name)
         trial.set_user_attr("items", trial_items(space, items, params, study.study_name))
-        trial.set_user_attr("run_dir", f"{cfg.run.root}/{cfg.run.name}")
+        trial.set_user_attr("run_dir", f"{plan.cfg.run.root}/{plan.run_name}")
         start = time.perf_counter()
         stages: list[dict] = []
 
@@ -80,7 +87,7 @@ def objective(space: SweepSpace, items: list[str], study: optuna.Study, heartbea
 
         with Heartbeat(study, trial, heartbeat_s):
             try:
-                result = run_chain(cfg, on_stage=on_stage)
+                result = run_chain(plan, on_stage=on_stage)
             finally:
                 gc.collect()
         trial.set_user_attr("seconds", round(time.perf_counter() - start, 1))
