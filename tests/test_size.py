@@ -127,18 +127,3 @@ def test_throughput_runs_in_the_runs_precision(precision, dtype):
         assert enc.seen == {(True, dtype)} and enc.dtypes == {dtype}
     assert not torch.is_autocast_enabled("cpu")  # and nothing left switched on
 
-
-def test_stage_latency_passes_the_trainers_precision(monkeypatch):
-    """StageRecorder._latency times each side in the stage's own precision (trainer.precision)."""
-    from types import SimpleNamespace
-
-    from kgc_kd.callbacks import progressive
-
-    calls = []
-    monkeypatch.setattr(progressive, "throughput", lambda *a, **k: calls.append(k.get("precision")) or 1.0)
-    net = torch.nn.Linear(2, 2)
-    net.encode_query = net.encode_entity = None
-    dm = SimpleNamespace(query_dataloader=lambda split: [], entity_dataloader=lambda: [])
-    trainer = SimpleNamespace(datamodule=dm, precision="bf16-mixed")
-    progressive.StageRecorder._latency(None, trainer, net)
-    assert calls == ["bf16-mixed", "bf16-mixed"]
