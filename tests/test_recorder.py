@@ -12,7 +12,7 @@ def test_stage_latency_passes_the_trainers_precision(monkeypatch):
     from types import SimpleNamespace
 
     calls = []
-    monkeypatch.setattr(progressive, "throughput", lambda *a, **k: calls.append(k.get("precision")) or 1.0)
+    monkeypatch.setattr(recorder, "throughput", lambda *a, **k: calls.append(k.get("precision")) or 1.0)
     net = torch.nn.Linear(2, 2)
     net.encode_query = net.encode_entity = None
     dm = SimpleNamespace(query_dataloader=lambda split: [], entity_dataloader=lambda: [])
