@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import make_tiny_bert, make_tokenizer
+from kgc_kd.chain.stage_spec import objective_terms
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
@@ -78,7 +79,7 @@ def test_teacher_step_on_two_processes_equals_one_process_on_the_global_batch(tm
 
 def test_distillation_step_on_two_processes_equals_one_process(tmp_path):
     teacher = BiEncoder(make_tiny_bert(num_layers=2, dropout=0.0))
-    stage = {"name": "s", "alpha": 0.2, "beta": 0.0, "mask_rate": 0.0}
+    stage = {"name": "s", "mask_rate": 0.0, "terms": objective_terms({"alpha": 0.2, "beta": 0.0})}
 
     def module(bs):
         student, _ = build_student(teacher, 1)
@@ -111,7 +112,7 @@ def test_teacher_pre_batch_step_on_two_processes_equals_one_process(tmp_path):
 
 def test_distillation_pre_batch_step_on_two_processes_equals_one_process(tmp_path):
     teacher = BiEncoder(make_tiny_bert(num_layers=2, dropout=0.0))
-    stage = {"name": "s", "alpha": 0.2, "beta": 0.0, "mask_rate": 0.0}
+    stage = {"name": "s", "mask_rate": 0.0, "terms": objective_terms({"alpha": 0.2, "beta": 0.0})}
 
     def module(bs, model=PRE_BATCH):
         student, _ = build_student(teacher, 1)
