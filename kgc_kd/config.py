@@ -275,6 +275,13 @@ def _load_yaml(path: Path, origin: str) -> DictConfig:
 
 
 def load_config(argv: list[str] | None = None) -> DictConfig:
+    """The validated config of the items `argv` (the module docstring lists their forms)."""
+    return load(argv)[0]
+
+
+def load(argv: list[str] | None = None) -> tuple[DictConfig, list[list[dict[str, Any]]]]:
+    """The validated config of the items `argv` and every student stage's objective as a term list (the
+    alpha/beta shorthand spelt out, `objective_entries`): what the run plan (kgc_kd/chain/plan.py) starts from."""
     cfg = OmegaConf.structured(Config)
     for arg in argv or []:
         if "=" not in arg:
@@ -312,11 +319,11 @@ def load_config(argv: list[str] | None = None) -> DictConfig:
                 override = OmegaConf.create({})
                 OmegaConf.update(override, key, value, force_add=True)
             cfg = _merge(cfg, override, f"argument {arg!r}")
-    validate(cfg)
-    return cfg
+    return cfg, validate(cfg)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> list[list[dict[str, Any]]]:
+    """Per-field checks (ConfigError names the key); returns every student stage's objective as a term list."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required value not set: {', '.join(missing)} (give it as key=value, e.g. {missing[0]}=...)")
@@ -366,10 +373,12 @@ def validate(cfg: DictConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
-    for i in range(len(cfg.stages)):  # every stage's objective as a term list (the terms' own checks: the run plan)
-        objective_entries(cfg, i)
+    # every stage's objective as a term list, once, here (the registered terms check the entries: the run plan)
+    objectives = [objective_entries(cfg, i) for i in range(len(cfg.stages))]
     if cfg.teacher.only:  # the resolved config (written next to the run) shows what runs
         cfg.stages = []
+        objectives = []
+    return objectives
 
 
 # ---- a stage's objective: the distill group with the stage's overrides, as a term list ----------------------

@@ -15,7 +15,7 @@ import sys
 from omegaconf import DictConfig, OmegaConf
 
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_NON_FINITE, EXIT_SIGTERM, console_script, exit_statuses, parser
-from kgc_kd.config import load_config
+from kgc_kd.config import load
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_NON_FINITE", "EXIT_SIGTERM", "exit_statuses", "main", "parse", "print_config",
            "script"]
@@ -49,7 +49,7 @@ def print_config(cfg: DictConfig) -> str:
 def main(argv: list[str] | None = None) -> dict | None:
     args = parse(sys.argv[1:] if argv is None else argv)
     with exit_statuses():
-        cfg = load_config(args.overrides)
+        cfg, objectives = load(args.overrides)
         if args.print_config:
             sys.stdout.write(print_config(cfg))
             return None
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         from kgc_kd.chain.driver import run_chain
         from kgc_kd.chain.plan import plan_config
 
-        return run_chain(plan_config(cfg))
+        return run_chain(plan_config(cfg, objectives))
 
 
 script = console_script(main)

@@ -69,3 +69,20 @@ def test_preflight_dims_refine_the_plan_without_changing_it():
     dims = [Dims(384, 384, 1536, 1536, 12, 12, n, m) for n, m in ((6, 6), (4, 6), (2, 4))]
     refined = plan.with_dims(dims)
     assert refined.dims == dims and plan.dims is None and refined.specs == plan.specs and isinstance(refined, RunPlan)
+
+
+def test_the_shorthand_is_spelt_as_terms_once_per_stage(monkeypatch):
+    import kgc_kd.chain.stage_spec as stage_spec
+    import kgc_kd.config as config
+
+    calls = []
+    original = config.objective_entries
+
+    def counted(cfg, index):
+        calls.append(index)
+        return original(cfg, index)
+
+    monkeypatch.setattr(config, "objective_entries", counted)
+    monkeypatch.setattr(stage_spec, "objective_entries", counted)
+    plan = build_plan(["distill=pmd"])
+    assert calls == [0, 1, 2] and len(plan.specs) == 3  # at load, then the plan takes load's term lists

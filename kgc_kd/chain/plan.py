@@ -1,7 +1,7 @@
 """The run plan: everything a chain run is decided to be, built once from the command line (or a loaded config).
 
-`build_plan(argv)` loads the config (kgc_kd.config: presets, items, per-field checks, the objective as a
-term list) and `plan_config(cfg)` turns it into a `RunPlan`: the config, every student stage's resolved
+`build_plan(argv)` loads the config (kgc_kd.config.load: presets, items, per-field checks, each stage's
+objective as a term list) and `plan_config(cfg, objectives)` turns it into a `RunPlan`: the config, every student stage's resolved
 spec (chain/stage_spec.py: its terms checked by the registered loss terms), the stage keys (the stage
 store's), the run name and the run directory. Preflight (chain/preflight.py `check_run`) refines the plan
 with the encoders' shapes (`dims`, one `Dims` per student stage) once the data and tokenizer are loaded;
@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from kgc_kd.config import load_config, run_name
+from kgc_kd.config import load, objective_entries, run_name
 from kgc_kd.chain.stage_spec import resolve_stage, stage_keys
 from kgc_kd.distill.registry import Dims
 
@@ -41,9 +41,12 @@ class RunPlan:
         return replace(self, dims=list(dims))
 
 
-def plan_config(cfg: DictConfig) -> RunPlan:
-    """The plan of a loaded config: every stage resolved, the stage keys, the run name and directory."""
-    specs = [resolve_stage(cfg, i) for i in range(len(cfg.stages))]
+def plan_config(cfg: DictConfig, objectives: list[list[dict[str, Any]]] | None = None) -> RunPlan:
+    """The plan of a loaded config: every stage resolved, the stage keys, the run name and directory.
+    `objectives`: each stage's term list as `kgc_kd.config.load` returned it (None: spelt from `cfg`)."""
+    if objectives is None:
+        objectives = [objective_entries(cfg, i) for i in range(len(cfg.stages))]
+    specs = [resolve_stage(cfg, i, entries) for i, entries in enumerate(objectives)]
     name = run_name(cfg)
     return RunPlan(cfg=cfg, specs=specs, keys=stage_keys(cfg, specs), run_name=name,
                    run_dir=Path(cfg.run.root) / name)
@@ -51,7 +54,7 @@ def plan_config(cfg: DictConfig) -> RunPlan:
 
 def build_plan(argv: list[str] | None = None) -> RunPlan:
     """The plan of a command line's configuration items (`config=PATH`, `GROUP=PRESET`, `key=value`)."""
-    return plan_config(load_config(argv))
+    return plan_config(*load(argv))
 
 
 def as_plan(plan_or_cfg: RunPlan | DictConfig) -> RunPlan:

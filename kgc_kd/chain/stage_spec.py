@@ -54,10 +54,11 @@ def stage_negatives(cfg: DictConfig, index: int | None) -> dict[str, Any]:
             "self_negative": bool(pick("self_negative"))}
 
 
-def resolve_stage(cfg: DictConfig, index: int) -> dict[str, Any]:
-    """Stage `index` as it trains: a plain dict (report.json holds it). ConfigError names the key at fault."""
+def resolve_stage(cfg: DictConfig, index: int, entries: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Stage `index` as it trains: a plain dict (report.json holds it). `entries`: its objective as a term list
+    (as `kgc_kd.config.load` spelt it; None: spelt here). ConfigError names the key at fault."""
     st = cfg.stages[index]
-    entries = objective_entries(cfg, index)
+    entries = objective_entries(cfg, index) if entries is None else entries
     try:
         terms = resolve_terms(entries)
     except ValueError as err:

@@ -3,9 +3,9 @@
 Every chain is an ordinary `python -m kgc_kd.fit` run whose arguments are the comparison's key=value
 items plus `distill=<objective>`, `run.seed=<seed>` and `teacher.load=<the teacher's export>`; the
 teacher (unless `--teacher` names an export) is the `teacher.only=true` run of the same items. Each
-config goes through `load_config`, so an unknown objective, key or preset fails here, naming it, and
-each chain's run plan (kgc_kd.chain.plan: its stages resolved, its run directory, the one `fit` itself would
-derive, so a rerun finds it) is built here, once.
+chain's items go through `kgc_kd.chain.plan.build_plan`, so an unknown objective, key, preset or loss term
+fails here, naming it, and each chain's run plan (its stages resolved, its run directory: the one `fit`
+itself would derive, so a rerun finds it) is built here, once.
 
 A variant (`--variant "LABEL=PRESET key=value ..."`) is an objective of its own: the preset plus items that
 apply to its chains only (a mask schedule, a KD temperature, weights), compared as a row named LABEL. The
@@ -21,7 +21,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from kgc_kd.chain.plan import RunPlan, plan_config
+from kgc_kd.chain.plan import RunPlan, build_plan as build_run_plan
 from kgc_kd.config import OBJECTIVE_KEYS, ConfigError, config_hash, load_config, presets
 
 
@@ -56,7 +56,7 @@ class Plan:
 
     @property
     def grades(self) -> list[str]:
-        return [str(s.name) for s in self.chains[0].cfg.stages]
+        return self.chains[0].plan.stage_names[1:]
 
 
 def parse_objectives(text: str) -> list[str]:
@@ -191,19 +191,18 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
                 overrides=list(overrides), base=base, teacher_export=teacher or "", variants=variant_map)
     if teacher is None:
         argv = [*overrides, "teacher.only=true", f"run.wandb_group={name}"]
-        t_cfg = load_config(argv)
-        plan.teacher = Chain("teacher", int(t_cfg.run.seed), argv, plan_config(t_cfg))
+        t_plan = build_run_plan(argv)
+        plan.teacher = Chain("teacher", int(t_plan.cfg.run.seed), argv, t_plan)
         plan.teacher_export = str(plan.teacher.run_dir / "stages" / "teacher" / "export")
     for seed in seed_list:  # seed by seed: an interrupted comparison has every objective for its first seeds
         for obj in objs:
             v = variant_map.get(obj, {"preset": obj, "items": []})
             argv = chain_argv(overrides, v["preset"], seed, plan.teacher_export, name, tuple(v["items"]))
             try:
-                cfg = load_config(argv)
-                run = plan_config(cfg)
+                run = build_run_plan(argv)
             except ConfigError as e:
                 raise ConfigError(f"objective {obj!r}: {e}") from None
             if obj == "none":
-                _check_baseline(cfg, overrides)
+                _check_baseline(run.cfg, overrides)
             plan.chains.append(Chain(obj, seed, argv, run))
     return plan

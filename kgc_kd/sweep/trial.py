@@ -15,10 +15,9 @@ import time
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig
 
 from kgc_kd.chain.plan import RunPlan, plan_config
-from kgc_kd.config import config_hash, load_config
+from kgc_kd.config import config_hash, load
 from kgc_kd.sweep.space import Metric, SweepSpace, item_value
 from kgc_kd.sweep.study import Heartbeat
 
@@ -32,17 +31,13 @@ def trial_items(space: SweepSpace, items: list[str], params: dict[str, Any], stu
     return [*space.fixed, *items, *(f"{k}={item_value(v)}" for k, v in params.items()), f"run.wandb_group={study}"]
 
 
-def trial_config(space: SweepSpace, items: list[str], params: dict[str, Any], study: str) -> DictConfig:
-    """The trial's config: its run named `<study>-<config hash>` unless the items name it."""
-    cfg = load_config(trial_items(space, items, params, study))
+def trial_plan(space: SweepSpace, items: list[str], params: dict[str, Any], study: str) -> RunPlan:
+    """The trial's run plan (its stages resolved and checked by the registered terms): its run named
+    `<study>-<config hash>` unless the items name it."""
+    cfg, objectives = load(trial_items(space, items, params, study))
     if not cfg.run.name:
         cfg.run.name = f"{study}-{config_hash(cfg)}"
-    return cfg
-
-
-def trial_plan(space: SweepSpace, items: list[str], params: dict[str, Any], study: str) -> RunPlan:
-    """The trial's run plan (its stages resolved and checked by the registered terms)."""
-    return plan_config(trial_config(space, items, params, study))
+    return plan_config(cfg, objectives)
 
 
 def figure(rows: list[dict], metric: Metric) -> float:
