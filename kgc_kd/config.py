@@ -217,6 +217,7 @@ class Config:
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true")
 GROUPS = ("data", "model", "optim", "trainer", "eval", "teacher", "distill", "run")
+EXPERIMENT = "experiment"  # `experiment=NAME`: the whole recipe conf/experiment/NAME.yaml, as config= would merge it
 
 
 def conf_dir() -> Path:
@@ -262,6 +263,16 @@ def _merge_yaml(cfg: DictConfig, loaded: DictConfig, prefix: str, origin: str) -
     return cfg
 
 
+def _merge_file(cfg: DictConfig, loaded: DictConfig, prefix: str, origin: str) -> DictConfig:
+    """A preset or config file merged in; an objective it gives (the distill group) replaces the one before
+    instead of merging into it: an objective is one choice (a term list and the alpha/beta form do not mix),
+    so `experiment=wn18rr_pmd distill=mgd` trains MGD's objective on PMD's recipe, whichever of the two
+    comes last winning. Single keys (`distill.alpha=0.2`) still merge."""
+    if prefix == "distill" or (not prefix and "distill" in loaded):
+        cfg.distill = ObjectiveCfg()
+    return _merge_yaml(cfg, loaded, prefix, origin)
+
+
 def _load_yaml(path: Path, origin: str) -> DictConfig:
     if not path.is_file():
         raise ConfigError(f"{origin}: no such file {path}")
@@ -291,12 +302,13 @@ def load(argv: list[str] | None = None) -> tuple[DictConfig, list[list[dict[str,
         if key.startswith("+") or key.startswith("~"):
             raise ConfigError(f"argument {arg!r}: Hydra's +/~ prefixes are not supported; use plain key=value")
         if key == "config":
-            cfg = _merge_yaml(cfg, _load_yaml(Path(value), f"config={value}"), "", f"config={value}")
-        elif key in GROUPS:
+            cfg = _merge_file(cfg, _load_yaml(Path(value), f"config={value}"), "", f"config={value}")
+        elif key in GROUPS or key == EXPERIMENT:
             # Only a bare name can be a preset: a path (data=/x/WN18RR) must never resolve outside conf/.
             preset = conf_dir() / key / f"{value}.yaml"
             if re.fullmatch(r"[\w.-]+", value) and ".." not in value and preset.is_file():
-                cfg = _merge_yaml(cfg, _load_yaml(preset, arg), key, f"{arg} ({preset})")
+                prefix = "" if key == EXPERIMENT else key  # a recipe is a whole config file, like config=
+                cfg = _merge_file(cfg, _load_yaml(preset, arg), prefix, f"{arg} ({preset})")
             elif key == "data":
                 cfg = _merge(cfg, {"data": {"source": value}}, arg)
             else:

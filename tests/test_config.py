@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from kgc_kd.config import ConfigError, TrainerCfg, config_hash, load_config, run_name, to_plain
+from kgc_kd.config import ConfigError, TrainerCfg, conf_dir, config_hash, load_config, run_name, to_plain
 
 
 @pytest.fixture(autouse=True)
@@ -344,3 +344,45 @@ def test_misspelt_loader_and_check_keys_are_errors(arg, key):
 def test_loader_and_check_values_are_validated(arg, fragment):
     with pytest.raises(ConfigError, match=re.escape(fragment)):
         load_config([arg])
+
+
+# ---- experiment=NAME and an objective replaced, not merged ---------------------------------------------------
+@pytest.fixture
+def recipes(tmp_path, monkeypatch):
+    """A recipe in the alpha/beta form and a distill preset with a term list (the shapes of wn18rr_pmd, mgd)."""
+    d = tmp_path / "conf"
+    (d / "experiment").mkdir(parents=True)
+    (d / "distill").mkdir()
+    (d / "trainer").mkdir()
+    (d / "experiment" / "recipe.yaml").write_text(
+        "stages:\n  - {name: s4, layers: 4}\n  - {name: s2, layers: 2}\n"
+        "distill:\n  alpha: 0.3\n  beta: 0.2\n  score_loss: kl\n")
+    (d / "distill" / "listed.yaml").write_text("terms:\n  - {name: ce, weight: 0.9}\n  - {name: mgd, weight: 0.1}\n")
+    (d / "trainer" / "ddp.yaml").write_text("strategy: ddp\n")
+    monkeypatch.setenv("KGC_KD_CONF", str(d))
+    return d
+
+
+def test_experiment_names_a_recipe_as_config_would_merge_it(recipes):
+    by_name = load_config(["experiment=recipe"])
+    by_path = load_config([f"config={recipes / 'experiment' / 'recipe.yaml'}"])
+    assert to_plain(by_name) == to_plain(by_path)
+    assert [s.name for s in by_name.stages] == ["s4", "s2"] and by_name.distill.alpha == 0.3
+    with pytest.raises(ConfigError, match=r"experiment=nope: no preset 'nope' .*\['recipe'\]"):
+        load_config(["experiment=nope"])
+    with pytest.raises(ConfigError, match="no preset"):
+        load_config(["experiment=../experiment/recipe"])  # a name, never a path
+
+
+@pytest.mark.parametrize("order", ["preset last", "recipe last"])
+def test_the_objective_given_last_replaces_the_one_before(recipes, order):
+    items = ["experiment=recipe", "distill=listed"] if order == "preset last" else ["distill=listed", "experiment=recipe"]
+    cfg = load_config([*items, "trainer=ddp"])
+    assert [s.name for s in cfg.stages] == ["s4", "s2"] and cfg.trainer.strategy == "ddp"
+    if order == "preset last":  # the preset's term list, none of the recipe's alpha/beta keys left beside it
+        assert [t["name"] for t in cfg.distill.terms] == ["ce", "mgd"]
+        assert (cfg.distill.alpha, cfg.distill.beta, cfg.distill.score_loss) == (0.1, 0.1, None)  # the defaults
+    else:  # the recipe's alpha/beta form, the preset's terms gone
+        assert list(cfg.distill.terms) == [] and (cfg.distill.alpha, cfg.distill.score_loss) == (0.3, "kl")
+        # a single key still merges into the objective in force
+        assert load_config([*items, "distill.beta=0.25"]).distill.alpha == 0.3
