@@ -1,5 +1,6 @@
 """kgc_kd.chain.store.ChainStore alone (no Lightning): the run directory's layout, the lock, the state file, where
-exports go (what they hold: test_export.py) and the teacher handed from one stage to the next."""
+exports go (what they hold: test_export.py). The teacher handed from one stage to the next is the driver's
+(test_driver.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from transformers import AutoTokenizer
 
 import kgc_kd.chain.export as export_module
 from conftest import make_tiny_bert, make_tokenizer
-from kgc_kd.chain.store import ChainStore, CurrentTeacher
+from kgc_kd.chain.store import ChainStore
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.eval import RankingOutput, Ranks
 from kgc_kd.models.biencoder import BiEncoder
@@ -34,7 +35,7 @@ def test_the_layout_of_a_run_directory(tmp_path):
     assert store.stage_dir("pmd4") == tmp_path / "run" / "stages" / "pmd4"
     assert store.export_dir("pmd4") == tmp_path / "run" / "stages" / "pmd4" / "export"
     assert store.state_path == tmp_path / "run" / "chain_state.json"
-    assert store.rows() == [] and store.untrained_test is None and store.teacher is None
+    assert store.rows() == [] and store.untrained_test is None
     assert not store.state_path.exists()  # nothing is written before a stage is recorded
 
 
@@ -119,31 +120,6 @@ def test_predictions_go_next_to_the_export(tmp_path):
     assert [json.loads(line)["rank"] for line in lines] == [1.0, 3.0]
 
 
-def test_hand_over_gives_the_next_stage_a_frozen_copy(tmp_path):
-    store = ChainStore(tmp_path)
-    net = _net().train()
-    store.hand_over(net)
-    teacher = store.teacher
-    assert teacher is not net and not teacher.training
-    assert not any(p.requires_grad for p in teacher.parameters())
-    assert all(p.requires_grad for p in net.query_encoder.parameters()) and net.training  # the stage's own net
-    key = "query_encoder.embeddings.word_embeddings.weight"
-    before = teacher.state_dict()[key].clone()
-    with torch.no_grad():
-        net.state_dict()[key].add_(1.0)  # training on does not move the teacher
-    assert torch.equal(teacher.state_dict()[key], before)
-
-
-def test_a_skipped_stage_teaches_from_its_export(tmp_path):
-    store = ChainStore(tmp_path)
-    net = _net(seed=4)
-    _export(store, "s", net)
-    store.load_teacher("s")
-    assert not store.teacher.training and not any(p.requires_grad for p in store.teacher.parameters())
-    for (k, a), (_, b) in zip(net.state_dict().items(), store.teacher.state_dict().items()):
-        assert torch.equal(a, b), k
-
-
 def test_the_store_needs_no_lightning():
     import subprocess
 
@@ -175,13 +151,12 @@ def test_a_stage_recorded_by_one_run_is_reused_by_another_with_its_row_and_basel
     first.record("teacher", {"name": "teacher", "test": {"mrr": 0.5}})
     second = ChainStore(tmp_path / "b", keys=KEYS, store_root=tmp_path)
     assert second.is_done("teacher") and not second.is_done("s") and second.rows() == []
-    assert second.reuse("teacher") is True
+    assert second.adopt("teacher") is True
     assert second.rows() == [{"name": "teacher", "test": {"mrr": 0.5}, "reused_from_store": True}]
     assert second.untrained_test == {"mrr": 0.1} and second.untrained_eval_s == 1.5
     assert json.loads((tmp_path / "b" / "chain_state.json").read_text())["order"] == ["teacher"]
     assert (tmp_path / "b" / "stages" / "teacher" / "export" / "biencoder.json").is_file()  # through the link
-    assert second.teacher is not None and not second.teacher.training
-    assert first.reuse("teacher") is False  # its own stage: recorded here, not taken from the store
+    assert first.adopt("teacher") is False  # its own stage: recorded here, not taken from the store
     other = ChainStore(tmp_path / "c", keys={"teacher": "another"}, store_root=tmp_path)
     assert not other.is_done("teacher")  # another key is another stage
 
@@ -208,27 +183,14 @@ def test_a_claimed_stage_is_locked_against_other_processes_until_released(tmp_pa
         assert subprocess.run([sys.executable, "-c", probe, str(lock)]).returncode == 0  # a non-zero rank
 
 
-def test_adopt_joins_a_stage_without_touching_the_teacher_and_reuse_also_loads_it(tmp_path):
+def test_adopt_joins_a_stage_once(tmp_path):
     first = ChainStore(tmp_path / "a", keys=KEYS, store_root=tmp_path)
     first.open_stage("teacher")
     _export(first, "teacher", _net(seed=3))
     first.record("teacher", {"name": "teacher"})
     second = ChainStore(tmp_path / "b", keys=KEYS, store_root=tmp_path)
-    assert second.adopt("teacher") is True and second.teacher is None
+    assert second.adopt("teacher") is True
     assert second.rows() == [{"name": "teacher", "reused_from_store": True}]
     assert (tmp_path / "b" / "stages" / "teacher").is_symlink()
-    assert second.reuse("teacher") is False  # adopted already: now this run's row
-    assert second.teacher is not None and not second.teacher.training
-
-
-def test_the_current_teacher_stands_alone(tmp_path):
-    current = CurrentTeacher()
-    assert current.net is None
-    net = _net(seed=5).train()
-    current.hand_over(net)
-    assert current.net is not net and not current.net.training
-    net.save_pretrained(tmp_path / "export", None)
-    current.load(tmp_path / "export")
-    assert not any(p.requires_grad for p in current.net.parameters())
-    for (k, a), (_, b) in zip(net.state_dict().items(), current.net.state_dict().items()):
-        assert torch.equal(a, b), k
+    assert second.adopt("teacher") is False  # adopted already: now this run's row
+    assert second.rows() == [{"name": "teacher", "reused_from_store": True}]

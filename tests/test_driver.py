@@ -422,3 +422,51 @@ def test_the_chains_own_trainers_run_a_gpu_runs_optimizer_clipping_and_precision
         saved = torch.load(last, weights_only=True)
         groups = saved["optimizer_states"][0]["param_groups"]
         assert groups and all(g["fused"] is True for g in groups)
+
+
+# ---- the current teacher: the driver's, handed from one stage to the next ------------------------------------
+def _tiny_net(seed: int = 0) -> BiEncoder:
+    from conftest import make_tiny_bert
+
+    return BiEncoder(make_tiny_bert(num_layers=1, seed=seed))
+
+
+def test_hand_over_gives_the_next_stage_a_frozen_copy():
+    from kgc_kd.chain.driver import CurrentTeacher
+
+    current = CurrentTeacher()
+    assert current.net is None
+    net = _tiny_net().train()
+    current.hand_over(net)
+    teacher = current.net
+    assert teacher is not net and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in net.query_encoder.parameters()) and net.training  # the stage's own net
+    key = "query_encoder.embeddings.word_embeddings.weight"
+    before = teacher.state_dict()[key].clone()
+    with torch.no_grad():
+        net.state_dict()[key].add_(1.0)  # training on does not move the teacher
+    assert torch.equal(teacher.state_dict()[key], before)
+
+
+def test_a_reused_stage_teaches_from_its_export(tmp_path):
+    """A done stage is not trained again: it joins the run (its row, from the store) and its export is the next
+    stage's frozen teacher."""
+    from kgc_kd.chain.driver import CurrentTeacher, _reuse_if_done
+    from kgc_kd.chain.store import ChainStore
+    from kgc_kd.data.synthetic import synthetic_kg
+
+    keys = {"teacher": "k0"}
+    first = ChainStore(tmp_path / "a", keys=keys, store_root=tmp_path)
+    first.open_stage("teacher")
+    net = _tiny_net(seed=4)
+    first.export("teacher", net, synthetic_kg(num_entities=12, num_relations=2, num_triples=40), max_length=24,
+                 link_graph=False)
+    first.record("teacher", {"name": "teacher"})
+    second, current = ChainStore(tmp_path / "b", keys=keys, store_root=tmp_path), CurrentTeacher()
+    assert _reuse_if_done(second, "pmd9", current) is False and current.net is None  # not done: trained
+    assert _reuse_if_done(second, "teacher", current) is True
+    assert second.rows() == [{"name": "teacher", "reused_from_store": True}]
+    assert not current.net.training and not any(p.requires_grad for p in current.net.parameters())
+    for (k, a), (_, b) in zip(net.state_dict().items(), current.net.state_dict().items()):
+        assert torch.equal(a, b), k

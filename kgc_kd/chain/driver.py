@@ -9,6 +9,7 @@ seed, so a baseline chain (distill=none) sees the same data order and initialisa
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Callable
@@ -18,27 +19,27 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
-from kgc_kd.chain import tracking
-from kgc_kd.chain.recorder import StageRecorder
 from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
                                      newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
+from kgc_kd.chain import tracking
 from kgc_kd.chain.plan import RunPlan, as_plan
+from kgc_kd.chain.preflight import check_run
+from kgc_kd.chain.recorder import StageRecorder
+from kgc_kd.chain.report import write_report
+from kgc_kd.chain.stage_spec import stage_negatives
 from kgc_kd.chain.store import ChainStore
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule, resolve_loader
-from kgc_kd.runtime.files import write_text_atomic
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
-from kgc_kd.runtime.memory import peak_rss_mib
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.plm import load_tokenizer
 from kgc_kd.models.student import build_student, num_layers
 from kgc_kd.models.vocab import used_token_ids
+from kgc_kd.runtime.files import write_text_atomic
+from kgc_kd.runtime.memory import peak_rss_mib
 from kgc_kd.runtime.precision import configure_matmul, resolve_precision
-from kgc_kd.chain.preflight import check_run
-from kgc_kd.chain.report import write_report
-from kgc_kd.chain.stage_spec import stage_negatives
 
 
 def data_checks(dm: KGDataModule) -> dict[str, int]:
@@ -152,25 +153,50 @@ def _agreed(flag: bool) -> bool:
     return flag
 
 
-def _reuse_if_done(chain: ChainStore, name: str) -> bool:
-    """A stage already done (by this run or, in the stage store, by another) is not trained again."""
+def freeze(net: BiEncoder) -> BiEncoder:
+    return net.requires_grad_(False).eval()
+
+
+class CurrentTeacher:
+    """The frozen bi-encoder the next stage learns from (None before the first stage is done): the driver's own
+    state from stage to stage, never stored."""
+
+    def __init__(self) -> None:
+        self.net: BiEncoder | None = None
+
+    def hand_over(self, net: BiEncoder) -> None:
+        """A tested stage's bi-encoder teaches the next stage: a frozen copy, so training the next stage
+        cannot change it."""
+        self.net = freeze(copy.deepcopy(net))
+
+    def load(self, export_dir: Path) -> None:
+        """A finished stage is skipped: its export teaches the next stage (read with the source tokenizer's ids)."""
+        self.net = freeze(BiEncoder.from_pretrained(export_dir, source_ids=True))
+
+
+def _reuse_if_done(chain: ChainStore, name: str, teacher: CurrentTeacher) -> bool:
+    """A stage already done (by this run or, in the stage store, by another) is not trained again: it joins the
+    run and its export becomes the next stage's teacher."""
     if not _agreed(chain.is_done(name)):
         return False
-    if chain.reuse(name):
+    if chain.adopt(name):
         print(f"[chain] {name}: reusing {chain.stage_dir(name)} (trained by another run with the same stage key)",
               flush=True)
+    teacher.load(chain.export_dir(name))
     return True
 
 
-def run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
-    """Train (or load) the teacher and hand it to `chain`; returns the untrained baseline metrics when measured."""
+def run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher,
+                encoder=None) -> dict | None:
+    """Train (or load) the teacher and hand it to `teacher`; returns the untrained baseline metrics when measured."""
     with chain.claim("teacher", lock=chain.writes):
-        return _run_teacher(plan, dm, chain, encoder)
+        return _run_teacher(plan, dm, chain, teacher, encoder)
 
 
-def _run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, encoder=None) -> dict | None:
+def _run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher,
+                 encoder=None) -> dict | None:
     cfg = plan.cfg
-    if _reuse_if_done(chain, "teacher"):
+    if _reuse_if_done(chain, "teacher", teacher):
         return chain.untrained_test
     chain.open_stage("teacher")
     L.seed_everything(cfg.run.seed, workers=True)
@@ -185,7 +211,7 @@ def _run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, encoder=Non
         trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, callbacks=[recorder], enable_checkpointing=False,
                                              default_root_dir=str(evaluation_only_root(chain))))
         trainer.test(module, datamodule=dm, verbose=False)  # its row records its test metrics
-        chain.hand_over(module.net)
+        teacher.hand_over(module.net)
         return None
     module = KGCModule(to_plain(cfg.model), _optim(cfg, cfg.teacher.lr), to_plain(cfg.eval), cfg.data.batch_size,
                        encoder=encoder)
@@ -195,7 +221,7 @@ def _run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, encoder=Non
     recorder = _recorder(cfg, chain, {**info, "layers": num_layers(module.net.query_encoder)})
     stage_dir = chain.stage_dir("teacher")
     _fit_and_test(_stage_trainer(plan, chain, "teacher", cfg.teacher.epochs, recorder, info), module, dm, stage_dir)
-    chain.hand_over(module.net)  # tested with the best checkpoint's weights
+    teacher.hand_over(module.net)  # tested with the best checkpoint's weights
     return untrained
 
 
@@ -221,26 +247,26 @@ def build_stage(plan: RunPlan | DictConfig, index: int, teacher: BiEncoder, dm: 
                          student=student, teacher=teacher)
 
 
-def run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, index: int) -> None:
-    """Train student stage `index`, taught by `chain`'s teacher, and hand it to `chain` as the next teacher."""
+def run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher, index: int) -> None:
+    """Train student stage `index`, taught by `teacher`, and hand it over as the next stage's teacher."""
     with chain.claim(plan.specs[index]["name"], lock=chain.writes):
-        _run_student(plan, dm, chain, index)
+        _run_student(plan, dm, chain, teacher, index)
 
 
-def _run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, index: int) -> None:
+def _run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher, index: int) -> None:
     cfg = plan.cfg
     st = cfg.stages[index]
-    if _reuse_if_done(chain, str(st.name)):
+    if _reuse_if_done(chain, str(st.name), teacher):
         return
     chain.open_stage(str(st.name))
     L.seed_everything(cfg.run.seed, workers=True)
-    module = build_stage(plan, index, chain.teacher, dm, chain.tokenizer)
+    module = build_stage(plan, index, teacher.net, dm, chain.tokenizer)
     stage = module.hparams.stage
     recorder = _recorder(cfg, chain, {**stage, "kind": "student",
-                                      "teacher_layers": num_layers(chain.teacher.query_encoder)})
+                                      "teacher_layers": num_layers(teacher.net.query_encoder)})
     stage_dir = chain.stage_dir(st.name)
     _fit_and_test(_stage_trainer(plan, chain, str(st.name), st.epochs, recorder, stage), module, dm, stage_dir)
-    chain.hand_over(module.net)  # tested with the best checkpoint's weights
+    teacher.hand_over(module.net)  # tested with the best checkpoint's weights
 
 
 def open_chain(plan: RunPlan, tokenizer=None, writes: bool = True) -> ChainStore:
@@ -278,10 +304,11 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     chain = open_chain(plan, tokenizer, writes=is_zero)
-    untrained = run_teacher(plan, dm, chain, encoder)
+    teacher = CurrentTeacher()  # the frozen bi-encoder each next stage learns from
+    untrained = run_teacher(plan, dm, chain, teacher, encoder)
     for i, name in enumerate(plan.stage_names):
         if i:
-            run_student(plan, dm, chain, i - 1)
+            run_student(plan, dm, chain, teacher, i - 1)
         if on_stage is not None:
             on_stage(i, chain.row(name))
 

@@ -6,7 +6,7 @@ the stage (name, kind, layers, losses...). The recorder only reacts to events: i
 facts at its end (best checkpoint, best val MRR, epochs, steps, processes), and when the stage's best checkpoint
 has been tested it adds the test metrics, parameter counts and measured throughput, then has the chain's store
 (`kgc_kd.chain.store.ChainStore`) export the stage, write its predictions and record the row. Handing the
-trained bi-encoder to the next stage is the driver's step, after `trainer.test` (`ChainStore.hand_over`).
+trained bi-encoder to the next stage is the driver's step, after `trainer.test` (`driver.CurrentTeacher.hand_over`).
 """
 
 from __future__ import annotations

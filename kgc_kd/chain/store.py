@@ -20,15 +20,13 @@ without Lightning:
   rewritten atomically whenever a stage is recorded. A stage is done when its row is recorded and its
   export is complete, so rerunning the same command skips it with its row untouched.
 
-Two things it only hands on, kept here until the driver takes them: the exporter (`export` writes through
-`StageExporter`) and the current teacher (`CurrentTeacher`, the frozen bi-encoder the next stage learns from:
-set after a stage is tested, `hand_over`, or loaded from a skipped stage's export, `load_teacher`).
+It only hands on the exporter (`export` writes through `StageExporter` where the layout says); the current
+teacher, the frozen bi-encoder the next stage learns from, is the driver's (`chain.driver.CurrentTeacher`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -48,27 +46,6 @@ STORE_DIR = "stage-store"  # under run.root
 ENTRY_FILE = "stage.json"
 
 
-def freeze(net: BiEncoder) -> BiEncoder:
-    return net.requires_grad_(False).eval()
-
-
-class CurrentTeacher:
-    """The frozen bi-encoder the next stage learns from (None before the first stage is done). To move into the
-    driver; `ChainStore` holds one meanwhile."""
-
-    def __init__(self) -> None:
-        self.net: BiEncoder | None = None
-
-    def hand_over(self, net: BiEncoder) -> None:
-        """A tested stage's bi-encoder teaches the next stage: a frozen copy, so training the next stage
-        cannot change it."""
-        self.net = freeze(copy.deepcopy(net))
-
-    def load(self, export_dir: Path) -> None:
-        """A finished stage is skipped: its export teaches the next stage (read with the source tokenizer's ids)."""
-        self.net = freeze(BiEncoder.from_pretrained(export_dir, source_ids=True))
-
-
 class ChainStore:
     def __init__(self, run_dir: str | Path, tokenizer=None, keys: dict[str, str] | None = None,
                  store_root: str | Path | None = None, writes: bool = True):
@@ -83,7 +60,6 @@ class ChainStore:
         self.state_path = self.run_dir / STATE_FILE
         self._state = _read_state(self.state_path)
         self.exporter = StageExporter(tokenizer)
-        self.current = CurrentTeacher()
 
     @property
     def tokenizer(self):
@@ -163,7 +139,7 @@ class ChainStore:
     def adopt(self, name: str) -> bool:
         """A done stage joins this run: its row (from the store entry when another run trained it) is recorded in
         the run's state and the run's link is made. True when it was trained by another run. The current
-        teacher is left alone (`reuse` also loads it)."""
+        teacher is the driver's (it loads the stage's export as the next teacher)."""
         record = self._entry_record(name)
         from_store = name not in self._state["stages"] and record is not None
         if from_store:
@@ -172,13 +148,6 @@ class ChainStore:
             self._adopt(name, {**record["row"], "reused_from_store": True})
         if self._entry(name) is not None:
             self.open_stage(name)
-        return from_store
-
-    def reuse(self, name: str) -> bool:
-        """`adopt`, then the stage's export becomes the current teacher (the driver's step, kept here until the
-        driver holds the teacher). True when it was trained by another run."""
-        from_store = self.adopt(name)
-        self.load_teacher(name)
         return from_store
 
     def row(self, name: str) -> dict[str, Any] | None:
@@ -214,19 +183,6 @@ class ChainStore:
     def write_predictions(self, name: str, kg: KG, evaluation: dict) -> None:
         """The stage's test predictions (`evaluation`: a module's `last_eval["test"]`), one JSON line per query."""
         write_predictions(self.stage_dir(name) / "predictions_test.jsonl", kg, evaluation)
-
-    # ---- the teacher of the next stage (delegating to `CurrentTeacher`, for the driver to take over) -------
-    @property
-    def teacher(self) -> BiEncoder | None:
-        return self.current.net
-
-    def hand_over(self, net: BiEncoder) -> None:
-        """`CurrentTeacher.hand_over`: a frozen copy of a tested stage's bi-encoder teaches the next stage."""
-        self.current.hand_over(net)
-
-    def load_teacher(self, name: str) -> None:
-        """`CurrentTeacher.load`: a skipped stage's export teaches the next stage."""
-        self.current.load(self.export_dir(name))
 
 
 def _read_state(path: Path) -> dict[str, Any]:
