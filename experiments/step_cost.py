@@ -16,6 +16,7 @@ import time
 import torch
 
 from kgc_kd.chain.driver import build_datamodule
+from kgc_kd.chain.stage_spec import objective_terms
 from kgc_kd.config import load_config, to_plain
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.models.biencoder import BiEncoder, build_biencoder
@@ -38,7 +39,9 @@ def main() -> None:
         teacher.requires_grad_(False).eval()
         torch.manual_seed(0)
         student, layer_map = build_student(teacher, args.layers)
-        stage = {**to_plain(cfg.distill), "name": "bench", "layers": args.layers, "mask_rate": 0.1}
+        # DistillModule takes resolved terms (as the run plan resolves a stage: kgc_kd.chain.stage_spec)
+        stage = {"name": "bench", "layers": args.layers, "mask_rate": 0.1,
+                 "terms": objective_terms(to_plain(cfg.distill))}
         module = DistillModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), stage,
                                cfg.data.batch_size, student=student, teacher=teacher)
         module.mask_id = dm.tokens.mask_id

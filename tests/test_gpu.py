@@ -25,6 +25,7 @@ from test_ddp import EVAL, MODEL, OPTIM, ShardedDM
 from test_negatives import _hub_graph, random_kg, train_hr2tails_ref
 
 from kgc_kd.callbacks.resume import RngState
+from kgc_kd.chain.stage_spec import objective_terms
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.negatives import KnownTriples, false_negative_mask, in_batch_mask
 from kgc_kd.runtime.devices import canonical, synchronize
@@ -234,14 +235,15 @@ def test_a_module_evaluates_with_reranking_on_cuda():
 # ---- mixed precision training steps, fused AdamW --------------------------------------------------------------
 def _distill_modules(model):
     teacher = BiEncoder(make_tiny_bert(num_layers=2, dropout=0.0))
-    pmd = {"name": "pmd", "alpha": 0.2, "beta": 0.2, "pkd": 0.1, "mask_rate": 0.2}
-    # a term list takes each term's parameters on the term (stage_spec.objective_terms refuses the alpha/beta
-    # shorthand keys score_loss, mgfd, generator beside it)
-    makd = {"name": "makd", "mask_rate": 0.3,
-            "terms": [{"name": "ce", "weight": 1.0}, {"name": "score", "weight": 0.1, "loss": "kl"},
-                      {"name": "mgd", "weight": 0.1, "generator": "conv"}, {"name": "attn_kl", "weight": 1.0},
-                      {"name": "hidden_mse", "weight": 1.0, "rank": 8}, {"name": "ffn_mid_mse", "weight": 1.0,
-                                                                        "rank": 8}]}
+    # DistillModule takes resolved terms ({name, weight, params} each), as the run plan gives them:
+    # stage_spec.objective_terms of the alpha/beta shorthand or of a term list (each term's parameters on the
+    # term; the shorthand keys score_loss, mgfd, generator beside a term list are refused)
+    pmd = {"name": "pmd", "mask_rate": 0.2, "terms": objective_terms({"alpha": 0.2, "beta": 0.2, "pkd": 0.1})}
+    makd = {"name": "makd", "mask_rate": 0.3, "terms": objective_terms({
+        "terms": [{"name": "ce", "weight": 1.0}, {"name": "score", "weight": 0.1, "loss": "kl"},
+                  {"name": "mgd", "weight": 0.1, "generator": "conv"}, {"name": "attn_kl", "weight": 1.0},
+                  {"name": "hidden_mse", "weight": 1.0, "rank": 8},
+                  {"name": "ffn_mid_mse", "weight": 1.0, "rank": 8}]})}
     for stage in (pmd, makd):
         student, _ = build_student(teacher, 1)
         m = DistillModule(model, OPTIM, EVAL, stage, 8, student=student, teacher=teacher)
@@ -338,7 +340,7 @@ def test_ddp_teacher_step_with_pre_batch_on_cuda_equals_one_process(tmp_path):
 def test_ddp_distillation_step_with_pre_batch_on_cuda_equals_one_process(tmp_path):
     torch.backends.cuda.matmul.allow_tf32 = False
     teacher = BiEncoder(make_tiny_bert(num_layers=2, dropout=0.0))
-    stage = {"name": "s", "alpha": 0.2, "beta": 0.0, "mask_rate": 0.0}
+    stage = {"name": "s", "mask_rate": 0.0, "terms": objective_terms({"alpha": 0.2, "beta": 0.0})}
 
     def module(bs):
         student, _ = build_student(teacher, 1)
