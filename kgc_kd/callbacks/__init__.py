@@ -1,1 +1,2 @@
-"""Lightning callbacks that drive stage modules (the only layer above `lit`, below the entry points)."""
+"""Lightning callbacks that react to a stage's events: phase timing, checkpoints, RNG state, SIGTERM.
+May import runtime, config, eval, data, models, distill and lit; imported by chain/ and the entry points."""

@@ -1,4 +1,5 @@
-"""Data layer: KGs from every supported source, text, tokenisation and batches.
+"""Data layer: KGs from every supported source, text, tokenisation once, false-negative masks and batches.
+May import runtime and eval (the filter index, neighbourhoods); never models, distill, lit or chain.
 
 `kgc_kd.data.datamodule.KGDataModule` is the one Lightning-facing class here; it is not imported by
 this package so that the rest of the data layer stays usable without Lightning.

@@ -1,4 +1,5 @@
-"""Filtered link-prediction evaluation for text bi-encoders (no Lightning dependency)."""
+"""Filtered link-prediction evaluation for text bi-encoders: ranks, metrics, filter index, re-ranking (no Lightning).
+May import runtime only; data, models, lit and chain build on it."""
 
 from .evaluator import RankingOutput, build_filter_index, evaluate_queries, rank_all_entities
 from .filter import FilterIndex, QueryAnswers
