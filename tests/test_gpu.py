@@ -620,7 +620,8 @@ def test_a_bf16_mixed_run_with_fused_adamw_resumes_from_its_checkpoint_on_cuda(t
 
     again = FirstLosses()
     module = KGCModule(PRE_BATCH, OPTIM, EVAL, 8, encoder=make_tiny_bert(seed=7))  # other weights until loaded
-    resumed = _trainer(precision="bf16-mixed", max_steps=4, enable_checkpointing=True, callbacks=[again])
+    resumed = _trainer(precision="bf16-mixed", max_steps=4, enable_checkpointing=True, callbacks=[again],
+                       default_root_dir=tmp_path)  # its default ModelCheckpoint writes there, not in the cwd
     resumed.fit(module, datamodule=_dm(), ckpt_path=str(path))
     assert again.start_step == 2 and again.end_step == 4 and again.optimizer_steps == 2
     assert again.fused is True and again.param_devices == {str(CUDA)}
