@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = {"kgc_kd"}
+FIRST_PARTY = {"kgc_kd", "experiments"}  # the package, and the checkout's experiments/ (the benchmark: experiments.bench)
 
 
 def canonical(name: str) -> str:
@@ -136,6 +136,9 @@ def test_every_package_import_is_a_declared_dependency(pyproject, providers):
     assert len(files) > 50, "the package's modules were not found"
     problems = undeclared(files, declared(pyproject), providers)
     assert not problems, "imported by kgc_kd/ but not in pyproject.toml [project].dependencies:\n" + "\n".join(problems)
+    # the checkout's experiments/ is first party for tests and experiments, never for the package: not in the wheel
+    upward = [f"{p.relative_to(ROOT)}" for p in files if "experiments" in imported_top_levels(p.read_text(), str(p))]
+    assert not upward, f"kgc_kd/ imports experiments/ (not in the wheel): {upward}"
 
 
 def test_every_test_and_experiment_import_is_declared_with_the_dev_extra(pyproject, providers):
