@@ -1,6 +1,6 @@
 """The command line the entry points share: one argument style, one `--help` layout, one set of exit statuses.
 
-`kgc_kd.fit`, `kgc_kd.compare`, `kgc_kd.sweep`, `kgc_kd.predict` and the benchmark `experiments.bench` build
+`kgc_kd.fit`, `kgc_kd.compare`, `kgc_kd.sweep`, `kgc_kd.predict` and the checkout's benchmark (experiments/bench) build
 their parser with `parser()`: their own `--options`, configuration items as positionals (`config=PATH`,
 `GROUP=PRESET`, `key=value`, applied left to right by `kgc_kd.config.load_config`), and a `--help` (`-h`) that
 lists those forms, the config groups with the presets found in conf/ when it is asked, the exit statuses and
