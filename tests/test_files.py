@@ -66,3 +66,24 @@ def test_replace_atomically_writes_bytes_and_a_failing_writer_keeps_the_old_file
         replace_atomically(path, half_then_fail)
     assert path.read_bytes() == b"\x00\x01"
     assert _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_an_atomic_write_gets_the_mode_the_umask_allows(tmp_path, umask, mode):
+    """As open() would create it (0o666 less the umask), not mkstemp's 0o600: under umask 022 the other users
+    of a shared run.root can read a report; the umask is read, not changed."""
+    import os
+    import stat
+
+    from kgc_kd.runtime.files import current_umask
+
+    before = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_text_atomic(tmp_path / "report.md", "x\n")
+        assert current_umask() == umask
+        (tmp_path / "plain.txt").write_text("x")  # the reference: what a plain open() creates under that umask
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "report.md").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "plain.txt").stat().st_mode) == mode

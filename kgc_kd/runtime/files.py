@@ -1,6 +1,8 @@
 """Atomic file writes: a reader (or a rerun after a kill) sees the old file or the new one, never a part.
 
-Reports, the chain's state file, predictions, sweep tables and checkpoints all go through here.
+Reports, the chain's state file, predictions, sweep tables and checkpoints all go through here. A file gets the
+mode a plain `open()` would give it (0o666 less the umask), not mkstemp's 0o600: other users of a shared run.root
+(a multi-node sweep, a group's stage store) can read what a run wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +14,19 @@ from pathlib import Path
 from typing import IO, Any, Callable
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux: /proc/self/status; elsewhere set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write(file)` on a temporary sibling of `path`, flush it to disk, then rename it over `path`:
     readers see the old file or the new one, never a part (the same filesystem, so the rename is atomic)."""
@@ -19,6 +34,7 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0o600 would hide it from the other users of a root
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
