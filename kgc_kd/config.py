@@ -32,6 +32,21 @@ class ConfigError(ValueError):
     """A configuration problem, with the key and its origin in the message."""
 
 
+# Every name that becomes a path component under a root (stage names, run.name, a compare's --name, sweep and
+# study names): letters, digits, `_`, `.` and `-`, at most 100 characters, not `.` or `..`. One pattern, checked
+# here and nowhere else, so a name can never climb out of (or name a file beside) its root.
+NAME_PATTERN = r"[A-Za-z0-9_.-]{1,100}"
+
+
+def check_name(value: Any, key: str) -> str:
+    """`value` as a name that is a single path component under its root; ConfigError naming `key` otherwise."""
+    name = str(value)
+    if not re.fullmatch(NAME_PATTERN, name) or name in (".", ".."):
+        raise ConfigError(f"{key}={name!r}: expected a name of letters, digits, '_', '.' and '-' (at most 100, "
+                          "not '.' or '..'): it names a directory under its root and must stay inside it")
+    return name
+
+
 @dataclass
 class SyntheticCfg:
     num_entities: int = 30
@@ -52,6 +67,9 @@ class DataCfg:
     use_long_text: bool = True  # KG-BERT dirs: entity2textlong as the description when present
     name_separator: Optional[str] = None  # KG-BERT WN18RR packs "lemma, definition": set ", "
     drop_unknown: bool = False  # skip (and count) triples whose entity or relation has no text line; else an error
+    # valid/test triples that also occur in train (a leak): always warned with counts and the first file:line;
+    # true: dropped from valid/test (counted in the report's data_checks)
+    drop_overlap: bool = False
     link_graph: bool = False  # SimKGC's neighbour text: short descriptions get 10 train neighbours' names
     synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
 

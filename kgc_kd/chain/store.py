@@ -27,14 +27,13 @@ teacher, the frozen bi-encoder the next stage learns from, is the driver's (`cha
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any, Iterator
 
 from kgc_kd.chain.export import StageExporter
+from kgc_kd.chain.lock import exclusive
 from kgc_kd.chain.report import write_predictions
 from kgc_kd.data.kg import KG
 from kgc_kd.data.tokens import TokenCache
@@ -103,7 +102,7 @@ class ChainStore:
             yield
             return
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive(entry.with_name(entry.name + ".lock"), f"[chain] {name}: another run is training {entry}"):
+        with exclusive(entry.with_name(entry.name + ".lock"), f"[chain] {name}: another run is training {entry}"):
             yield
 
     # ---- finished stages ---------------------------------------------------------------------------------
@@ -201,19 +200,3 @@ def _point_link(link: Path, target: str) -> None:
     tmp.unlink(missing_ok=True)
     tmp.symlink_to(target, target_is_directory=True)
     os.replace(tmp, link)
-
-
-@contextlib.contextmanager
-def _exclusive(lock_path: Path, waiting: str) -> Iterator[None]:
-    """An exclusive `flock` on `lock_path` for the block; when another process holds it, says `waiting` on
-    stderr and waits for it."""
-    with open(lock_path, "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{waiting}; waiting for it", file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
