@@ -217,6 +217,8 @@ class RunCfg:
     wandb_entity: Optional[str] = None
     wandb_log_model: bool = False  # upload stage checkpoints as W&B artifacts
     wandb_group: Optional[str] = None  # W&B group of the stage runs (default: the run name); not part of the hash
+    # seconds a run waits for a stage another run is training (its lock) before it gives up; None: as long as it takes
+    lock_timeout_s: Optional[float] = None
     checkpoint_every_n_steps: int = 1000  # also write the resumable last.ckpt every N training steps (0: epoch ends only)
 
 

@@ -51,3 +51,17 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+class OutsideRoot(ValueError):
+    """A path that would be written or removed outside the root it belongs to."""
+
+
+def confined(root: str | Path, path: str | Path, what: str) -> Path:
+    """`path` (relative to `root`, or absolute) resolved, symbolic links followed, and checked to lie inside
+    `root` (resolved too); OutsideRoot names `what` and both paths otherwise. Returns the resolved path."""
+    base = Path(root).expanduser().resolve()
+    target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
+    if target != base and base not in target.parents:
+        raise OutsideRoot(f"{what}: {target} lies outside its root {base}; refused before anything was written")
+    return target
