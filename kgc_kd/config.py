@@ -18,13 +18,15 @@ term lists when the run plan is built (kgc_kd/chain/plan.py).
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import os
-from dataclasses import asdict, dataclass, field, fields, make_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, Container, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -108,7 +110,7 @@ class TrainerCfg:
     precision: Optional[str] = None  # None: bf16-mixed on a CUDA device with bf16, else 32-true (kgc_kd/runtime/precision.py)
     max_epochs: int = 1  # per stage unless the stage (or teacher.epochs) says otherwise
     max_steps: int = -1
-    gradient_clip_val: float = 10.0
+    gradient_clip_val: Optional[float] = 10.0  # 0 or null: no clipping
     accumulate_grad_batches: int = 1
     check_val_every_n_epoch: int = 1
     val_check_interval: Any = None
@@ -354,54 +356,275 @@ def load(argv: list[str] | None = None) -> tuple[DictConfig, list[list[dict[str,
     return cfg, validate(cfg)
 
 
+# ---- the range of every numeric key, written once ------------------------------------------------------------
+# `validate` checks each key against its entry before anything is loaded or written; docs/configuration.md's
+# table "Ranges" is `ranges_table()` (a test compares them), and a test asserts every numeric field has an entry.
+# Keys `stages.N.x` apply to every stage; an objective key (`distill.x`) applies to `stages.N.x` too.
+def _bound(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _expected(body: str, why: str = "", also: tuple[tuple[Any, str], ...] = (), null: str | None = None) -> str:
+    """`body` with its notes as the messages and the docs' table write them: `>= 0 (or null: auto)`."""
+    notes = ([why] if why else []) + [f"or {a}: {meaning}" for a, meaning in also]
+    notes += [f"or null: {null}"] if null is not None else []
+    return body + (f" ({'; '.join(notes)})" if notes else "")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers from `ge` (or above `gt`) to `le` (or below `lt`), finite; `kind` (int or float), for the keys typed
+    Any, requires that type; `also`: other values accepted and what they mean; `null`: null accepted, meaning this;
+    `what` names the value before its bounds ("a rate"), `why` comes after them."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    kind: type | None = None
+    what: str = ""
+    why: str = ""
+    also: tuple[tuple[Any, str], ...] = ()
+    null: str | None = None
+
+    def accepts(self, v: Any) -> bool:
+        if v is None:
+            return self.null is not None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if any(v == a and type(v) is type(a) for a, _ in self.also):
+            return True
+        if not math.isfinite(v) or (self.kind is not None and type(v) is not self.kind):
+            return False
+        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
+                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+
+    def bounds(self) -> str:
+        low = (f"[{_bound(self.ge)}" if self.ge is not None else f"({_bound(self.gt)}" if self.gt is not None
+               else None)
+        high = (f"{_bound(self.le)}]" if self.le is not None else f"{_bound(self.lt)})" if self.lt is not None
+                else None)
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f"{'>=' if self.ge is not None else '>'} {low[1:]}"
+        return f"{'<=' if self.le is not None else '<'} {high[:-1]}" if high else "a finite number"
+
+    def expected(self) -> str:
+        return _expected(f"{self.what} {self.bounds()}".strip(), self.why, self.also, self.null)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Values `test` accepts (never None: `null` says whether null is, and what it means), described by `text`."""
+
+    test: Callable[[Any], bool]
+    text: str
+    null: str | None = None
+
+    def accepts(self, v: Any) -> bool:
+        return self.null is not None if v is None else bool(self.test(v))
+
+    def expected(self) -> str:
+        return _expected(self.text, null=self.null)
+
+
+@dataclass(frozen=True)
+class Either:
+    """A value one of `options` accepts (theirs without null), or null when `null` says what it means."""
+
+    options: tuple[Range | Rule, ...]
+    null: str | None = None
+    why: str = ""
+
+    def accepts(self, v: Any) -> bool:
+        return self.null is not None if v is None else any(o.accepts(v) for o in self.options)
+
+    def expected(self) -> str:
+        return _expected(", or ".join(o.expected() for o in self.options), self.why, null=self.null)
+
+
+@dataclass(frozen=True)
+class Each:
+    """A list (of `count` values when given) whose every value `item` accepts."""
+
+    item: Range
+    count: int | None = None
+    what: str = "values"
+    why: str = ""
+    null: str | None = None
+
+    def accepts(self, v: Any) -> bool:
+        if v is None:
+            return self.null is not None
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+            return False
+        return (self.count is None or len(v) == self.count) and all(v_ is not None and self.item.accepts(v_)
+                                                                     for v_ in v)
+
+    def expected(self) -> str:
+        n = f"{self.count} " if self.count is not None else ""
+        return _expected(f"{n}{self.what}, each {self.item.bounds()}", self.why, null=self.null)
+
+
+def _devices(v: Any) -> bool:
+    """What Lightning's `devices` takes: a count >= 1, -1 (all), "auto", or distinct indices (a list or "0,1")."""
+    if isinstance(v, str):
+        s = v.strip()
+        if s in ("auto", "-1"):
+            return True
+        if s.isdigit():
+            return int(s) >= 1
+        v = [p.strip() for p in s.split(",") if p.strip()]
+        if not v or not all(p.isdigit() for p in v):
+            return False
+        v = [int(p) for p in v]
+    if isinstance(v, Sequence):
+        return (len(v) >= 1 and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+                and len(set(v)) == len(v))
+    return isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or v == -1)
+
+
+def _duration(v: Any) -> bool:
+    """Lightning's time-based `val_check_interval`: 'DD:HH:MM:SS', longer than 0 s."""
+    m = re.fullmatch(r"(\d+):(\d+):(\d+):(\d+)", v.strip()) if isinstance(v, str) else None
+    return bool(m) and any(int(g) for g in m.groups())
+
+
+SEEDS = Range(ge=0, le=2**32 - 1, what="a seed", why="what Lightning's seed_everything accepts")
+BATCH_LIMIT = Either((Range(ge=0, kind=int, what="a number of batches"), Range(ge=0, le=1, kind=float, what="a fraction")),
+                     null="every batch")
+WEIGHT = Range(ge=0, le=1, what="a weight")
+
+RANGES: dict[str, Range | Rule | Either | Each] = {
+    "data.max_length": Range(ge=5, why="tokens; at most the PLM's max_position_embeddings, checked when it is loaded"),
+    "data.batch_size": Range(ge=2, why="in-batch negatives"),
+    "data.eval_batch_size": Range(ge=1),
+    "data.num_workers": Range(ge=0, null="auto"),
+    "data.synthetic.num_entities": Range(ge=2),
+    "data.synthetic.num_relations": Range(ge=1),
+    "data.synthetic.num_triples": Range(ge=10, why="a valid and a test triple at least"),
+    "data.synthetic.seed": SEEDS,
+    "model.temperature": Range(gt=0),
+    "model.margin": Range(ge=0),
+    "model.pre_batch": Range(ge=0, why="0: none"),
+    "model.pre_batch_weight": Range(ge=0),
+    "optim.lr": Range(gt=0),
+    "optim.weight_decay": Range(ge=0),
+    "optim.warmup_steps": Range(ge=0),
+    "optim.betas": Each(Range(ge=0, lt=1), count=2),
+    "optim.eps": Range(gt=0),
+    "optim.check_finite_every_n_steps": Range(ge=1, null="auto"),
+    "trainer.devices": Either((Rule(_devices, "a number of devices >= 1, -1 (all), 'auto', or distinct device indices "
+                                              "([0, 1] or '0,1')"),)),
+    "trainer.num_nodes": Range(ge=1),
+    "trainer.max_epochs": Range(ge=1, also=((-1, "no epoch limit, with trainer.max_steps >= 1"),)),
+    "trainer.max_steps": Range(ge=1, also=((-1, "no step limit"),)),
+    "trainer.gradient_clip_val": Range(ge=0, why="0: no clipping", null="as 0"),
+    "trainer.accumulate_grad_batches": Range(ge=1),
+    "trainer.check_val_every_n_epoch": Range(ge=1),
+    "trainer.val_check_interval": Either((Range(ge=1, kind=int, what="a number of training batches"),
+                                          Range(gt=0, le=1, kind=float, what="a fraction of the epoch"),
+                                          Rule(_duration, "a duration 'DD:HH:MM:SS'")), null="at each epoch's end"),
+    "trainer.limit_train_batches": BATCH_LIMIT,
+    "trainer.limit_val_batches": BATCH_LIMIT,
+    "trainer.log_every_n_steps": Range(ge=1),
+    "trainer.num_sanity_val_steps": Range(ge=0, also=((-1, "every validation batch"),)),
+    "eval.chunk_size": Range(ge=1),
+    "eval.memory_budget_gb": Range(gt=0, why="GB", null="no budget"),
+    "eval.rerank_weight": Range(ge=0),
+    "eval.rerank_hops": Range(ge=0),
+    "eval.topk": Range(ge=1),
+    "eval.val_max_queries": Range(ge=1, why="queries", null="all"),
+    "teacher.epochs": Range(ge=1, null="trainer.max_epochs"),
+    "teacher.lr": Range(gt=0, null="optim.lr"),
+    "distill.alpha": WEIGHT,
+    "distill.beta": WEIGHT,
+    "distill.pkd": WEIGHT,
+    "distill.kd_temperature": Range(gt=0, null="1"),
+    "stages.N.layers": Range(ge=1, why="at most its source's layers, checked when the run is planned"),
+    "stages.N.layer_map": Each(Range(ge=0), what="layer indices", why="one per layer; below its source's layers, "
+                                                                      "checked when the run is planned",
+                               null="spread evenly over its source's layers"),
+    "stages.N.mask_rate": Range(ge=0, lt=1, what="a rate"),
+    "stages.N.pre_batch": Range(ge=0, null="model.pre_batch"),
+    "stages.N.epochs": Range(ge=1, null="trainer.max_epochs"),
+    "stages.N.lr": Range(gt=0, null="optim.lr"),
+    "run.seed": SEEDS,
+    "run.lock_timeout_s": Range(gt=0, why="seconds", null="wait as long as it takes"),
+    "run.checkpoint_every_n_steps": Range(ge=0, why="0: at epoch ends only"),
+}
+
+
+def _shown(v: Any) -> str:
+    """A value as a message shows it: a list as a list, a text quoted."""
+    if isinstance(v, Container):
+        v = OmegaConf.to_container(v)
+    return repr(v) if isinstance(v, str) else str(list(v) if isinstance(v, tuple) else v)
+
+
+def check_value(key: str, value: Any, spec: Range | Rule | Either | Each) -> None:
+    """ConfigError `key=value: expected ...` unless `spec` accepts `value`."""
+    if not spec.accepts(value):
+        raise ConfigError(f"{key}={_shown(value)}: expected {spec.expected()}")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Every numeric key against its range (`RANGES`), in the table's order: the first out of range is the error.
+    A stage's objective key is checked where the stage gives it (null: the distill group's, checked itself)."""
+    for key, spec in RANGES.items():
+        group, name = key.rsplit(".", 1)
+        if group == "stages.N":
+            for i, st in enumerate(cfg.stages):
+                check_value(f"stages[{i}].{name}", st[name], spec)
+            continue
+        check_value(key, OmegaConf.select(cfg, key), spec)
+        if group == "distill":  # a stage's own value; null there: the distill group's
+            for i, st in enumerate(cfg.stages):
+                if st[name] is not None:
+                    check_value(f"stages[{i}].{name}", st[name], replace(spec, null=key))
+    if cfg.trainer.max_epochs == -1 and cfg.trainer.max_steps == -1:
+        raise ConfigError("trainer.max_epochs=-1 (no epoch limit) with trainer.max_steps=-1 (no step limit): a stage "
+                          "would never end; expected trainer.max_epochs >= 1 or trainer.max_steps >= 1")
+
+
+def ranges_table() -> str:
+    """docs/configuration.md's table of ranges (a test checks the page holds it)."""
+    rows = ["| key | accepted values |", "|---|---|"]
+    for key, spec in RANGES.items():
+        group, name = key.rsplit(".", 1)
+        shown = f"`{key}`, `stages.N.{name}`" if group == "distill" else f"`{key}`"
+        rows.append(f"| {shown} | {spec.expected()} |")
+    return "\n".join(rows)
+
+
 def validate(cfg: DictConfig) -> list[list[dict[str, Any]]]:
     """Per-field checks (ConfigError names the key); returns every student stage's objective as a term list."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required value not set: {', '.join(missing)} (give it as key=value, e.g. {missing[0]}=...)")
+    if cfg.run.name is not None and str(cfg.run.name) != "":  # "" as null: the derived name
+        check_name(cfg.run.name, "run.name")
+    for i, st in enumerate(cfg.stages):
+        check_name(st.name, f"stages[{i}].name")
+    check_ranges(cfg)
     checks = [
-        (cfg.data.batch_size >= 2, "data.batch_size must be >= 2 (in-batch negatives)"),
-        (cfg.data.max_length >= 5, "data.max_length must be >= 5"),
         (cfg.model.pooling in ("mean", "cls"), f"model.pooling={cfg.model.pooling!r}: expected mean or cls"),
-        (cfg.model.temperature > 0, "model.temperature must be > 0"),
-        (cfg.model.pre_batch >= 0, "model.pre_batch must be >= 0"),
-        (cfg.run.checkpoint_every_n_steps >= 0,
-         f"run.checkpoint_every_n_steps={cfg.run.checkpoint_every_n_steps}: expected >= 0 (0: at epoch ends only)"),
-        (cfg.optim.lr > 0, "optim.lr must be > 0"),
-        (cfg.optim.check_finite_every_n_steps is None or cfg.optim.check_finite_every_n_steps >= 1,
-         f"optim.check_finite_every_n_steps={cfg.optim.check_finite_every_n_steps}: expected >= 1 (or null: auto)"),
-        (cfg.data.num_workers is None or cfg.data.num_workers >= 0,
-         f"data.num_workers={cfg.data.num_workers}: expected >= 0 (or null: auto)"),
-        (cfg.eval.chunk_size >= 1, "eval.chunk_size must be >= 1"),
-        (cfg.eval.memory_budget_gb is None or cfg.eval.memory_budget_gb > 0,
-         f"eval.memory_budget_gb={cfg.eval.memory_budget_gb}: expected a positive size in GB (or null: no budget)"),
-        (cfg.eval.val_max_queries is None or cfg.eval.val_max_queries >= 1,
-         f"eval.val_max_queries={cfg.eval.val_max_queries}: expected a positive number of queries (or null: all)"),
         (cfg.run.logger in ("wandb", "csv", "none"), f"run.logger={cfg.run.logger!r}: expected wandb, csv or none"),
         (cfg.trainer.precision is None or cfg.trainer.precision in PRECISIONS, f"trainer.precision={cfg.trainer.precision!r}: expected one of {PRECISIONS}"),
     ]
     if not cfg.teacher.only and len(cfg.stages) == 0:
         checks.append((False, "stages: the list has no stages; a chain needs at least one student stage "
                               "(to train and evaluate the teacher alone, set teacher.only=true)"))
-    for key in WEIGHT_KEYS:
-        v = cfg.distill[key]
-        checks.append((0.0 <= v <= 1.0, f"distill.{key}={v}: expected a weight in [0, 1]"))
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names) or "teacher" in names:
         checks.append((False, f"stages: names must be unique and not 'teacher', got {names}"))
     for i, st in enumerate(cfg.stages):
-        w = {k: cfg.distill[k] if st[k] is None else st[k] for k in WEIGHT_KEYS}
-        where = lambda k: f"stages[{i}].{k}" if st[k] is not None else f"distill.{k}"  # noqa: E731
         checks += [
-            (st.layers >= 1, f"stages[{i}].layers={st.layers}: expected >= 1"),
-            (0.0 <= st.mask_rate < 1.0, f"stages[{i}].mask_rate={st.mask_rate}: expected a rate in [0, 1)"),
             (st.init in ("teacher", "plm"), f"stages[{i}].init={st.init!r}: expected teacher or plm"),
-            (st.pre_batch is None or st.pre_batch >= 0, f"stages[{i}].pre_batch={st.pre_batch}: expected >= 0 (or null: model.pre_batch)"),
             (st.layer_map is None or len(st.layer_map) == st.layers,
              f"stages[{i}].layer_map={list(st.layer_map or [])}: expected {st.layers} entries, one per student layer"),
         ]
-        for k in WEIGHT_KEYS:
-            checks.append((0.0 <= w[k] <= 1.0, f"{where(k)}={w[k]}: expected a weight in [0, 1]"))
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
@@ -492,6 +715,7 @@ def config_hash(cfg: DictConfig) -> str:
     plain.get("run", {}).pop("name", None)
     plain.get("run", {}).pop("wandb_group", None)  # where W&B files a run, not what it trains
     plain.get("run", {}).pop("checkpoint_every_n_steps", None)  # how often it saves, not what it trains
+    plain.get("run", {}).pop("lock_timeout_s", None)  # how long it waits for another run's stage, not what it trains
     return hashlib.sha1(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:8]
 
 

@@ -170,10 +170,10 @@ def test_validate_rejects(arg, fragment):
     (["stages.0.mask_rate=-0.1"], "stages[0].mask_rate=-0.1: expected a rate in [0, 1)"),
     (["stages.0.layer_map=[1,2]"], "stages[0].layer_map=[1, 2]: expected 6 entries, one per student layer"),
     (["stages.1.layers=0"], "stages[1].layers=0: expected >= 1"),
-    (["eval.val_max_queries=0"], "eval.val_max_queries=0: expected a positive number of queries (or null: all)"),
-    (["eval.val_max_queries=-5"], "eval.val_max_queries=-5: expected a positive number of queries"),
-    (["eval.memory_budget_gb=0"], "eval.memory_budget_gb=0.0: expected a positive size in GB (or null: no budget)"),
-    (["eval.memory_budget_gb=-2"], "eval.memory_budget_gb=-2.0: expected a positive size in GB"),
+    (["eval.val_max_queries=0"], "eval.val_max_queries=0: expected >= 1 (queries; or null: all)"),
+    (["eval.val_max_queries=-5"], "eval.val_max_queries=-5: expected >= 1"),
+    (["eval.memory_budget_gb=0"], "eval.memory_budget_gb=0.0: expected > 0 (GB; or null: no budget)"),
+    (["eval.memory_budget_gb=-2"], "eval.memory_budget_gb=-2.0: expected > 0"),
 ])
 def test_validate_names_the_key_and_the_expectation(args, message):
     with pytest.raises(ConfigError) as exc:
