@@ -18,16 +18,19 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
 from kgc_kd.data.batching import EntityCollator, QueryCollator
-from kgc_kd.data.kg_export import TOKEN_CACHE_DIR, load_kg_export
+from kgc_kd.data.io import DataWarning
+from kgc_kd.data.kg_export import META_FILE, PARTS_DIR, TOKEN_CACHE_DIR, load_kg_export
 from kgc_kd.data.tokens import TokenCache
-from kgc_kd.runtime.files import write_text_atomic
 from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.runtime.files import replace_atomically, write_text_atomic
+from kgc_kd.runtime.fingerprint import tree_digest
 
 
 def resolve_export(path: str, stage: str | None = None) -> Path:
@@ -48,6 +51,77 @@ def token_cache_dir(export: Path) -> Path:
     """Where predict finds (or keeps) the export's token table: `<export>/token-cache` (a read-only export's
     table is mapped as it is; one without a table there is tokenised in memory, `TokenCache.load_or_build`)."""
     return export / TOKEN_CACHE_DIR
+
+
+VECTORS_FORMAT = 1  # bump when what an entity-vector cache file holds changes
+MODEL_FILES = ("biencoder.json", "query", "entity")  # what determines the entity vectors, besides the KG ...
+KG_FILES = (META_FILE, PARTS_DIR)  # ... whose texts (and, with the link graph, training triples) they encode
+
+
+class UnusableCache(Exception):
+    """Why an entity-vector cache file cannot be used (it is computed again)."""
+
+
+def export_digest(export: Path, names: tuple[str, ...]) -> str:
+    """SHA-256 over the contents of the export's files and directories `names` (those present)."""
+    h = hashlib.sha256()
+    for name in names:
+        if (export / name).exists():
+            h.update(f"{name}\0{tree_digest(export / name)}\n".encode())
+    return h.hexdigest()
+
+
+def vector_cache_key(export: Path, max_length: int, link_graph: bool) -> dict:
+    """What the entity vectors of `export` are a function of: its model's files (weights, configs, tokenizer,
+    biencoder.json), its KG's files (kg.json and kg/: texts and triples) and how texts are made into inputs.
+    By content, not by modification time: a copied export keeps its cache, another model or KG never reuses it."""
+    return {"format": VECTORS_FORMAT, "model": export_digest(export, MODEL_FILES),
+            "kg": export_digest(export, KG_FILES), "max_length": int(max_length), "link_graph": bool(link_graph)}
+
+
+def vector_cache_path(export: Path, key: dict) -> Path:
+    """`<export>/entity_vectors-<16 hex digits of the key>.pt`; the file holds the whole key, checked on reading."""
+    return export / f"entity_vectors-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
+
+
+def read_vector_cache(path: Path, key: dict, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The float32 (entities x dim) vectors cached in `path` for `key`, memory-mapped; None where there is no file,
+    or (after one `DataWarning` saying why) where it cannot be used: not a torch file, anything but tensors and
+    plain containers inside (`weights_only=True`: a pickled object is refused, never run, whatever
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says), another key, shape or dtype. Never raises: the caller computes them."""
+    if not path.exists():
+        return None
+    try:
+        found = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        if not isinstance(found, dict) or set(found) != {"key", "vectors"}:
+            raise UnusableCache(f"it holds a {type(found).__name__}, not the key and the vectors")
+        if found["key"] != key:
+            raise UnusableCache(f"it was computed for another model or KG (key {found['key']!r}, this export's "
+                                f"is {key!r})")
+        vectors = found["vectors"]
+        if not isinstance(vectors, torch.Tensor) or vectors.dtype != torch.float32 or tuple(vectors.shape) != shape:
+            what = (f"{vectors.dtype} {list(vectors.shape)}" if isinstance(vectors, torch.Tensor)
+                    else type(vectors).__name__)
+            raise UnusableCache(f"it holds {what} vectors, expected torch.float32 {list(shape)}")
+        return vectors
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file makes torch raise: computed again, never fatal
+        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        warnings.warn(f"entity-vector cache {path} cannot be used ({why}); computing the vectors again and "
+                      "replacing it", DataWarning, stacklevel=2)
+        return None
+
+
+def write_vector_cache(path: Path, key: dict, vectors: torch.Tensor) -> bool:
+    """Write `vectors` with their `key` as `path`, atomically (a reader sees the old file or the new one);
+    False where the export cannot be written (a read-only export: the vectors stay in memory)."""
+    if not os.access(path.parent, os.W_OK):
+        return False
+    payload = {"key": key, "vectors": vectors.detach().to("cpu", torch.float32).contiguous()}
+    try:
+        replace_atomically(path, lambda f: torch.save(payload, f))
+    except OSError:
+        return False  # e.g. a read-only file system that os.access did not see: kept in memory
+    return True
 
 
 class Predictor:
@@ -71,21 +145,21 @@ class Predictor:
 
     @torch.no_grad()
     def _entity_vectors(self) -> torch.Tensor:
-        weights = (self.export / "entity" / "model.safetensors")
-        text = f"{self.tokens.max_length}-{self.tokens.link is not None}"  # inputs differ with neighbour text
-        key = hashlib.sha1(f"{weights.stat().st_mtime_ns}-{text}".encode()).hexdigest()[:12]
-        cache = self.export / f"entity_vectors-{key}.pt"
-        if cache.is_file():
-            return torch.load(cache).to(self.device)
+        """Every entity's vector: read from `<export>/entity_vectors-<key>.pt` where that file is valid for this
+        export (`vector_cache_key`: its model files and its KG), else computed and written there atomically
+        (where the export is writable). A cache that cannot be used is said once and rebuilt, never trusted."""
+        key = vector_cache_key(self.export, self.tokens.max_length, self.tokens.link is not None)
+        cache = vector_cache_path(self.export, key)
+        dim = int(self.net.entity_encoder.config.hidden_size)  # pooling (cls, mean) keeps the hidden size
+        found = read_vector_cache(cache, key, (self.kg.num_entities, dim))
+        if found is not None:
+            return found.to(self.device)
         collate = EntityCollator(self.tokens)
         ids = torch.arange(self.kg.num_entities)
         vecs = [self.net.encode_entity(self._move(collate(list(ids[i:i + self.batch_size]))["entity"]))
                 for i in range(0, len(ids), self.batch_size)]
         out = torch.cat(vecs).float()
-        if os.access(self.export, os.W_OK):
-            tmp = cache.with_name(cache.name + ".tmp")
-            torch.save(out.cpu(), tmp)
-            tmp.replace(cache)
+        write_vector_cache(cache, key, out)
         return out
 
     @torch.no_grad()

@@ -1,12 +1,19 @@
 import copy
 import json
+import os
+import pickle
+import shlex
+import shutil
+import warnings
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd import predict
 from kgc_kd.data.batching import EntityCollator, QueryCollator
+from kgc_kd.data.io import DataWarning
 from kgc_kd.chain.store import ChainStore
 from kgc_kd.data.kg_export import save_kg
 from kgc_kd.data.synthetic import synthetic_kg
@@ -182,3 +189,152 @@ def test_a_pruned_stage_tokenises_with_its_own_tokenizer_once_and_answers_as_unp
     want = [kg.entity_ids[i] for i in _expected(kg, net, h, r, 5).indices.tolist()]
     assert _ask(d, kg, h, r) == want and counted[-1].texts  # tokenised with the pruned tokenizer ...
     assert _ask(d, kg, h, r) == want and counted[-1].texts == []  # ... once
+
+
+# ---- the entity-vector cache: keyed by the export's content, checked on every read, rebuilt when damaged ------
+class Payload:
+    """What a crafted cache file would run on unpickling: a shell command creating `marker`."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def _cache_file(d):
+    (cache,) = list(d.glob("entity_vectors-*.pt"))
+    return cache
+
+
+def _fresh_vectors(kg, net):
+    tokens = TokenCache.build(kg, make_tokenizer(), 24)
+    with torch.no_grad():
+        return net.encode_entity(EntityCollator(tokens)(list(torch.arange(kg.num_entities)))["entity"]).float()
+
+
+def _answers(d, kg, k=5) -> list[list]:
+    """Every (head, relation) of the first training triples: ids and scores of the top k."""
+    out = []
+    for h, r, _ in kg.train[:4].tolist():
+        (result,) = predict.main([str(d), "--head", kg.entity_ids[h], "--relation", kg.relation_texts[r],
+                                  "--top-k", str(k)])
+        out.append([(p["id"], p["score"]) for p in result["predictions"]])
+    return out
+
+
+@pytest.fixture
+def export14(tmp_path):
+    kg = synthetic_kg(14, 2, 30, seed=5)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    d = tmp_path / "export"
+    net.save_pretrained(d, make_tokenizer())
+    save_kg(kg, d, max_length=24)
+    return d, kg, net
+
+
+def _damage(cache, how, marker):
+    found = torch.load(cache, weights_only=True)
+    found = found if isinstance(found, dict) else {"key": None, "vectors": found}  # (a bare tensor before issue 28)
+    if how == "zero bytes":
+        cache.write_bytes(b"")
+    elif how == "truncated":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif how == "three rows, bare tensor":  # the issue's case: 3 answers, score 0.0000, for a 14-entity KG
+        torch.save(torch.zeros(3, 32), cache)
+    elif how == "three rows, right key":
+        torch.save({**found, "vectors": found["vectors"][:3].clone()}, cache)
+    elif how == "float64":
+        torch.save({**found, "vectors": found["vectors"].double()}, cache)
+    elif how == "another key":
+        torch.save({**found, "key": {**found["key"], "kg": "0" * 64}}, cache)
+    elif how == "crafted pickle":
+        torch.save({"key": found["key"], "vectors": Payload(marker)}, cache)
+    else:
+        raise AssertionError(how)
+
+
+DAMAGES = ["zero bytes", "truncated", "three rows, bare tensor", "three rows, right key", "float64", "another key",
+           "crafted pickle"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_a_damaged_vector_cache_is_rebuilt_with_one_warning_and_never_runs_code(export14, tmp_path, monkeypatch,
+                                                                              how):
+    d, kg, net = export14
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # where old checkpoints are loaded: must not matter
+    want = _answers(d, kg)
+    cache = _cache_file(d)
+    good = torch.load(cache, weights_only=True)
+    marker = tmp_path / "payload-ran"
+    _damage(cache, how, marker)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pred = predict.Predictor(d)
+    said = [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+    assert len(said) == 1 and f"entity-vector cache {cache} cannot be used" in said[0], said
+    assert not any("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in str(w.message) for w in record)
+    assert not marker.exists()  # the payload never ran
+    assert torch.allclose(pred.entity_vecs, _fresh_vectors(kg, net), atol=1e-5)
+    assert _cache_file(d) == cache  # rebuilt in place, atomically: no temporary file left
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
+    rebuilt = torch.load(cache, weights_only=True)
+    assert rebuilt["key"] == good["key"] and torch.equal(rebuilt["vectors"], good["vectors"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        assert _answers(d, kg) == want  # the answers of a fresh run, and the rebuilt file is read without a word
+
+
+def test_weights_only_wins_over_the_environment_in_this_torch(tmp_path, monkeypatch):
+    """What the cache reads (and AtomicCheckpointIO) rely on, read in torch's serialization.load: an explicit
+    weights_only=True is kept when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (only an unset one is forced to False)."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path, marker = tmp_path / "x.pt", tmp_path / "payload-ran"
+    torch.save({"v": Payload(marker)}, path)
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(path, weights_only=True)
+    assert not marker.exists()
+
+
+def test_the_cache_is_keyed_by_content_so_a_copied_export_keeps_it(export14, tmp_path):
+    d, kg, _ = export14
+    want = _answers(d, kg)
+    cache = _cache_file(d)
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(d, copy_dir, copy_function=shutil.copy)  # new modification times, same bytes
+    stamp = (copy_dir / cache.name).stat().st_mtime_ns
+    assert _answers(copy_dir, kg) == want
+    assert [p.name for p in copy_dir.glob("entity_vectors-*.pt")] == [cache.name]
+    assert (copy_dir / cache.name).stat().st_mtime_ns == stamp  # read, not computed again
+
+
+@pytest.mark.parametrize("change", ["entity weights", "entity text", "training triple"])
+def test_another_model_or_kg_never_reuses_the_cache(export14, change):
+    d, kg, net = export14
+    _answers(d, kg)
+    old = _cache_file(d)
+    if change == "entity weights":  # another model saved over the export, the old file time kept
+        stamp = (d / "entity" / "model.safetensors").stat()
+        net = BiEncoder(make_tiny_bert(dropout=0.0, seed=7)).eval()
+        net.save_pretrained(d, make_tokenizer())
+        os.utime(d / "entity" / "model.safetensors", ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    elif change == "entity text":
+        names = d / "kg" / "entity_names.txt"
+        lines = names.read_text().split("\n")
+        lines[3] = "zebra " + lines[3]
+        names.write_text("\n".join(lines))
+        kg.entity_names[3] = lines[3]
+    else:  # changes no entity text: the key changes all the same (the link graph reads the triples)
+        train = np.load(d / "kg" / "train.npy")
+        train[0, 2] = (train[0, 2] + 1) % kg.num_entities
+        np.save(d / "kg" / "train.npy", train)
+        kg.train = torch.from_numpy(train).long()
+    pred = predict.Predictor(d)
+    assert torch.allclose(pred.entity_vecs, _fresh_vectors(kg, net), atol=1e-5)
+    assert sorted(p.name for p in d.glob("entity_vectors-*.pt")) == sorted({old.name, _cache_file_for(pred).name})
+    assert _cache_file_for(pred) != old
+
+
+def _cache_file_for(pred):
+    key = predict.vector_cache_key(pred.export, pred.tokens.max_length, pred.tokens.link is not None)
+    return predict.vector_cache_path(pred.export, key)
