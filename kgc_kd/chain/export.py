@@ -4,13 +4,14 @@ An export directory holds the stage's bi-encoder as Hugging Face directories (`b
 `entity/`, with the source tokenizer), its KG (`kg.json` + `kg/`, see `kgc_kd.data.kg_export`) and, where the
 run's token table is on disk and the stage reads the source tokenizer's ids, that table linked into
 `token-cache/`. Where an export goes is the stage store's business (`ChainStore.export_dir`); this module only
-writes one, whole or not at all. No Lightning.
+writes one, whole or not at all, inside its root: the export, its temporary directory and the old export it
+replaces are checked to lie there, and removing them never follows a symbolic link (`runtime.files.remove`).
+No Lightning.
 """
 
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from kgc_kd.data.kg import KG
 from kgc_kd.data.kg_export import link_token_cache, save_kg
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder
+from kgc_kd.runtime.files import confined, remove
 
 
 class StageExporter:
@@ -31,20 +33,24 @@ class StageExporter:
         self._last_kg: tuple[KG, Path] | None = None  # the KG of the last export and where it went
 
     def export(self, final: Path, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool,
-               tokens: TokenCache | None = None) -> None:
+               tokens: TokenCache | None = None, root: Path | None = None) -> None:
         """The stage as Hugging Face directories, its KG (`kg_export.save_kg`: kg.json + kg/, hard-linked to the
         previous export's files where it is the same KG) and, given the run's `tokens` (the datamodule's
         TokenCache) with a cache entry on disk, that entry linked into token-cache/ so `kgc_kd.predict`
         memory-maps it instead of tokenising (a pruned stage reads other ids: its predict tokenises once and
         keeps the table there). Written to a temporary directory and renamed into `final`, so a half-written
-        export is never mistaken for one; a kill between the renames leaves the old one whole."""
-        tmp = _fresh(final.with_name(final.name + ".tmp"))
+        export is never mistaken for one; a kill between the renames leaves the old one whole. `root`: the
+        directory the export must lie in (default: the directory holding `final`); OutsideRoot before anything
+        is written otherwise."""
+        root = Path(root) if root is not None else Path(final).parent
+        final = confined(root, Path(final).parent, "the export's directory") / Path(final).name
+        tmp = _fresh(final.with_name(final.name + ".tmp"), root)
         _save_net(net, tmp, self.tokenizer)
         save_kg(kg, tmp, parts_from=self._kg_files_of(kg), max_length=max_length,
                 link_graph=link_graph)  # predict's inputs
         if tokens is not None and net.kept_ids is None:  # the export's tokenizer is the one the table was made with
             link_token_cache(tokens.cache_path, tmp)
-        _replace_dir(tmp, final)
+        _replace_dir(tmp, final, root)
         self._last_kg = (kg, final)
 
     def _kg_files_of(self, kg: KG) -> Path | None:
@@ -53,9 +59,10 @@ class StageExporter:
         return last[1] if last is not None and last[0] is kg else None
 
 
-def _fresh(directory: Path) -> Path:
-    """`directory`, with whatever an earlier, interrupted attempt left there removed."""
-    shutil.rmtree(directory, ignore_errors=True)
+def _fresh(directory: Path, root: Path) -> Path:
+    """`directory`, with whatever an earlier, interrupted attempt left there removed (a symbolic link left there:
+    the link, never what it points to)."""
+    remove(directory, root, "an earlier attempt's export", ignore_errors=True)
     return directory
 
 
@@ -66,10 +73,11 @@ def _save_net(net: BiEncoder, directory: Path, tokenizer) -> None:
     net_cpu.save_pretrained(directory, tokenizer)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    """`tmp` becomes `final`; an existing `final` is moved aside first and removed only after the rename."""
-    old = _fresh(final.with_name(final.name + ".old"))
-    if final.exists():
+def _replace_dir(tmp: Path, final: Path, root: Path) -> None:
+    """`tmp` becomes `final`; an existing `final` is moved aside first and removed only after the rename (a
+    symbolic link there is moved and unlinked, its target left alone)."""
+    old = _fresh(final.with_name(final.name + ".old"), root)
+    if final.exists() or final.is_symlink():
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    remove(old, root, "the replaced export", ignore_errors=True)

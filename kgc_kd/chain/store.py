@@ -94,15 +94,28 @@ class ChainStore:
 
     # ---- the lock ----------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def claim(self, name: str, lock: bool = True) -> Iterator[None]:
+    def claim(self, name: str, lock: bool = True, timeout_s: float | None = None) -> Iterator[None]:
         """Hold the stage's lock while it is decided and trained: another run that needs the same stage waits
-        here, then finds it done. `lock=False` (the non-zero ranks of a multi-process run): no lock."""
+        here (told who holds it, again every minute), then finds it done. `timeout_s` (run.lock_timeout_s; None:
+        no limit): `chain.lock.LockTimeout` naming the lock file and its holder once that long has passed.
+        Under the lock, what a killed builder left is removed first: temporary files and directories (`*.tmp`)
+        in the entry, and the run's `stages/.<name>.link.tmp`. `lock=False` (the non-zero ranks of a
+        multi-process run): no lock."""
+        from kgc_kd.runtime.files import clear_temporaries, remove
+
         entry = self._entry(name)
         if entry is None or not lock:
             yield
             return
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with exclusive(entry.with_name(entry.name + ".lock"), f"[chain] {name}: another run is training {entry}"):
+        with exclusive(entry.with_name(entry.name + ".lock"), f"[chain] {name}: another run is training {entry}",
+                       timeout_s=timeout_s):
+            left = clear_temporaries(entry, self.store_dir)
+            link_tmp = self._link(name).with_name(f".{name}.link.tmp")
+            if remove(link_tmp, self.run_dir, "a temporary link", ignore_errors=True):
+                left.append(link_tmp)
+            if left:
+                print(f"[chain] {name}: removed what a killed run left: {', '.join(map(str, left))}", flush=True)
             yield
 
     # ---- finished stages ---------------------------------------------------------------------------------

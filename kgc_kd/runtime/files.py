@@ -3,12 +3,17 @@
 Reports, the chain's state file, predictions, sweep tables and checkpoints all go through here. A file gets the
 mode a plain `open()` would give it (0o666 less the umask), not mkstemp's 0o600: other users of a shared run.root
 (a multi-node sweep, a group's stage store) can read what a run wrote.
+
+And the other side of writing: `confined` checks a path lies inside its root before anything is written there,
+`remove` deletes a file or a tree inside its root without ever following a symbolic link out of it, and
+`clear_temporaries` removes what a killed writer left (`.<name>.*.tmp` files, `*.tmp` directories).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -65,3 +70,51 @@ def confined(root: str | Path, path: str | Path, what: str) -> Path:
     if target != base and base not in target.parents:
         raise OutsideRoot(f"{what}: {target} lies outside its root {base}; refused before anything was written")
     return target
+
+
+def remove(path: str | Path, root: str | Path, what: str, ignore_errors: bool = False) -> bool:
+    """Remove `path` (a file, a symbolic link or a directory tree) that lies inside `root`; True when something
+    was there. A symbolic link is unlinked itself, never its target; a directory is removed with `shutil.rmtree`,
+    which on Linux works through directory descriptors and unlinks the links inside without following them.
+    The directory holding `path` is resolved (symbolic links followed) and must lie inside `root`: OutsideRoot,
+    naming `what`, before anything is removed otherwise (the root itself is never removed). `ignore_errors`:
+    an OSError while removing (a file of another user) leaves what could not be removed, silently."""
+    path = Path(path)
+    parent = confined(root, path.parent, what)
+    target = parent / path.name
+    if path.name in ("", ".", ".."):
+        raise OutsideRoot(f"{what}: {path} is not an entry inside its root {root}; refused")
+    try:
+        if target.is_symlink() or not target.is_dir():
+            target.unlink()
+        else:
+            shutil.rmtree(target)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        if not ignore_errors:
+            raise
+        return False
+    return True
+
+
+def is_temporary(name: str) -> bool:
+    """A name a writer uses until its result is whole: `replace_atomically`'s `.<name>.*.tmp`, an export's
+    `export.tmp`, a link's `.<name>.link.tmp` (all end in `.tmp`)."""
+    return name.endswith(".tmp")
+
+
+def clear_temporaries(directory: str | Path, root: str | Path) -> list[Path]:
+    """Remove every temporary entry (`is_temporary`) under `directory` (itself inside `root`), files and
+    directories, as a writer killed mid-write left them; symbolic links are removed, never followed. Call it
+    only where no other process writes (under the lock of what `directory` holds). Returns what was removed;
+    what cannot be removed (another user's file) is left."""
+    directory = Path(directory)
+    confined(root, directory, "the directory to clear of temporaries")
+    removed = []
+    for here, dirs, files in os.walk(directory, followlinks=False):
+        for name in [*dirs, *files]:
+            if is_temporary(name) and remove(Path(here) / name, root, "a temporary entry", ignore_errors=True):
+                removed.append(Path(here) / name)
+        dirs[:] = [d for d in dirs if not is_temporary(d)]
+    return removed
