@@ -386,3 +386,133 @@ def test_the_objective_given_last_replaces_the_one_before(recipes, order):
         assert list(cfg.distill.terms) == [] and (cfg.distill.alpha, cfg.distill.score_loss) == (0.3, "kl")
         # a single key still merges into the objective in force
         assert load_config([*items, "distill.beta=0.25"]).distill.alpha == 0.3
+
+
+# ---- ranges of the numeric keys and names under a root (issue 28) ---------------------------------------------
+def _numeric_keys() -> list[str]:
+    """Every key of the schema that holds a number (or numbers): int/float fields, optional or in a tuple/list, and
+    the trainer keys typed Any that Lightning reads as numbers; a stage's keys as `stages.N.x`."""
+    import dataclasses
+    import typing
+
+    from kgc_kd.config import Config, StageCfg
+
+    def numeric(hint, untyped: bool) -> bool:
+        """int/float, Optional of one, a tuple or list of them; `untyped`: Any too (Lightning's number-or-text keys)."""
+        if hint in (int, float) or (untyped and hint is typing.Any):
+            return True
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (typing.get_origin(hint) in (typing.Union, tuple, list) and bool(args)
+                and all(numeric(a, untyped) for a in args))
+
+    def walk(cls, prefix: str) -> list[str]:
+        keys = []
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            hint, key = hints[f.name], f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(hint):
+                keys += walk(hint, key + ".")
+            elif key == "stages":
+                keys += walk(StageCfg, "stages.N.")
+            elif numeric(hint, untyped=prefix == "trainer."):
+                keys.append(key)
+        return keys
+
+    return walk(Config, "")
+
+
+def test_every_numeric_key_has_a_range_and_every_range_a_key():
+    from kgc_kd.config import OBJECTIVE_KEYS, RANGES
+
+    keys = _numeric_keys()
+    assert {"trainer.devices", "trainer.val_check_interval", "optim.betas", "stages.N.epochs",
+            "data.synthetic.num_triples", "run.lock_timeout_s"} <= set(keys)  # the walk sees every kind of field
+    # a stage's objective keys share the distill group's range (one entry, `distill.x`)
+    keys = [k for k in keys if not (k.startswith("stages.N.") and k.split(".")[-1] in OBJECTIVE_KEYS)]
+    assert sorted(keys) == sorted(RANGES)
+
+
+@pytest.mark.parametrize("arg, message", [
+    ("teacher.epochs=-3", "teacher.epochs=-3: expected >= 1 (or null: trainer.max_epochs)"),
+    ("teacher.epochs=0", "teacher.epochs=0: expected >= 1"),
+    ("stages.1.epochs=0", "stages[1].epochs=0: expected >= 1 (or null: trainer.max_epochs)"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0: expected >= 1 (or -1: no epoch limit, with trainer.max_steps >= 1)"),
+    ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no epoch limit) with trainer.max_steps=-1 (no step limit): a "
+                              "stage would never end"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: expected >= 1 (or -1: no step limit)"),
+    ("data.eval_batch_size=0", "data.eval_batch_size=0: expected >= 1"),
+    ("data.batch_size=1", "data.batch_size=1: expected >= 2 (in-batch negatives)"),
+    ("data.max_length=4", "data.max_length=4: expected >= 5"),
+    ("data.synthetic.num_triples=9", "data.synthetic.num_triples=9: expected >= 10"),
+    ("optim.betas=[0.9,1.0]", "optim.betas=[0.9, 1.0]: expected 2 values, each in [0, 1)"),
+    ("optim.eps=0", "optim.eps=0.0: expected > 0"),
+    ("optim.lr=inf", "optim.lr=inf: expected > 0"),
+    ("optim.weight_decay=nan", "optim.weight_decay=nan: expected >= 0"),
+    ("trainer.gradient_clip_val=-1", "trainer.gradient_clip_val=-1.0: expected >= 0 (0: no clipping; or null: as 0)"),
+    ("trainer.devices=0", "trainer.devices=0: expected a number of devices >= 1, -1 (all), 'auto', or distinct"),
+    ("trainer.devices=[1,1]", "trainer.devices=[1, 1]: expected a number of devices"),
+    ("trainer.devices=gpu", "trainer.devices='gpu': expected a number of devices"),
+    ("trainer.limit_train_batches=1.5", "trainer.limit_train_batches=1.5: expected a number of batches >= 0, or a "
+                                        "fraction in [0, 1] (or null: every batch)"),
+    ("trainer.limit_val_batches=true", "trainer.limit_val_batches=True: expected a number of batches >= 0"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0: expected a number of training batches >= 1, or a "
+                                     "fraction of the epoch in (0, 1], or a duration 'DD:HH:MM:SS'"),
+    ("trainer.val_check_interval=00:00:00:00", "trainer.val_check_interval='00:00:00:00': expected"),
+    ("trainer.num_sanity_val_steps=-2", "trainer.num_sanity_val_steps=-2: expected >= 0 (or -1: every validation batch)"),
+    ("stages.2.kd_temperature=0", "stages[2].kd_temperature=0.0: expected > 0 (or null: distill.kd_temperature)"),
+    ("stages.0.layer_map=[0,1,2,3,4,-1]", "stages[0].layer_map=[0, 1, 2, 3, 4, -1]: expected layer indices, each >= 0"),
+    ("run.seed=-1", "run.seed=-1: expected a seed in [0, 4294967295]"),
+    ("run.seed=4294967296", "run.seed=4294967296: expected a seed in [0, 4294967295]"),
+    ("run.lock_timeout_s=0", "run.lock_timeout_s=0.0: expected > 0 (seconds; or null: wait as long as it takes)"),
+    ("model.margin=-0.1", "model.margin=-0.1: expected >= 0"),
+    ("eval.topk=0", "eval.topk=0: expected >= 1"),
+])
+def test_a_number_out_of_its_range_is_refused_naming_key_value_and_range(arg, message):
+    with pytest.raises(ConfigError) as exc:
+        load_config([arg])
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize("args", [
+    ["trainer.max_epochs=-1", "trainer.max_steps=100"], ["trainer.devices=-1"], ["trainer.devices=auto"],
+    ["trainer.devices=[0, 1]"], ["trainer.devices=0,1"], ["trainer.devices=2"], ["trainer.val_check_interval=0.25"],
+    ["trainer.val_check_interval=50"], ["trainer.val_check_interval=00:01:30:00"], ["trainer.limit_train_batches=0"],
+    ["trainer.limit_val_batches=1.0"], ["trainer.limit_val_batches=0.5"], ["trainer.gradient_clip_val=null"],
+    ["trainer.gradient_clip_val=0"], ["trainer.num_sanity_val_steps=-1"], ["optim.betas=[0, 0.5]"], ["run.seed=0"],
+    ["run.seed=4294967295"], ["run.lock_timeout_s=0.5"], ["teacher.epochs=null"], ["stages.0.epochs=1"],
+    ["data.synthetic.num_entities=2", "data.synthetic.num_triples=10"], ["eval.rerank_weight=0", "eval.rerank_hops=0"],
+    ["model.margin=0", "model.pre_batch_weight=0", "optim.weight_decay=0", "optim.warmup_steps=0"],
+])
+def test_edges_and_special_values_of_the_ranges_pass(args):
+    load_config(args)
+
+
+@pytest.mark.parametrize("arg, key", [
+    ("stages.0.name=../../../victim", "stages[0].name='../../../victim'"), ("stages.1.name=..", "stages[1].name='..'"),
+    ("stages.2.name=a/b", "stages[2].name='a/b'"), ("stages.0.name=.", "stages[0].name='.'"),
+    ("run.name=../x", "run.name='../x'"), ("run.name=/tmp/x", "run.name='/tmp/x'"), ("run.name=..", "run.name='..'"),
+    (f"run.name={'x' * 101}", "run.name='xxx"), ("run.name=a b", "run.name='a b'"),
+])
+def test_a_name_that_is_not_one_path_component_is_refused(arg, key):
+    with pytest.raises(ConfigError) as exc:
+        load_config([arg])
+    assert str(exc.value).startswith(key) and "letters, digits, '_', '.' and '-'" in str(exc.value)
+
+
+def test_names_of_the_pattern_pass_and_an_unset_run_name_is_derived():
+    cfg = load_config(["run.name=My_run-1.2", "stages.0.name=s.6", f"stages.1.name={'a' * 100}"])
+    assert (cfg.run.name, cfg.stages[0].name) == ("My_run-1.2", "s.6")
+    assert run_name(load_config(["run.name=null"])) == run_name(load_config([]))
+
+
+def test_lock_timeout_is_not_part_of_the_run_directory():
+    """Where a run waits for another run's stage is not what it trains: the same run directory."""
+    assert run_name(load_config(["run.lock_timeout_s=30"])) == run_name(load_config([]))
+
+
+def test_the_configuration_page_lists_every_range_as_the_checks_do():
+    from kgc_kd.config import NAME_PATTERN, ranges_table
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+    assert ranges_table() in page
+    assert f"`{NAME_PATTERN}`" in page
