@@ -25,7 +25,7 @@ def make_dir(d: Path, *, text_ext: str = ".txt", newline: str = "\n", final_newl
     d.mkdir(parents=True, exist_ok=True)
     kw = {"newline": newline, "final_newline": final_newline}
     put(d / f"entity2text{text_ext}", ["e1\tred thing", "e2\tblue thing", "e3\tgreen thing"], **kw)
-    put(d / f"relation2text{text_ext}", ["r1\tpart of", "has_color"], **kw)  # id only -> text from the id
+    put(d / f"relation2text{text_ext}", ["r1\tpart of", "has_color\thas color"], **kw)
     if long_text:
         put(d / f"entity2textlong{text_ext}", ["e1\tred thing is a red object", "e2\t"], **kw)
     if entities_txt:
@@ -167,7 +167,7 @@ def test_bad_line_names_file_line_and_expectation(tmp_path, name, lines, expecte
 
 def test_drop_unknown_skips_counts_and_warns_per_split_file(tmp_path):
     d = make_dir(tmp_path / "kg")
-    put(d / "dev.tsv", ["e3\tr1\te1", "e3\tr1\tnope", "e1\tr1\te2", "x\tr1\ty", "e2\tr9\te1"])
+    put(d / "dev.tsv", ["e3\tr1\te1", "e3\tr1\tnope", "e2\tr1\te1", "x\tr1\ty", "e2\tr9\te1"])
     put(d / "test.tsv", ["e1\thas_color\te3", "", "e1\thas_color\tgone"])
     with pytest.warns(DataWarning) as record:
         kg = load_kgbert_dir(d, drop_unknown=True)
@@ -177,7 +177,7 @@ def test_drop_unknown_skips_counts_and_warns_per_split_file(tmp_path):
         f"{d / 'test.tsv'}:3: 1 triple skipped: unknown entity/relation ids (data.drop_unknown=true), first at "
         "line 3: unknown tail id 'gone' (not in the entity/relation files)",
     ]
-    assert kg.valid.tolist() == [[0, 0, 1], [1, 0, 2]]  # entities.txt order: e3 e1 e2
+    assert kg.valid.tolist() == [[0, 0, 1], [2, 0, 1]]  # entities.txt order: e3 e1 e2
     assert kg.test.tolist() == [[1, 1, 0]]
     assert kg.train.tolist() == [[1, 0, 2], [2, 1, 0]]
     assert kg.notes == {"valid.unknown_dropped": 3, "test.unknown_dropped": 1}
@@ -206,7 +206,8 @@ def test_empty_split_file(tmp_path, split_file, lines):
 
 def test_duplicate_triples_dropped_in_order_one_warning_per_file(tmp_path):
     d = make_dir(tmp_path / "kg")
-    put(d / "train.tsv", ["e1\tr1\te2", "e2\thas_color\te3", "e1\tr1\te2", "e3\tr1\te1", "e2\thas_color\te3"])
+    put(d / "train.tsv", ["e1\tr1\te2", "e2\thas_color\te3", "e1\tr1\te2", "e3\thas_color\te1",
+                          "e2\thas_color\te3"])
     put(d / "test.tsv", ["e1\thas_color\te3", "e1\thas_color\te3"])
     with pytest.warns(DataWarning) as record:
         kg = load_kgbert_dir(d)
@@ -216,7 +217,7 @@ def test_duplicate_triples_dropped_in_order_one_warning_per_file(tmp_path):
         f"{d / 'test.tsv'}:2: 1 duplicate triple removed (the first occurrence is kept), first at line 2: "
         "a repeat of line 1",
     ]
-    assert kg.train.tolist() == [[1, 0, 2], [2, 1, 0], [0, 0, 1]]
+    assert kg.train.tolist() == [[1, 0, 2], [2, 1, 0], [0, 1, 1]]
     assert kg.test.tolist() == [[1, 1, 0]]
     assert kg.notes == {"train.duplicates": 2, "test.duplicates": 1}
 

@@ -58,7 +58,8 @@ def build_datamodule(cfg: DictConfig, tokenizer=None) -> KGDataModule:
         d.source, max_length=d.max_length, batch_size=d.batch_size, eval_batch_size=d.eval_batch_size,
         num_workers=loader.num_workers, pin_memory=loader.pin_memory, use_long_text=d.use_long_text, dedup_entities=d.dedup_entities,
         name_separator=d.name_separator, synthetic=to_plain(d.synthetic), tokenizer=tokenizer,
-        drop_unknown=d.drop_unknown, link_graph=d.link_graph, val_max_queries=cfg.eval.val_max_queries,
+        drop_unknown=d.drop_unknown, drop_overlap=d.drop_overlap, link_graph=d.link_graph,
+        val_max_queries=cfg.eval.val_max_queries,
         token_cache_dir=Path(cfg.run.root) / "token-cache",  # shared by every run under run.root
     )
     dm.loader_settings = loader  # resolved once, here; run_chain prints and records it

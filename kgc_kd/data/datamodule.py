@@ -27,6 +27,7 @@ from kgc_kd.data.kg import KG
 from kgc_kd.data.negatives import KnownTriples
 from kgc_kd.data.sources import load_kg
 from kgc_kd.data.tokens import TokenCache, tokenizer_fingerprint
+from kgc_kd.eval.rerank import NeighbourGraph, Neighbourhoods
 from kgc_kd.runtime.precision import uses_cuda
 
 #: loader workers of a CUDA run whose data.num_workers is unset: enough to collate ahead of the GPU, capped so
@@ -71,7 +72,6 @@ def resolve_loader(num_workers: int | None, pin_memory: bool | None, accelerator
     else:
         parts.append("pin_memory set by data.pin_memory")
     return LoaderSettings(int(num_workers), bool(pin_memory), "; ".join(parts))
-from kgc_kd.eval.rerank import NeighbourGraph, Neighbourhoods
 
 
 class KGDataModule(L.LightningDataModule):
@@ -92,6 +92,7 @@ class KGDataModule(L.LightningDataModule):
         synthetic: dict | None = None,
         tokenizer=None,
         drop_unknown: bool = False,
+        drop_overlap: bool = False,
         link_graph: bool = False,
         val_max_queries: int | None = None,
         token_cache_dir: str | Path | None = None,
@@ -109,7 +110,7 @@ class KGDataModule(L.LightningDataModule):
         self.shuffle = shuffle  # off only for tests that compare runs batch by batch
         self.link_graph = link_graph  # SimKGC's neighbour names after short descriptions (data.link_graph)
         self._load_kwargs = {"use_long_text": use_long_text, "name_separator": name_separator, "synthetic": synthetic,
-                             "drop_unknown": drop_unknown}
+                             "drop_unknown": drop_unknown, "drop_overlap": drop_overlap}
         self.token_cache_dir = None if token_cache_dir is None else Path(token_cache_dir)  # None: in memory only
         self._token_caches: dict[str, TokenCache] = {}
         self.tokens: TokenCache | None = None

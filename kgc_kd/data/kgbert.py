@@ -7,8 +7,11 @@ splits it into SimKGC's name and description.
 
 Repairs, each reported by one `DataWarning` and counted in `KG.notes`: repeated triples in a split file
 are dropped; an entity without text (listed in `entities.txt` but not in entity2text, or with an empty
-text there) is named by its id; with `drop_unknown`, triples with ids outside the entity/relation files
-are dropped instead of being an error. A split file without triples is an error.
+text there) is named by its id, and so is a relation with an empty text in relation2text (its underscores
+read as spaces); a tab or line break inside a text is replaced by a space (`io.TextBreaks`); with
+`drop_unknown`, triples with ids outside the entity/relation files are dropped instead of being an error.
+Dev and test triples that also occur in train are warned about, and dropped with `drop_overlap`. A split
+file without triples is an error.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kgc_kd.data.io import (
+    TripleSet,
+    clean_table,
     find_file,
     index_triples,
-    read_text_table,
     read_text_table_lines,
     warn,
 )
@@ -34,16 +38,19 @@ def is_kgbert_dir(directory: Path) -> bool:
 
 
 def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_separator: str | None = None,
-                    drop_unknown: bool = False) -> KG:
+                    drop_unknown: bool = False, drop_overlap: bool = False) -> KG:
     d = Path(directory)
     split_files = {s: find_file(d, stems, SPLIT_EXTS) for s, stems in SPLIT_STEMS.items()}
     ent_path = find_file(d, ("entity2text",), TEXT_EXTS)
     rel_path = find_file(d, ("relation2text",), TEXT_EXTS)
     long_path = find_file(d, ("entity2textlong",), TEXT_EXTS, required=False) if use_long_text else None
 
+    notes: dict[str, int] = {}
     ent_text, ent_lines = read_text_table_lines(ent_path)
-    rel_text = read_text_table(rel_path)
-    long_text = read_text_table(long_path) if long_path else {}
+    ent_text = clean_table(ent_path, ent_text, ent_lines, notes)
+    rel_text, rel_lines = read_text_table_lines(rel_path)
+    rel_text = clean_table(rel_path, rel_text, rel_lines, notes)
+    long_text = clean_table(long_path, *read_text_table_lines(long_path), notes) if long_path else {}
 
     ent_list_path = find_file(d, ("entities",), (".txt",), required=False)
     listed: dict[str, int] = {}  # entity id -> its line in entities.txt
@@ -68,7 +75,6 @@ def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_s
         names.append(name or e)
         descs.append(desc)
 
-    notes: dict[str, int] = {}
     if without_text:
         e = without_text[0]
         if e in ent_text:
@@ -80,15 +86,26 @@ def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_s
              f"one in {ent_path.name}); their ids are used as names, e.g. {e!r} ({how})")
         notes["entities_without_text"] = len(without_text)
 
-    splits = {s: index_triples(p, entities, relations, split=s, drop_unknown=drop_unknown, notes=notes,
-                               allow_empty=False) for s, p in split_files.items()}
+    no_text = [r for r in relation_ids if not rel_text[r]]
+    if no_text:
+        r = no_text[0]
+        warn(f"{rel_path}:{rel_lines[r]}: {len(no_text)} of {len(relation_ids)} relations have an empty text; their "
+             f"ids are used as texts (underscores read as spaces), e.g. {r!r}")
+        notes["relations_without_text"] = len(no_text)
+
+    splits, train = {}, None  # train first: dev and test are checked against it
+    for s, p in split_files.items():
+        splits[s] = index_triples(p, entities, relations, split=s, drop_unknown=drop_unknown, notes=notes,
+                                  allow_empty=False, train=train, drop_overlap=drop_overlap)
+        if s == "train":
+            train = TripleSet(splits[s])
     return KG(
         name=d.name,
         entity_ids=entity_ids,
         entity_names=names,
         entity_descs=descs,
         relation_ids=relation_ids,
-        relation_texts=[rel_text[r] or r.replace("_", " ").strip() for r in relation_ids],
+        relation_texts=[rel_text[r] or r.replace("_", " ").strip() or r for r in relation_ids],
         source=f"kgbert:{d}",
         notes=notes,
         **splits,

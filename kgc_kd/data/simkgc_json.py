@@ -11,8 +11,10 @@ its 20M records (Wikidata5M) are ever held at once; triples go straight into `Tr
 arrays. Every message names the line the item starts on, counted across blocks.
 
 Repairs, each reported by one `DataWarning` and counted in `KG.notes`: repeated triples in a split file are
-dropped; an entity with an empty name is named by its id; with `drop_unknown`, triples whose head_id or
-tail_id is not in entities.json are dropped instead of being an error. An empty split is an error.
+dropped; an entity with an empty name is named by its id; a tab or line break inside a name, description
+or relation is replaced by a space (`io.TextBreaks`); with `drop_unknown`, triples whose head_id or tail_id
+is not in entities.json are dropped instead of being an error. Valid and test triples that also occur in
+train are warned about, and dropped with `drop_overlap`. An empty split or relation is an error.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, TripleCollector, not_utf8_error, warn
+from kgc_kd.data.io import DataFormatError, TextBreaks, TripleCollector, TripleSet, not_utf8_error, warn
 from kgc_kd.data.kg import KG
 
 # SimKGC's preprocess strips the leading "__" (family_alcidae_NN_1); raw WordNet ids keep it.
@@ -235,7 +237,8 @@ def _require(path: Path, line: int, i: int, obj: object, keys: tuple[str, ...]) 
     return obj
 
 
-def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, block_bytes: int = BLOCK_BYTES) -> KG:
+def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, drop_overlap: bool = False,
+                    block_bytes: int = BLOCK_BYTES) -> KG:
     d = Path(directory)
     ents_path = d / "entities.json"
     expected = f"a JSON list of objects with keys {', '.join(ENTITY_KEYS)}"
@@ -243,6 +246,7 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, block_
     index: dict[str, int] = {}
     lines = array("q")  # the line of each entity, for the message about a repeated id
     no_name: list[tuple[int, str]] = []  # (line, id)
+    breaks = TextBreaks(ents_path)
     for i, (line, e) in enumerate(_load_json_items(ents_path, expected, block_bytes=block_bytes)):
         e = _require(ents_path, line, i, e, ENTITY_KEYS)
         key = str(e["entity_id"]).strip()
@@ -253,29 +257,33 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, block_
                                   f"(first at line {lines[index[key]]})")
         index[key] = len(ids)
         lines.append(line)
-        name = wordnet_name(str(e["entity"] or "").strip())
+        name = breaks.clean(wordnet_name(str(e["entity"] or "").strip()), line).strip()
         if not name:
             no_name.append((line, key))
         ids.append(key)
         names.append(name or key)
-        descs.append(str(e.get("entity_desc") or ""))
+        descs.append(breaks.clean(str(e.get("entity_desc") or ""), line))
     if not ids:
         raise DataFormatError(f"{ents_path}: no entities; expected {expected}")
     del lines
 
     notes: dict[str, int] = {}
+    breaks.report(notes)
     if no_name:
         line, key = no_name[0]
         warn(f"{ents_path}:{line}: {len(no_name)} of {len(ids)} entities have an empty \"entity\" name; their ids "
              f"are used as names, e.g. {key!r}")
         notes["entities_without_text"] = len(no_name)
 
-    relations: dict[str, int] = {}
-    splits = {}
+    relations: dict[str, int] = {}  # relation text (its id too) -> index
+    relation_of: dict[str, int] = {}  # the text as the files give it -> index
+    splits, train = {}, None  # train first: valid and test are checked against it
     expected = f"a JSON list of objects with keys {', '.join(TRIPLE_KEYS)}"
     for split in ("train", "valid", "test"):
         path = d / f"{split}.txt.json"
-        out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes, expected=expected)
+        out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes, expected=expected,
+                              train=train, drop_overlap=drop_overlap)
+        breaks = TextBreaks(path)
         for i, (line, ex) in enumerate(_load_json_items(path, expected, block_bytes=block_bytes)):
             ex = _require(path, line, i, ex, TRIPLE_KEYS)
             h, t = index.get(str(ex["head_id"]).strip()), index.get(str(ex["tail_id"]).strip())
@@ -283,11 +291,18 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, block_
                 k = "head_id" if h is None else "tail_id"
                 out.unknown_id(line, f"item {i}: {k} {ex[k]!r} is not in entities.json")
                 continue
-            rel_text = str(ex["relation"] or "").strip()
-            if not rel_text:
-                raise DataFormatError(f"{path}:{line}: item {i}: empty relation; expected the relation's text")
-            out.add(line, (h, relations.setdefault(rel_text, len(relations)), t))
+            raw = str(ex["relation"] or "")
+            r = relation_of.get(raw)
+            if r is None:  # a relation text seen for the first time: checked once
+                rel_text = breaks.clean(raw, line).strip()
+                if not rel_text:
+                    raise DataFormatError(f"{path}:{line}: item {i}: empty relation; expected the relation's text")
+                r = relation_of[raw] = relations.setdefault(rel_text, len(relations))
+            out.add(line, (h, r, t))
+        breaks.report(notes)
         splits[split] = out.finish()
+        if split == "train":
+            train = TripleSet(splits[split])
 
     rel = list(relations)
     return KG(name=d.name, entity_ids=ids, entity_names=names, entity_descs=descs, relation_ids=rel,

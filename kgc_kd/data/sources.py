@@ -18,11 +18,13 @@ from kgc_kd.data.wikidata5m import is_wikidata5m_dir, load_wikidata5m_dir
 
 
 def load_kg(source: str, *, use_long_text: bool = True, name_separator: str | None = None,
-            synthetic: dict | None = None, drop_unknown: bool = False,
+            synthetic: dict | None = None, drop_unknown: bool = False, drop_overlap: bool = False,
             wikidata5m_variant: str = "transductive") -> KG:
     """`drop_unknown` (directories only): skip, count and report triples with unknown entity/relation ids
-    instead of raising `DataFormatError` (built-in and synthetic KGs have none). `wikidata5m_variant`:
-    which split files a raw Wikidata5M directory is read with (transductive or inductive)."""
+    instead of raising `DataFormatError` (built-in and synthetic KGs have none). Valid/test triples that also
+    occur in train are warned about, and with `drop_overlap` dropped (directories only: the built-in and
+    synthetic KGs have none). `wikidata5m_variant`: which split files a raw Wikidata5M directory is read with
+    (transductive or inductive)."""
     if source in BUILTIN:
         return load_builtin(source)
     if source == "synthetic":
@@ -30,12 +32,13 @@ def load_kg(source: str, *, use_long_text: bool = True, name_separator: str | No
     d = Path(source).expanduser()
     if d.is_dir():
         if is_simkgc_dir(d):
-            return load_simkgc_dir(d, drop_unknown=drop_unknown)
+            return load_simkgc_dir(d, drop_unknown=drop_unknown, drop_overlap=drop_overlap)
         if is_wikidata5m_dir(d):
-            return load_wikidata5m_dir(d, variant=wikidata5m_variant, drop_unknown=drop_unknown)
+            return load_wikidata5m_dir(d, variant=wikidata5m_variant, drop_unknown=drop_unknown,
+                                       drop_overlap=drop_overlap)
         if is_kgbert_dir(d):
             return load_kgbert_dir(d, use_long_text=use_long_text, name_separator=name_separator,
-                                   drop_unknown=drop_unknown)
+                                   drop_unknown=drop_unknown, drop_overlap=drop_overlap)
         raise DataFormatError(
             f"{d}: not a KG directory; expected the KG-BERT layout (train.tsv dev.tsv test.tsv entity2text.txt "
             "relation2text.txt), SimKGC's (train.txt.json valid.txt.json test.txt.json entities.json) or "

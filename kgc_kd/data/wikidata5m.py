@@ -21,7 +21,9 @@ Repairs, each reported by one `DataWarning` and counted in `KG.notes`: the dropp
 "relations_without_text"; with `drop_unknown` those triples are dropped instead, "<split>.unknown_dropped");
 entities of the graph without a description line ("entities_without_description"; SimKGC would stop);
 an id with a second alias or text line (the later line wins, as in SimKGC's dict; "<file>.repeated_ids");
-repeated triples in a split file (dropped, "<split>.duplicates").
+repeated triples in a split file (dropped, "<split>.duplicates"); valid/test triples that also occur in
+train (warned; with `drop_overlap` dropped, "<split>.overlap_dropped"). Texts hold no tab or line break:
+they are cut to words and joined by single spaces.
 
 Everything streams line by line (`iter_lines`, `read_rows`). An alias file becomes an `IdTable` (id ->
 row, one dict look-up per entity of a triple; row -> graph index by array indexing), descriptions are
@@ -33,7 +35,7 @@ from __future__ import annotations
 from array import array
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, TripleCollector, iter_lines, read_rows, warn
+from kgc_kd.data.io import DataFormatError, TripleCollector, TripleSet, iter_lines, read_rows, warn
 from kgc_kd.data.kg import KG, SPLITS
 
 ENTITY_FILE = "wikidata5m_entity.txt"
@@ -121,7 +123,8 @@ def _id_lines(path: Path, what: str):
         yield lineno, fields[0].strip(), fields
 
 
-def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive", drop_unknown: bool = False) -> KG:
+def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive", drop_unknown: bool = False,
+                        drop_overlap: bool = False) -> KG:
     """`variant`: "transductive" (SimKGC's wiki5m_trans) or "inductive" (wiki5m_ind: the split files only
     differ; SimKGC ranks an inductive split among the entities of that split, and without re-ranking)."""
     if variant not in VARIANTS:
@@ -133,8 +136,12 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
     ents = _read_alias_table(d / ENTITY_FILE, NAME_WORDS, notes)
     # graph ids of kept triples without text (no line, or an empty alias) -> (file, line) of their first triple
     textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]] = ({}, {})
-    splits = {split: _read_split(path, split, ents, rels, textless, drop_unknown=drop_unknown, notes=notes)
-              for split, path in files.items()}  # train first: ids added for valid/test below never reach train
+    splits, train = {}, None  # train first: ids added for valid/test below never reach train, and valid/test
+    for split, path in files.items():  # are checked against it
+        splits[split] = _read_split(path, split, ents, rels, textless, drop_unknown=drop_unknown, notes=notes,
+                                    train=train, drop_overlap=drop_overlap)
+        if split == "train":
+            train = TripleSet(splits[split])
     entity_ids, entity_names = _graph_ids_and_texts(ents)
     relation_ids, relation_texts = _graph_ids_and_texts(rels)
     _report_textless(textless, len(entity_ids), len(relation_ids), notes)
@@ -163,12 +170,14 @@ def _read_alias_table(path: Path, words: int, notes: dict[str, int]) -> IdTable:
 
 def _read_split(path: Path, split: str, ents: IdTable, rels: IdTable,
                 textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]], *, drop_unknown: bool,
-                notes: dict[str, int]):
+                notes: dict[str, int], train: TripleSet | None = None, drop_overlap: bool = False):
     """One split file's triples as graph indices (`TripleCollector.finish`), numbering entities and relations
     on first appearance. A triple with an id without an alias line: dropped from train (reported once), in
     valid/test dropped with `drop_unknown`, else kept with the id added to its table without text. Ids
-    without text of the kept triples are remembered in `textless` (entities, relations)."""
-    out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes)
+    without text of the kept triples are remembered in `textless` (entities, relations). `train`, `drop_overlap`:
+    as `TripleCollector` takes them."""
+    out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes, train=train,
+                          drop_overlap=drop_overlap)
     dropped, first_dropped = 0, None
     for lineno, (h, r, t) in read_rows(path, 3):
         rows = ents.row.get(h), rels.row.get(r), ents.row.get(t)
