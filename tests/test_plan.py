@@ -20,10 +20,22 @@ def test_the_plan_holds_the_config_its_resolved_stages_keys_and_run_directory(tm
     plan = build_plan([f"run.root={tmp_path}", "data=nations"])
     cfg = plan.cfg
     assert plan.specs == [resolve_stage(cfg, i) for i in range(len(cfg.stages))]
-    assert plan.stage_names == ["teacher", "pmd6", "pmd4", "pmd2"] == list(plan.keys)
+    assert plan.stage_names == ["teacher", "pmd6", "pmd4", "pmd2"]
     assert plan.run_name == run_name(cfg) and plan.run_dir == Path(tmp_path) / plan.run_name
-    assert plan.dims is None
-    assert as_plan(plan) is plan and as_plan(cfg).keys == plan.keys
+    assert plan.dims is None and plan.inputs is None and plan.keys is None  # preflight's, from the loaded inputs
+    assert as_plan(plan) is plan and as_plan(cfg).specs == plan.specs
+
+
+def test_the_inputs_fingerprints_refine_the_plan_with_the_stage_keys(tmp_path):
+    """The keys come with the inputs' content (preflight), computed once by `with_inputs` from them."""
+    from kgc_kd.chain.stage_spec import input_fingerprints, stage_keys
+    from kgc_kd.data.sources import load_kg
+
+    plan = build_plan([f"run.root={tmp_path}", "data=nations"])
+    inputs = input_fingerprints(plan.cfg, load_kg("nations"))
+    refined = plan.with_inputs(inputs)
+    assert refined.inputs == inputs and refined.keys == stage_keys(plan.cfg, plan.specs, inputs)
+    assert list(refined.keys) == plan.stage_names and plan.keys is None and refined.specs == plan.specs
 
 
 def test_the_default_objective_is_pmds_shorthand_spelt_as_terms():
@@ -35,7 +47,7 @@ def test_the_default_objective_is_pmds_shorthand_spelt_as_terms():
 
 def test_a_teacher_only_plan_has_no_student_stage():
     plan = build_plan(["teacher.only=true"])
-    assert plan.specs == [] and plan.stage_names == ["teacher"] == list(plan.keys)
+    assert plan.specs == [] and plan.stage_names == ["teacher"]
 
 
 def test_registry_checks_come_with_the_plan_and_name_the_key():

@@ -20,12 +20,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
 
 from kgc_kd.config import objective_entries, objective_error, shorthand_entries, to_plain
+from kgc_kd.data.fingerprint import kg_fingerprint
+from kgc_kd.data.kg import KG
 from kgc_kd.distill.registry import Dims, resolve_term, term_class
+from kgc_kd.models.plm import resolve_plm
+from kgc_kd.runtime.fingerprint import tree_digest
 
 
 def resolve_terms(entries: list[dict[str, Any]], dims: Dims | None = None) -> list[dict[str, Any]]:
@@ -87,26 +92,56 @@ NOT_IN_STAGE_KEY = {"run": ("name", "root", "logger", "wandb_project", "wandb_en
                             "wandb_group", "checkpoint_every_n_steps"),
                     "trainer": ("enable_progress_bar", "log_every_n_steps"),
                     "teacher": ("only",)}
-STAGE_KEY_VERSION = 1  # bumped when what a stage stores changes meaning
+# 2: the content of the KG (all but its test split), the PLM's files and a loaded export's files joined the settings
+STAGE_KEY_VERSION = 2  # bumped when what a stage stores changes meaning
+
+# The parts of the KG's content (data.fingerprint.kg_fingerprint) a stage is trained and selected on: all but
+# the test split, which only evaluates it (a stage done on another test split is evaluated again, not retrained).
+KG_PARTS_IN_KEY = ("entities", "relations", "train", "valid")
+# Files of a PLM directory that are not the model: a git checkout's metadata, huggingface_hub's download state.
+NOT_PLM_FILES = (".git", ".cache", ".gitattributes", "*.lock", "*.incomplete")
+# Files of an export that are not its model: its KG (rewritten when the stage is evaluated on another test
+# split), the token table linked from the run's cache, predict's entity-vector caches and temporary files.
+NOT_EXPORT_MODEL_FILES = ("kg", "kg.json", "token-cache", "entity_vectors-*", "*.tmp", "*.old")
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def stage_keys(cfg: DictConfig, specs: list[dict[str, Any]]) -> dict[str, str]:
+def input_fingerprints(cfg: DictConfig, kg: KG) -> dict[str, Any]:
+    """What a run's stages are made of beside their settings, by content (SHA-256): `kg`, the KG as loaded
+    (`kg_fingerprint`: entities, relations, train, valid, test) and its test triple count; `plm`, the files of
+    model.plm's directory (a hub id: its snapshot; `NOT_PLM_FILES` left out); `teacher_load`, the model files
+    of a teacher.load export (`NOT_EXPORT_MODEL_FILES` left out; None without one). Computed once per run, by
+    preflight (`check_run`), from the loaded KG; a file's digest is remembered within the process."""
+    load = cfg.teacher.load
+    return {"kg": kg_fingerprint(kg), "test_triples": len(kg.test),
+            "plm": tree_digest(resolve_plm(str(cfg.model.plm)), skip=NOT_PLM_FILES),
+            "teacher_load": tree_digest(Path(load).expanduser(), skip=NOT_EXPORT_MODEL_FILES) if load else None}
+
+
+def recorded_test_split(inputs: dict[str, Any]) -> dict[str, Any]:
+    """The test split of `inputs` (`input_fingerprints`) as a stage's row records it: its SHA-256 and size."""
+    return {"sha256": inputs["kg"]["test"], "triples": int(inputs["test_triples"])}
+
+
+def stage_keys(cfg: DictConfig, specs: list[dict[str, Any]], inputs: dict[str, Any]) -> dict[str, str]:
     """Stage name -> the key of what determines its outputs: the data, model, optimiser, evaluation and
-    trainer settings and the seed, then the teacher's own settings (teacher) or the stage's resolved spec
-    (`specs[i]`, a student), and the key of the stage it learns from. Two runs that differ only in a
-    student's settings share the teacher's key (and every stage before that student); `teacher.only` is not
-    in it, so a teacher trained alone is the one a full chain of the same settings reuses."""
+    trainer settings and the seed; the content of the KG it trains and selects on and of the PLM's files
+    (`inputs`, from `input_fingerprints`; the test split is not in it); then the teacher's own settings and a
+    teacher.load export's files (teacher) or the stage's resolved spec (`specs[i]`, a student), and the key of
+    the stage it learns from. Two runs that differ only in a student's settings share the teacher's key (and
+    every stage before that student); `teacher.only` is not in it, so a teacher trained alone is the one a full
+    chain of the same settings reuses."""
     plain = to_plain(cfg)
     for group, keys in NOT_IN_STAGE_KEY.items():
         for k in keys:
             plain[group].pop(k, None)
+    content = {"kg": {part: inputs["kg"][part] for part in KG_PARTS_IN_KEY}, "plm": inputs["plm"]}
     shared = {"version": STAGE_KEY_VERSION, **{g: plain[g] for g in ("data", "model", "optim", "eval", "trainer")},
-              "seed": plain["run"]["seed"]}
-    keys = {"teacher": _digest({**shared, "teacher": plain["teacher"]})}
+              "seed": plain["run"]["seed"], "content": content}
+    keys = {"teacher": _digest({**shared, "teacher": plain["teacher"], "teacher_load": inputs["teacher_load"]})}
     before = keys["teacher"]
     for st, spec in zip(cfg.stages, specs):
         before = keys[str(st.name)] = _digest({**shared, "stage": spec, "after": before})

@@ -9,6 +9,7 @@ every stage reads it once.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 from pathlib import Path
@@ -34,15 +35,17 @@ def file_digest(path: str | Path) -> str:
 
 def tree_files(root: str | Path, skip: Iterable[str] = ()) -> list[Path]:
     """Every regular file under `root` (symbolic links followed to files, never to directories outside it), as
-    paths relative to `root`, sorted; a name in `skip` (a file or directory name at any depth) is left out."""
+    paths relative to `root`, sorted; a name matching a pattern of `skip` (a file or directory name at any depth,
+    an exact name or a shell pattern such as `entity_vectors-*`) is left out."""
     root = Path(root)
-    skip = set(skip)
+    patterns = tuple(skip)
+    skipped = lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)  # noqa: E731
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in skip and not os.path.islink(os.path.join(dirpath, d)))
+        dirnames[:] = sorted(d for d in dirnames if not skipped(d) and not os.path.islink(os.path.join(dirpath, d)))
         for name in filenames:
             full = Path(dirpath) / name
-            if name not in skip and full.is_file():
+            if not skipped(name) and full.is_file():
                 out.append(full.relative_to(root))
     return sorted(out, key=lambda p: p.as_posix())
 
