@@ -158,6 +158,9 @@ BAD = {
     "variant label taken": (["--objectives", "none,pmd", "--variant", "pmd=makd"], "already compared"),
     "variant bad item": (["--objectives", "none", "--variant", "v=pmd distill.alphx=1"], "distill.alphx"),
     "distilling baseline": (["--objectives", "none,pmd", "distill.alpha=0.3"], "baseline `none` distil"),
+    "name leaving the root": (["--objectives", "none", "--name", "../x"], "--name='../x'"),  # one name, never a path
+    "name of the parent": (["--objectives", "none", "--name", ".."], "--name='..'"),
+    "name with a plus": (["--objectives", "none", "--name", "a+b"], "--name='a+b'"),  # the one pattern
 }
 
 
@@ -169,6 +172,7 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, tiny_plm_dir, caps
     assert exc.value.code == fit.EXIT_BAD_INPUT
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-bert"]  # nor anything beside it (the PLM is the test's)
 
 
 # ---- end to end: a tiny comparison, none vs pmd over two seeds --------------------------------------------------

@@ -129,3 +129,36 @@ def test_the_exporter_needs_no_lightning():
     code = ("import sys, kgc_kd.chain.export; "
             "sys.exit(any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("left", ["export.tmp", "export.old", "export"])
+def test_a_link_out_of_the_root_where_the_export_goes_is_unlinked_and_its_target_survives(tmp_path, left):
+    """An interrupted attempt's `export.tmp`, a replaced `export.old` or the old `export` itself, as a symbolic
+    link to a directory outside the root: the export is written beside it, the link unlinked, never followed:
+    nothing outside is written or removed."""
+    victim = tmp_path / "victim"
+    (victim / "query").mkdir(parents=True)
+    (victim / "query" / "config.json").write_text("theirs")
+    (victim / "biencoder.json").write_text("theirs")
+    before = _files(victim)
+    root = tmp_path / "root"
+    final = root / "s" / "export"
+    final.parent.mkdir(parents=True)
+    (final.parent / left).symlink_to(victim, target_is_directory=True)
+    StageExporter().export(final, _net(), KG, max_length=24, link_graph=False, root=root)
+    assert _files(victim) == before
+    assert sorted(p.name for p in final.parent.iterdir()) == ["export"]
+    assert not final.is_symlink() and (final / "biencoder.json").read_text() != "theirs"
+
+
+def test_an_export_outside_its_root_is_refused_before_anything_is_written(tmp_path):
+    from kgc_kd.runtime.files import OutsideRoot
+
+    root, outside = tmp_path / "root", tmp_path / "victim"
+    (root / "stage-store").mkdir(parents=True)
+    outside.mkdir()
+    (root / "stage-store" / "s-k").symlink_to(outside, target_is_directory=True)  # an entry that leads out
+    for final in (root / ".." / "victim" / "export", root / "stage-store" / "s-k" / "export"):
+        with pytest.raises(OutsideRoot, match="lies outside its root"):
+            StageExporter().export(final, _net(), KG, max_length=24, link_graph=False, root=root)
+    assert list(outside.iterdir()) == []

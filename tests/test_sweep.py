@@ -128,6 +128,38 @@ def test_a_sweep_killed_mid_trial_is_completed_by_its_rerun_without_retraining_f
 
 
 # ---- the command line ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, options, named", [
+    ({"name": "../../x"}, [], "name='../../x'"),  # the file's name: the study's directory would leave run.root
+    ({}, ["--study", "a/b"], "--study='a/b'"),
+    ({}, ["--study", ".."], "--study='..'"),
+    ({"name": "x y"}, [], "name='x y'"),
+])
+def test_a_study_name_that_is_not_one_name_exits_2_and_writes_nothing_inside_or_outside_the_root(
+        tmp_path, monkeypatch, capsys, change, options, named):
+    import kgc_kd.chain.driver
+
+    monkeypatch.setattr(kgc_kd.chain.driver, "run_chain", lambda *a, **k: pytest.fail("a trial ran"))
+    (tmp_path / "home" / "runs").mkdir(parents=True)
+    path = _file(tmp_path, **change)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(path), *options, "data=synthetic", STAGES, f"run.root={tmp_path / 'home' / 'runs'}"])
+    assert exc.value.code == 2
+    assert named in capsys.readouterr().err
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == ["home", "home/runs", "tiny.yaml"]
+
+
+def test_a_study_directory_that_leads_out_of_the_root_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    import kgc_kd.chain.driver
+
+    monkeypatch.setattr(kgc_kd.chain.driver, "run_chain", lambda *a, **k: pytest.fail("a trial ran"))
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "sweeps").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(SystemExit) as exc:
+        sweep.main([str(_file(tmp_path)), "data=synthetic", STAGES, f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == 2 and "lies outside its root" in capsys.readouterr().err
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
 def test_help_shows_the_file_the_options_the_items_and_the_docs(capsys):
     from test_cli import check_help
 

@@ -85,6 +85,9 @@ def test_a_list_of_metrics_is_multi_objective(tmp_path):
     ({"method": "grid", "parameters": {"distill.alpha": {"min": 0.1, "max": 0.2}}}, "a grid needs 'values'"),
     ({"parameters": {"distill.alpha": {"value": 0.1}}}, "nothing to search"),
     ({"parameters": {}}, "non-empty 'parameters'"),
+    ({"name": "../../x"}, "name='../../x': expected a name of letters"),  # the study's directory: one name
+    ({"name": "a/b"}, "name='a/b'"),
+    ({"name": ".."}, "name='..'"),
 ])
 def test_bad_files_are_errors_naming_the_file_and_the_key(tmp_path, change, named):
     with pytest.raises(SweepError, match="s.yaml") as err:

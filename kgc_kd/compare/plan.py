@@ -14,6 +14,7 @@ other objectives' chains, `none` included, keep their argv and so their finished
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from kgc_kd.chain.plan import RunPlan, build_plan as build_run_plan
-from kgc_kd.config import OBJECTIVE_KEYS, ConfigError, config_hash, load_config, presets
+from kgc_kd.config import NAME_PATTERN, OBJECTIVE_KEYS, ConfigError, check_name, config_hash, load_config, presets
+from kgc_kd.runtime.files import OutsideRoot, confined
 
 
 @dataclass
@@ -166,8 +168,13 @@ def _check_baseline(cfg: DictConfig, overrides: list[str]) -> None:
 
 
 def default_name(base: DictConfig, objectives: list[str], seeds: list[int]) -> str:
+    """`<data>-<config hash>-<objectives>-<N>seeds`, made a name (`config.NAME_PATTERN`): other characters
+    become `_`, and a name too long keeps its head and a hash of the whole."""
     data = Path(str(base.data.source).rstrip("/")).name or "data"
-    return f"{data}-{config_hash(base)}-{'_'.join(objectives)}-{len(seeds)}seeds"
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{data}-{config_hash(base)}-{'_'.join(objectives)}-{len(seeds)}seeds")
+    if not re.fullmatch(NAME_PATTERN, name):  # too long
+        name = f"{name[:80]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return name
 
 
 def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optional[str] = None,
@@ -184,10 +191,12 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
     if base.teacher.load and teacher and str(base.teacher.load) != teacher:
         raise ConfigError(f"--teacher {teacher!r} and teacher.load={base.teacher.load!r} disagree; give one")
     teacher = teacher or (str(base.teacher.load) if base.teacher.load else None)
-    name = name or default_name(base, objs, seed_list)
-    if not re.fullmatch(r"[\w.+-]+", name):
-        raise ConfigError(f"--name {name!r}: expected letters, digits, '.', '_', '+' or '-' (it names a directory)")
-    plan = Plan(name=name, out_dir=Path(base.run.root) / "compare" / name, objectives=objs, seeds=seed_list,
+    name = check_name(name, "--name") if name is not None else default_name(base, objs, seed_list)
+    try:  # a directory under run.root/compare/, resolved and checked to stay inside run.root
+        out_dir = confined(base.run.root, Path("compare") / name, f"--name {name}")
+    except OutsideRoot as err:  # compare/ itself a link out of the root
+        raise ConfigError(str(err)) from None
+    plan = Plan(name=name, out_dir=out_dir, objectives=objs, seeds=seed_list,
                 overrides=list(overrides), base=base, teacher_export=teacher or "", variants=variant_map)
     if teacher is None:
         argv = [*overrides, "teacher.only=true", f"run.wandb_group={name}"]

@@ -57,7 +57,8 @@ def _check(args: argparse.Namespace):
     """Everything before a trial: the file, the items, each parameter's extremes, the metric's stage, the
     storage. Returns (space, the items' run plan, study name, output directory, storage URL)."""
     from kgc_kd.chain.plan import build_plan
-    from kgc_kd.config import ConfigError
+    from kgc_kd.config import ConfigError, check_name
+    from kgc_kd.runtime.files import OutsideRoot, confined
     from kgc_kd.sweep.study import default_storage
     from kgc_kd.sweep.trial import trial_plan
 
@@ -69,12 +70,16 @@ def _check(args: argparse.Namespace):
     base = build_plan([*space.fixed, *args.overrides])
     check_metric_stages(space, base.stage_names[1:])
     study = args.study or space.name
+    try:  # the study's name is a directory under run.root: one name, never a path
+        check_name(study, "--study" if args.study else f"{space.path}: name (default: the file's name)")
+        out = confined(base.cfg.run.root, Path("sweeps") / study, f"the study {study!r}")
+    except (ConfigError, OutsideRoot) as err:
+        raise SweepError(str(err)) from None
     for corner in space.corners():
         try:
             trial_plan(space, args.overrides, corner, study)
         except ConfigError as err:
             raise SweepError(f"{space.path}: parameters {corner}: {err}") from None
-    out = Path(base.cfg.run.root) / "sweeps" / study
     return space, base, study, out, args.storage or default_storage(out)
 
 

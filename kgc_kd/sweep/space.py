@@ -13,7 +13,9 @@ ours, not W&B's). The mapping to Optuna:
 - a metric is `<stage>/<key>` of a validation figure or a size: `val_mrr` (the stage's best validation
   MRR, which picked its checkpoint), `params_total`, `params_no_embeddings`, `queries_per_s`,
   `entities_per_s`; `<stage>` is `teacher`, a stage name or `last`. Test metrics never select: naming one
-  is an error.
+  is an error;
+- `name` (default: the file's name without `.yaml`) names the study, and so its directory under
+  `<run.root>/sweeps/`: a name of letters, digits, `_ . -` (`config.check_name`), never a path.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kgc_kd.config import ConfigError, check_name
 
 
 class SweepError(ValueError):
@@ -190,6 +194,11 @@ def load_space(path: str | Path) -> SweepSpace:
     where = str(path)
     if not isinstance(spec, dict) or not isinstance(spec.get("parameters"), dict) or not spec["parameters"]:
         raise SweepError(f"{where}: expected a mapping with a non-empty 'parameters' section")
+    if spec.get("name") is not None:
+        try:
+            check_name(spec["name"], "name")
+        except ConfigError as err:
+            raise SweepError(f"{where}: {err}") from None
     method = spec.get("method", "grid")
     if method not in METHODS:
         raise SweepError(f"{where}: method={method!r}: expected one of {METHODS}")
