@@ -17,8 +17,9 @@ import yaml
 from optuna.trial import TrialState
 
 from kgc_kd.sweep.space import SweepError, load_space
-from kgc_kd.sweep.study import (HEARTBEAT, budget, default_storage, fail_stale, finished, make_pruner, open_storage,
-                                open_study)
+from kgc_kd.chain.lock import process_record
+from kgc_kd.sweep.study import (HEARTBEAT, WORKER as WORKER_ATTR, Heartbeat, budget, default_storage, fail_stale, finished,
+                                make_pruner, open_storage, open_study)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -88,6 +89,72 @@ def test_a_trial_whose_heartbeat_stopped_is_failed_and_enqueued_again_with_its_p
     assert retry.params == dead.params and retry.system_attrs["failed_trial"] == dead.number
     assert finished(study.trials) == []  # the failed trial was retried: it does not count
     assert fail_stale(study, heartbeat_s=10) == []  # once only
+
+
+ALPHA = {"distill.alpha": optuna.distributions.FloatDistribution(0, 0.5)}
+
+
+class LockedOnce:
+    """The study's storage, except that the first heartbeat write fails as SQLite's does when another writer
+    holds the database too long (the injected error); everything else goes to the real storage."""
+
+    def __init__(self, storage):
+        self.storage, self.failed, self.beats = storage, 0, []
+
+    def __getattr__(self, name):
+        return getattr(self.storage, name)
+
+    def set_trial_system_attr(self, trial_id, key, value):
+        if key == HEARTBEAT and not self.failed:
+            import sqlite3
+
+            from sqlalchemy.exc import OperationalError
+
+            self.failed += 1
+            raise OperationalError("UPDATE trial_system_attributes ...", {}, sqlite3.OperationalError("database is locked"))
+        self.storage.set_trial_system_attr(trial_id, key, value)
+        if key == HEARTBEAT:
+            self.beats.append(value)
+
+
+def test_a_storage_error_in_the_heartbeat_is_logged_and_the_live_trial_is_neither_failed_nor_duplicated(tmp_path,
+                                                                                                       capsys):
+    url = f"sqlite:///{tmp_path / 'db'}"
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    trial = study.ask(ALPHA)
+    flaky = LockedOnce(study._storage)
+    study._storage = flaky
+    other = optuna.load_study(study_name="s", storage=open_storage(url))  # another worker, on the real storage
+    with Heartbeat(study, trial, interval=0.1) as beat:
+        time.sleep(0.8)  # the first beat fails, then ~7 more; 0.8 s is over 3 beats without one
+        assert beat._thread.is_alive() and beat.errors == 1
+        assert fail_stale(other, heartbeat_s=0.1) == []
+    assert flaky.failed == 1 and len(flaky.beats) >= 3  # the beat went on after the error
+    err = capsys.readouterr().err
+    assert "trial 0: heartbeat not written (OperationalError: " in err and "database is locked" in err
+    (t,) = other.get_trials()  # one trial, still running: not failed, not queued again
+    assert t.state == TrialState.RUNNING and t.system_attrs[WORKER_ATTR]["pid"] == os.getpid()
+
+
+def test_only_a_trial_whose_process_is_gone_is_failed_however_late_its_heartbeat(tmp_path):
+    study = optuna.create_study(storage=open_storage(f"sqlite:///{tmp_path / 'db'}"))
+    late = study.ask(ALPHA)  # its process (this one) runs; its heartbeat is late (a storage outage, say)
+    study._storage.set_trial_system_attr(late._trial_id, WORKER_ATTR, process_record())
+    study._storage.set_trial_system_attr(late._trial_id, HEARTBEAT, time.time() - 100)
+    ended = study.ask(ALPHA)  # its process has ended: failed at once, its heartbeat still fresh
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    study._storage.set_trial_system_attr(ended._trial_id, WORKER_ATTR, {**process_record(), "pid": child.pid})
+    study._storage.set_trial_system_attr(ended._trial_id, HEARTBEAT, time.time())
+    away = study.ask(ALPHA)  # on another node: told by its heartbeat alone
+    study._storage.set_trial_system_attr(away._trial_id, WORKER_ATTR, {**process_record(), "host": "node-7"})
+    study._storage.set_trial_system_attr(away._trial_id, HEARTBEAT, time.time() - 100)
+    assert sorted(fail_stale(study, heartbeat_s=10)) == [ended.number, away.number]
+    states = {t.number: t.state for t in study.trials}
+    assert states[late.number] == TrialState.RUNNING
+    assert states[ended.number] == states[away.number] == TrialState.FAIL
+    assert sorted(t.system_attrs["failed_trial"] for t in study.trials if t.state == TrialState.WAITING) == [
+        ended.number, away.number]
 
 
 WORKER = """

@@ -5,12 +5,16 @@ study); `journal:PATH` (or a path ending in .log / .journal) is Optuna's Journal
 workers on several machines share over a shared file system; any SQLAlchemy URL (postgresql://,
 mysql://) is Optuna's RDBStorage, the form for many nodes without a shared file system.
 
-Killed workers: every running trial writes a heartbeat (a system attribute, every `heartbeat_s`) from a
-thread; a worker that finds a RUNNING trial whose heartbeat is older than three beats marks it failed and
-enqueues it again with the same parameters (Optuna's RetryHeartbeatStaleTrialCallback, up to twice), so a
-killed sweep rerun completes the study; the retried trial's chain reuses every stage its first attempt
-finished and resumes the interrupted one (the stage store). Optuna's own heartbeat exists only for
-RDBStorage; this one works on every storage.
+Killed workers: every running trial records the process that runs it (pid, host, its start, the machine:
+`chain.lock.process_record`) and writes a heartbeat (a system attribute, every `heartbeat_s`) from a thread;
+a storage error there (SQLite's `database is locked`, a dropped connection) is logged and the beat tried
+again at the next interval: the thread ends only with the trial. A worker that finds a RUNNING trial fails it
+and enqueues it again with the same parameters (Optuna's RetryHeartbeatStaleTrialCallback, up to twice)
+only when its process is gone: on this machine, when that process has ended (its heartbeat does not matter,
+a live one is never failed); on another machine, which cannot be asked, when its heartbeat is older than
+three beats. So a killed sweep rerun completes the study; the retried trial's chain reuses every stage its
+first attempt finished and resumes the interrupted one (the stage store). Optuna's own heartbeat exists
+only for RDBStorage; this one works on every storage.
 """
 
 from __future__ import annotations
@@ -28,9 +32,11 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from kgc_kd.chain.lock import process_gone, process_record
 from kgc_kd.sweep.space import SweepError, SweepSpace
 
 HEARTBEAT = "kgc_kd:heartbeat"
+WORKER = "kgc_kd:worker"  # the process that runs the trial (chain.lock.process_record)
 RETRIES = 2
 PRUNERS = ("median", "percentile", "hyperband", "none")
 
@@ -114,12 +120,13 @@ def finished(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.Frozen
 
 
 def fail_stale(study: optuna.Study, heartbeat_s: float) -> list[int]:
-    """RUNNING trials whose heartbeat stopped (their worker was killed): failed and enqueued again."""
+    """RUNNING trials whose process is gone (`stale`): failed and enqueued again."""
     now, stale = time.time(), []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = t.system_attrs.get(HEARTBEAT, t.datetime_start.timestamp() if t.datetime_start else now)
-        if now - beat <= 3 * heartbeat_s:
-            continue
+        gone = process_gone(t.system_attrs.get(WORKER))
+        if gone is False or (gone is None and now - beat <= 3 * heartbeat_s):
+            continue  # its process runs here, or elsewhere with a recent heartbeat
         try:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # Optuna's own stale handling does this
         except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
@@ -128,24 +135,38 @@ def fail_stale(study: optuna.Study, heartbeat_s: float) -> list[int]:
         with warnings.catch_warnings():  # experimental since Optuna 2.8, and the API Optuna's own heartbeat uses
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             RetryHeartbeatStaleTrialCallback(max_retry=RETRIES)(study, study.get_trials(deepcopy=False)[t.number])
-        print(f"[sweep] trial {t.number}: no heartbeat for {now - beat:.0f} s (its worker died): retried", flush=True)
+        why = (f"its worker (pid {t.system_attrs[WORKER]['pid']}) has ended" if gone
+               else f"no heartbeat for {now - beat:.0f} s (its worker died)")
+        print(f"[sweep] trial {t.number}: {why}: retried", flush=True)
     return stale
 
 
 class Heartbeat:
-    """Writes the trial's heartbeat every `interval` seconds while the trial runs."""
+    """Records the process running the trial and writes the trial's heartbeat every `interval` seconds while
+    it runs. A storage error is logged and the beat tried again at the next interval: only the trial's end
+    (`__exit__`, or the storage saying the trial is finished) ends the thread."""
 
     def __init__(self, study: optuna.Study, trial: optuna.Trial, interval: float):
-        self.study, self.trial_id, self.interval = study, trial._trial_id, interval
+        self.study, self.trial_id, self.number, self.interval = study, trial._trial_id, trial.number, interval
+        self.errors = 0  # storage errors so far (each logged)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        recorded = False
         while not self._stop.is_set():
             try:
+                if not recorded:
+                    self.study._storage.set_trial_system_attr(self.trial_id, WORKER, process_record())
+                    recorded = True
                 self.study._storage.set_trial_system_attr(self.trial_id, HEARTBEAT, time.time())
-            except Exception:  # noqa: BLE001 - the trial finished meanwhile
-                return
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # the trial finished meanwhile
+            except Exception as err:  # noqa: BLE001 - any storage's error: logged, tried again at the next beat
+                self.errors += 1
+                text = str(err).splitlines()[0] if str(err) else ""
+                print(f"[sweep] trial {self.number}: heartbeat not written ({type(err).__name__}: {text}); trying "
+                      f"again in {self.interval:g} s", file=sys.stderr, flush=True)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "Heartbeat":
