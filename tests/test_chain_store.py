@@ -194,3 +194,79 @@ def test_adopt_joins_a_stage_once(tmp_path):
     assert (tmp_path / "b" / "stages" / "teacher").is_symlink()
     assert second.adopt("teacher") is False  # adopted already: now this run's row
     assert second.rows() == [{"name": "teacher", "reused_from_store": True}]
+
+
+# ---- the test split a row's metrics are on: not in the key, recorded with every row ------------------------------
+SPLIT1, SPLIT2 = {"sha256": "t1", "triples": len(KG.test)}, {"sha256": "t2", "triples": 1}
+
+
+def _kg_with_test(test) -> "KG":
+    from kgc_kd.data.kg import KG as KGClass
+
+    return KGClass(name=KG.name, entity_ids=KG.entity_ids, entity_names=KG.entity_names,
+                   entity_descs=KG.entity_descs, relation_ids=KG.relation_ids, relation_texts=KG.relation_texts,
+                   train=KG.train, valid=KG.valid, test=test, source=KG.source)
+
+
+def test_every_row_records_its_test_split_and_another_split_is_not_current(tmp_path):
+    first = ChainStore(tmp_path / "a", keys=KEYS, store_root=tmp_path, test_data=SPLIT1)
+    first.open_stage("teacher")
+    _export(first, "teacher")
+    first.record("teacher", {"name": "teacher", "test": {"mrr": 0.5}})
+    assert first.row("teacher")["test_data"] == SPLIT1 and first.test_is_current("teacher")
+    entry = json.loads((tmp_path / "stage-store" / "teacher-k0" / "stage.json").read_text())
+    assert entry["row"] == {"name": "teacher", "test": {"mrr": 0.5}, "test_data": SPLIT1}
+    other = ChainStore(tmp_path / "b", keys=KEYS, store_root=tmp_path, test_data=SPLIT2)
+    assert other.is_done("teacher") and other.adopt("teacher")  # the same key: the same trained stage
+    assert not other.test_is_current("teacher")  # ... tested on another split
+    assert ChainStore(tmp_path / "c", keys=KEYS, store_root=tmp_path, test_data=SPLIT1).adopt("teacher")
+    assert ChainStore(tmp_path / "c", keys=KEYS, store_root=tmp_path, test_data=SPLIT1).test_is_current("teacher")
+    old_row = ChainStore(tmp_path / "d", test_data=SPLIT1)
+    old_row._adopt("teacher", {"name": "teacher", "test": {"mrr": 0.5}})  # a row from before test_data: not current
+    assert not old_row.test_is_current("teacher")
+
+
+def test_retested_records_new_metrics_predictions_and_the_exports_kg(tmp_path):
+    from kgc_kd.data.kg_export import load_kg_export
+
+    first = ChainStore(tmp_path / "a", keys=KEYS, store_root=tmp_path, test_data=SPLIT1)
+    first.set_untrained({"mrr": 0.01}, 1.0)
+    for name in ("teacher", "s"):  # s's export hard-links the teacher's kg/ files (one KG object)
+        first.open_stage(name)
+        _export(first, name)
+        first.record(name, {"name": name, "test": {"mrr": 0.5}, "steps": 7})
+    second = ChainStore(tmp_path / "b", keys=KEYS, store_root=tmp_path, test_data=SPLIT2)
+    second.adopt("teacher")
+    second.set_untrained({"mrr": 0.02}, 2.0)
+    cut = _kg_with_test(KG.test[:1])
+    ranks = Ranks(optimistic=torch.tensor([1.0, 2.0]), pessimistic=torch.tensor([1.0, 2.0]),
+                  realistic=torch.tensor([1.0, 2.0]))
+    ev = {"triples": cut.with_inverse(cut.test), "output": RankingOutput(ranks, None, None), "metrics": {}}
+    row = second.retested("teacher", {"mrr": 0.9}, cut, ev, max_length=24, link_graph=False)
+    assert row == {"name": "teacher", "test": {"mrr": 0.9}, "steps": 7, "reused_from_store": True,
+                   "retested_from": "t1", "test_data": SPLIT2}
+    assert second.test_is_current("teacher") and second.rows() == [row]
+    entry = json.loads((tmp_path / "stage-store" / "teacher-k0" / "stage.json").read_text())
+    assert entry["row"] == {k: v for k, v in row.items() if k != "reused_from_store"}
+    assert entry["untrained_test"] == {"mrr": 0.02}
+    exported, meta = load_kg_export(tmp_path / "stage-store" / "teacher-k0" / "export")
+    assert torch.equal(exported.test, KG.test[:1]) and torch.equal(exported.train, KG.train)
+    assert meta == {"max_length": 24, "link_graph": False}
+    lines = (tmp_path / "stage-store" / "teacher-k0" / "predictions_test.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # one test triple, both directions
+    s_kg, _ = load_kg_export(tmp_path / "stage-store" / "s-k1" / "export")
+    assert torch.equal(s_kg.test, KG.test)  # a file linked into another export is replaced, not rewritten
+    assert ChainStore(tmp_path / "c", keys=KEYS, store_root=tmp_path, test_data=SPLIT2).adopt("teacher")
+
+
+def test_a_row_recorded_under_another_key_is_not_this_stages(tmp_path):
+    """The run directory's own row counts only under the key it was recorded with: after the training data
+    changed (another key), an export under the new key without its record is no finished stage."""
+    ChainStore(tmp_path / "run", keys=KEYS, store_root=tmp_path).record("teacher", {"name": "teacher"})
+    store = ChainStore(tmp_path / "run", keys={"teacher": "k9"}, store_root=tmp_path)
+    store.open_stage("teacher")
+    _export(store, "teacher")  # killed between the export and its record
+    assert not store.is_done("teacher")
+    store.record("teacher", {"name": "teacher", "steps": 2})
+    assert store.is_done("teacher") and store.adopt("teacher") is False
+    assert json.loads((tmp_path / "run" / "chain_state.json").read_text())["keys"] == {"teacher": "k9"}

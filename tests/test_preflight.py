@@ -118,8 +118,8 @@ def test_layer_map_naming_a_layer_the_teacher_lacks(tmp_path, plm4):
 
 
 def test_negative_layer_index_is_refused(tmp_path, plm4):
-    with pytest.raises(ConfigError, match=r"stages\[0\]\.layer_map=\[-1, 3\]: layer -1 does not exist .* "
-                                          r"expected indices 0\.\.3"):
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.layer_map=\[-1, 3\]: (layer -1 does not exist .* "
+                                          r"expected indices 0\.\.3|expected layer indices, each >= 0)"):
         _run(tmp_path, plm4, "stages=[{name: g2, layers: 2, layer_map: [-1, 3]}]")
 
 
@@ -391,3 +391,63 @@ def test_term_parameters_are_checked_against_the_real_encoder_shapes(tmp_path, p
     with pytest.raises(ConfigError, match=r"^stages\[1\]\.terms \(used by stages\[1\]\): loss term 'attn_kl': "
                                           r"term layers \[0, 1\]: need 1 teacher indices in \[0, 2\)"):
         _run(tmp_path, plm4, "stages=[{name: g2, layers: 2}, {name: g1, layers: 1, terms: [{name: attn_kl, layers: [0, 1]}]}]")
+
+
+# ---- data.max_length against the encoders' position embeddings -----------------------------------------------
+def _plm_with_positions(directory, positions: int):
+    conf = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=positions)
+    BertModel(conf, add_pooling_layer=False).save_pretrained(directory)
+    make_tokenizer().save_pretrained(directory)
+    return directory
+
+
+def _check_kg_only(tmp_path, plm, *extra):
+    """check_run on the loaded KG without its token table (as the driver does: tokenising comes after)."""
+    cfg = load_config(_argv(tmp_path, plm, *extra))
+    return check_run(cfg, build_datamodule(cfg), load_tokenizer(cfg.model.plm))
+
+
+def test_max_length_up_to_the_plms_positions_passes_one_more_is_refused_naming_key_and_limit(tmp_path, tiny_plm_dir):
+    one = "stages=[{name: g, layers: 1}]"
+    _check_kg_only(tmp_path, tiny_plm_dir, "data.max_length=64", one)  # the tiny BERT: max_position_embeddings 64
+    with pytest.raises(ConfigError) as err:
+        _check_kg_only(tmp_path, tiny_plm_dir, "data.max_length=65", one)
+    assert str(err.value) == (
+        f"data.max_length=65 exceeds the 64 positions the encoder of model.plm ({tiny_plm_dir}) has "
+        f"(max_position_embeddings in {tiny_plm_dir / 'config.json'}); expected data.max_length <= 64")
+
+
+def test_max_length_is_checked_against_a_loaded_teachers_positions_and_model_plms_where_a_stage_starts_from_it(
+        tmp_path):
+    plm = _plm_with_positions(tmp_path / "plm128", 128)
+    teacher = _export(tmp_path / "teacher", make_tokenizer())  # max_position_embeddings 64
+    with pytest.raises(ConfigError, match=r"^data\.max_length=100 exceeds the 64 positions the encoder of teacher\.load"):
+        _check_kg_only(tmp_path, plm, "data.max_length=100", f"teacher.load={teacher}", "stages=[{name: g, layers: 1}]")
+    wide = _plm_with_positions(tmp_path / "export128", 128)
+    BiEncoder(BertModel.from_pretrained(wide)).save_pretrained(tmp_path / "teacher128", make_tokenizer())
+    narrow = _plm_with_positions(tmp_path / "plm64", 64)
+    _check_kg_only(tmp_path, narrow, "data.max_length=100", f"teacher.load={tmp_path / 'teacher128'}",
+                   "stages=[{name: g, layers: 1}]")  # model.plm is only the tokenizer here
+    with pytest.raises(ConfigError, match=r"the 64 positions the encoder of model\.plm"):
+        _check_kg_only(tmp_path, narrow, "data.max_length=100", f"teacher.load={tmp_path / 'teacher128'}",
+                       "stages=[{name: g, layers: 1, init: plm}]")
+
+
+def test_position_limits_of_bert_and_roberta_configs():
+    from kgc_kd.chain.preflight import position_limit
+
+    assert position_limit({"model_type": "bert", "max_position_embeddings": 512}) == 512
+    # RoBERTa's position ids start after its padding index (1): 514 rows hold 512 tokens
+    assert position_limit({"model_type": "roberta", "max_position_embeddings": 514, "pad_token_id": 1}) == 512
+    assert position_limit({"model_type": "something"}) is None
+
+
+def test_a_huge_max_length_exits_2_before_anything_is_written(tmp_path, tiny_plm_dir):
+    from kgc_kd import fit
+
+    with pytest.raises(SystemExit) as exc:
+        fit.main(["data=synthetic", f"model.plm={tiny_plm_dir}", "trainer.accelerator=cpu",
+                  "data.max_length=100000000", f"run.root={tmp_path / 'runs'}"])
+    assert exc.value.code == 2
+    assert not (tmp_path / "runs").exists()  # no config.yaml, token cache, store entry or lock

@@ -25,9 +25,9 @@ from kgc_kd.callbacks.timing import PhaseTimer
 from kgc_kd.chain import tracking
 from kgc_kd.chain.plan import RunPlan, as_plan
 from kgc_kd.chain.preflight import check_run
-from kgc_kd.chain.recorder import StageRecorder
+from kgc_kd.chain.recorder import StageRecorder, test_metrics
 from kgc_kd.chain.report import write_report
-from kgc_kd.chain.stage_spec import stage_negatives
+from kgc_kd.chain.stage_spec import input_fingerprints, recorded_test_split, stage_negatives
 from kgc_kd.chain.store import ChainStore
 from kgc_kd.config import to_plain
 from kgc_kd.data.datamodule import KGDataModule, resolve_loader
@@ -175,16 +175,54 @@ class CurrentTeacher:
         self.net = freeze(BiEncoder.from_pretrained(export_dir, source_ids=True))
 
 
-def _reuse_if_done(chain: ChainStore, name: str, teacher: CurrentTeacher) -> bool:
+def _reuse_if_done(chain: ChainStore, name: str, teacher: CurrentTeacher,
+                   retest: Callable[[], None] | None = None) -> bool:
     """A stage already done (by this run or, in the stage store, by another) is not trained again: it joins the
-    run and its export becomes the next stage's teacher."""
+    run and its export becomes the next stage's teacher. Its row's test metrics must be on this run's test
+    split: where they are not (`ChainStore.test_is_current`), `retest()` evaluates it again first."""
     if not _agreed(chain.is_done(name)):
         return False
     if chain.adopt(name):
         print(f"[chain] {name}: reusing {chain.stage_dir(name)} (trained by another run with the same stage key)",
               flush=True)
+    if not _agreed(chain.test_is_current(name)):
+        if retest is None:
+            raise RuntimeError(f"stage {name}: its recorded test metrics are of another test split and nothing "
+                               "evaluates it again")
+        retest()
     teacher.load(chain.export_dir(name))
     return True
+
+
+def _retest(plan: RunPlan, dm: KGDataModule, chain: ChainStore, name: str, encoder=None) -> None:
+    """A done stage whose row was tested on another test split than this run's (its key leaves the test split
+    out): evaluated on this one, test only, from its export (as a teacher.load is), and recorded again
+    (`ChainStore.retested`: metrics, predictions, the export's KG). The teacher's untrained baseline, measured
+    on the old split too, is measured again."""
+    cfg = plan.cfg
+    before = chain.row(name) or {}
+    previous = (before.get("test_data") or {}).get("sha256")
+    if name == "teacher" and chain.untrained_test is not None:
+        L.seed_everything(cfg.run.seed, workers=True)  # the initialisation the teacher's own baseline measured
+        untrained = KGCModule(to_plain(cfg.model), _optim(cfg, cfg.teacher.lr), to_plain(cfg.eval),
+                              cfg.data.batch_size, encoder=encoder)
+        start = time.perf_counter()
+        metrics = evaluate_untrained(cfg, untrained, dm, evaluation_only_root(chain))
+        chain.set_untrained(metrics, round(time.perf_counter() - start, 2))
+    net = BiEncoder.from_pretrained(chain.export_dir(name), source_ids=True)
+    module = KGCModule(to_plain(cfg.model), to_plain(cfg.optim), to_plain(cfg.eval), cfg.data.batch_size, net=net)
+    trainer = L.Trainer(**trainer_kwargs(cfg, logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                         default_root_dir=str(evaluation_only_root(chain))))
+    trainer.test(module, datamodule=dm, verbose=False)
+    ev = module.last_eval["test"]
+    test = test_metrics(ev)
+    if trainer.is_global_zero:
+        chain.retested(name, test, dm.kg, ev if cfg.eval.save_predictions else None, max_length=dm.max_length,
+                       link_graph=dm.link_graph)
+    was = (before.get("test") or {}).get("mrr")
+    print(f"[chain] {name}: tested before on another test split (sha256 {str(previous)[:12]}); evaluated again on "
+          f"this one ({len(dm.kg.test):,} triples, sha256 {chain.test_data['sha256'][:12]}), not trained: test MRR "
+          f"{test['mrr']:.4f}" + (f" (was {was:.4f} on the other split)" if was is not None else ""), flush=True)
 
 
 def run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher,
@@ -197,7 +235,7 @@ def run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: Cur
 def _run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher,
                  encoder=None) -> dict | None:
     cfg = plan.cfg
-    if _reuse_if_done(chain, "teacher", teacher):
+    if _reuse_if_done(chain, "teacher", teacher, lambda: _retest(plan, dm, chain, "teacher", encoder)):
         return chain.untrained_test
     chain.open_stage("teacher")
     L.seed_everything(cfg.run.seed, workers=True)
@@ -257,7 +295,7 @@ def run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: Cur
 def _run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher, index: int) -> None:
     cfg = plan.cfg
     st = cfg.stages[index]
-    if _reuse_if_done(chain, str(st.name), teacher):
+    if _reuse_if_done(chain, str(st.name), teacher, lambda: _retest(plan, dm, chain, str(st.name))):
         return
     chain.open_stage(str(st.name))
     L.seed_everything(cfg.run.seed, workers=True)
@@ -271,8 +309,22 @@ def _run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: Cu
 
 
 def open_chain(plan: RunPlan, tokenizer=None, writes: bool = True) -> ChainStore:
-    """The chain store of `plan`'s run: its run directory and its stages' keys in the stage store under run.root."""
-    return ChainStore(plan.run_dir, tokenizer, keys=plan.keys, store_root=plan.cfg.run.root, writes=writes)
+    """The chain store of `plan`'s run: its run directory, its stages' keys in the stage store under run.root and
+    the test split its rows must be on. `plan`: as preflight returned it (`check_run`: the keys computed from
+    the inputs' content); a plan without them (a comparison asking whether a chain is done) has its inputs
+    fingerprinted here, from the KG loaded again."""
+    if plan.keys is None:
+        plan = plan.with_inputs(input_fingerprints(plan.cfg, build_datamodule(plan.cfg).kg))
+    return ChainStore(plan.run_dir, tokenizer, keys=plan.keys, store_root=plan.cfg.run.root, writes=writes,
+                      test_data=recorded_test_split(plan.inputs))
+
+
+def _check_test_split(chain: ChainStore, rows: list[dict]) -> None:
+    """The report's rows are all on this run's test split (a reused stage on another one was tested again)."""
+    other = [r["name"] for r in rows if not chain.test_is_current(r["name"])]
+    if other:
+        raise RuntimeError(f"stages {other}: their test metrics are of another test split than {chain.test_data}; "
+                           "the report would show them beside this data")
 
 
 def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
@@ -314,6 +366,8 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
             on_stage(i, chain.row(name))
 
     rows = chain.rows()
+    if is_zero:
+        _check_test_split(chain, rows)
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,
               "wall_time_s": round(time.time() - start, 1), "setup_s": setup_s,
               "untrained_eval_s": chain.untrained_eval_s, "peak_rss_mib": peak_rss_mib(),

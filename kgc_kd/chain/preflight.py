@@ -19,12 +19,12 @@ from omegaconf import DictConfig
 
 from kgc_kd.chain import tracking
 from kgc_kd.chain.plan import RunPlan, as_plan
-from kgc_kd.chain.stage_spec import check_dims
+from kgc_kd.chain.stage_spec import check_dims, input_fingerprints
 from kgc_kd.config import ConfigError
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.data.tokens import tokenizer_fingerprint
 from kgc_kd.distill.registry import Dims
-from kgc_kd.models.plm import plm_config
+from kgc_kd.models.plm import plm_config, resolve_plm
 
 
 WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
@@ -32,15 +32,17 @@ WANDB_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")
 
 def check_run(plan: RunPlan | DictConfig, dm: KGDataModule, tokenizer) -> RunPlan:
     """Every check of a run (`plan`, or a loaded config's plan); returns the plan refined with the encoders'
-    shapes (`RunPlan.dims`)."""
+    shapes (`RunPlan.dims`) and its inputs' fingerprints, with the stage keys computed from them
+    (`RunPlan.with_inputs`: the KG as `dm` loaded it, the PLM's files, a teacher.load export's files)."""
     plan = as_plan(plan)
     cfg = plan.cfg
     check_batch_size(cfg, dm)
     teacher_conf, teacher_vocab = check_teacher(cfg, tokenizer)
+    check_max_length(cfg, teacher_conf)
     dims = check_stages(plan, teacher_conf)
     check_plm_vocab(cfg, tokenizer, teacher_vocab)
     check_outputs(plan)
-    return plan.with_dims(dims)
+    return plan.with_dims(dims).with_inputs(input_fingerprints(cfg, dm.kg))
 
 
 # ---- what the run needs at its end: the report plot, a writable run directory, the logger ----------------
@@ -144,6 +146,40 @@ def check_teacher(cfg: DictConfig, tokenizer) -> tuple[dict, int]:
             + "): teacher and students must read the same token ids; expected model.plm to be the teacher's PLM"
         )
     return conf, vocab
+
+
+# Models whose position ids start after the padding index (RoBERTa's create_position_ids_from_input_ids): of
+# max_position_embeddings rows, pad_token_id + 1 are never a token's position.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "mpnet",
+                    "ibert")
+
+
+def position_limit(conf: dict) -> int | None:
+    """The longest input (tokens, special ones included) an encoder of config `conf` (config.json) has position
+    embeddings for; None where its config does not say."""
+    n = conf.get("max_position_embeddings")
+    if n is None:
+        return None
+    if conf.get("model_type") in OFFSET_POSITIONS:
+        return int(n) - int(conf.get("pad_token_id", 1)) - 1
+    return int(n)
+
+
+def check_max_length(cfg: DictConfig, teacher_conf: dict) -> None:
+    """data.max_length fits every encoder the run builds or loads: the teacher's (model.plm's config.json, or a
+    teacher.load export's query/config.json) and, where a stage starts from model.plm, the PLM's."""
+    sources = [("teacher.load", Path(cfg.teacher.load).expanduser() / "query" / "config.json", teacher_conf)
+               if cfg.teacher.load else ("model.plm", resolve_plm(str(cfg.model.plm)) / "config.json", teacher_conf)]
+    if cfg.teacher.load and any(st.init == "plm" for st in cfg.stages):
+        sources.append(("model.plm", resolve_plm(str(cfg.model.plm)) / "config.json", plm_config(cfg.model.plm)))
+    for key, path, conf in sources:
+        limit = position_limit(conf)
+        if limit is not None and cfg.data.max_length > limit:
+            raise ConfigError(
+                f"data.max_length={cfg.data.max_length} exceeds the {limit} positions the encoder of {key} "
+                f"({cfg[key.split('.')[0]][key.split('.')[1]]}) has (max_position_embeddings in {path}); expected "
+                f"data.max_length <= {limit}"
+            )
 
 
 def _shape(conf: dict, layers: int | None = None) -> SimpleNamespace:

@@ -25,6 +25,15 @@ from kgc_kd.models.size import parameter_counts, throughput
 TEST_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "tail/mrr", "head/mrr")
 
 
+def test_metrics(evaluation: dict) -> dict[str, float]:
+    """A stage row's `test`: the `TEST_KEYS` of a module's `last_eval["test"]` (a stage tested after its fit, or
+    a reused one tested again on another test split by the driver)."""
+    return {k: float(evaluation["metrics"][k]) for k in TEST_KEYS if k in evaluation["metrics"]}
+
+
+test_metrics.__test__ = False  # a library function, not a test, where a test module imports it
+
+
 class StageRecorder(Callback):
     def __init__(self, store: ChainStore, info: dict[str, Any], *, measure_latency: bool = True,
                  save_predictions: bool = True):
@@ -55,7 +64,7 @@ class StageRecorder(Callback):
         ev = pl_module.last_eval["test"]
         row = {**self.info, **self._fit, **parameter_counts(net),
                "temperature": float(1.0 / net.inv_t.detach()),
-               "test": {k: float(ev["metrics"][k]) for k in TEST_KEYS if k in ev["metrics"]}}
+               "test": test_metrics(ev)}
         timer = next((c for c in trainer.callbacks if isinstance(c, PhaseTimer)), None)
         phases = timer.phases() if timer is not None else {}
         if self.measure_latency:
