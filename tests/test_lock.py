@@ -14,6 +14,7 @@ import sys
 import time
 
 import pytest
+from test_files import world_dir  # noqa: F401 - a fixture: a directory every user can reach
 
 from kgc_kd.chain.lock import LockTimeout, exclusive, holder, process_gone, process_record
 from kgc_kd.chain.store import ChainStore
@@ -156,3 +157,30 @@ def test_a_claim_removes_what_a_killed_builder_left_and_nothing_else(tmp_path, c
                     "stage-store/s-k1/export/biencoder.json"]
     assert (outside / "data" / "keep.txt").read_text() == "theirs"
     assert "[chain] s: removed what a killed run left: " in capsys.readouterr().out
+
+
+# ---- a shared root: the lock of another user -------------------------------------------------------------------
+def _hold_once(lock) -> str:
+    with exclusive(lock, "x", timeout_s=5):
+        return "held"
+
+
+def _take(lock) -> str:
+    with exclusive(lock, "x", timeout_s=5):
+        record = holder(lock)
+        return f"took it, named {'me' if record and record['pid'] == os.getpid() else 'nobody'}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a process as a second user id needs root")
+@pytest.mark.parametrize("umask, named", [(0o022, "nobody"), (0o002, "me")])
+def test_a_second_user_takes_the_lock_file_another_user_created(world_dir, umask, named):
+    """Under umask 022 the other user may not write the lock file (0o644): it still locks (to adopt a stage it can
+    read) without naming itself; under 002, in the group's directory, it names itself."""
+    from test_files import GROUP, as_user
+
+    os.chown(world_dir, 65533, GROUP)
+    world_dir.chmod(0o2775)
+    lock = world_dir / "s-k1.lock"
+    assert as_user(65533, umask, _hold_once, lock, groups=(GROUP,)) == (0, "held")  # user A created it
+    assert as_user(65534, umask, _take, lock, groups=(65534, GROUP) if umask == 0o002 else ()) == (
+        0, f"took it, named {named}")
