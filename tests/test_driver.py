@@ -1,6 +1,7 @@
 import json
 import pathlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -470,3 +471,81 @@ def test_a_reused_stage_teaches_from_its_export(tmp_path):
     assert not current.net.training and not any(p.requires_grad for p in current.net.parameters())
     for (k, a), (_, b) in zip(net.state_dict().items(), current.net.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+# ---- content-keyed stages: the KG's content decides reuse; a changed test split is evaluated again ------------
+def _kgbert_nations(directory: pathlib.Path) -> pathlib.Path:
+    """Nations (1592/199/201 triples) written in the KG-BERT layout, as a user brings a KG directory."""
+    from kgc_kd.data.builtin import load_builtin
+
+    kg = load_builtin("nations")
+    directory.mkdir(parents=True)
+    (directory / "entity2text.txt").write_text("".join(f"{e}\t{n}\n" for e, n in zip(kg.entity_ids, kg.entity_names)))
+    (directory / "relation2text.txt").write_text(
+        "".join(f"{r}\t{t}\n" for r, t in zip(kg.relation_ids, kg.relation_texts)))
+    for split, file in (("train", "train.tsv"), ("valid", "dev.tsv"), ("test", "test.tsv")):
+        (directory / file).write_text("".join(f"{kg.entity_ids[h]}\t{kg.relation_ids[r]}\t{kg.entity_ids[t]}\n"
+                                              for h, r, t in kg.split(split).tolist()))
+    return directory
+
+
+def _keep_lines(path: pathlib.Path, n: int) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:n]))
+
+
+def test_a_cut_test_split_is_evaluated_again_and_a_cut_train_split_trains_again(tmp_path, tiny_plm_dir, monkeypatch,
+                                                                                   capsys):
+    """Issue 28, case 1, on a KG directory changed in place between runs of one command. Cutting test.tsv keeps
+    every stage (the key leaves the test split out) but evaluates each again: the rows, report, predictions and
+    export KG are the new split's, equal to a run trained from scratch on it. Cutting train.tsv trains again."""
+    fits = []
+    for cls in (KGCModule, DistillModule):
+        monkeypatch.setattr(cls, "on_fit_start", lambda self, o=cls.on_fit_start: (fits.append(type(self)), o(self))[1])
+    kg_dir = _kgbert_nations(tmp_path / "nations")
+    argv = ["model.plm=" + str(tiny_plm_dir), "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+            "data.batch_size=8", "data.max_length=24", "teacher.epochs=1", "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2", "run.name=chain", "stages=[{name: g1, layers: 1}]"]
+    run = lambda root, data: fit.main([*argv, f"data={data}", f"run.root={root}"])  # noqa: E731
+    first = run(tmp_path / "runs", kg_dir)
+    assert len(fits) == 2 and [r["test_data"]["triples"] for r in first["stages"]] == [201, 201]
+
+    _keep_lines(kg_dir / "test.tsv", 40)
+    capsys.readouterr()
+    second = run(tmp_path / "runs", kg_dir)
+    out = capsys.readouterr().out
+    assert len(fits) == 2  # nothing trained
+    for name in ("teacher", "g1"):
+        assert f"[chain] {name}: tested before on another test split" in out and "(40 triples" in out
+    store = tmp_path / "runs" / "stage-store"
+    assert sorted(p.name.split("-")[0] for p in store.iterdir() if p.is_dir()) == ["g1", "teacher"]  # same keys
+    rows = {r["name"]: r for r in second["stages"]}
+    for name, before in zip(("teacher", "g1"), first["stages"]):
+        row = rows[name]
+        assert row["test_data"]["triples"] == 40 and row["test_data"]["sha256"] != before["test_data"]["sha256"]
+        assert row["test"]["mrr"] != before["test"]["mrr"] and row["steps"] == before["steps"] == 2
+        stage = tmp_path / "runs" / "chain" / "stages" / name
+        assert len((stage / "predictions_test.jsonl").read_text().splitlines()) == 80  # 40 triples, both directions
+        assert json.loads((stage / "export" / "kg.json").read_text())["num_triples"] == {"train": 1592, "valid": 199,
+                                                                                          "test": 40}
+        assert json.loads((stage / "stage.json").read_text())["row"]["test"] == row["test"]
+    report = json.loads((tmp_path / "runs" / "chain" / "report.json").read_text())
+    assert [r["test"] for r in report["stages"]] == [rows["teacher"]["test"], rows["g1"]["test"]]
+    md = (tmp_path / "runs" / "chain" / "report.md").read_text()
+    assert "1,592 / 199 / 40 train/valid/test" in md and f"{rows['teacher']['test']['mrr']:.4f}" in md
+    assert f"{first['stages'][0]['test']['mrr']:.4f}" not in md
+
+    # the reference: a run trained from scratch on the cut KG gives the re-evaluated figures
+    fresh = run(tmp_path / "fresh", shutil.copytree(kg_dir, tmp_path / "fresh-data" / "nations"))
+    assert len(fits) == 4
+    for got, want in zip(second["stages"], fresh["stages"]):
+        assert got["test"] == pytest.approx(want["test"], abs=1e-6), got["name"]
+    assert second["untrained_test"] == pytest.approx(fresh["untrained_test"], abs=1e-6)
+
+    third = run(tmp_path / "runs", kg_dir)  # unchanged inputs: reused as they are
+    assert len(fits) == 4 and "tested before" not in capsys.readouterr().out
+    assert [r["test"] for r in third["stages"]] == [r["test"] for r in second["stages"]]
+    _keep_lines(kg_dir / "train.tsv", 300)
+    cut = run(tmp_path / "runs", kg_dir)
+    assert len(fits) == 6  # another training set: both stages trained again under new keys
+    assert [r["test_data"]["triples"] for r in cut["stages"]] == [40, 40]
+    assert len([p for p in store.iterdir() if p.name.startswith("teacher-") and p.is_dir()]) == 2

@@ -66,6 +66,19 @@ def describe_negatives(row: dict) -> str:
     return "negatives " + " + ".join(parts)
 
 
+def describe_test_split(rows: list[dict]) -> str:
+    """The test split every row's metrics are on (`test_data`, recorded by the chain's store), and the stages
+    reused from a run on another test split and evaluated again on this one; "" where rows do not record it."""
+    splits = {(r["test_data"]["sha256"], r["test_data"]["triples"]) for r in rows if r.get("test_data")}
+    if not splits:
+        return ""
+    text = "; ".join(f"{n:,} triples, sha256 {digest[:12]}" for digest, n in sorted(splits))
+    again = [r["name"] for r in rows if "retested_from" in r]
+    return (f"Test split: {text}" + (" (rows on different test splits!)" if len(splits) > 1 else "")
+            + (f"; evaluated again on it, not trained (reused from a run on another test split): {', '.join(again)}"
+               if again else ""))
+
+
 def report_rows(result: dict) -> list[dict]:
     """Stage rows with the % change of every number against the teacher (the first row)."""
     rows = result["stages"]
@@ -117,6 +130,9 @@ def format_report(result: dict) -> str:
     lines.append("Test split, filtered ranking over all entities, realistic ranks, mean of head and tail prediction; "
                  "(+x%) = change against the teacher; throughput measured on "
                  f"{rows[0].get('latency_device', '?') if rows else '?'} at the end of each stage.")
+    split = describe_test_split(rows)
+    if split:
+        lines.append(split)
     for r in rows:
         if r["kind"] == "student":
             lines.append(f"- {r['name']}: {r['layers']} layers from the {r['teacher_layers']}-layer previous stage, "
