@@ -7,10 +7,12 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -22,9 +24,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
-                                     checkpoint_step, newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
+                                     UnreadableCheckpoint, checkpoint_step, newest_checkpoint, remove_hpc_checkpoints,
+                                     resume_candidates)
 from kgc_kd.data.datamodule import KGDataModule
 from kgc_kd.lit.kgc_module import KGCModule
+from test_predict import Payload
 
 
 # ---- AtomicCheckpointIO ------------------------------------------------------------------------------------------
@@ -397,6 +401,66 @@ def test_lightnings_own_on_exception_checkpoint_would_delete_it(tmp_path):
     trainer = _trainer(d, max_epochs=1, interrupt=lambda p: OnExceptionCheckpoint(p, filename="last"))
     trainer.fit(_module(), datamodule=_dm())
     assert not (d / "last.ckpt").exists()
+
+
+# ---- loading: weights only, whatever the environment says ----------------------------------------------------------
+NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def _crafted(source, path, marker):
+    """A real checkpoint of this run with one pickled object inside that would create `marker` when unpickled."""
+    ckpt = _ckpt(source)
+    ckpt["callbacks"] = {**ckpt["callbacks"], "Extra": {"state": Payload(marker)}}
+    torch.save(ckpt, path)
+    return path
+
+
+def test_resume_and_test_load_checkpoints_weights_only_despite_the_environment(uninterrupted, epoch0_checkpoint,
+                                                                                tmp_path, monkeypatch):
+    """With TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 torch forces weights_only=False on every load that does not pass it,
+    and says so; Lightning passes the trainer's weights_only (None) on: the resume and the test below load through
+    AtomicCheckpointIO, which passes True, so torch neither warns nor unpickles anything but tensors and containers.
+    The resumed run still ends with the uninterrupted run's weights (the checkpoints hold plain containers)."""
+    monkeypatch.setenv(NO_WEIGHTS_ONLY, "1")
+    module, trainer = _module(), _trainer(tmp_path / "resumed")
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer.fit(module, datamodule=_dm(), ckpt_path=str(epoch0_checkpoint))
+        got, want = _weights(module), uninterrupted["weights"]
+        trainer.test(module, datamodule=_dm(), ckpt_path=str(epoch0_checkpoint), verbose=False)
+    assert not [str(w.message) for w in record if NO_WEIGHTS_ONLY in str(w.message)]
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert all(torch.equal(v, _ckpt(epoch0_checkpoint)["state_dict"][k]) for k, v in module.state_dict().items())
+
+
+@pytest.mark.parametrize("entry", ["fit", "test"])
+def test_a_crafted_checkpoint_runs_nothing_and_names_its_file(epoch0_checkpoint, tmp_path, monkeypatch, entry):
+    monkeypatch.setenv(NO_WEIGHTS_ONLY, "1")
+    marker = tmp_path / "payload-ran"
+    crafted = _crafted(epoch0_checkpoint, tmp_path / "crafted.ckpt", marker)
+    trainer, module = _trainer(tmp_path / "ckpts"), _module()
+    run = trainer.fit if entry == "fit" else trainer.test
+    with pytest.raises(UnreadableCheckpoint, match=rf"cannot load checkpoint {re.escape(str(crafted))} with "
+                                                   r"weights_only=True \(UnpicklingError: .*nothing in it was run"):
+        run(module, datamodule=_dm(), ckpt_path=str(crafted))
+    assert not marker.exists()
+
+
+def test_a_damaged_checkpoint_is_named(epoch0_checkpoint, tmp_path):
+    cut = tmp_path / "last.ckpt"
+    cut.write_bytes(epoch0_checkpoint.read_bytes()[:4096])
+    with pytest.raises(UnreadableCheckpoint, match=rf"cannot load checkpoint {re.escape(str(cut))} .*move the file"):
+        _trainer(tmp_path / "ckpts").fit(_module(), datamodule=_dm(), ckpt_path=str(cut))
+
+
+def test_loading_refuses_weights_only_false(tmp_path):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"global_step": 1}, path)
+    with pytest.raises(ValueError, match=rf"checkpoint {re.escape(str(path))}: weights_only=False refused"):
+        AtomicCheckpointIO().load_checkpoint(path, weights_only=False)
+    assert AtomicCheckpointIO().load_checkpoint(path, weights_only=None) == {"global_step": 1}
+    with pytest.raises(FileNotFoundError):
+        AtomicCheckpointIO().load_checkpoint(tmp_path / "missing.ckpt")
 
 
 # ---- LastCheckpoint: the resume point at every epoch end and every N steps, in the chain's stage Trainer -----------

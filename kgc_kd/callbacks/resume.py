@@ -51,11 +51,46 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from kgc_kd.runtime.files import replace_atomically
 
 
+class UnreadableCheckpoint(RuntimeError):
+    """A checkpoint that cannot be loaded with torch's weights-only unpickler (damaged, or holding pickled objects:
+    never run); the message names the file."""
+
+
+def refused(path, err: BaseException) -> UnreadableCheckpoint:
+    """The error for checkpoint `path` that `torch.load(..., weights_only=True)` refused with `err`."""
+    lines = str(err).strip().splitlines()
+    why = f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+    return UnreadableCheckpoint(
+        f"cannot load checkpoint {path} with weights_only=True ({why}); nothing in it was run. A kgc-kd checkpoint "
+        "holds tensors and plain containers only: move the file away (the stage then resumes from its other "
+        "checkpoints, or starts afresh)")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO with atomic saves (see the module's docstring) and weights-only loads: every
+    checkpoint Lightning loads through it (`trainer.fit(ckpt_path=...)`, `trainer.test(ckpt_path=...)`) is read
+    by torch's weights-only unpickler, which builds tensors and plain containers and refuses anything else.
+    `weights_only=True` is passed explicitly, so it stands even where TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 is set
+    (torch's `load` lets that variable override only a weights_only that was not passed)."""
+
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
         replace_atomically(path, lambda f: torch.save(checkpoint, f))
+
+    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        """`path` loaded with `weights_only=True`, whatever the caller (Lightning passes the trainer's
+        `weights_only` argument, None by default) or the environment asks; False is refused."""
+        if weights_only is False:
+            raise ValueError(f"checkpoint {path}: weights_only=False refused; {type(self).__name__} loads "
+                             "tensors and plain containers only (nothing loaded may run code)")
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - say which file, whatever torch or the pickle says
+            raise refused(path, err) from err
 
 
 class RngState(Callback):
@@ -181,7 +216,7 @@ def checkpoint_step(path: str | Path) -> int:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return int(ckpt["global_step"])
     except Exception as err:  # noqa: BLE001 - say which file, whatever torch or the pickle says
-        raise RuntimeError(f"cannot read the global step of checkpoint {path} ({type(err).__name__}: {err}); "
+        raise UnreadableCheckpoint(f"cannot read the global step of checkpoint {path} ({type(err).__name__}: {err}); "
                            "move it away to resume from the stage's other checkpoints") from err
 
 
