@@ -16,8 +16,10 @@ a run, so `TokenCache.load_or_build` keeps the table on disk under the run root 
 - arrays are opened with `np.load(mmap_mode="c")`: copy-on-write pages of the file, shared through the page
   cache by every process that maps it (all ranks, later stages, later runs); writable for torch.from_numpy
   (a read-only mapping makes it warn), though nothing writes to them, and a write would stay private;
-- an entry that cannot be used (missing file, other shape, checksum or key mismatch) is reported in a
-  `DataWarning` and rebuilt, never used.
+- an entry that cannot be used (missing file, other shape, checksum or key mismatch, or arrays not of the dtype
+  and shape the reader expects, `read(expect=...)`) is reported in one `DataWarning` and rebuilt (atomically, as
+  above), never used; it is never fatal. Nothing read can run code: `.npy` files are loaded with
+  `allow_pickle=False` and meta.json is JSON.
 
 Nothing here knows about tokenizers or KGs (that is `kgc_kd.data.tokens`); this is files and arrays.
 """
@@ -28,9 +30,10 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,7 @@ except ImportError:  # not on Windows: builders of one entry may then tokenise s
 
 FORMAT = 1  # bump when the files or what the texts are (kgc_kd.data.text) change
 META = "meta.json"
+_NAME = re.compile(r"[A-Za-z0-9_]+")  # an array's name, its file `<name>.npy` inside the entry
 
 
 class UnusableEntry(Exception):
@@ -79,9 +83,16 @@ def building(entry: Path) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def read(entry: Path, key: dict, *, warn: bool = True) -> tuple[dict[str, Tensor], dict] | None:
+Expect = Mapping[str, tuple[str, tuple[int | None, ...]]]  # array name -> (dtype, shape; None: any size)
+
+
+def read(entry: Path, key: dict, *, expect: Expect | None = None,
+         warn: bool = True) -> tuple[dict[str, Tensor], dict] | None:
     """The arrays (memory-mapped tensors) and meta of `entry`; None where there is none, or (with `warn`, in a
-    `DataWarning` saying why) where it cannot be used. Needs no lock: an entry appears whole or not at all."""
+    `DataWarning` saying why) where it cannot be used: another key, a file missing, damaged (its SHA-1 is not the
+    one meta.json recorded) or not what meta.json says, or an array of `expect` (what the caller will read:
+    name -> dtype and shape) absent or of another dtype or shape, even where meta.json agrees with the file.
+    Needs no lock: an entry appears whole or not at all."""
     if not entry.exists():
         return None
     try:
@@ -92,11 +103,25 @@ def read(entry: Path, key: dict, *, warn: bool = True) -> tuple[dict[str, Tensor
             digest = file_sha1(entry / f"{name}.npy")
             if digest != spec["sha1"]:
                 raise UnusableEntry(f"{name}.npy has SHA-1 {digest}, meta.json says {spec['sha1']}")
-        return open_arrays(entry, meta), meta
+        arrays = open_arrays(entry, meta)
+        check(arrays, expect or {})
+        return arrays, meta
     except (UnusableEntry, OSError, ValueError, KeyError, TypeError) as err:
         if warn:
             data_warning(f"token cache {entry} cannot be used ({err}); tokenising again and replacing it")
         return None
+
+
+def check(arrays: Mapping[str, Tensor], expect: Expect) -> None:
+    """UnusableEntry unless every array named in `expect` is among `arrays` with that dtype and shape."""
+    for name, (dtype, shape) in expect.items():
+        if name not in arrays:
+            raise UnusableEntry(f"it holds no {name}.npy (it holds {sorted(arrays)})")
+        a = arrays[name]
+        got = str(a.dtype).removeprefix("torch.")
+        if got != dtype or a.dim() != len(shape) or any(n is not None and n != m for n, m in zip(shape, a.shape)):
+            want = "x".join("*" if n is None else str(n) for n in shape)
+            raise UnusableEntry(f"{name}.npy holds {got} {'x'.join(map(str, a.shape))}, expected {dtype} {want}")
 
 
 def open_arrays(entry: Path, meta: dict | None = None) -> dict[str, Tensor]:
@@ -104,6 +129,8 @@ def open_arrays(entry: Path, meta: dict | None = None) -> dict[str, Tensor]:
     meta = _meta(entry) if meta is None else meta
     arrays = {}
     for name, spec in meta["arrays"].items():
+        if not _NAME.fullmatch(name):
+            raise UnusableEntry(f"meta.json names an array {name!r}; expected letters, digits and _ only")
         a = np.load(entry / f"{name}.npy", mmap_mode="c", allow_pickle=False)
         if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
             raise UnusableEntry(f"{name}.npy holds {a.dtype} {list(a.shape)}, meta.json says "
