@@ -26,10 +26,12 @@ from kgc_kd.data.link_graph import LinkGraph
 from kgc_kd.data.text import entity_text, entity_texts, linked_texts, relation_texts
 from kgc_kd.data.tokens import (
     TokenCache,
+    cut_text,
     pad,
     tokenizer_fingerprint,
     truncate_longest_first,
     truncate_longest_first_batch,
+    word_pieces,
 )
 
 
@@ -80,6 +82,13 @@ pytestmark = pytest.mark.filterwarnings("ignore::kgc_kd.data.io.DataWarning")
 @pytest.fixture(scope="module")
 def tok():
     return make_tokenizer()
+
+
+@pytest.fixture
+def whole_texts(monkeypatch):
+    """No text cut before tokenising: for the comparisons with the tokenizer's untruncated lengths of whole
+    texts (`varied_kg`'s texts of up to ~300 characters are longer than 20 x the small max_lengths tried)."""
+    monkeypatch.setattr(tokens_module, "TEXT_CHARS_PER_TOKEN", 10**9)
 
 
 @pytest.fixture(scope="module")
@@ -643,7 +652,7 @@ def varied_kg(seed: int) -> KG:
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("chunk", [7, 65_536])
-def test_tables_equal_the_reference_lists(tok, seed, chunk, monkeypatch):
+def test_tables_equal_the_reference_lists(tok, seed, chunk, monkeypatch, whole_texts):
     monkeypatch.setattr(tokens_module, "CHUNK_TEXTS", chunk)  # 7: the texts go through the tokenizer in chunks
     kg = varied_kg(seed)
     for max_length in (5, 8, 17, 64):
@@ -659,7 +668,7 @@ def test_tables_equal_the_reference_lists(tok, seed, chunk, monkeypatch):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("link_graph", [False, True])
-def test_batches_equal_the_reference_implementation(tok, seed, link_graph, monkeypatch):
+def test_batches_equal_the_reference_implementation(tok, seed, link_graph, monkeypatch, whole_texts):
     monkeypatch.setattr(tokens_module, "CHUNK_TEXTS", 5)
     kg = varied_kg(seed)
     g = torch.Generator().manual_seed(seed)
@@ -682,7 +691,7 @@ def test_batches_equal_the_reference_implementation(tok, seed, link_graph, monke
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_link_tables_equal_the_reference_lists(tok, seed):
+def test_link_tables_equal_the_reference_lists(tok, seed, whole_texts):
     kg = varied_kg(seed)
     for max_length in (6, 12, 50):
         link = TokenCache.build(kg, tok, max_length, link_graph=True, warn=False).link
@@ -729,3 +738,62 @@ def test_truncation_counts_and_used_ids_in_steps_equal_the_reference(tok, link_g
         _, prefix, names, *_ = ref.link
         pieces += sum(prefix + names, [])
     assert whole.used_ids().tolist() == sorted(set(pieces))
+
+
+# ---- texts cut before tokenising (TEXT_CHARS_PER_TOKEN x max_length characters) ------------------------------
+def test_cut_text_at_a_space_else_at_the_limit():
+    assert cut_text("red thing", 9) == "red thing"  # not longer than the limit: whole
+    assert cut_text("red thing blue", 10) == "red thing"  # the space at the limit itself: no word is cut
+    assert cut_text("red thing blue", 12) == "red thing"  # the last space among the first 12 characters
+    assert cut_text("red\tthing\nblue", 12) == "red\tthing"  # any whitespace
+    assert cut_text("reddish thingy", 12) == "reddish"  # the space at 7 is in the second half (> 6)
+    assert cut_text("a bcdefghijklmnop", 10) == "a bcdefghi"  # a space only in the first half: cut at the limit
+
+
+class CountingTokenizer:
+    """The tokenizer, recording the longest text it was given."""
+
+    def __init__(self, tok):
+        self.tok, self.longest = tok, 0
+
+    def __call__(self, texts, **kwargs):
+        self.longest = max([self.longest, *map(len, texts)])
+        return self.tok(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+
+def test_a_huge_description_is_cut_before_tokenising(tok):
+    """A 400,000-character description: the tokenizer sees at most 20 x max_length characters of it, its
+    row holds the first max_length pieces of the whole text and its length is at least max_length (so it
+    counts as truncated), the other rows as before."""
+    huge = " ".join(["red thing", "blue", "abc", "7"] * 30_000)
+    kg = KG(name="huge", entity_ids=["a", "b"], entity_names=["small 1", "large 2"], entity_descs=[huge, "old"],
+            relation_ids=["r"], relation_texts=["is a"], train=torch.tensor([[0, 0, 1]]),
+            valid=torch.zeros(0, 3), test=torch.zeros(0, 3))
+    counting = CountingTokenizer(tok)
+    with pytest.warns(DataWarning, match="1 of 2 entity texts"):
+        cache = TokenCache.build(kg, counting, 16)
+    assert 10 * 16 < counting.longest <= 20 * 16  # cut at a space
+    whole = tok([entity_text("small 1", huge)], add_special_tokens=False)["input_ids"][0]
+    assert len(whole) > 100_000
+    assert cache.entity_table[0].tolist() == whole[:16]
+    assert 16 <= int(cache.entity_lengths[0]) < len(whole)
+    short = tok(["large 2: old"], add_special_tokens=False)["input_ids"][0]
+    assert cache.entity_table[1, :len(short)].tolist() == short and int(cache.entity_lengths[1]) == len(short)
+    assert cache.truncated == {"entity_texts": 1, "train_queries": 1}  # (a, r, b); not its inverse (b, r^-1, a)
+
+
+def test_a_cut_with_too_few_pieces_is_read_once_more_16_times_longer(tok):
+    """max_length 5: texts are cut at 100 characters; 150 spaces then words give no piece within 100, so the
+    text is read again up to 1,600 characters (exact); 2,000 spaces then words give none within 1,600 either
+    and are read as those spaces (the documented bound); a short text is read whole."""
+    late = " " * 150 + "red thing blue old new fast"
+    too_late = " " * 2000 + "red thing"
+    got = word_pieces(tok, [late, too_late, "red thing"], 5)
+    assert got[0] == tok([late], add_special_tokens=False)["input_ids"][0]  # 6 pieces: the 1,600-character cut
+    assert len(got[0]) == 6
+    assert got[1] == []
+    assert got[2] == tok(["red thing"], add_special_tokens=False)["input_ids"][0]
+    assert word_pieces(tok, [too_late]) == tok([too_late], add_special_tokens=False)["input_ids"]  # no max_length

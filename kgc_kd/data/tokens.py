@@ -11,7 +11,9 @@ Host memory is proportional to the data: the ids are one (E, W) int32 table, rig
 plus the untruncated (E,) lengths (longest_first needs them), and the same for the 2R relation texts; no
 per-text Python list is kept (at Wikidata5M's 4.6M entities, lists of ints took ~30 GB, the table ~1 GB).
 Texts are tokenised CHUNK_TEXTS at a time into the preallocated table, so the peak is the table plus one
-chunk's lists. `TokenCache.load_or_build` keeps the tables on disk under the run root (`token_store`,
+chunk's lists. A text is cut to TEXT_CHARS_PER_TOKEN x max_length characters before it is tokenised (at a
+space, so its first max_length word pieces are those of the whole text; `word_pieces`), so one 10 MB
+description costs what a normal one does. `TokenCache.load_or_build` keeps the tables on disk under the run root (`token_store`,
 keyed by the tokenizer fingerprint, max length and a fingerprint of every text) and maps them: the
 ranks of a DDP run, later stages and later runs read one copy through the page cache, and a second run
 does not tokenise at all. A pickled cache (a spawned data-loader worker) carries the entry's path.
@@ -44,6 +46,10 @@ from kgc_kd.data.text import entity_text, linked_text, linked_texts, prefix_mism
 
 CHUNK_TEXTS = 16_384  # texts per tokenizer call: the peak is the table plus one chunk (its Rust encodings and Python
 # lists; at 1/10 of Wikidata5M, 65,536 texts per call peaked at twice the growth of 16,384, at the same speed)
+# characters of a text tokenised per token kept (a text is cut to this x max_length first, `word_pieces`): a
+# word piece of English or code text averages 3-6 characters, so the cut text still fills max_length
+TEXT_CHARS_PER_TOKEN = 20
+RETRY_CUT = 16  # a cut with fewer than max_length pieces is tokenised once more this many times longer
 ROWS_PER_STEP = 1 << 18  # training triples or table rows per step of `count_truncated` and `used_ids`
 TABLES = ("entity_table", "entity_lengths", "relation_table", "relation_lengths")  # a cache entry's arrays
 
@@ -85,13 +91,14 @@ def tokenise_table(tokenizer, text_chunks: Iterable[list[str]], n: int, max_leng
                    pad_id: int) -> tuple[np.ndarray, np.ndarray]:
     """The word pieces of n texts (given chunk by chunk) as an (n, W) int32 table, cut at max_length and
     right-padded with pad_id (W: the longest kept row, at least 1, so gathers stay valid when every text is
-    empty), and their (n,) int32 untruncated lengths. Each chunk is written into one preallocated table."""
+    empty), and their (n,) int32 untruncated lengths (of a text cut before tokenising, `word_pieces`: those of
+    its cut, at least max_length). Each chunk is written into one preallocated table."""
     table = np.full((n, max_length), pad_id, dtype=np.int32)
     lengths = np.zeros(n, dtype=np.int32)
     columns = np.arange(max_length)
     start = 0
     for texts in text_chunks:
-        pieces = word_pieces(tokenizer, texts)
+        pieces = word_pieces(tokenizer, texts, max_length)
         stop = start + len(pieces)
         full = np.fromiter(map(len, pieces), dtype=np.int32, count=len(pieces))
         kept = np.minimum(full, max_length)
@@ -358,14 +365,14 @@ class LinkedTokens:
         # most heads are the plain text ("name: desc"); entities without description read "name:"
         new = [e for e, a in enumerate(graph.augmented.tolist())
                if a and parts[e][0] != entity_text(kg.entity_names[e], kg.entity_descs[e])]
-        new_ids = word_pieces(tokenizer, [parts[e][0] for e in new])
+        new_ids = word_pieces(tokenizer, [parts[e][0] for e in new], max_length)
         for e, ids in zip(new, new_ids):
             heads[e] = pad_id
             heads[e, :min(len(ids), max_length)] = ids[:max_length]
             head_len[e] = bare[e] = len(ids)
         # SimKGC reads "name" (no ":") when the description is only the name and no neighbour follows
         differ = [(e, ids) for e, ids in zip(new, new_ids) if parts[e][1] != parts[e][0]]
-        for (e, head), ids in zip(differ, word_pieces(tokenizer, [parts[e][1] for e, _ in differ])):
+        for (e, head), ids in zip(differ, word_pieces(tokenizer, [parts[e][1] for e, _ in differ], max_length)):
             if head[:min(len(ids), max_length)] != ids[:max_length]:
                 raise ValueError(f"data.link_graph: the word pieces of {parts[e][1]!r} are not a prefix of those of "
                                  f"{parts[e][0]!r} (entity {kg.entity_ids[e]}); neighbour text needs a tokenizer "
@@ -422,9 +429,10 @@ class LinkedTokens:
         ents = torch.nonzero(shown).flatten()[:sample].tolist()
         texts = [linked_text(kg.entity_names[e], kg.entity_descs[e],
                              [kg.entity_names[n] for n in self.graph.neighbour_ids(e)]) for e in ents]
-        for e, ids in zip(ents, word_pieces(tokenizer, texts)):
+        for e, ids in zip(ents, word_pieces(tokenizer, texts, cache.max_length)):
             got, n = cache.text_ids(e)
-            if got != ids[:cache.max_length] or n != len(ids):
+            # lengths of texts cut before tokenising (`word_pieces`) are lower bounds past max_length
+            if got != ids[:cache.max_length] or (n != len(ids) and min(n, len(ids)) < cache.max_length):
                 raise ValueError(f"data.link_graph: entity {kg.entity_ids[e]}: the word pieces assembled from its text "
                                  "and its neighbours' names differ from those of the whole text; neighbour text needs "
                                  "a tokenizer that splits at whitespace, like BERT's WordPiece")
@@ -444,10 +452,46 @@ def _prefix_mismatches(kg: KG, graph: LinkGraph) -> list[int]:
     return hits
 
 
-def word_pieces(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text without special tokens (only the ids are asked for: faster on big lists)."""
+def word_pieces(tokenizer, texts: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Token ids of each text without special tokens (only the ids are asked for: faster on big lists).
+
+    With `max_length`, a text longer than TEXT_CHARS_PER_TOKEN x max_length characters is cut first
+    (`cut_text`: at a space, so the pieces of the cut are the first pieces of the whole text, for a tokenizer
+    that splits words at whitespace, as BERT's does) and its ids are those of the cut: at least max_length
+    of them where the cut holds that many, the first max_length exact, so what a caller keeps of the text
+    (max_length pieces) and whether it is truncated are as for the whole text. A cut with fewer pieces
+    (long words, runs of spaces) is tokenised once more, RETRY_CUT times longer, and then taken as it is: a
+    text whose first RETRY_CUT x TEXT_CHARS_PER_TOKEN x max_length characters hold fewer than max_length
+    word pieces is read as those characters. So one 10 MB text costs what a text of 1,000 characters (or,
+    at worst, 16,000) does, not seconds and a gigabyte."""
     if not texts:
         return []
+    limit = TEXT_CHARS_PER_TOKEN * max_length if max_length is not None else None
+    cut = [] if limit is None else [i for i, t in enumerate(texts) if len(t) > limit]
+    if not cut:
+        return _ids(tokenizer, texts)
+    whole = {i: texts[i] for i in cut}
+    texts = [cut_text(t, limit) for t in texts]
+    pieces = _ids(tokenizer, texts)
+    again = [i for i in cut if len(pieces[i]) < max_length]
+    if again:
+        for i, ids in zip(again, _ids(tokenizer, [cut_text(whole[i], RETRY_CUT * limit) for i in again])):
+            pieces[i] = ids
+    return pieces
+
+
+def cut_text(text: str, limit: int) -> str:
+    """`text` if it has at most `limit` characters, else its first `limit` at most: up to its last whitespace
+    in the second half of them (no word is cut), or exactly `limit` where that half has none."""
+    if len(text) <= limit:
+        return text
+    for i in range(limit, limit // 2, -1):  # text[limit] too: a cut just before a space cuts no word
+        if text[i].isspace():
+            return text[:i]
+    return text[:limit]
+
+
+def _ids(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False, return_attention_mask=False,
                      return_token_type_ids=False)["input_ids"]
 
