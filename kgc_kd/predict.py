@@ -8,8 +8,10 @@ id arrays and text files, and the token table from `<export>/token-cache/`, memo
 (`TokenCache.load_or_build`), so no entity text is tokenised. An export without one (written before the
 token cache, or a pruned stage, whose tokenizer has other ids) is tokenised once and the table written
 there, so the next start maps it. Entity vectors are computed once and cached next to the export too, so
-later starts and queries only encode the query. A read-only export is used as it is: what cannot be written
-is kept in memory.
+later starts and queries only encode the query: keyed by the content of the export's model and KG files, loaded
+weights-only and checked (key, shape, dtype) on every read, rebuilt with one warning where damaged
+(docs/predict.md#the-entity-vector-cache). A read-only export is used as it is: what cannot be written is kept
+in memory.
 """
 
 from __future__ import annotations
