@@ -216,8 +216,8 @@ def checkpoint_step(path: str | Path) -> int:
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
         return int(ckpt["global_step"])
     except Exception as err:  # noqa: BLE001 - say which file, whatever torch or the pickle says
-        raise UnreadableCheckpoint(f"cannot read the global step of checkpoint {path} ({type(err).__name__}: {err}); "
-                           "move it away to resume from the stage's other checkpoints") from err
+        raise UnreadableCheckpoint(f"cannot read the global step of checkpoint {path} ({type(err).__name__}: "
+                                   f"{err}); move it away to resume from the stage's other checkpoints") from err
 
 
 def newest_checkpoint(stage_dir: str | Path) -> Path | None:
