@@ -60,7 +60,7 @@ def _run(module, dm, devices, path, step=0, **kw):
                         enable_checkpointing=False, limit_val_batches=0, callbacks=[Record(path, step)],
                         use_distributed_sampler=False, **kw)
     trainer.fit(module, datamodule=dm)
-    return torch.load(path)
+    return torch.load(path, weights_only=True)
 
 
 def _compare(single, multi):

@@ -317,7 +317,7 @@ def _run(module, dm, path, step, ddp):
                         enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
                         callbacks=[Record(path, step)], use_distributed_sampler=False, precision="32-true", **kw)
     trainer.fit(module, datamodule=dm)
-    return torch.load(path)
+    return torch.load(path, weights_only=True)
 
 
 def _compare_gpu(single, multi):
