@@ -206,6 +206,28 @@ def test_drop_unknown_option(tmp_path):
     assert dm.kg is kg  # loaded once: the warnings are not repeated
 
 
+def test_drop_overlap_option(tmp_path):
+    """dev.tsv line 2 is train.tsv's line 1: kept with a warning, dropped with drop_overlap (also through
+    build_datamodule's data.drop_overlap), counted in the notes."""
+    d = tmp_path / "kg"
+    d.mkdir()
+    (d / "entity2text.txt").write_text("a\tred thing\nb\tblue thing\nc\tgreen thing\n", encoding="utf-8")
+    (d / "relation2text.txt").write_text("r\tpart of\n", encoding="utf-8")
+    (d / "train.tsv").write_text("a\tr\tb\nb\tr\tc\n", encoding="utf-8")
+    (d / "dev.tsv").write_text("c\tr\ta\na\tr\tb\n", encoding="utf-8")
+    (d / "test.tsv").write_text("b\tr\ta\n", encoding="utf-8")
+    with pytest.warns(DataWarning, match=r"dev\.tsv:2: 1 valid triple also occurs in the train split.*kept"):
+        assert KGDataModule(str(d)).kg.valid.tolist() == [[2, 0, 0], [0, 0, 1]]
+    from kgc_kd.chain.driver import build_datamodule
+    from kgc_kd.config import load_config
+
+    for dm in (KGDataModule(str(d), drop_overlap=True),
+               build_datamodule(load_config([f"data.source={d}", "data.drop_overlap=true", f"run.root={tmp_path}"]))):
+        with pytest.warns(DataWarning, match=r"dev\.tsv:2: 1 valid triple also occurs .* dropped"):
+            kg = dm.kg
+        assert kg.valid.tolist() == [[2, 0, 0]] and kg.notes == {"valid.overlap_dropped": 1}
+
+
 def test_link_graph_option_reaches_the_loaders():
     plain = make_dm(tokenizer=make_tokenizer())
     linked = make_dm(link_graph=True, tokenizer=make_tokenizer())

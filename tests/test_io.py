@@ -11,11 +11,15 @@ import torch
 from kgc_kd.data.io import (
     DataFormatError,
     DataWarning,
+    TextBreaks,
     TripleCollector,
+    TripleSet,
+    clean_table,
     find_file,
     index_triples,
     read_rows,
     read_text_table,
+    read_text_table_lines,
     read_utf8,
 )
 
@@ -221,6 +225,101 @@ def test_triple_collector_duplicates_on_one_line(tmp_path):
     with pytest.warns(DataWarning, match=r"train\.txt\.json:1: 1 duplicate triple removed .* a repeat of line 1$"):
         assert out.finish().tolist() == [[0, 0, 1], [1, 0, 0]]
     assert notes == {"train.duplicates": 1}
+
+
+# ---- triples that also occur in train --------------------------------------------------------------------
+TRAIN = "a\tp\tb\nb\tq\tc\nc\tp\ta\n"
+
+
+def test_index_triples_overlap_with_train_warned_with_count_and_first_line(tmp_path):
+    """Lines 2 and 4 are train triples (line 5 repeats line 2: removed as a duplicate, not counted again):
+    one warning naming line 2 and the count 2; the triples are kept, nothing is noted."""
+    train = index_triples(write(tmp_path / "train.tsv", TRAIN), ENTS, RELS)
+    p = write(tmp_path / "test.tsv", "a\tq\tb\nb\tq\tc\nb\tp\ta\nc\tp\ta\nb\tq\tc\n")
+    notes: dict[str, int] = {}
+    with pytest.warns(DataWarning) as record:
+        t = index_triples(p, ENTS, RELS, split="test", notes=notes, train=TripleSet(train))
+    assert [str(w.message) for w in record] == [
+        f"{p}:5: 1 duplicate triple removed (the first occurrence is kept), first at line 5: a repeat of line 2",
+        f"{p}:2: 2 test triples also occur in the train split, first at line 2; kept, so a model is evaluated on "
+        "triples it was trained on (data.drop_overlap=true drops them)"]
+    assert t.tolist() == [[0, 1, 1], [1, 1, 2], [1, 0, 0], [2, 0, 0]]
+    assert notes == {"test.duplicates": 1}
+
+
+def test_index_triples_drop_overlap_drops_and_counts(tmp_path):
+    train = TripleSet(index_triples(write(tmp_path / "train.tsv", TRAIN), ENTS, RELS))
+    p = write(tmp_path / "dev.tsv", "a\tq\tb\n\nc\tp\ta\nb\tp\ta\n")
+    notes: dict[str, int] = {}
+    with pytest.warns(DataWarning) as record:
+        t = index_triples(p, ENTS, RELS, split="valid", notes=notes, train=train, drop_overlap=True)
+    assert [str(w.message) for w in record] == [
+        f"{p}:3: 1 valid triple also occurs in the train split, first at line 3; dropped (data.drop_overlap=true)"]
+    assert t.tolist() == [[0, 1, 1], [1, 0, 0]]
+    assert notes == {"valid.overlap_dropped": 1}
+
+
+def test_index_triples_without_overlap_no_warning(tmp_path):
+    train = TripleSet(index_triples(write(tmp_path / "train.tsv", TRAIN), ENTS, RELS))
+    p = write(tmp_path / "test.tsv", "b\tp\ta\nc\tq\ta\n")  # the train triples' relations differ
+    notes: dict[str, int] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = index_triples(p, ENTS, RELS, split="test", notes=notes, train=train, drop_overlap=True)
+    assert t.tolist() == [[1, 0, 0], [2, 1, 0]] and notes == {}
+
+
+def test_drop_overlap_leaving_a_split_empty_is_an_error(tmp_path):
+    train = TripleSet(index_triples(write(tmp_path / "train.tsv", TRAIN), ENTS, RELS))
+    p = write(tmp_path / "test.tsv", "\nc\tp\ta\na\tp\tb\n")
+    with pytest.warns(DataWarning, match=r"test\.tsv:2: 2 test triples also occur"):
+        with pytest.raises(DataFormatError) as err:
+            index_triples(p, ENTS, RELS, split="test", train=train, drop_overlap=True, allow_empty=False)
+    assert str(err.value) == (
+        f"{p}:2: no triples left: all 2 also occur in the train split (data.drop_overlap=true), the first at "
+        "line 2; expected lines head<TAB>relation<TAB>tail not in train")
+
+
+@pytest.mark.parametrize("big", [False, True], ids=["int64 keys", "lexsorted rows"])
+def test_triple_set_contains_what_a_set_of_tuples_contains(big):
+    """Random rows, half of the asked ones drawn from the set; `big`: ids up to 2**40, so (h * R + r) * E + t
+    would overflow int64 and the rows are sorted instead."""
+    rng = random.Random(3)
+    scale = 2**40 if big else 50
+    members = [(rng.randrange(scale), rng.randrange(7), rng.randrange(scale)) for _ in range(300)]
+    asked = [rng.choice(members) if rng.random() < 0.5 else
+             (rng.randrange(scale * 2), rng.randrange(9), rng.randrange(scale * 2)) for _ in range(400)]
+    asked += [(scale * 3, 0, 0), (0, 0, 0)]  # beyond the set's bounds; a row of zeros
+    s = TripleSet(torch.tensor(members))
+    assert (s.keys is None) == big
+    want = set(members)
+    assert s.contains(torch.tensor(asked)).tolist() == [x in want for x in asked]
+    assert TripleSet(torch.zeros(0, 3)).contains(torch.tensor(asked)).tolist() == [False] * len(asked)
+    assert s.contains(torch.zeros(0, 3)).tolist() == []
+
+
+# ---- tabs and line breaks inside texts --------------------------------------------------------------------
+def test_text_breaks_replaced_counted_and_warned_once_with_the_first_line(tmp_path):
+    """entity2text-like table: line 2 has a tab inside its text (a third field), line 4 a vertical tab and a
+    U+2028 line separator (iter_lines does not break there): both become spaces, one warning names line 2."""
+    p = write(tmp_path / "entity2text.txt", "e1\tred\ne2\tpart\tof\ne3\tblue\ne4\tgreen\x0bthing\u2028x\n")
+    notes: dict[str, int] = {}
+    with pytest.warns(DataWarning) as record:
+        table = clean_table(p, *read_text_table_lines(p), notes)
+    assert table == {"e1": "red", "e2": "part of", "e3": "blue", "e4": "green thing x"}
+    assert [str(w.message) for w in record] == [
+        f"{p}:2: 2 texts hold a tab or a line break, each replaced by a space (predict's --queries file is "
+        "tab-separated and could not name it), first at line 2: 'part\\tof'"]
+    assert notes == {"entity2text.txt.tabs_or_line_breaks": 2}
+
+
+def test_text_breaks_clean_text_untouched_no_warning(tmp_path):
+    breaks, notes = TextBreaks(tmp_path / "x.txt"), {}
+    assert breaks.clean("red  thing: a \u00e9 word", 1) == "red  thing: a \u00e9 word"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        breaks.report(notes)
+    assert notes == {}
 
 
 # ---- find_file -----------------------------------------------------------------------------------------

@@ -296,3 +296,63 @@ def test_real_umls_matches_builtin():
         ours = {(kg.entity_ids[h], kg.relation_ids[r], kg.entity_ids[t]) for h, r, t in kg.split(split).tolist()}
         theirs = {(ref.entity_ids[h], ref.relation_ids[r], ref.entity_ids[t]) for h, r, t in ref.split(split).tolist()}
         assert ours == theirs, split
+
+
+# ---- data hygiene: triples also in train, tabs in texts, empty relation texts -------------------------------
+def test_test_triples_appended_to_train_are_warned_and_kept(tmp_path):
+    """The leak of issue 28: the test triple (and the dev one) appended to train.tsv. Each split gets one
+    warning with its count and its first line; the triples stay (data.drop_overlap is off)."""
+    d = make_dir(tmp_path / "kg")
+    put(d / "train.tsv", ["e1\tr1\te2", "e2\thas_color\te3", "e1\thas_color\te3", "e3\tr1\te1"])
+    put(d / "test.tsv", ["e2\tr1\te1", "e1\thas_color\te3"])
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'dev.tsv'}:1: 1 valid triple also occurs in the train split, first at line 1; kept, so a model is "
+        "evaluated on triples it was trained on (data.drop_overlap=true drops them)",
+        f"{d / 'test.tsv'}:2: 1 test triple also occurs in the train split, first at line 2; kept, so a model is "
+        "evaluated on triples it was trained on (data.drop_overlap=true drops them)",
+    ]
+    assert kg.test.tolist() == [[2, 0, 1], [1, 1, 0]] and kg.valid.tolist() == [[0, 0, 1]]
+    assert kg.notes == {}
+
+
+def test_drop_overlap_drops_and_counts_and_refuses_a_split_left_empty(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "train.tsv", ["e1\tr1\te2", "e2\thas_color\te3", "e1\thas_color\te3"])
+    put(d / "test.tsv", ["e2\tr1\te1", "e1\thas_color\te3"])
+    with pytest.warns(DataWarning, match=r"test\.tsv:2: 1 test triple also occurs .* dropped"):
+        kg = load_kgbert_dir(d, drop_overlap=True)
+    assert kg.test.tolist() == [[2, 0, 1]] and kg.valid.tolist() == [[0, 0, 1]]
+    assert kg.notes == {"test.overlap_dropped": 1}
+    put(d / "dev.tsv", ["", "e1\tr1\te2"])  # dev's only triple is a train triple
+    with pytest.warns(DataWarning), pytest.raises(DataFormatError) as err:
+        load_kgbert_dir(d, drop_overlap=True)
+    assert str(err.value).startswith(f"{d / 'dev.tsv'}:2: no triples left: all 1 also occur in the train split")
+
+
+def test_tab_in_a_relation_text_becomes_a_space_and_is_warned(tmp_path):
+    """relation2text line 2 reads has_color<TAB>has<TAB>color: its text was "has\\tcolor", which predict's
+    tab-separated --queries file cannot name; it is now "has color", with a warning naming line 2."""
+    d = make_dir(tmp_path / "kg")
+    put(d / "relation2text.txt", ["r1\tpart of", "has_color\thas\tcolor"])
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'relation2text.txt'}:2: 1 text holds a tab or a line break, each replaced by a space (predict's "
+        "--queries file is tab-separated and could not name it), first at line 2: 'has\\tcolor'"]
+    assert kg.relation_texts == ["part of", "has color"]
+    assert kg.relation_index("has color") == 1
+    assert kg.notes == {"relation2text.txt.tabs_or_line_breaks": 1}
+
+
+def test_empty_relation_text_is_warned_and_named_by_its_id(tmp_path):
+    d = make_dir(tmp_path / "kg")
+    put(d / "relation2text.txt", ["r1\tpart of", "has_color", "r_empty\t  "])
+    with pytest.warns(DataWarning) as record:
+        kg = load_kgbert_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'relation2text.txt'}:2: 2 of 3 relations have an empty text; their ids are used as texts "
+        "(underscores read as spaces), e.g. 'has_color'"]
+    assert kg.relation_texts == ["part of", "has color", "r empty"]
+    assert kg.notes == {"relations_without_text": 2}

@@ -431,3 +431,38 @@ def test_an_error_is_raised_where_it_is_without_reading_the_rest(tmp_path):
             stream(tmp_path, raw, block)
         assert (err.value.msg, err.value.line, err.value.column) == (
             "Expecting property name enclosed in double quotes", 2, 18)  # at the second comma
+
+
+def test_tabs_and_line_breaks_in_texts_become_spaces_warned_per_file(tmp_path):
+    """A name with a line break and a description with a tab (entities.json item 1, line 7), and a
+    relation with a tab in test.txt.json (seen twice: one text): one warning per file, naming its first line."""
+    ents = [ENTITIES[0], {"entity_id": "02", "entity": "hot\ndog", "entity_desc": "a\tsausage"},
+            *ENTITIES[2:]]
+    splits = {**SPLITS, "test": [ex("4", "also\tsee", "01"), ex("01", "also\tsee", "4")]}
+    d = make_dir(tmp_path / "kg", entities=ents, splits=splits)
+    with pytest.warns(DataWarning) as record:
+        kg = load_simkgc_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'entities.json'}:7: 2 texts hold a tab or a line break, each replaced by a space (predict's "
+        "--queries file is tab-separated and could not name it), first at line 7: 'hot\\ndog'",
+        f"{d / 'test.txt.json'}:2: 1 text holds a tab or a line break, each replaced by a space (predict's "
+        "--queries file is tab-separated and could not name it), first at line 2: 'also\\tsee'",
+    ]
+    assert kg.entity_names[1] == "hot dog" and kg.entity_descs[1] == "a sausage"
+    assert kg.relation_ids == kg.relation_texts == ["hypernym", "member meronym", "also see"]
+    assert kg.test.tolist() == [[3, 2, 0], [0, 2, 3]]
+    assert kg.notes == {"entities.json.tabs_or_line_breaks": 2, "test.txt.json.tabs_or_line_breaks": 1}
+
+
+def test_valid_triples_in_train_warned_and_dropped_with_drop_overlap(tmp_path):
+    splits = {**SPLITS, "valid": [ex("03", "hypernym", "01"), ex("01", "hypernym", "02")]}
+    d = make_dir(tmp_path / "kg", splits=splits)
+    with pytest.warns(DataWarning) as record:
+        kg = load_simkgc_dir(d)
+    assert [str(w.message) for w in record] == [
+        f"{d / 'valid.txt.json'}:9: 1 valid triple also occurs in the train split, first at line 9; kept, so a "
+        "model is evaluated on triples it was trained on (data.drop_overlap=true drops them)"]
+    assert kg.valid.tolist() == [[2, 0, 0], [0, 0, 1]] and kg.notes == {}
+    with pytest.warns(DataWarning, match=r"valid\.txt\.json:9: 1 valid triple .* dropped \(data\.drop_overlap=true\)"):
+        kg = load_simkgc_dir(d, drop_overlap=True)
+    assert kg.valid.tolist() == [[2, 0, 0]] and kg.notes == {"valid.overlap_dropped": 1}

@@ -131,6 +131,31 @@ def write_wikidata5m(d: Path) -> Path:
     return d
 
 
+@pytest.mark.parametrize("layout", ["kgbert", "simkgc", "wikidata5m"])
+def test_drop_overlap_reaches_the_directory_loaders(tmp_path, layout):
+    """These directories hold one triple, in every split: warned for valid and test (first line 1); with
+    drop_overlap, valid is left empty, an error naming its file and line."""
+    d = {"kgbert": write_kgbert, "simkgc": write_simkgc, "wikidata5m": write_wikidata5m}[layout](tmp_path / layout)
+    valid = {"kgbert": "dev.tsv", "simkgc": "valid.txt.json", "wikidata5m": "wikidata5m_transductive_valid.txt"}[layout]
+    test = {"kgbert": "test.tsv", "simkgc": "test.txt.json", "wikidata5m": "wikidata5m_transductive_test.txt"}[layout]
+    with pytest.warns(DataWarning) as record:
+        kg = load_kg(str(d))
+    assert [str(w.message).split(";")[0] for w in record] == [
+        f"{d / valid}:1: 1 valid triple also occurs in the train split, first at line 1",
+        f"{d / test}:1: 1 test triple also occurs in the train split, first at line 1"]
+    assert len(kg.valid) == len(kg.test) == 1 and kg.notes == {}
+    with pytest.warns(DataWarning), pytest.raises(DataFormatError) as err:
+        load_kg(str(d), drop_overlap=True)
+    assert str(err.value).startswith(f"{d / valid}:1: no triples left: all 1 also occur in the train split "
+                                     "(data.drop_overlap=true)")
+
+
+def test_drop_overlap_ignored_by_builtin_and_synthetic():
+    assert len(load_kg("nations", drop_overlap=True).test) == len(load_kg("nations").test)
+    assert load_kg("synthetic", drop_overlap=True).notes == {}
+
+
+
 def test_wikidata5m_dir(tmp_path):
     d = write_wikidata5m(tmp_path / "wikidata5m")
     kg = load_kg(str(d))
