@@ -175,6 +175,27 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, tiny_plm_dir, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-bert"]  # nor anything beside it (the PLM is the test's)
 
 
+def test_a_compare_directory_that_leads_out_of_the_root_is_refused(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "runs" / "compare").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(ConfigError, match="lies outside its root"):
+        build_plan("none", "1", ["data=nations", f"run.root={tmp_path / 'runs'}"], name="mine")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_the_default_name_is_a_name_whatever_the_data_directory_is_called():
+    from kgc_kd.compare.plan import default_name
+    from kgc_kd.config import check_name
+
+    cfg = load_config(["data=nations"])
+    cfg.data.source = "/data/my KG+v2 (copy)/"
+    name = default_name(cfg, ["none", "pmd"], [1, 2])
+    assert check_name(name, "--name") == name and name.startswith("my_KG_v2__copy_-")
+    long = default_name(cfg, [f"variant_{i}" for i in range(20)], [1])
+    assert check_name(long, "--name") == long and len(long) == 93
+
+
 # ---- end to end: a tiny comparison, none vs pmd over two seeds --------------------------------------------------
 def fast_items(plm, root):
     return ["data=synthetic", f"model.plm={plm}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",

@@ -192,8 +192,9 @@ def build_plan(objectives: str, seeds: str, overrides: list[str], teacher: Optio
         raise ConfigError(f"--teacher {teacher!r} and teacher.load={base.teacher.load!r} disagree; give one")
     teacher = teacher or (str(base.teacher.load) if base.teacher.load else None)
     name = check_name(name, "--name") if name is not None else default_name(base, objs, seed_list)
-    try:  # a directory under run.root/compare/, resolved and checked to stay inside run.root
-        out_dir = confined(base.run.root, Path("compare") / name, f"--name {name}")
+    out_dir = Path(base.run.root) / "compare" / name
+    try:  # resolved (links followed) and checked to stay inside run.root
+        confined(base.run.root, Path("compare") / name, f"--name {name}")
     except OutsideRoot as err:  # compare/ itself a link out of the root
         raise ConfigError(str(err)) from None
     plan = Plan(name=name, out_dir=out_dir, objectives=objs, seeds=seed_list,

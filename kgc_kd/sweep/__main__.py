@@ -70,9 +70,10 @@ def _check(args: argparse.Namespace):
     base = build_plan([*space.fixed, *args.overrides])
     check_metric_stages(space, base.stage_names[1:])
     study = args.study or space.name
-    try:  # the study's name is a directory under run.root: one name, never a path
+    out = Path(base.cfg.run.root) / "sweeps" / study
+    try:  # the study's name is a directory under run.root: one name, never a path, inside it once links are followed
         check_name(study, "--study" if args.study else f"{space.path}: name (default: the file's name)")
-        out = confined(base.cfg.run.root, Path("sweeps") / study, f"the study {study!r}")
+        confined(base.cfg.run.root, Path("sweeps") / study, f"the study {study!r}")
     except (ConfigError, OutsideRoot) as err:
         raise SweepError(str(err)) from None
     for corner in space.corners():
