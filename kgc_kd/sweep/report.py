@@ -15,7 +15,7 @@ import optuna
 from optuna.trial import TrialState
 
 from kgc_kd.config import load_config
-from kgc_kd.runtime.files import write_json_atomic, write_text_atomic
+from kgc_kd.runtime.files import replace_atomically, write_json_atomic, write_text_atomic
 from kgc_kd.sweep.space import SweepSpace
 from kgc_kd.sweep.study import retried_numbers
 
@@ -128,7 +128,7 @@ def plots(study: optuna.Study, out: Path) -> dict[str, str]:
         try:
             ax = draw()
             fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-            fig.savefig(out / file, dpi=110, bbox_inches="tight")
+            replace_atomically(out / file, lambda f: fig.savefig(f, dpi=110, bbox_inches="tight", format="png"))
             plt.close(fig)
             notes[file] = "written"
         except Exception as err:  # noqa: BLE001 - e.g. importances need two complete trials
