@@ -40,6 +40,15 @@ def warn(message: str) -> None:
     warnings.warn(message, DataWarning, stacklevel=3)
 
 
+def shown(value: object, limit: int = 80) -> str:
+    """`value`'s repr for a message, cut to `limit` characters of its text: an id or a text from a file can be
+    megabytes long, a message stays readable."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(value)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def not_utf8_error(path: Path, line: int, column: int, offset: int, byte: int) -> DataFormatError:
     """The error for a byte that is not UTF-8: `column` in bytes (1-based), `offset` from the file start."""
     return DataFormatError(
@@ -100,7 +109,7 @@ def read_text_table_lines(path: Path) -> tuple[dict[str, str], dict[str, int]]:
         if not key:
             raise DataFormatError(f"{path}:{lineno}: empty id; expected id<TAB>text: {text[:80]!r}")
         if key in table:
-            raise DataFormatError(f"{path}:{lineno}: id {key!r} appears twice (first at line {lines[key]})")
+            raise DataFormatError(f"{path}:{lineno}: id {shown(key)} appears twice (first at line {lines[key]})")
         table[key], lines[key] = text, lineno
     return table, lines
 
@@ -346,7 +355,7 @@ def index_triples(
     for lineno, (h, r, t) in read_rows(path, 3):
         for kind, key, index in (("head", h, entity_index), ("relation", r, relation_index), ("tail", t, entity_index)):
             if key not in index:
-                out.unknown_id(lineno, f"unknown {kind} id {key!r} (not in the entity/relation files)")
+                out.unknown_id(lineno, f"unknown {kind} id {shown(key)} (not in the entity/relation files)")
                 break
         else:
             out.add(lineno, (entity_index[h], relation_index[r], entity_index[t]))

@@ -24,6 +24,7 @@ from kgc_kd.data.io import (
     find_file,
     index_triples,
     read_text_table_lines,
+    shown,
     warn,
 )
 from kgc_kd.data.kg import KG
@@ -83,14 +84,14 @@ def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_s
         else:
             path, line, how = ent_list_path, listed[e], f"listed in {ent_list_path.name}, no line in {ent_path.name}"
         warn(f"{path}:{line}: {len(without_text)} of {len(entity_ids)} entities have no text (no line or an empty "
-             f"one in {ent_path.name}); their ids are used as names, e.g. {e!r} ({how})")
+             f"one in {ent_path.name}); their ids are used as names, e.g. {shown(e)} ({how})")
         notes["entities_without_text"] = len(without_text)
 
     no_text = [r for r in relation_ids if not rel_text[r]]
     if no_text:
         r = no_text[0]
         warn(f"{rel_path}:{rel_lines[r]}: {len(no_text)} of {len(relation_ids)} relations have an empty text; their "
-             f"ids are used as texts (underscores read as spaces), e.g. {r!r}")
+             f"ids are used as texts (underscores read as spaces), e.g. {shown(r)}")
         notes["relations_without_text"] = len(no_text)
 
     splits, train = {}, None  # train first: dev and test are checked against it

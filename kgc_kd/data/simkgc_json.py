@@ -25,7 +25,7 @@ from array import array
 from collections.abc import Iterator
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, TextBreaks, TripleCollector, TripleSet, not_utf8_error, warn
+from kgc_kd.data.io import DataFormatError, TextBreaks, TripleCollector, TripleSet, not_utf8_error, shown, warn
 from kgc_kd.data.kg import KG
 
 # SimKGC's preprocess strips the leading "__" (family_alcidae_NN_1); raw WordNet ids keep it.
@@ -168,6 +168,10 @@ class _TextStream:
                 if cut and self.more():
                     continue
                 raise self.error(err.msg, err.pos) from None
+            except RecursionError:  # arrays or objects nested past Python's recursion limit
+                raise self.error("Values nested too deeply", self.i) from None
+            except ValueError as err:  # an integer longer than sys.get_int_max_str_digits() digits
+                raise self.error(f"Unreadable value ({str(err).split(';')[0]})", self.i) from None
             if type(obj) in (int, float, bool) and (end == len(self.buf) or self.buf[end] in _NUMBER_CHARS) \
                     and self.more():
                 continue  # an object, array, string or literal ends where it says; a number may go on
@@ -253,7 +257,7 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, drop_o
         if not key:
             raise DataFormatError(f"{ents_path}:{line}: item {i}: empty entity_id; expected a non-empty id")
         if key in index:
-            raise DataFormatError(f"{ents_path}:{line}: item {i}: entity_id {key!r} appears twice "
+            raise DataFormatError(f"{ents_path}:{line}: item {i}: entity_id {shown(key)} appears twice "
                                   f"(first at line {lines[index[key]]})")
         index[key] = len(ids)
         lines.append(line)
@@ -272,7 +276,7 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, drop_o
     if no_name:
         line, key = no_name[0]
         warn(f"{ents_path}:{line}: {len(no_name)} of {len(ids)} entities have an empty \"entity\" name; their ids "
-             f"are used as names, e.g. {key!r}")
+             f"are used as names, e.g. {shown(key)}")
         notes["entities_without_text"] = len(no_name)
 
     relations: dict[str, int] = {}  # relation text (its id too) -> index
@@ -289,7 +293,7 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, drop_o
             h, t = index.get(str(ex["head_id"]).strip()), index.get(str(ex["tail_id"]).strip())
             if h is None or t is None:
                 k = "head_id" if h is None else "tail_id"
-                out.unknown_id(line, f"item {i}: {k} {ex[k]!r} is not in entities.json")
+                out.unknown_id(line, f"item {i}: {k} {shown(ex[k])} is not in entities.json")
                 continue
             raw = str(ex["relation"] or "")
             r = relation_of.get(raw)

@@ -35,7 +35,7 @@ from __future__ import annotations
 from array import array
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, TripleCollector, TripleSet, iter_lines, read_rows, warn
+from kgc_kd.data.io import DataFormatError, TripleCollector, TripleSet, iter_lines, read_rows, shown, warn
 from kgc_kd.data.kg import KG, SPLITS
 
 ENTITY_FILE = "wikidata5m_entity.txt"
@@ -210,7 +210,7 @@ def _missing_line(h: str, r: str, t: str, rows: tuple[int | None, int | None, in
     """What the first id of a triple without an alias line is, for the messages."""
     kind, key, file = next(k for k, row in zip((("head", h, ENTITY_FILE), ("relation", r, RELATION_FILE),
                                                 ("tail", t, ENTITY_FILE)), rows) if row is None)
-    return f"{kind} {key!r} has no line in {file}"
+    return f"{kind} {shown(key)} has no line in {file}"
 
 
 def _add_without_text(h: str, r: str, t: str, rows: tuple[int | None, int | None, int | None], ents: IdTable,
@@ -234,7 +234,7 @@ def _report_textless(textless: tuple[dict[str, tuple[Path, int]], dict[str, tupl
         if seen:
             key, (path, line) = next(iter(seen.items()))
             warn(f"{path}:{line}: {len(seen)} of {total} {kind} have no text in {file} (no line, or an empty "
-                 f"alias); their ids are used as {used}, e.g. {key!r}")
+                 f"alias); their ids are used as {used}, e.g. {shown(key)}")
             notes[f"{kind}_without_text"] = len(seen)
 
 
@@ -259,7 +259,7 @@ def _read_descriptions(text_path: Path, ents: IdTable, entity_ids: list[str], no
     if without:
         e = entity_ids[have.index(0)]
         warn(f"{text_path}: {without} of {len(entity_ids)} entities have no description line; their descriptions "
-             f"are empty, e.g. {e!r}")
+             f"are empty, e.g. {shown(e)}")
         notes["entities_without_description"] = without
     return descs
 
@@ -270,5 +270,5 @@ def _check_relation_texts(relation_ids: list[str], relation_texts: list[str], pa
     for r, text in zip(relation_ids, relation_texts):
         other = seen.setdefault(text, r)
         if other != r:
-            raise DataFormatError(f"{path}: relations {other!r} and {r!r} both read {text!r} (first alias, "
+            raise DataFormatError(f"{path}: relations {shown(other)} and {shown(r)} both read {shown(text)} (first alias, "
                                   f"{RELATION_WORDS} words); expected distinct relation texts")
