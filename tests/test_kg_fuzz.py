@@ -17,6 +17,7 @@ Deterministic (`derandomize`, no example database) and small: the file runs in s
 from __future__ import annotations
 
 import json
+import os
 import re
 import tempfile
 import warnings
@@ -25,12 +26,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from kgc_kd.data.io import DataFormatError, DataWarning
-from kgc_kd.data.kg import KG, SPLITS
-from kgc_kd.data.sources import load_kg
+# Hypothesis keeps caches (e.g. constants of the code under test) in ./.hypothesis: kept out of the checkout
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "kgc-kd-hypothesis"))
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kgc_kd.data.io import DataFormatError, DataWarning  # noqa: E402
+from kgc_kd.data.kg import KG, SPLITS  # noqa: E402
+from kgc_kd.data.sources import load_kg  # noqa: E402
 
 SETTINGS = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
