@@ -29,7 +29,7 @@ import torch
 
 # Hypothesis keeps caches (e.g. constants of the code under test) in ./.hypothesis: kept out of the checkout
 os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", str(Path(tempfile.gettempdir()) / "kgc-kd-hypothesis"))
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from kgc_kd.data.io import DataFormatError, DataWarning  # noqa: E402
@@ -309,6 +309,7 @@ def test_one_damage_is_accepted_as_expected_or_refused_at_its_line(layout):
     @SETTINGS
     @given(one_damage(layout))
     def run(example):
+        event(f"{example[1].what}: {example[1].expect}")  # pytest --hypothesis-show-statistics counts them
         check_load(layout, *example)
 
     run()
