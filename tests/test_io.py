@@ -18,6 +18,7 @@ from kgc_kd.data.io import (
     find_file,
     index_triples,
     read_rows,
+    read_splits,
     read_text_table,
     read_text_table_lines,
     read_utf8,
@@ -278,6 +279,19 @@ def test_drop_overlap_leaving_a_split_empty_is_an_error(tmp_path):
     assert str(err.value) == (
         f"{p}:2: no triples left: all 2 also occur in the train split (data.drop_overlap=true), the first at "
         "line 2; expected lines head<TAB>relation<TAB>tail not in train")
+
+
+def test_read_splits_reads_train_first_and_hands_its_triples_to_the_others(tmp_path):
+    calls = []
+
+    def read(split, path, train):
+        calls.append((split, path.name, None if train is None else train.contains(torch.tensor([[0, 0, 1]])).tolist()))
+        return torch.tensor([[0, 0, 1]]) if split == "train" else torch.tensor([[1, 0, 0]])
+
+    paths = {"valid": tmp_path / "v", "train": tmp_path / "t", "test": tmp_path / "x"}
+    splits = read_splits(paths, read)
+    assert calls == [("train", "t", None), ("valid", "v", [True]), ("test", "x", [True])]
+    assert list(splits) == ["valid", "train", "test"] and splits["train"].tolist() == [[0, 0, 1]]
 
 
 @pytest.mark.parametrize("big", [False, True], ids=["int64 keys", "lexsorted rows"])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import warnings
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +360,18 @@ def index_triples(
         else:
             out.add(lineno, (entity_index[h], relation_index[r], entity_index[t]))
     return out.finish(allow_empty=allow_empty)
+
+
+def read_splits(paths: Mapping[str, Path], read: Callable[[str, Path, TripleSet | None], Tensor]) -> dict[str, Tensor]:
+    """{split: read(split, path, train)} for the splits of `paths`, train first: `train` is None for the train
+    split and its `TripleSet` for the others, so a loader's `TripleCollector` checks valid and test against it."""
+    out: dict[str, Tensor] = {}
+    train = None
+    for split in sorted(paths, key=lambda s: s != "train"):  # stable: the others keep their order
+        out[split] = read(split, paths[split], train)
+        if split == "train":
+            train = TripleSet(out[split])
+    return {split: out[split] for split in paths}
 
 
 def find_file(directory: Path, stems: tuple[str, ...], exts: tuple[str, ...], *, required: bool = True) -> Path | None:

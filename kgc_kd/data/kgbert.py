@@ -19,10 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from kgc_kd.data.io import (
-    TripleSet,
     clean_table,
     find_file,
     index_triples,
+    read_splits,
     read_text_table_lines,
     shown,
     warn,
@@ -94,12 +94,9 @@ def load_kgbert_dir(directory: str | Path, *, use_long_text: bool = True, name_s
              f"ids are used as texts (underscores read as spaces), e.g. {shown(r)}")
         notes["relations_without_text"] = len(no_text)
 
-    splits, train = {}, None  # train first: dev and test are checked against it
-    for s, p in split_files.items():
-        splits[s] = index_triples(p, entities, relations, split=s, drop_unknown=drop_unknown, notes=notes,
-                                  allow_empty=False, train=train, drop_overlap=drop_overlap)
-        if s == "train":
-            train = TripleSet(splits[s])
+    splits = read_splits(split_files, lambda s, p, train: index_triples(
+        p, entities, relations, split=s, drop_unknown=drop_unknown, notes=notes, allow_empty=False, train=train,
+        drop_overlap=drop_overlap))
     return KG(
         name=d.name,
         entity_ids=entity_ids,

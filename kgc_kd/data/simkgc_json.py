@@ -24,9 +24,14 @@ import re
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kgc_kd.data.io import DataFormatError, TextBreaks, TripleCollector, TripleSet, not_utf8_error, shown, warn
-from kgc_kd.data.kg import KG
+from kgc_kd.data.io import (DataFormatError, TextBreaks, TripleCollector, TripleSet, not_utf8_error, read_splits,
+                            shown, warn)
+from kgc_kd.data.kg import KG, SPLITS
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 # SimKGC's preprocess strips the leading "__" (family_alcidae_NN_1); raw WordNet ids keep it.
 _WN_NAME = re.compile(r"^_*(.+?)_[A-Za-z]{2}_\d+$")
@@ -281,10 +286,9 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, drop_o
 
     relations: dict[str, int] = {}  # relation text (its id too) -> index
     relation_of: dict[str, int] = {}  # the text as the files give it -> index
-    splits, train = {}, None  # train first: valid and test are checked against it
     expected = f"a JSON list of objects with keys {', '.join(TRIPLE_KEYS)}"
-    for split in ("train", "valid", "test"):
-        path = d / f"{split}.txt.json"
+
+    def read_split(split: str, path: Path, train: TripleSet | None) -> Tensor:
         out = TripleCollector(path, split=split, drop_unknown=drop_unknown, notes=notes, expected=expected,
                               train=train, drop_overlap=drop_overlap)
         breaks = TextBreaks(path)
@@ -304,9 +308,10 @@ def load_simkgc_dir(directory: str | Path, *, drop_unknown: bool = False, drop_o
                 r = relation_of[raw] = relations.setdefault(rel_text, len(relations))
             out.add(line, (h, r, t))
         breaks.report(notes)
-        splits[split] = out.finish()
-        if split == "train":
-            train = TripleSet(splits[split])
+        return out.finish()
+
+    # relations are numbered in order of first appearance over train, valid and test
+    splits = read_splits({split: d / f"{split}.txt.json" for split in SPLITS}, read_split)
 
     rel = list(relations)
     return KG(name=d.name, entity_ids=ids, entity_names=names, entity_descs=descs, relation_ids=rel,

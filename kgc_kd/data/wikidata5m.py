@@ -35,7 +35,8 @@ from __future__ import annotations
 from array import array
 from pathlib import Path
 
-from kgc_kd.data.io import DataFormatError, TripleCollector, TripleSet, iter_lines, read_rows, shown, warn
+from kgc_kd.data.io import (DataFormatError, TripleCollector, TripleSet, iter_lines, read_rows, read_splits,
+                            shown, warn)
 from kgc_kd.data.kg import KG, SPLITS
 
 ENTITY_FILE = "wikidata5m_entity.txt"
@@ -136,12 +137,10 @@ def load_wikidata5m_dir(directory: str | Path, *, variant: str = "transductive",
     ents = _read_alias_table(d / ENTITY_FILE, NAME_WORDS, notes)
     # graph ids of kept triples without text (no line, or an empty alias) -> (file, line) of their first triple
     textless: tuple[dict[str, tuple[Path, int]], dict[str, tuple[Path, int]]] = ({}, {})
-    splits, train = {}, None  # train first: ids added for valid/test below never reach train, and valid/test
-    for split, path in files.items():  # are checked against it
-        splits[split] = _read_split(path, split, ents, rels, textless, drop_unknown=drop_unknown, notes=notes,
-                                    train=train, drop_overlap=drop_overlap)
-        if split == "train":
-            train = TripleSet(splits[split])
+    # train first: ids added for valid/test never reach train
+    splits = read_splits(files, lambda split, path, train: _read_split(
+        path, split, ents, rels, textless, drop_unknown=drop_unknown, notes=notes, train=train,
+        drop_overlap=drop_overlap))
     entity_ids, entity_names = _graph_ids_and_texts(ents)
     relation_ids, relation_texts = _graph_ids_and_texts(rels)
     _report_textless(textless, len(entity_ids), len(relation_ids), notes)
