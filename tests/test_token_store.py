@@ -310,9 +310,6 @@ def test_read_never_opens_a_file_outside_its_entry(tmp_path):
     assert found is None and len(said) == 1 and "'../../outside'" in said[0]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "issue 28 (H5): TokenCache.load_or_build (kgc_kd/data/tokens.py) does not pass token_store.read's expect= yet; "
-    "until it does, a consistent entry of 3 rows for this KG ends in _assemble's ValueError instead of a rebuild"))
 def test_a_consistent_entry_of_other_rows_is_rebuilt_not_fatal(tmp_path):
     kg, tok = varied_kg(0), make_tokenizer()
     entry = load(kg, tok, tmp_path).cache_path

@@ -153,7 +153,10 @@ class TokenCache:
                "max_length": int(max_length), "texts": text_fingerprint(kg)}
         entry = Path(cache_dir) / token_store.entry_name(key)
         seen = entry.exists()
-        found = token_store.read(entry, key)  # no lock: an entry is whole or absent
+        expect = {f"{side}_{part}": ("int32", (rows, None) if part == "table" else (rows,))  # what _assemble reads
+                  for side, rows in (("entity", kg.num_entities), ("relation", 2 * kg.num_relations))
+                  for part in ("table", "lengths")}
+        found = token_store.read(entry, key, expect=expect)  # no lock: an entry is whole or absent
         if found is None and not token_store.writable(entry.parent):
             return cls.build(kg, tokenizer, max_length, warn=warn, link_graph=link_graph)  # read-only: in memory
         if found is None:
@@ -161,7 +164,7 @@ class TokenCache:
                 # another builder may have written it while this one waited for the lock: look again (what
                 # was wrong with an entry seen above has been said)
                 unusable = entry.exists()
-                found = token_store.read(entry, key, warn=not seen)
+                found = token_store.read(entry, key, expect=expect, warn=not seen)
                 if found is None:
                     arrays = _tokenise(kg, tokenizer, max_length, special["pad_id"])
                     counts = {"entities": kg.num_entities, "relations": 2 * kg.num_relations,
