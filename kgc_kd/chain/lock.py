@@ -115,7 +115,8 @@ def describe(record: dict[str, Any] | None) -> str:
     command = command if len(command) <= 200 else command[:199] + "…"
     text = f"pid {record.get('pid')} on host {record.get('host')} since {record.get('since')} ({command})"
     gone = process_gone(record)
-    return text + (" - that process has ended; the lock is free once its last child exits" if gone else "")
+    return text + (" - that process has ended: a child it left, or a user who may not write the lock file, holds "
+                   "it now" if gone else "")
 
 
 def _write_holder(fd: int) -> None:
