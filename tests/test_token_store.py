@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import stat
 import warnings
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_tokenizer, tiny_vocab
+from test_files import world_dir  # noqa: F401 - a fixture: a directory every user can reach
 from test_tokens import varied_kg
 
 from kgc_kd.data import token_store
@@ -321,3 +324,35 @@ def test_a_consistent_entry_of_other_rows_is_rebuilt_not_fatal(tmp_path):
     said = [str(w.message) for w in record if "cannot be used" in str(w.message)]
     assert len(said) == 1 and f"token cache {entry} cannot be used" in said[0] and "holds int32 3x" in said[0]
     assert cache == TokenCache.build(kg, tok, 12) and cache.cache_path == entry
+
+
+# ---- a shared run.root: entries and their locks under another user ----------------------------------------
+def _build_entry(cache_dir) -> str:
+    entry = cache_dir / "e"
+    with token_store.building(entry):
+        token_store.write(entry, {"t": np.arange(6, dtype=np.int32).reshape(2, 3)}, {"key": {"k": 1}})
+    return "built"
+
+
+def _read_entry_under_its_lock(cache_dir) -> str:
+    entry = cache_dir / "e"
+    with token_store.building(entry):  # the lock file is the first user's
+        found = token_store.read(entry, {"k": 1}, expect={"t": ("int32", (2, 3))})
+    return "read " + ",".join(str(int(v)) for v in found[0]["t"].flatten())
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a process as a second user id needs root")
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o755), (0o002, 0o775)])
+def test_a_second_user_locks_and_reads_an_entry_another_user_built(world_dir, umask, mode):
+    """The entry directory gets the modes the umask allows (not mkdtemp's 0o700, nor a fixed 0o755), and a user
+    who may not write the first user's lock file (umask 022) still takes it to read the entry."""
+    from test_files import GROUP, as_user
+
+    cache = world_dir / "token-cache"
+    cache.mkdir()
+    os.chown(cache, 65533, GROUP)
+    cache.chmod(0o2775 if umask == 0o002 else 0o755)
+    assert as_user(65533, umask, _build_entry, cache, groups=(GROUP,)) == (0, "built")
+    assert stat.S_IMODE((cache / "e").stat().st_mode) == mode
+    groups = (65534, GROUP) if umask == 0o002 else ()
+    assert as_user(65534, umask, _read_entry_under_its_lock, cache, groups=groups) == (0, "read 0,1,2,3,4,5")

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from kgc_kd.data.io import warn as data_warning
+from kgc_kd.runtime.files import current_umask
 
 try:
     import fcntl
@@ -73,7 +74,12 @@ def writable(directory: Path) -> bool:
 def building(entry: Path) -> Iterator[None]:
     """Hold the exclusive lock of `entry` (created with its parent directory) while it is checked or built."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    with open(entry.parent / f".{entry.name}.lock", "a") as f:
+    path = entry.parent / f".{entry.name}.lock"
+    try:  # another user's lock file under umask 022 is read-only to this one: a read-only descriptor locks too
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:
+        fd = os.open(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -145,7 +151,7 @@ def write(entry: Path, arrays: dict[str, np.ndarray], meta: dict, *, replace: bo
     another builder's (it renamed first) and is kept."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", suffix=".tmp", dir=entry.parent))
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would hide the entry from other users of a shared run root
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0o700 would hide it from the other users of a root
         specs = {}
         for name, a in arrays.items():
             np.save(tmp / f"{name}.npy", a, allow_pickle=False)
