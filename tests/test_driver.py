@@ -549,3 +549,13 @@ def test_a_cut_test_split_is_evaluated_again_and_a_cut_train_split_trains_again(
     assert len(fits) == 6  # another training set: both stages trained again under new keys
     assert [r["test_data"]["triples"] for r in cut["stages"]] == [40, 40]
     assert len([p for p in store.iterdir() if p.name.startswith("teacher-") and p.is_dir()]) == 2
+
+
+def test_a_run_directory_reused_by_another_chain_reports_only_its_own_stages(tmp_path, tiny_plm_dir):
+    """run.name=chain again with the teacher alone: the teacher is reused, and the report holds no row of the
+    student an earlier configuration left in the same run directory."""
+    argv = _argv(tmp_path, tiny_plm_dir, "trainer.limit_train_batches=2")
+    fit.main([*argv, "stages=[{name: g1, layers: 1}]"])
+    alone = fit.main([*argv, "stages=[{name: g1, layers: 1}]", "teacher.only=true"])
+    assert [r["name"] for r in alone["stages"]] == ["teacher"]
+    assert [r["name"] for r in json.loads((tmp_path / "chain" / "report.json").read_text())["stages"]] == ["teacher"]

@@ -133,10 +133,10 @@ def test_report_says_which_precision_ran():
 
 def test_the_report_names_the_test_split_of_its_metrics_and_the_stages_evaluated_again():
     result = _report()
-    assert not any(line.startswith("Test split:") for line in format_report(result).splitlines())  # not recorded
+    assert not any(line.startswith("Every row's test split") for line in format_report(result).splitlines())  # not recorded
     split = {"sha256": "ab" * 32, "triples": 40}
     result["stages"][0].update(test_data=split, retested_from="cd" * 32)
     result["stages"][1].update(test_data=split)
     lines = format_report(result).splitlines()
-    assert ("Test split: 40 triples, sha256 abababababab; evaluated again on it, not trained (reused from a run on "
+    assert ("Every row's test split: 40 triples, sha256 abababababab; evaluated again on it, not trained (reused from a run on "
             "another test split): teacher") in lines

@@ -365,7 +365,7 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
         if on_stage is not None:
             on_stage(i, chain.row(name))
 
-    rows = chain.rows()
+    rows = [r for r in chain.rows() if r["name"] in plan.stage_names]  # not a stage an earlier config had here
     if is_zero:
         _check_test_split(chain, rows)
     result = {"run_dir": str(run_dir), "data": dm.kg.summary(), "stages": rows, "untrained_test": untrained,

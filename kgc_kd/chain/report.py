@@ -74,7 +74,7 @@ def describe_test_split(rows: list[dict]) -> str:
         return ""
     text = "; ".join(f"{n:,} triples, sha256 {digest[:12]}" for digest, n in sorted(splits))
     again = [r["name"] for r in rows if "retested_from" in r]
-    return (f"Test split: {text}" + (" (rows on different test splits!)" if len(splits) > 1 else "")
+    return (f"Every row's test split: {text}" + (" (rows on different test splits!)" if len(splits) > 1 else "")
             + (f"; evaluated again on it, not trained (reused from a run on another test split): {', '.join(again)}"
                if again else ""))
 

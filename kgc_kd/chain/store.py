@@ -201,8 +201,9 @@ class ChainStore:
         """Stage `name`, done on another test split, evaluated again on this run's (`test`: its metrics,
         `evaluation`: the module's `last_eval["test"]` for the predictions, None: none written): its row gets the
         new metrics and `test_data`, the export's KG (kg.json + kg/, `kgc_kd.predict`'s filter and candidates;
-        `max_length`, `link_graph` as `export` writes them) becomes this run's, and both records are rewritten. The stage's training and model files are untouched
-        (the export's model files are what a `teacher.load` of it is keyed on). Returns the new row."""
+        `max_length`, `link_graph` as `export` writes them) becomes this run's, and both records are rewritten.
+        The stage's training and model files are untouched (the export's model files are what a `teacher.load`
+        of it is keyed on). Returns the new row."""
         old = dict(self.row(name) or {})
         previous = (old.get("test_data") or {}).get("sha256")
         row = {**old, "test": dict(test), "retested_from": previous}
