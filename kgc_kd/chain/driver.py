@@ -220,7 +220,8 @@ def _retest(plan: RunPlan, dm: KGDataModule, chain: ChainStore, name: str, encod
         chain.retested(name, test, dm.kg, ev if cfg.eval.save_predictions else None, max_length=dm.max_length,
                        link_graph=dm.link_graph)
     was = (before.get("test") or {}).get("mrr")
-    print(f"[chain] {name}: tested before on another test split (sha256 {str(previous)[:12]}); evaluated again on "
+    other = previous[:12] if previous else "not recorded"
+    print(f"[chain] {name}: tested before on another test split (sha256 {other}); evaluated again on "
           f"this one ({len(dm.kg.test):,} triples, sha256 {chain.test_data['sha256'][:12]}), not trained: test MRR "
           f"{test['mrr']:.4f}" + (f" (was {was:.4f} on the other split)" if was is not None else ""), flush=True)
 
