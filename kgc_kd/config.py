@@ -358,7 +358,7 @@ def load(argv: list[str] | None = None) -> tuple[DictConfig, list[list[dict[str,
 
 # ---- the range of every numeric key, written once ------------------------------------------------------------
 # `validate` checks each key against its entry before anything is loaded or written; docs/configuration.md's
-# table "Ranges" is `ranges_table()` (a test compares them), and a test asserts every numeric field has an entry.
+# table of ranges is `ranges_table()` (a test compares them), and a test asserts every numeric field has an entry.
 # Keys `stages.N.x` apply to every stage; an objective key (`distill.x`) applies to `stages.N.x` too.
 def _bound(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
@@ -492,8 +492,8 @@ def _duration(v: Any) -> bool:
 
 
 SEEDS = Range(ge=0, le=2**32 - 1, what="a seed", why="what Lightning's seed_everything accepts")
-BATCH_LIMIT = Either((Range(ge=0, kind=int, what="a number of batches"), Range(ge=0, le=1, kind=float, what="a fraction")),
-                     null="every batch")
+BATCH_LIMIT = Either((Range(ge=0, kind=int, what="a number of batches"),
+                      Range(ge=0, le=1, kind=float, what="a fraction")), null="every batch")
 WEIGHT = Range(ge=0, le=1, what="a weight")
 
 RANGES: dict[str, Range | Rule | Either | Each] = {

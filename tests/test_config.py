@@ -436,7 +436,8 @@ def test_every_numeric_key_has_a_range_and_every_range_a_key():
     ("teacher.epochs=-3", "teacher.epochs=-3: expected >= 1 (or null: trainer.max_epochs)"),
     ("teacher.epochs=0", "teacher.epochs=0: expected >= 1"),
     ("stages.1.epochs=0", "stages[1].epochs=0: expected >= 1 (or null: trainer.max_epochs)"),
-    ("trainer.max_epochs=0", "trainer.max_epochs=0: expected >= 1 (or -1: no epoch limit, with trainer.max_steps >= 1)"),
+    ("trainer.max_epochs=0",
+     "trainer.max_epochs=0: expected >= 1 (or -1: no epoch limit, with trainer.max_steps >= 1)"),
     ("trainer.max_epochs=-1", "trainer.max_epochs=-1 (no epoch limit) with trainer.max_steps=-1 (no step limit): a "
                               "stage would never end"),
     ("trainer.max_steps=0", "trainer.max_steps=0: expected >= 1 (or -1: no step limit)"),
@@ -458,7 +459,8 @@ def test_every_numeric_key_has_a_range_and_every_range_a_key():
     ("trainer.val_check_interval=0", "trainer.val_check_interval=0: expected a number of training batches >= 1, or a "
                                      "fraction of the epoch in (0, 1], or a duration 'DD:HH:MM:SS'"),
     ("trainer.val_check_interval=00:00:00:00", "trainer.val_check_interval='00:00:00:00': expected"),
-    ("trainer.num_sanity_val_steps=-2", "trainer.num_sanity_val_steps=-2: expected >= 0 (or -1: every validation batch)"),
+    ("trainer.num_sanity_val_steps=-2",
+     "trainer.num_sanity_val_steps=-2: expected >= 0 (or -1: every validation batch)"),
     ("stages.2.kd_temperature=0", "stages[2].kd_temperature=0.0: expected > 0 (or null: distill.kd_temperature)"),
     ("stages.0.layer_map=[0,1,2,3,4,-1]", "stages[0].layer_map=[0, 1, 2, 3, 4, -1]: expected layer indices, each >= 0"),
     ("run.seed=-1", "run.seed=-1: expected a seed in [0, 4294967295]"),
