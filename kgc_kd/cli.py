@@ -27,6 +27,7 @@ from kgc_kd.config import GROUPS, ConfigError, conf_dir, presets
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2  # config, data or model path: nothing was written
 EXIT_NON_FINITE = 3  # training diverged: the stage's last good checkpoint is kept
+EXIT_LOCK_TIMEOUT = 75  # EX_TEMPFAIL: a stage's lock held past run.lock_timeout_s; try again later
 EXIT_SIGTERM = 128 + signal.SIGTERM  # what a shell reports for a process killed by SIGTERM
 
 STATUS_TEXT = {
@@ -34,6 +35,8 @@ STATUS_TEXT = {
     EXIT_BAD_INPUT: "bad input (an option, a config key or value, a file): an `error: ...` line names it, "
                     "and nothing was run",
     EXIT_NON_FINITE: "a non-finite loss stopped a stage (its last good checkpoint is kept)",
+    EXIT_LOCK_TIMEOUT: "another run held a stage's lock past run.lock_timeout_s: the error names the lock file and "
+                       "its holder (pid, host, since); rerun when it is done",
     EXIT_SIGTERM: "stopped by SIGTERM after saving the stage's last.ckpt (rerun the same command to resume)",
 }
 ALL_STATUSES = tuple(STATUS_TEXT)
@@ -150,12 +153,15 @@ def exit_status(err: BaseException, bad_input: Sequence[type[BaseException]] = (
     """The exit status of an error an entry point reports (None: not one of them, let it propagate)."""
     non_finite = _loaded("kgc_kd.lit.base", "NonFiniteLossError")
     sigterm = _loaded("lightning.pytorch.utilities.exceptions", "SIGTERMException")
+    lock_timeout = _loaded("kgc_kd.chain.lock", "LockTimeout")
     bad = tuple(t for t in (ConfigError, FileNotFoundError, _loaded("kgc_kd.data.io", "DataFormatError"),
                             *bad_input) if t is not None)
     if non_finite is not None and isinstance(err, non_finite):
         return EXIT_NON_FINITE
     if sigterm is not None and isinstance(err, sigterm):  # Lightning's, with no exit code (which reads as success)
         return EXIT_SIGTERM
+    if lock_timeout is not None and isinstance(err, lock_timeout):
+        return EXIT_LOCK_TIMEOUT
     if isinstance(err, bad):
         return EXIT_BAD_INPUT
     return None

@@ -120,11 +120,13 @@ def test_unknown_option_exits_2_with_an_error_line(capsys):
 def test_exit_statuses_map_each_error_to_its_status(capsys):
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    from kgc_kd.chain.lock import LockTimeout
     from kgc_kd.data.io import DataFormatError
     from kgc_kd.lit.base import NonFiniteLossError
 
     cases = [(ConfigError("no key 'x'"), 2), (FileNotFoundError("no such file y"), 2), (DataFormatError("z:3"), 2),
-             (NonFiniteLossError("loss nan at step 4"), 3), (SIGTERMException(), 143)]
+             (NonFiniteLossError("loss nan at step 4"), 3), (SIGTERMException(), 143),
+             (LockTimeout("runs/stage-store/teacher-k.lock held by pid 7 on h since 2026-12-07T15:00:00Z"), 75)]
     for err, status in cases:
         with pytest.raises(SystemExit) as exc, cli.exit_statuses():
             raise err
@@ -132,7 +134,7 @@ def test_exit_statuses_map_each_error_to_its_status(capsys):
         out = capsys.readouterr()
         assert out.out == ""
         assert (f"error: {err}" if status != 143 else "rerun the same command") in out.err
-    assert (cli.EXIT_BAD_INPUT, cli.EXIT_NON_FINITE, cli.EXIT_SIGTERM) == (2, 3, 143)
+    assert (cli.EXIT_BAD_INPUT, cli.EXIT_NON_FINITE, cli.EXIT_LOCK_TIMEOUT, cli.EXIT_SIGTERM) == (2, 3, 75, 143)
 
 
 def test_exit_statuses_take_more_bad_input_and_let_the_rest_through(capsys):
