@@ -50,7 +50,7 @@ def test_fit_teacher_only_writes_run_directory(tmp_path, tiny_plm_dir):
     assert len(preds) == 2 * n_test and {p["direction"] for p in preds} == {"head", "tail"}
     assert all(len(p["topk"]) == 10 for p in preds)
     # checkpoints hold plain containers only: torch's default weights_only=True load must work
-    ckpt = torch.load(teacher["best_checkpoint"])
+    ckpt = torch.load(teacher["best_checkpoint"], weights_only=True)
     assert ckpt["hyper_parameters"]["model"]["plm"] == str(tiny_plm_dir)
     assert (run / "stages/teacher/checkpoints/last.ckpt").is_file()
     for name in ("report.json", "report.md", "report.png", "summary.txt"):
@@ -285,3 +285,44 @@ def test_bad_option_or_item_exits_2_naming_it(capsys, argv, named):
     assert exc.value.code == fit.EXIT_BAD_INPUT == 2
     out = capsys.readouterr()
     assert out.out == "" and named in out.err
+
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from kgc_kd.chain.lock import exclusive
+with exclusive(Path(sys.argv[1]), "[other] waiting"):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_run_lock_timeout_s_gives_up_on_a_stage_another_run_holds_with_status_75(tmp_path, tiny_plm_dir, capsys):
+    """run.lock_timeout_s reaches the stage's claim: another process holds the teacher's lock (taken where the plan's
+    key puts it), so the run waits that long and exits 75 naming the lock and its holder's pid, training nothing."""
+    from kgc_kd.chain.driver import build_datamodule
+    from kgc_kd.chain.plan import build_plan
+    from kgc_kd.chain.preflight import check_run
+    from kgc_kd.models.plm import load_tokenizer
+
+    root = tmp_path / "runs"
+    items = [*FAST, "data=synthetic", "model.plm=" + str(tiny_plm_dir), f"run.root={root}",
+             "run.name=x", "run.lock_timeout_s=0.5", "eval.untrained_baseline=false", "teacher.only=true"]
+    plan = build_plan(items)
+    tok = load_tokenizer(plan.cfg.model.plm)
+    plan = check_run(plan, build_datamodule(plan.cfg), tok)
+    lock = root / "stage-store" / f"teacher-{plan.keys['teacher']}.lock"
+    lock.parent.mkdir(parents=True)
+    other = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "held\n"
+        with pytest.raises(SystemExit) as exc:
+            fit.main(items)
+        assert exc.value.code == 75
+        err = capsys.readouterr().err
+        assert "error: " in err and str(lock) in err and str(other.pid) in err
+        assert not (root / "stage-store" / f"teacher-{plan.keys['teacher']}").exists()  # nothing trained
+    finally:
+        other.stdin.close()
+        other.wait(timeout=30)

@@ -229,7 +229,7 @@ def _retest(plan: RunPlan, dm: KGDataModule, chain: ChainStore, name: str, encod
 def run_teacher(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher,
                 encoder=None) -> dict | None:
     """Train (or load) the teacher and hand it to `teacher`; returns the untrained baseline metrics when measured."""
-    with chain.claim("teacher", lock=chain.writes):
+    with chain.claim("teacher", lock=chain.writes, timeout_s=plan.cfg.run.lock_timeout_s):
         return _run_teacher(plan, dm, chain, teacher, encoder)
 
 
@@ -289,7 +289,7 @@ def build_stage(plan: RunPlan | DictConfig, index: int, teacher: BiEncoder, dm: 
 
 def run_student(plan: RunPlan, dm: KGDataModule, chain: ChainStore, teacher: CurrentTeacher, index: int) -> None:
     """Train student stage `index`, taught by `teacher`, and hand it over as the next stage's teacher."""
-    with chain.claim(plan.specs[index]["name"], lock=chain.writes):
+    with chain.claim(plan.specs[index]["name"], lock=chain.writes, timeout_s=plan.cfg.run.lock_timeout_s):
         _run_student(plan, dm, chain, teacher, index)
 
 

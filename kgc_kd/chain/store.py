@@ -237,9 +237,9 @@ class ChainStore:
     # ---- what a finished stage leaves: written by the exporter, where the layout says ----------------------
     def export(self, name: str, net: BiEncoder, kg: KG, *, max_length: int, link_graph: bool,
                tokens: TokenCache | None = None) -> None:
-        """The stage's export into `export_dir(name)` (`StageExporter.export`)."""
+        """The stage's export into `export_dir(name)` (`StageExporter.export`), confined to run.root."""
         self.exporter.export(self.export_dir(name), net, kg, max_length=max_length, link_graph=link_graph,
-                             tokens=tokens)
+                             tokens=tokens, root=self.store_dir.parent)
 
     def write_predictions(self, name: str, kg: KG, evaluation: dict) -> None:
         """The stage's test predictions (`evaluation`: a module's `last_eval["test"]`), one JSON line per query."""
