@@ -20,7 +20,7 @@ from kgc_kd.config import ConfigError, conf_dir, load_config, run_name
 from kgc_kd.lit.distill_module import DistillModule
 from kgc_kd.lit.kgc_module import KGCModule
 from kgc_kd.chain.plan import plan_config
-from kgc_kd.chain.tracking import _init_kwargs
+from kgc_kd.chain.tracking import init_kwargs
 
 
 # ---- aggregation: pure functions on hand-made per-seed metrics -------------------------------------------------
@@ -140,8 +140,8 @@ def test_every_challenger_gets_its_verdict_and_variants_are_spelled_out():
 def test_wandb_group_names_the_comparison_and_leaves_the_run_directory_alone(tmp_path):
     cfg = load_config(["run.wandb_group=cmp"])
     assert run_name(cfg) == run_name(load_config([]))
-    assert _init_kwargs(plan_config(cfg), "pmd4", "pmd4", {})["group"] == "cmp"
-    assert _init_kwargs(plan_config(load_config([])), "pmd4", "pmd4", {})["group"] == run_name(cfg)
+    assert init_kwargs(plan_config(cfg), "pmd4", "pmd4", {})["group"] == "cmp"
+    assert init_kwargs(plan_config(load_config([])), "pmd4", "pmd4", {})["group"] == run_name(cfg)
 
 
 BAD = {

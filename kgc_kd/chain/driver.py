@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from kgc_kd.callbacks.resume import (AtomicCheckpointIO, CheckpointOnInterrupt, LastCheckpoint, RngState,
                                      newest_checkpoint, remove_hpc_checkpoints, resume_candidates)
 from kgc_kd.callbacks.timing import PhaseTimer
-from kgc_kd.chain import tracking
+from kgc_kd.chain import tracking, wandb_report
 from kgc_kd.chain.plan import RunPlan, as_plan
 from kgc_kd.chain.preflight import check_run
 from kgc_kd.chain.recorder import StageRecorder, test_metrics
@@ -336,7 +336,7 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
     start = time.time()
     plan = as_plan(plan)
     cfg = plan.cfg
-    tracking.detach_agent()  # under `wandb agent`, the agent's run is the report's, not a stage's
+    wandb_report.detach_agent()  # under `wandb agent`, the agent's run is the report's, not a stage's
     # Data and model first: a bad path or file fails before anything is written.
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.plm)
     dm = build_datamodule(cfg)
@@ -377,6 +377,6 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)
-        if cfg.run.logger == "wandb" or tracking.under_agent():
-            tracking.log_report(plan, result)
+        if cfg.run.logger == "wandb" or wandb_report.under_agent():
+            wandb_report.log_report(plan, result)
     return result

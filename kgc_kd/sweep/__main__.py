@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict | None:
 
         summary = write_outputs(study, space, out, base_plan.stage_names)
         if base.run.logger == "wandb":
-            from kgc_kd.chain.tracking import log_sweep
+            from kgc_kd.sweep.wandb_table import log_sweep
 
             log_sweep(base, out, study_name, summary)
         print((out / "trials.md").read_text())
