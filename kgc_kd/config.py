@@ -219,6 +219,8 @@ class RunCfg:
     wandb_entity: Optional[str] = None
     wandb_log_model: bool = False  # upload stage checkpoints as W&B artifacts
     wandb_group: Optional[str] = None  # W&B group of the stage runs (default: the run name); not part of the hash
+    # more W&B tags on every run of the chain (a sweep trial adds its study and trial number); not part of the hash
+    wandb_tags: list[str] = field(default_factory=list)
     # seconds a run waits for a stage another run is training (its lock) before it gives up; None: as long as it takes
     lock_timeout_s: Optional[float] = None
     checkpoint_every_n_steps: int = 1000  # also write the resumable last.ckpt every N training steps (0: epoch ends only)
@@ -714,6 +716,7 @@ def config_hash(cfg: DictConfig) -> str:
     plain = to_plain(cfg)
     plain.get("run", {}).pop("name", None)
     plain.get("run", {}).pop("wandb_group", None)  # where W&B files a run, not what it trains
+    plain.get("run", {}).pop("wandb_tags", None)  # how W&B labels it, not what it trains
     plain.get("run", {}).pop("checkpoint_every_n_steps", None)  # how often it saves, not what it trains
     plain.get("run", {}).pop("lock_timeout_s", None)  # how long it waits for another run's stage, not what it trains
     return hashlib.sha1(OmegaConf.to_yaml(OmegaConf.create(plain)).encode()).hexdigest()[:8]
