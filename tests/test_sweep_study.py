@@ -3,6 +3,7 @@ through the storages a multi-node user gives (a journal file; a PostgreSQL serve
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -40,6 +41,46 @@ def test_the_default_storage_is_a_sqlite_file_in_the_sweep_directory_and_a_rerun
     study.optimize(lambda t: t.suggest_float("distill.alpha", 0, 0.5), n_trials=2)
     again = open_study(space, "s", open_storage(url), make_pruner("median", space, 4), 0)
     assert len(again.trials) == 2 and (tmp_path / "sweeps" / "s" / "study.db").is_file()
+
+
+def _optuna_cli(*args) -> str:
+    """The `optuna` command (Optuna's own reader, not ours), installed beside this Python."""
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    proc = subprocess.run([str(optuna_cli), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_the_study_names_its_metrics_for_optunas_own_readers(tmp_path):
+    """set_metric_names: load_study's metric_names, and the `optuna` CLI's tables name the sweep's metrics
+    (optuna-dashboard reads the same study attribute), not `value` / "Objective 0"."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    multi = _space(tmp_path, metric=[{"name": "pmd2/val_mrr"}, {"name": "pmd2/params_total", "goal": "minimize"}])
+    study = open_study(multi, "s", open_storage(url), make_pruner("median", multi, 4), 0)
+    study.add_trial(optuna.trial.create_trial(params={"distill.alpha": 0.1}, distributions=ALPHA, values=[0.5, 1e6]))
+    assert optuna.load_study(study_name="s", storage=url).metric_names == ["pmd2/val_mrr", "pmd2/params_total"]
+    rows = json.loads(_optuna_cli("trials", "--study-name", "s", "--storage", url, "-f", "json"))
+    assert rows[0]["values"] == {"pmd2/val_mrr": 0.5, "pmd2/params_total": 1e6}
+    best = json.loads(_optuna_cli("best-trials", "--study-name", "s", "--storage", url, "-f", "json"))
+    assert best[0]["values"] == {"pmd2/val_mrr": 0.5, "pmd2/params_total": 1e6}
+    one = _space(tmp_path, metric={"name": "pmd6/val_mrr", "goal": "maximize"})
+    url1 = f"sqlite:///{tmp_path / 'one.db'}"
+    study = open_study(one, "one", open_storage(url1), make_pruner("median", one, 4), 0)
+    study.add_trial(optuna.trial.create_trial(params={"distill.alpha": 0.1}, distributions=ALPHA, value=0.25))
+    assert json.loads(_optuna_cli("best-trial", "--study-name", "one", "--storage", url1, "-f", "json"))["value"] == {
+        "pmd6/val_mrr": 0.25}
+    assert "pmd6/val_mrr" in _optuna_cli("trials", "--study-name", "one", "--storage", url1, "-f", "table")
+
+
+def test_a_study_written_before_metric_names_gets_them_and_one_with_other_metrics_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    old = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    old.set_user_attr("metrics", ["last/val_mrr"])  # how a study was named before set_metric_names
+    space = _space(tmp_path)
+    assert open_study(space, "s", open_storage(url), make_pruner("median", space, 4), 0).metric_names == ["last/val_mrr"]
+    other = _space(tmp_path, metric={"name": "pmd6/val_mrr", "goal": "maximize"})
+    with pytest.raises(SweepError, match=r"exists with metrics \['last/val_mrr'\], the file asks for \['pmd6/val_mrr'\]"):
+        open_study(other, "s", open_storage(url), make_pruner("median", other, 4), 0)
 
 
 @pytest.mark.parametrize("url, named", [

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from kgc_kd.config import load_config
 from kgc_kd.runtime.files import replace_atomically, write_json_atomic, write_text_atomic
 from kgc_kd.sweep.space import SweepSpace
-from kgc_kd.sweep.study import retried_numbers
+from kgc_kd.sweep.study import metric_names, retried_numbers
 
 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def plots(study: optuna.Study, out: Path) -> dict[str, str]:
     import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
 
-    names = list(study.user_attrs.get("metrics", []))
+    names = list(metric_names(study) or [])
     multi = len(study.directions) > 1
     first = names[0] if names else "value"
     # several metrics: history and importances of the first; PED-ANOVA ranks parameters for low targets

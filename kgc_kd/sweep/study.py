@@ -99,8 +99,22 @@ def open_study(space: SweepSpace, study_name: str, storage, pruner, seed: int) -
     if [d.name.lower() for d in study.directions] != directions:
         raise SweepError(f"study {study_name!r} exists with goals {[d.name.lower() for d in study.directions]}, "
                          f"the file asks for {directions}: give --study another name")
-    study.set_user_attr("metrics", [m.name for m in space.metrics])
+    names = [m.name for m in space.metrics]
+    had = metric_names(study)
+    if had is not None and had != names:
+        raise SweepError(f"study {study_name!r} exists with metrics {had}, the file asks for {names}: give --study "
+                         "another name")
+    if study.metric_names != names:  # a new study, or one written before the names were Optuna's
+        with warnings.catch_warnings():  # experimental since Optuna 3.2
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     return study
+
+
+def metric_names(study: optuna.Study) -> list[str] | None:
+    """The study's metric names (`pmd2/val_mrr`, ...): Optuna's (`set_metric_names`, what optuna-dashboard, the
+    `optuna` CLI and `trials_dataframe` show), or the `metrics` user attribute of a study written before them."""
+    return study.metric_names or study.user_attrs.get("metrics")
 
 
 def budget(space: SweepSpace, trials: int) -> int:
