@@ -15,12 +15,15 @@ import time
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
 from kgc_kd.callbacks.timing import PhaseTimer
+from kgc_kd.chain import tracking
 from kgc_kd.chain.store import ChainStore
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.size import parameter_counts, throughput
+from kgc_kd.runtime.memory import peak_rss_mib
 
 TEST_KEYS = ("mrr", "mr", "hits@1", "hits@3", "hits@10", "tail/mrr", "head/mrr")
 
@@ -32,6 +35,28 @@ def test_metrics(evaluation: dict) -> dict[str, float]:
 
 
 test_metrics.__test__ = False  # a library function, not a test, where a test module imports it
+
+
+def vocab_size(net: BiEncoder) -> int:
+    """The word-pieces the stage's encoders embed (a pruned vocabulary: those kept)."""
+    return len(net.kept_ids or []) or int(net.query_encoder.config.vocab_size)
+
+
+def compression(teacher: dict | None, row: dict) -> dict[str, float | None]:
+    """How many times smaller than the teacher a stage is: the teacher's parameters over the stage's, in total
+    and without embeddings (the teacher: 1)."""
+    teacher = teacher if teacher is not None else row
+    return {k: (round(teacher[k] / row[k], 4) if teacher.get(k) and row.get(k) else None)
+            for k in ("params_total", "params_no_embeddings")}
+
+
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """The process's peaks up to now: resident memory and, on CUDA, memory allocated by torch (neither is
+    reset per stage: other readers, the GPU evidence script among them, take the process's peak)."""
+    out = {"peak_rss_mib": peak_rss_mib()}
+    if device.type == "cuda":
+        out["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return out
 
 
 class StageRecorder(Callback):
@@ -62,9 +87,10 @@ class StageRecorder(Callback):
         name = self.info["name"]
         net: BiEncoder = pl_module.net  # the best checkpoint's weights: the driver tests with ckpt_path="best"
         ev = pl_module.last_eval["test"]
-        row = {**self.info, **self._fit, **parameter_counts(net),
+        row = {"vocab_size": vocab_size(net), **self.info, **self._fit, **parameter_counts(net),
                "temperature": float(1.0 / net.inv_t.detach()),
                "test": test_metrics(ev)}
+        row["compression"] = compression(None if name == "teacher" else self.store.row("teacher"), row)
         timer = next((c for c in trainer.callbacks if isinstance(c, PhaseTimer)), None)
         phases = timer.phases() if timer is not None else {}
         if self.measure_latency:
@@ -79,6 +105,11 @@ class StageRecorder(Callback):
                 self.store.write_predictions(name, dm.kg, ev)
             phases["export"] = round(time.perf_counter() - start, 2)
             row["phases_s"] = phases
+            row.update(peak_memory(next(net.parameters()).device))
+            # the open stage run (W&B): its id, and the export as a model artifact (run.wandb_log_model)
+            run = tracking.stage_recorded(name, row, self.store.export_dir(name), self.info.get("teacher"))
+            if run is not None:
+                row["wandb_run"] = run
             self.store.record(name, row)
 
     def _latency(self, trainer: L.Trainer, net: BiEncoder) -> dict[str, float]:
