@@ -232,6 +232,19 @@ def artifact_name(plan: RunPlan, stage: str) -> str:
     return _artifact_name(f"{data_name(plan.cfg)}-{stage}")
 
 
+# What of an export is not uploaded: the token table linked from the run's cache (predict tokenises once without
+# it; on a large KG it is the biggest file) and predict's entity-vector caches, temporary and replaced files.
+NOT_IN_ARTIFACT = ("token-cache", "entity_vectors-*", "*.tmp", "*.old")
+
+
+def export_files(export_dir: Path) -> list[Path]:
+    """The files of an export that its model artifact holds (`NOT_IN_ARTIFACT` left out), in a stable order."""
+    import fnmatch
+
+    return sorted(p for p in export_dir.rglob("*") if p.is_file()
+                  and not any(fnmatch.fnmatch(p.relative_to(export_dir).parts[0], pat) for pat in NOT_IN_ARTIFACT))
+
+
 def log_export(stage: str, export_dir: Path, teacher: str | None = None) -> dict[str, Any] | None:
     """With `run.wandb_log_model`, the stage's export directory as a `model` artifact of the open stage run
     (aliases: the stage, the run name), its teacher's artifact (logged by this chain) declared as its input
@@ -248,7 +261,8 @@ def log_export(stage: str, export_dir: Path, teacher: str | None = None) -> dict
     art = wandb.Artifact(artifact_name(plan, stage), type="model",
                          description=f"{plan.run_name}: stage {stage}'s export (kgc_kd.predict loads it)",
                          metadata={"stage": stage, "run": plan.run_name, "teacher_artifact": parent_ref})
-    art.add_dir(str(export_dir))
+    for path in export_files(Path(export_dir)):
+        art.add_file(str(path), name=path.relative_to(export_dir).as_posix())
     declared = False
     if parent is not None and not run.offline:
         parent.wait()  # committed: a draft cannot be an input
