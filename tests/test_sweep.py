@@ -127,6 +127,89 @@ def test_a_sweep_killed_mid_trial_is_completed_by_its_rerun_without_retraining_f
     assert [t.state.name for t in study.trials].count("FAIL") == 1
 
 
+def test_a_trials_items_tag_its_wandb_runs_with_the_study_and_the_trial_beside_their_own_tags(tmp_path):
+    from kgc_kd.config import config_hash, load
+    from kgc_kd.sweep.space import load_space
+    from kgc_kd.sweep.trial import trial_items, trial_plan
+
+    space = load_space(_file(tmp_path))
+    items = ["data=synthetic", STAGES, "run.wandb_tags=[mine, study:old]"]
+    tagged = trial_items(space, items, {"stages.0.lr": 0.001}, "tiny", 7)
+    assert tagged[-1] == "run.wandb_tags=[mine, 'study:tiny', 'trial:7']"
+    cfg = load(tagged)[0]
+    assert list(cfg.run.wandb_tags) == ["mine", "study:tiny", "trial:7"] and cfg.run.wandb_group == "tiny"
+    plan = trial_plan(space, items, {"stages.0.lr": 0.001}, "tiny", 7)
+    assert list(plan.cfg.run.wandb_tags) == ["mine", "study:tiny", "trial:7"]
+    # the tags are not what a stage trains: the run name (and every stage key) is the trial number's own
+    assert plan.run_name == trial_plan(space, items, {"stages.0.lr": 0.001}, "tiny", 8).run_name
+    assert config_hash(cfg) == config_hash(load(tagged[:-1])[0])
+
+
+def _records(run_dir: Path) -> list[dict]:
+    """An offline run's records as wandb's own reader prints them (`wandb leet inspect --json`)."""
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    out = subprocess.run([str(wandb_cli), "leet", "inspect", "--json", str(run_dir)], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def _tags(run_dir: Path) -> set[str]:
+    """A run's tags as its last run record has them (a run marked later is recorded again)."""
+    return set([r for r in _records(run_dir) if r.get("type") == "run"][-1]["run"].get("tags", []))
+
+
+@pytest.mark.slow  # a 3-trial sweep with W&B offline, in a process of its own
+def test_a_sweep_with_wandb_names_its_metric_and_each_trials_runs(tmp_path):
+    """`python -m kgc_kd.sweep FILE --trials 3` with run.logger=wandb (offline): the study's metric names are
+    Optuna's (load_study, the optuna CLI); each trial's user attributes name its W&B group and runs, which are the
+    offline runs under its run directory, tagged with the study and the trial; the trials table W&B holds has
+    a number per stage figure; the pruned trial's row says so."""
+    from conftest import save_tiny_plm
+
+    plm = save_tiny_plm(tmp_path / "plm", num_layers=4)
+    root = tmp_path / "runs"
+    items = [i for i in _items(plm, root) if i != "run.logger=csv"] + ["run.logger=wandb"]
+    proc = subprocess.run([sys.executable, "-m", "kgc_kd.sweep", str(_file(tmp_path)), "--trials", "3", "--seed", "3",
+                           *items], env={**os.environ, "WANDB_MODE": "offline"}, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    url = f"sqlite:///{root / 'sweeps' / 'tiny' / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=url)
+    assert study.metric_names == ["last/val_mrr"]
+    cli = subprocess.run([str(Path(sys.executable).with_name("optuna")), "trials", "--study-name", "tiny", "--storage",
+                          url, "-f", "json"], capture_output=True, text=True, timeout=120, check=True)
+    assert all(set(row["value"]) == {"last/val_mrr"} for row in json.loads(cli.stdout))
+
+    offline = {p.name.rsplit("-", 1)[1]: p for p in root.glob("*/wandb/offline-run-*")}
+    for t in study.trials:
+        assert t.user_attrs["wandb_group"] == "tiny" and t.user_attrs["wandb_project"] == "kgc-kd"
+        runs, run_dir = t.user_attrs["wandb_runs"], Path(t.user_attrs["run_dir"])
+        trained = [s["name"] for s in t.user_attrs["stages"] if not s["reused"]]
+        assert trained and set(trained) <= set(runs), (t.number, runs)
+        assert set(runs.values()) <= set(offline)  # every id is an offline run of the sweep
+        for stage in trained:  # this trial's own runs: under its run directory, tagged with the study and trial
+            assert offline[runs[stage]].parent.parent == run_dir
+            assert {"study:tiny", f"trial:{t.number}"} <= _tags(offline[runs[stage]])
+        assert offline[t.user_attrs["wandb_report_run"]].parent.parent == run_dir  # the chain's report run
+        assert {"study:tiny", f"trial:{t.number}"} <= _tags(offline[t.user_attrs["wandb_report_run"]])
+    (pruned,) = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    runs = pruned.user_attrs["wandb_runs"]
+    assert "a" in runs and "b" not in runs  # its last stage's run, named before the pruner stopped it; no other's
+    for run in (runs["a"], pruned.user_attrs["wandb_report_run"]):  # marked pruned (the driver, on TrialPruned)
+        assert "pruned" in _tags(offline[run])
+        assert any(r.get("summary", {}).get("update", {}).get("outcome") == "pruned" for r in _records(offline[run]))
+
+    (table,) = (root / "sweeps" / "tiny" / "wandb").glob("offline-run-*/files/media/**/*.table.json")
+    table = json.loads(table.read_text())
+    rows = {r["trial"]: r for r in (dict(zip(table["columns"], row)) for row in table["data"])}
+    assert rows[pruned.number]["state"] == "pruned" and rows[pruned.number]["pruned_at"] == "a"
+    assert isinstance(rows[pruned.number]["a/val_mrr"], float) and rows[pruned.number]["b/val_mrr"] is None
+    best = study.best_trial
+    assert rows[best.number]["value/last/val_mrr"] == best.value == rows[best.number]["b/val_mrr"]
+    assert rows[best.number]["wandb_group"] == "tiny" and rows[best.number]["b/wandb_run"] == best.user_attrs[
+        "wandb_runs"]["b"]
+
+
 # ---- the command line ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("change, options, named", [
     ({"name": "../../x"}, [], "name='../../x'"),  # the file's name: the study's directory would leave run.root

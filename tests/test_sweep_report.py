@@ -20,12 +20,13 @@ def _stages(*vals):
 
 def _study(directions=("maximize",)):
     study = optuna.create_study(directions=list(directions))
-    add = lambda state, alpha, values, stages, steps=None: study.add_trial(create_trial(  # noqa: E731
+    add = lambda state, alpha, values, stages, steps=None, wandb={}: study.add_trial(create_trial(  # noqa: E731
         state=state, params={"distill.alpha": alpha}, distributions=D, values=values,
         user_attrs={"stages": stages, "seconds": 1.0, "run_dir": f"runs/t{alpha}",
-                    "items": [f"distill.alpha={alpha}", "data=nations"]},
+                    "items": [f"distill.alpha={alpha}", "data=nations"], **wandb},
         intermediate_values=steps))
-    add(TrialState.COMPLETE, 0.1, [0.30] * len(directions), _stages(0.5, 0.40, 0.30))
+    add(TrialState.COMPLETE, 0.1, [0.30] * len(directions), _stages(0.5, 0.40, 0.30),
+        wandb={"wandb_group": "s", "wandb_runs": {"a": "r0a", "b": "r0b"}, "wandb_report_run": "r0r"})
     add(TrialState.COMPLETE, 0.2, [0.34] * len(directions), _stages(0.5, 0.44, 0.34))
     add(TrialState.PRUNED, 0.3, None, _stages(0.5, 0.20), {1: 0.20})
     add(TrialState.FAIL, 0.4, None, [])
@@ -68,3 +69,28 @@ def test_write_outputs_writes_the_files_and_a_pareto_front_for_two_metrics(tmp_p
     assert {p.name for p in (tmp_path / "out").iterdir()} >= {"trials.json", "trials.md", "best.yaml", "pareto.png"}
     assert summary["counts"] == {"complete": 2, "pruned": 1, "fail": 1}
     assert "distill:\n  alpha:" in (tmp_path / "out" / "best.yaml").read_text()
+
+
+def test_trials_csv_has_one_numeric_column_per_metric_and_per_stage_figure(tmp_path):
+    """trials.csv (and the W&B table, the same flat_table): numbers a plot can use, the state a word, the W&B runs."""
+    import csv
+
+    write_outputs(_study(), _space(tmp_path), tmp_path / "out", ["teacher", "a", "b"])
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert list(rows[0])[:7] == ["rank", "trial", "state", "best", "pruned_at", "retry_of", "distill.alpha"]
+    assert {"value/last/val_mrr", "teacher/val_mrr", "a/test_mrr", "b/val_mrr", "b/params_total", "wandb_group",
+            "wandb_report_run"} <= set(rows[0])
+    first, second, pruned, failed = rows
+    assert (first["trial"], first["state"], first["best"]) == ("1", "complete", "True")
+    assert float(first["value/last/val_mrr"]) == 0.34 and float(first["a/val_mrr"]) == 0.44
+    assert float(first["b/test_mrr"]) == 0.17
+    assert (second["wandb_group"], second["wandb_report_run"]) == ("s", "r0r")
+    assert (pruned["state"], pruned["pruned_at"], pruned["value/last/val_mrr"], pruned["b/val_mrr"]) == (
+        "pruned", "a", "", "")
+    assert float(pruned["a/val_mrr"]) == 0.20 and failed["state"] == "fail"
+
+
+def test_a_trials_record_names_its_wandb_runs():
+    records = {r["number"]: r for r in ranked(_study())}
+    assert records[0]["wandb_runs"] == {"a": "r0a", "b": "r0b"} and records[0]["wandb_report_run"] == "r0r"
+    assert "wandb_runs" not in records[1]

@@ -1,6 +1,6 @@
-"""What a sweep leaves in `<run.root>/sweeps/<study>/`: trials.json and trials.md (every trial: parameters,
-each stage's validation and test MRR, state, seconds; ranked by the sweep's metric, which is validation
-only), best.yaml (the best trial's resolved config, which `python -m kgc_kd.fit config=best.yaml` runs),
+"""What a sweep leaves in `<run.root>/sweeps/<study>/`: trials.json, trials.md and trials.csv (every trial:
+parameters, each stage's validation and test MRR, state, seconds, its W&B runs; ranked by the sweep's metric,
+which is validation only; trials.csv and the W&B table one typed column per figure, `flat_table`), best.yaml (the best trial's resolved config, which `python -m kgc_kd.fit config=best.yaml` runs),
 the plots (optimisation history, parameter importances; the Pareto front of a multi-objective study) and
 the W&B table run of the study's group."""
 
@@ -20,6 +20,10 @@ from kgc_kd.sweep.space import SweepSpace
 from kgc_kd.sweep.study import metric_names, retried_numbers
 
 
+WANDB_ATTRS = ("wandb_project", "wandb_group", "wandb_runs", "wandb_report_run")  # a trial's W&B runs (trial.py)
+STAGE_FIGURES = ("val_mrr", "test_mrr", "params_total")  # a stage's figures in the flat table, one column each
+
+
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """A trial as trials.json holds it; `values` only for a complete trial (Optuna gives a pruned one its last
     reported grade's value, which is not the sweep's metric)."""
@@ -27,7 +31,8 @@ def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
             "values": t.values if t.state == TrialState.COMPLETE else None, "stages": t.user_attrs.get("stages", []), "seconds": t.user_attrs.get("seconds"),
             "pruned_at": (max(t.intermediate_values) if t.state == TrialState.PRUNED and t.intermediate_values else None),
             "retry_of": t.system_attrs.get("failed_trial"), "run_dir": t.user_attrs.get("run_dir"),
-            "items": t.user_attrs.get("items", [])}
+            "items": t.user_attrs.get("items", []),
+            **{k: t.user_attrs[k] for k in WANDB_ATTRS if k in t.user_attrs}}
 
 
 def best_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -93,6 +98,43 @@ def trials_table(space: SweepSpace, records: list[dict[str, Any]], stage_names: 
     return "\n".join(lines)
 
 
+def flat_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The trials as one row each with typed columns, for trials.csv and the W&B trials table: `rank`, `trial`
+    (int), `state` (complete | pruned | fail), `best`, `pruned_at` (the stage), `retry_of`, one column per
+    parameter, `value/<metric>` per metric (a complete trial's), `<stage>/<figure>` per stage and figure
+    (val_mrr, test_mrr, params_total: numbers, empty where the trial did not reach the stage), `seconds`,
+    `run_dir`, its W&B group and report run, and `<stage>/wandb_run` (the id of the run that trained the stage)."""
+    stage_names = summary["stage_names"]
+    metrics = [m["name"] for m in summary["metrics"]]
+    params = list(dict.fromkeys(k for t in summary["trials"] for k in t["params"]))
+    columns = ["rank", "trial", "state", "best", "pruned_at", "retry_of", *params, *(f"value/{m}" for m in metrics),
+               *(f"{s}/{f}" for s in stage_names for f in STAGE_FIGURES), "seconds", "run_dir", "wandb_group",
+               "wandb_report_run", *(f"{s}/wandb_run" for s in stage_names)]
+    rows = []
+    for rank, t in enumerate(summary["trials"], 1):
+        st = {s["name"]: s for s in t["stages"]}
+        values = t["values"] or [None] * len(metrics)
+        rows.append([rank, t["number"], t["state"], bool(t.get("best")),
+                     None if t["pruned_at"] is None else stage_names[t["pruned_at"]], t["retry_of"],
+                     *(t["params"].get(p) for p in params), *values,
+                     *(st.get(s, {}).get(f) for s in stage_names for f in STAGE_FIGURES), t["seconds"], t["run_dir"],
+                     t.get("wandb_group"), t.get("wandb_report_run"),
+                     *((t.get("wandb_runs") or {}).get(s) for s in stage_names)])
+    return columns, rows
+
+
+def trials_csv(summary: dict[str, Any]) -> str:
+    import csv
+    import io
+
+    columns, rows = flat_table(summary)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return buf.getvalue()
+
+
 def best_yaml(trial: dict[str, Any]) -> str:
     """The best trial's resolved config (as `fit --print-config` prints it), without the trial's run name."""
     from omegaconf import OmegaConf
@@ -140,6 +182,7 @@ def write_outputs(study: optuna.Study, space: SweepSpace, out: Path, stage_names
     records = ranked(study)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"study": study.study_name, "metrics": [m.__dict__ for m in space.metrics], "method": space.method,
+               "stage_names": list(stage_names),
                "counts": {s: sum(r["state"] == s for r in records) for s in ("complete", "pruned", "fail")},
                "grade_medians": grade_medians(records), "trials": records}
     best = [r for r in records if r.get("best")]
@@ -149,6 +192,7 @@ def write_outputs(study: optuna.Study, space: SweepSpace, out: Path, stage_names
                            "config": str(out / "best.yaml")}
     summary["plots"] = plots(study, out)
     write_json_atomic(out / "trials.json", summary)
+    write_text_atomic(out / "trials.csv", trials_csv(summary))
     table = trials_table(space, records, stage_names)
     write_text_atomic(out / "trials.md", f"# Sweep {study.study_name}\n\n{table}\n")
     return summary

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from kgc_kd.chain.tracking import wandb_mode
+from kgc_kd.sweep.report import flat_table
 
 
 def log_sweep(cfg: DictConfig, out_dir: Path, study: str, summary: dict) -> None:
@@ -15,14 +16,10 @@ def log_sweep(cfg: DictConfig, out_dir: Path, study: str, summary: dict) -> None
 
     run = wandb.init(project=cfg.run.wandb_project, entity=cfg.run.wandb_entity, group=study, name=f"{study}/trials",
                      job_type="sweep", dir=str(out_dir), mode=wandb_mode(), reinit="finish_previous",
+                     tags=[*cfg.run.wandb_tags, f"study:{study}"],
                      config={"study": study, "metrics": summary["metrics"], "method": summary["method"]})
-    params = sorted({k for t in summary["trials"] for k in t["params"]})
-    table = wandb.Table(columns=["trial", "state", *params, "values", "stages", "seconds"])
-    for t in summary["trials"]:
-        stages = "; ".join(f"{s['name']} val {s['val_mrr']:.4f} test {s['test_mrr']:.4f}" for s in t["stages"]
-                           if s.get("val_mrr") is not None)
-        table.add_data(t["number"], t["state"], *(t["params"].get(p) for p in params), str(t["values"]), stages,
-                       t["seconds"])
+    columns, rows = flat_table(summary)  # numbers W&B can plot: one column per metric and per stage figure
+    table = wandb.Table(columns=columns, data=rows)
     payload = {"sweep/trials": table}
     for png in sorted(out_dir.glob("*.png")):
         payload[f"sweep/{png.stem}"] = wandb.Image(str(png))
