@@ -14,8 +14,7 @@ def test_offline_wandb_writes_one_run_per_stage_and_a_report(tmp_path, plm4):
     subprocess.run([sys.executable, "-m", "kgc_kd.fit", "data=synthetic", f"model.plm={plm4}", "trainer.max_epochs=1", "trainer.accelerator=cpu",
               "data.batch_size=8", "data.max_length=24", f"run.root={tmp_path / 'runs'}", "run.name=wb",
               "run.logger=wandb", "trainer.enable_progress_bar=false", "eval.untrained_baseline=false",
-              "stages=[{name: s2, layers: 2}]", "teacher.epochs=1", "trainer.limit_train_batches=2",
-              "trainer.limit_val_batches=1"], env=env, check=True, capture_output=True, timeout=300)
+              "stages=[{name: s2, layers: 2}]", "teacher.epochs=1"], env=env, check=True, capture_output=True, timeout=300)
     # Directory names hold a timestamp to the second and a random id: runs started within one second sort in
     # random order, so each run is found by its name inside its records.
     runs = list((tmp_path / "runs" / "wb" / "wandb").glob("offline-run-*"))
