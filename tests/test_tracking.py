@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,19 +16,16 @@ def test_offline_wandb_writes_one_run_per_stage_and_a_report(tmp_path, plm4):
               "data.batch_size=8", "data.max_length=24", f"run.root={tmp_path / 'runs'}", "run.name=wb",
               "run.logger=wandb", "trainer.enable_progress_bar=false", "eval.untrained_baseline=false",
               "stages=[{name: s2, layers: 2}]", "teacher.epochs=1"], env=env, check=True, capture_output=True, timeout=300)
-    # Directory names hold a timestamp to the second and a random id: runs started within one second sort in
-    # random order, so each run is found by its name inside its records.
-    runs = list((tmp_path / "runs" / "wb" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 3  # teacher, s2, report
-    records = {r: next(r.glob("run-*.wandb")).read_bytes() for r in runs}
-    by_name = {}
-    for name in ("wb/teacher", "wb/s2"):  # the run's name; each stage is its own run in group "wb"
-        (by_name[name],) = [r for r, data in records.items() if name.encode() in data]
-        for key in (b"train/loss", b"val/mrr", b"test/mrr"):
-            assert key in records[by_name[name]]
-    assert b"train/score" in records[by_name["wb/s2"]] and b"train/score" not in records[by_name["wb/teacher"]]
-    (report_run,) = set(runs) - set(by_name.values())
-    report = report_run / "files" / "media"
+    # each stage is its own run in group "wb", named `<run name>/<stage>`, read back with wandb's own reader
+    runs = runs_by_name(tmp_path / "runs" / "wb" / "wandb")
+    assert set(runs) == {"wb/teacher", "wb/s2", "wb/report"}
+    logged = {}
+    for name in ("wb/teacher", "wb/s2"):
+        assert runs[name]["summary"]["state"] == "finished"
+        logged[name] = {k for r in runs[name]["records"] if r["type"] == "history" for k in r["history"]["item"]}
+        assert {"train/loss", "val/mrr", "test/mrr"} <= logged[name]
+    assert "train/score" in logged["wb/s2"] and "train/score" not in logged["wb/teacher"]
+    report = Path(runs["wb/report"]["summary"]["file"]).parent / "files" / "media"
     (table,) = list(report.rglob("*.table.json"))
     rows = json.loads(table.read_text())["data"]
     assert [r[0] for r in rows] == ["teacher", "s2"]
