@@ -110,7 +110,8 @@ def test_stage_runs_hold_tags_sizes_timings_and_the_best_val_mrr(logged_chain):
     assert runs["wbc/teacher"]["summary"]["summary"]["compression/params_total"] == 1
     assert runs["wbc/s2"]["summary"]["summary"]["compression/params_total"] == pytest.approx(
         teacher["params_total"] / student["params_total"], rel=1e-3)
-    assert set(runs["wbc/report"]["summary"]["tags"]) == {"data:synthetic", "objective:mgd", "seed:7", "study:st", "trial:3"}
+    assert set(runs["wbc/report"]["summary"]["tags"]) == {"data:synthetic", "objective:mgd", "seed:7", "study:st",
+                                                          "trial:3"}
 
 
 def test_each_stage_export_is_a_model_artifact_naming_its_teacher(logged_chain):
@@ -135,7 +136,8 @@ from kgc_kd.chain import tracking
 from kgc_kd.chain.plan import plan_config
 from kgc_kd.config import load_config
 
-plan = plan_config(load_config(["data=synthetic", f"run.root={sys.argv[1]}", "run.name=fin", "run.wandb_tags=[trial:1]"]))
+items = ["data=synthetic", f"run.root={sys.argv[1]}", "run.name=fin", "run.wandb_tags=[trial:1]"]
+plan = plan_config(load_config(items))
 report = wandb.init(**tracking.init_kwargs(plan, "report", "report", {}))  # open beside the stage runs
 tracking.stage_logger(plan, "teacher", {})
 tracking.finish_open_stage({"name": "teacher", "params_total": 10, "layers": 4, "phases_s": {"train": 1.5}})

@@ -71,7 +71,8 @@ def objective_name(cfg) -> str:
     own = resolved(to_plain(cfg.distill))
     for name in presets("distill"):
         try:
-            preset = OmegaConf.merge(OmegaConf.structured(ObjectiveCfg), OmegaConf.load(conf_dir() / "distill" / f"{name}.yaml"))
+            loaded = OmegaConf.load(conf_dir() / "distill" / f"{name}.yaml")
+            preset = OmegaConf.merge(OmegaConf.structured(ObjectiveCfg), loaded)
         except Exception:  # a preset that does not load is not this one
             continue
         if own is not None and resolved(to_plain(preset)) == own:
