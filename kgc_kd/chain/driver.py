@@ -112,7 +112,8 @@ def _fit_and_test(trainer: L.Trainer, module: L.LightningModule, dm: KGDataModul
     trainer.strategy.barrier("kgc_kd.remove_hpc_checkpoints")
     best = trainer.checkpoint_callback.best_model_path
     trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-    tracking.finish_stage(trainer)  # one W&B run per stage: a reused run would drop the next stage's steps
+    if not hasattr(tracking, "finish_open_stage"):  # else run_chain finishes it, once on_stage has seen the stage
+        tracking.finish_stage(trainer)  # one W&B run per stage: a reused run would drop the next stage's steps
 
 
 def _optim(cfg: DictConfig, lr: float | None) -> dict:
@@ -358,13 +359,37 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     chain = open_chain(plan, tokenizer, writes=is_zero)
+    # The report run (under `wandb agent`: the agent's run) is open during the chain and gets a step per stage.
+    # Before tracking finished only its own stage runs, a stage run's start finished every open run: then it
+    # opens at the end.
+    report = is_zero and (cfg.run.logger == "wandb" or wandb_report.under_agent())
+    if report:
+        wandb_report.open_report(plan, now=cfg.run.logger != "wandb" or hasattr(tracking, "finish_open_stage"))
     teacher = CurrentTeacher()  # the frozen bi-encoder each next stage learns from
-    untrained = run_teacher(plan, dm, chain, teacher, encoder)
-    for i, name in enumerate(plan.stage_names):
-        if i:
-            run_student(plan, dm, chain, teacher, i - 1)
-        if on_stage is not None:
-            on_stage(i, chain.row(name))
+    done: list[dict] = []
+    try:
+        untrained = run_teacher(plan, dm, chain, teacher, encoder)
+        for i, name in enumerate(plan.stage_names):
+            if i:
+                run_student(plan, dm, chain, teacher, i - 1)
+            row = chain.row(name)
+            done.append(row)
+            if report:
+                wandb_report.log_stage(i, row)
+            if on_stage is not None:
+                try:
+                    on_stage(i, row)
+                except BaseException as err:
+                    outcome = "pruned" if _is_pruned(err) else "stopped"
+                    _finish_open_stage(row, outcome)
+                    if report:
+                        wandb_report.finish_report(plan, done, outcome)
+                    raise
+            _finish_open_stage(row)
+    except BaseException:
+        if report and wandb_report.is_open():  # a failed or interrupted stage: the run keeps the stages done
+            wandb_report.finish_report(plan, [r for r in done if r is not None], "stopped")
+        raise
 
     rows = [r for r in chain.rows() if r["name"] in plan.stage_names]  # not a stage an earlier config had here
     if is_zero:
@@ -377,6 +402,22 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
     if is_zero:
         summary = write_report(run_dir, result)
         print(summary, flush=True)
-        if cfg.run.logger == "wandb" or wandb_report.under_agent():
-            wandb_report.log_report(plan, result)
+        if report:
+            wandb_report.finish_report(plan, rows)
     return result
+
+
+def _is_pruned(err: BaseException) -> bool:
+    """`on_stage` pruned the chain (optuna.TrialPruned, or a class of that name where optuna is absent)."""
+    try:
+        from optuna import TrialPruned
+    except ImportError:
+        return type(err).__name__ == "TrialPruned"
+    return isinstance(err, TrialPruned)
+
+
+def _finish_open_stage(row: dict | None, outcome: str | None = None) -> None:
+    """The stage's W&B run ends once `on_stage` has seen the stage (a pruner marks it: `outcome`)."""
+    finish = getattr(tracking, "finish_open_stage", None)
+    if finish is not None:
+        finish(row, outcome=outcome)
