@@ -1,8 +1,9 @@
 """What a sweep leaves in `<run.root>/sweeps/<study>/`: trials.json, trials.md and trials.csv (every trial:
 parameters, each stage's validation and test MRR, state, seconds, its W&B runs; ranked by the sweep's metric,
-which is validation only; trials.csv and the W&B table one typed column per figure, `flat_table`), best.yaml (the best trial's resolved config, which `python -m kgc_kd.fit config=best.yaml` runs),
-the plots (optimisation history, parameter importances; the Pareto front of a multi-objective study) and
-the W&B table run of the study's group."""
+which is validation only; trials.csv and the W&B table one typed column per figure, `flat_table`), best.yaml
+(the best trial's resolved config, which `python -m kgc_kd.fit config=best.yaml` runs), the plots (optimisation
+history, parameter importances; the Pareto front of a multi-objective study) and the W&B table run of the
+study's group."""
 
 from __future__ import annotations
 
@@ -27,9 +28,10 @@ STAGE_FIGURES = ("val_mrr", "test_mrr", "params_total")  # a stage's figures in 
 def trial_record(t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     """A trial as trials.json holds it; `values` only for a complete trial (Optuna gives a pruned one its last
     reported grade's value, which is not the sweep's metric)."""
+    pruned = t.state == TrialState.PRUNED and t.intermediate_values
     return {"number": t.number, "state": t.state.name.lower(), "params": t.params,
-            "values": t.values if t.state == TrialState.COMPLETE else None, "stages": t.user_attrs.get("stages", []), "seconds": t.user_attrs.get("seconds"),
-            "pruned_at": (max(t.intermediate_values) if t.state == TrialState.PRUNED and t.intermediate_values else None),
+            "values": t.values if t.state == TrialState.COMPLETE else None, "stages": t.user_attrs.get("stages", []),
+            "seconds": t.user_attrs.get("seconds"), "pruned_at": max(t.intermediate_values) if pruned else None,
             "retry_of": t.system_attrs.get("failed_trial"), "run_dir": t.user_attrs.get("run_dir"),
             "items": t.user_attrs.get("items", []),
             **{k: t.user_attrs[k] for k in WANDB_ATTRS if k in t.user_attrs}}
@@ -117,8 +119,8 @@ def flat_table(summary: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         rows.append([rank, t["number"], t["state"], bool(t.get("best")),
                      None if t["pruned_at"] is None else stage_names[t["pruned_at"]], t["retry_of"],
                      *(t["params"].get(p) for p in params), *values,
-                     *(st.get(s, {}).get(f) for s in stage_names for f in STAGE_FIGURES), t["seconds"], t["run_dir"],
-                     t.get("wandb_group"), t.get("wandb_report_run"),
+                     *(st.get(s, {}).get(f) for s in stage_names for f in STAGE_FIGURES), t["seconds"],
+                     t["run_dir"], t.get("wandb_group"), t.get("wandb_report_run"),
                      *((t.get("wandb_runs") or {}).get(s) for s in stage_names)])
     return columns, rows
 
