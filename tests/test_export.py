@@ -5,6 +5,7 @@ of one KG sharing its files."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,3 +163,17 @@ def test_an_export_outside_its_root_is_refused_before_anything_is_written(tmp_pa
         with pytest.raises(OutsideRoot, match="lies outside its root"):
             StageExporter().export(final, _net(), KG, max_length=24, link_graph=False, root=root)
     assert list(outside.iterdir()) == []
+
+
+def test_paths_relative_to_the_working_directory_export_where_they_say(tmp_path, monkeypatch):
+    """`run.root=runs` (relative, as `make smoke` runs it): the export and its root are relative to the working
+    directory, so the export lands at runs/stage-store/s-k/export, not under a second runs/ inside the root; a second
+    export replaces it there."""
+    monkeypatch.chdir(tmp_path)
+    exporter = StageExporter()
+    for seed in (1, 2):
+        exporter.export(Path("runs/stage-store/s-k/export"), _net(seed), KG, max_length=24, link_graph=False,
+                        root=Path("runs"))
+        assert (tmp_path / "runs" / "stage-store" / "s-k" / "export" / "biencoder.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir() and p.name == "runs") == []
+    assert sorted(p.name for p in (tmp_path / "runs" / "stage-store" / "s-k").iterdir()) == ["export"]

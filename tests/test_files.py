@@ -113,6 +113,19 @@ def test_remove_unlinks_a_symbolic_link_never_its_target(tmp_path):
     assert list(root.iterdir()) == [] and (victim / "sub" / "keep.txt").read_text() == "theirs"
 
 
+def test_remove_and_clear_read_relative_paths_from_the_working_directory(tmp_path, monkeypatch):
+    """A relative run.root (`run.root=runs`): the path to remove and its root are both relative to the working
+    directory, never the path to the root."""
+    from kgc_kd.runtime.files import clear_temporaries, remove
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "s" / "x.tmp").mkdir(parents=True)
+    (tmp_path / "runs" / "s" / "old").write_text("old")
+    assert remove(Path("runs/s/old"), Path("runs"), "an old file") and not (tmp_path / "runs" / "s" / "old").exists()
+    assert clear_temporaries(Path("runs/s"), Path("runs")) == [Path("runs/s/x.tmp")]
+    assert list((tmp_path / "runs" / "s").iterdir()) == []
+
+
 def test_remove_deletes_a_tree_without_following_the_links_inside_it(tmp_path):
     from kgc_kd.runtime.files import remove
 

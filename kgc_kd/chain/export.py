@@ -43,7 +43,7 @@ class StageExporter:
         directory the export must lie in (default: the directory holding `final`); OutsideRoot before anything
         is written otherwise."""
         root = Path(root) if root is not None else Path(final).parent
-        final = confined(root, Path(final).parent, "the export's directory") / Path(final).name
+        final = confined(root, Path(final).parent.absolute(), "the export's directory") / Path(final).name
         tmp = _fresh(final.with_name(final.name + ".tmp"), root)
         _save_net(net, tmp, self.tokenizer)
         save_kg(kg, tmp, parts_from=self._kg_files_of(kg), max_length=max_length,

@@ -64,7 +64,8 @@ class OutsideRoot(ValueError):
 
 def confined(root: str | Path, path: str | Path, what: str) -> Path:
     """`path` (relative to `root`, or absolute) resolved, symbolic links followed, and checked to lie inside
-    `root` (resolved too); OutsideRoot names `what` and both paths otherwise. Returns the resolved path."""
+    `root` (resolved too); OutsideRoot names `what` and both paths otherwise. Returns the resolved path. A path
+    relative to the working directory (not to `root`) must be made absolute first (`Path.absolute()`)."""
     base = Path(root).expanduser().resolve()
     target = (base / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
     if target != base and base not in target.parents:
@@ -79,7 +80,7 @@ def remove(path: str | Path, root: str | Path, what: str, ignore_errors: bool = 
     The directory holding `path` is resolved (symbolic links followed) and must lie inside `root`: OutsideRoot,
     naming `what`, before anything is removed otherwise (the root itself is never removed). `ignore_errors`:
     an OSError while removing (a file of another user) leaves what could not be removed, silently."""
-    path = Path(path)
+    path = Path(path).absolute()  # relative to the working directory, like every path handed in here
     parent = confined(root, path.parent, what)
     target = parent / path.name
     if path.name in ("", ".", ".."):
@@ -110,7 +111,7 @@ def clear_temporaries(directory: str | Path, root: str | Path) -> list[Path]:
     only where no other process writes (under the lock of what `directory` holds). Returns what was removed;
     what cannot be removed (another user's file) is left."""
     directory = Path(directory)
-    confined(root, directory, "the directory to clear of temporaries")
+    confined(root, Path(directory).absolute(), "the directory to clear of temporaries")
     removed = []
     for here, dirs, files in os.walk(directory, followlinks=False):
         for name in [*dirs, *files]:
