@@ -10,8 +10,11 @@ from kgc_kd.chain import tracking
 
 
 def test_offline_wandb_writes_one_run_per_stage_and_a_report(tmp_path, plm4):
-    # a fresh process: wandb keeps process-wide state from the disabled-mode runs of other tests
-    env = {**os.environ, "WANDB_MODE": "offline"}
+    """As a new user runs it: no WANDB_MODE and no API key (HOME and NETRC without one), so the runs are offline by
+    kgc-kd's default (`tracking.wandb_mode`), not by the environment. A fresh process: wandb keeps process-wide
+    state from the disabled-mode runs of other tests."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}, "HOME": str(tmp_path),
+           "NETRC": str(tmp_path / ".netrc")}
     subprocess.run([sys.executable, "-m", "kgc_kd.fit", "data=synthetic", f"model.plm={plm4}", "trainer.max_epochs=1", "trainer.accelerator=cpu",
               "data.batch_size=8", "data.max_length=24", f"run.root={tmp_path / 'runs'}", "run.name=wb",
               "run.logger=wandb", "trainer.enable_progress_bar=false", "eval.untrained_baseline=false",

@@ -133,7 +133,10 @@ def stage_logger(plan: RunPlan, stage: str, info: dict):
     kw = init_kwargs(plan, stage, stage, info)
     kw["tags"] = run_tags(plan, stage)
     kw.pop("dir")
-    logger = WandbLogger(save_dir=str(plan.run_dir), log_model=False, offline=kw.pop("mode") == "offline", **kw)
+    # the mode goes to wandb.init as it is; WandbLogger(offline=True) would set WANDB_MODE=dryrun process-wide, which
+    # wandb 0.31 does not read as offline for the runs opened after it (the open report run's, a new stage's):
+    # they then ask for an API key
+    logger = WandbLogger(save_dir=str(plan.run_dir), log_model=False, offline=False, **kw)
     run = logger.experiment  # created here (rank zero; elsewhere a stand-in): its axes, tags and id known now
     from wandb.sdk.wandb_run import Run
 
