@@ -119,9 +119,13 @@ def agent_start(tmp_path: Path, sweep_file: Path, run_id: str, items: list[str],
 
 def engine_run(run: dict):
     """The run as W&B's backend hands it to the engine: every top-level config key as {value: v}."""
+    import copy
+
     config = {k: {"value": v} for k, v in run["summary"]["config"].items()}
+    # by the backend's names (summaryMetrics, sampledHistory): the only ones sweeps 0.2 reads under pydantic 2
     return sweeps.SweepRun(name=run["summary"]["run_id"], state=sweeps.RunState.finished, config=config,
-                           summary_metrics=run["summary"]["summary"], history=run["history"])
+                           summaryMetrics=copy.deepcopy(run["summary"]["summary"]),
+                           sampledHistory=copy.deepcopy(run["history"]))
 
 
 TINY = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=2", "trainer.max_epochs=1",
@@ -141,6 +145,18 @@ def test_the_agents_run_feeds_wandbs_sweep_engine(tmp_path, plm4, caplog, sweep_
 
     (run_dir,) = [r for r in offline_runs(tmp_path / "runs" / "agent" / "wandb") if r.name.endswith("-agentrun1")]
     run = read_run(run_dir)
+    caplog.set_level(logging.DEBUG)  # W&B's engine, fed the run, proposes the next one and misses no parameter
+    seen = engine_run(run)
+    assert seen.summary_metrics and seen.history  # the engine sees the run's figures
+    following = sweeps.next_run(spec, [seen], validate=True)
+    engine_log = caplog.text
+    assert "does not contain parameter" not in engine_log and "not found in config" not in engine_log, engine_log
+    assert following is not None and set(following.config) == set(spec["parameters"])
+    if spec["method"] == "grid":  # the grid's next point is another one than the run's
+        assert {k: v["value"] for k, v in following.config.items()} != {k: v["value"] for k, v in args.items()}
+    # hyperband's view: `last/val_mrr` has a value per grade, so `early_terminate` can stop between grades
+    assert len(engine_run(run).metric_history("last/val_mrr", filter_invalid=True)) == 3
+
     summary = run["summary"]
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     assert run["run"]["sweep_id"] == f"swp{Path(sweep_file).stem.replace('_', '')[:8]}"
@@ -157,10 +173,40 @@ def test_the_agents_run_feeds_wandbs_sweep_engine(tmp_path, plm4, caplog, sweep_
         assert steps[i][f"{name}/val_mrr"] == steps[i]["stage/val_mrr"]
     assert steps[2]["pmd2/val_mrr"] == summary["summary"]["pmd2/val_mrr"]  # the sweep's metric, as the grade ends
 
-    caplog.set_level(logging.DEBUG)
-    following = sweeps.next_run(spec, [engine_run(run)], validate=True)
-    engine_log = caplog.text
-    assert "does not contain parameter" not in engine_log and "not found in config" not in engine_log, engine_log
-    assert following is not None and set(following.config) == set(spec["parameters"])
-    if spec["method"] == "grid":  # the grid's next point is another one than the run's
-        assert {k: v["value"] for k, v in following.config.items()} != {k: v["value"] for k, v in args.items()}
+
+
+def test_a_chain_the_agent_stops_keeps_its_finished_stages_and_its_run_says_stopped(tmp_path, plm4):
+    """The agent stops a run with SIGTERM (early_terminate, `wandb sweep --stop`): sent while pmd6 trains, the
+    chain exits 143 with pmd6's last.ckpt saved, the teacher stays in the stage store, and the agent's run ends
+    with the teacher's step, marked `stopped`."""
+    import signal
+    import time
+
+    from wandb.sdk.lib.config_util import save_config_file_from_dict
+
+    param_path = tmp_path / "wandb" / "sweep-swpstop" / "config-stoprun.yaml"
+    save_config_file_from_dict(str(param_path), {"distill.alpha": {"value": 0.2}})
+    root = tmp_path / "runs"
+    argv = [sys.executable, "-m", "kgc_kd.fit", f"model.plm={plm4}", f"run.root={root}", "run.name=stop",
+            "run.logger=csv", "data=synthetic", "stages=[{name: pmd6, layers: 2, epochs: 200}]", *TINY,
+            "distill.alpha=0.2"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SWEEP_ID": "swpstop", "WANDB_RUN_ID": "stoprun",
+           "WANDB_SWEEP_PARAM_PATH": str(param_path)}
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(root.glob("stage-store/pmd6-*/checkpoints/last.ckpt")):  # pmd6 is training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out[-3000:]
+    assert list(root.glob("stage-store/teacher-*/export/biencoder.json"))
+    (run_dir,) = [r for r in offline_runs(root / "stop" / "wandb") if r.name.endswith("-stoprun")]
+    run = read_run(run_dir)
+    assert run["summary"]["summary"]["outcome"] == "stopped" and "stopped" in run["summary"]["tags"]
+    assert [h["_step"] for h in run["history"] if "stage/index" in h] == [0]
+    assert run["summary"]["config"]["distill.alpha"] == 0.2
