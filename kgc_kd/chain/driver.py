@@ -112,8 +112,6 @@ def _fit_and_test(trainer: L.Trainer, module: L.LightningModule, dm: KGDataModul
     trainer.strategy.barrier("kgc_kd.remove_hpc_checkpoints")
     best = trainer.checkpoint_callback.best_model_path
     trainer.test(module, datamodule=dm, ckpt_path=best or None, verbose=False)
-    if not hasattr(tracking, "finish_open_stage"):  # else run_chain finishes it, once on_stage has seen the stage
-        tracking.finish_stage(trainer)  # one W&B run per stage: a reused run would drop the next stage's steps
 
 
 def _optim(cfg: DictConfig, lr: float | None) -> dict:
@@ -359,12 +357,11 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
         write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     chain = open_chain(plan, tokenizer, writes=is_zero)
-    # The report run (under `wandb agent`: the agent's run) is open during the chain and gets a step per stage.
-    # Before tracking finished only its own stage runs, a stage run's start finished every open run: then it
-    # opens at the end.
+    # The report run (under `wandb agent`: the agent's run) is open during the chain and gets a step per stage;
+    # a stage's W&B run ends once on_stage has seen the stage (a pruner marks it).
     report = is_zero and (cfg.run.logger == "wandb" or wandb_report.under_agent())
     if report:
-        wandb_report.open_report(plan, now=cfg.run.logger != "wandb" or hasattr(tracking, "finish_open_stage"))
+        wandb_report.open_report(plan)
     teacher = CurrentTeacher()  # the frozen bi-encoder each next stage learns from
     done: list[dict] = []
     try:
@@ -381,11 +378,11 @@ def run_chain(plan: RunPlan | DictConfig, *, encoder=None, tokenizer=None,
                     on_stage(i, row)
                 except BaseException as err:
                     outcome = "pruned" if _is_pruned(err) else "stopped"
-                    _finish_open_stage(row, outcome)
+                    tracking.finish_open_stage(row, outcome=outcome)
                     if report:
                         wandb_report.finish_report(plan, done, outcome)
                     raise
-            _finish_open_stage(row)
+            tracking.finish_open_stage(row)
     except BaseException:
         if report and wandb_report.is_open():  # a failed or interrupted stage: the run keeps the stages done
             wandb_report.finish_report(plan, [r for r in done if r is not None], "stopped")
@@ -415,9 +412,3 @@ def _is_pruned(err: BaseException) -> bool:
         return type(err).__name__ == "TrialPruned"
     return isinstance(err, TrialPruned)
 
-
-def _finish_open_stage(row: dict | None, outcome: str | None = None) -> None:
-    """The stage's W&B run ends once `on_stage` has seen the stage (a pruner marks it: `outcome`)."""
-    finish = getattr(tracking, "finish_open_stage", None)
-    if finish is not None:
-        finish(row, outcome=outcome)

@@ -34,7 +34,6 @@ AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
 _agent: dict[str, str] = {}
 _run: Any = None  # the open report run
 _run_id: str | None = None  # the open report run's id, or the last one's once it finished
-_pending: list[tuple[int, dict]] = []  # stages finished before the run could open (see `open_report`)
 
 
 def detach_agent() -> None:
@@ -89,15 +88,8 @@ def _agent_kwargs(kw: dict) -> dict:
     return kw
 
 
-def open_report(plan: RunPlan, now: bool = True) -> None:
-    """Start the chain's report run (under `wandb agent`: the agent's run). `now=False` (stage runs that would
-    finish every open run when they start): it opens at `finish_report`, and the stages' steps wait for it."""
-    _pending.clear()
-    if now:
-        _open(plan)
-
-
-def _open(plan: RunPlan) -> None:
+def open_report(plan: RunPlan) -> None:
+    """Start the chain's report run (under `wandb agent`: the agent's run)."""
     global _run, _run_id
     import wandb
 
@@ -110,9 +102,6 @@ def _open(plan: RunPlan) -> None:
     _run_id = _run.id
     _run.define_metric("stage/index")
     _run.define_metric("stage/*", step_metric="stage/index")
-    for i, row in _pending:
-        log_stage(i, row)
-    _pending.clear()
 
 
 def stage_figures(index: int, row: dict) -> dict[str, float | int]:
@@ -129,10 +118,7 @@ def stage_figures(index: int, row: dict) -> dict[str, float | int]:
 
 def log_stage(index: int, row: dict | None) -> None:
     """Stage `index` (0: the teacher) is done: its figures are the report run's step `index`."""
-    if row is None:
-        return
-    if _run is None:
-        _pending.append((index, row))
+    if row is None or _run is None:
         return
     _run.log(stage_figures(index, row), step=index)
 
@@ -177,9 +163,7 @@ def finish_report(plan: RunPlan, rows: list[dict], outcome: str | None = None) -
     `failed`): a tag and the summary's `outcome`; a run that failed or was stopped exits non-zero."""
     global _run
     if _run is None:
-        if not _pending and not rows:
-            return
-        _open(plan)
+        return
     import wandb
 
     run = _run
@@ -201,7 +185,3 @@ def finish_report(plan: RunPlan, rows: list[dict], outcome: str | None = None) -
         _run = None
         run.finish(exit_code=1 if outcome not in (None, "pruned") else 0)
 
-
-def log_report(plan: RunPlan, result: dict) -> None:
-    """A finished chain's report run (opened now if it is not open yet): the table, plots and summary."""
-    finish_report(plan, result["stages"])
