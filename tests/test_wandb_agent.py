@@ -161,6 +161,10 @@ def test_the_agents_run_feeds_wandbs_sweep_engine(tmp_path, plm4, caplog, sweep_
     assert summary["state"] == "finished" and summary["exit_code"] == 0
     assert run["run"]["sweep_id"] == f"swp{Path(sweep_file).stem.replace('_', '')[:8]}"
     assert summary["project"] == "kd-agent-project" and run["run"].get("entity") == "kd-agent-team"
+    stage_runs = [read_run(r) for r in offline_runs(tmp_path / "runs" / "agent" / "wandb") if r != run_dir]
+    assert len(stage_runs) == (3 if logger == "wandb" else 0)
+    for r in stage_runs:  # the stage runs beside the agent's go where the agent's run goes
+        assert r["summary"]["project"] == "kd-agent-project" and r["run"].get("entity") == "kd-agent-team"
     for key, v in args.items():  # flat keys with the agent's values, besides the nested config
         assert summary["config"][key] == pytest.approx(v["value"]) if isinstance(v["value"], float) \
             else summary["config"][key] == v["value"], key

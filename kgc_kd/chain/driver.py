@@ -93,7 +93,7 @@ def _stage_trainer(plan: RunPlan | DictConfig, chain: ChainStore, name: str, epo
         version = f"resume-{resumes}" if resume_candidates(stage_dir) else ""
         logger = [CSVLogger(save_dir=str(stage_dir), name="logs", version=version)]
         if cfg.run.logger == "wandb":
-            logger.append(tracking.stage_logger(plan, name, stage or {}))
+            logger.append(tracking.stage_logger(plan, name, stage or {}, wandb_report.agent_destination()))
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     kw = trainer_kwargs(cfg, default_root_dir=str(stage_dir), logger=logger, callbacks=callbacks,
                         plugins=[AtomicCheckpointIO()])

@@ -120,10 +120,11 @@ _CHAIN = _Chain()
 _OPEN: dict[str, Any] | None = None  # the open stage run: {"stage", "logger", "run", "plan"}
 
 
-def stage_logger(plan: RunPlan, stage: str, info: dict):
+def stage_logger(plan: RunPlan, stage: str, info: dict, destination: dict[str, str] | None = None):
     """The stage's WandbLogger, its run started now (a stage run still open is finished first): tagged, with
     `val/mrr` summarised as its max. Lightning's own checkpoints are not uploaded (`log_model=False`): with
-    `run.wandb_log_model` the stage's export is (`log_export`)."""
+    `run.wandb_log_model` the stage's export is (`log_export`). `destination`: a project and entity that win over
+    run.wandb_project/run.wandb_entity (under `wandb agent`: the agent's)."""
     global _CHAIN, _OPEN
     from lightning.pytorch.loggers import WandbLogger
 
@@ -132,6 +133,7 @@ def stage_logger(plan: RunPlan, stage: str, info: dict):
         _CHAIN = _Chain(plan.run_name)
     kw = init_kwargs(plan, stage, stage, info)
     kw["tags"] = run_tags(plan, stage)
+    kw.update(destination or {})
     kw.pop("dir")
     # the mode goes to wandb.init as it is; WandbLogger(offline=True) would set WANDB_MODE=dryrun process-wide, which
     # wandb 0.31 does not read as offline for the runs opened after it (the open report run's, a new stage's):

@@ -34,6 +34,7 @@ AGENT_ENV = ("WANDB_SWEEP_ID", "WANDB_RUN_ID", "WANDB_SWEEP_PARAM_PATH")
 _agent: dict[str, str] = {}
 _run: Any = None  # the open report run
 _run_id: str | None = None  # the open report run's id, or the last one's once it finished
+_destination: dict[str, str] = {}  # under `wandb agent`: the agent's project/entity, for the stage runs too
 
 
 def detach_agent() -> None:
@@ -49,6 +50,12 @@ def under_agent() -> bool:
 def current_run_id() -> str | None:
     """The report run's W&B id: the open one's, or after it finished the last one's (a sweep trial records it)."""
     return _run_id
+
+
+def agent_destination() -> dict[str, str]:
+    """Under `wandb agent`, the agent's project and entity (`WANDB_PROJECT`, `WANDB_ENTITY`, as set) for every run of
+    the chain (the stage runs beside the agent's); {} otherwise. Known once the report run is open."""
+    return dict(_destination)
 
 
 def is_open() -> bool:
@@ -75,11 +82,10 @@ def _agent_kwargs(kw: dict) -> dict:
     """`wandb.init`'s arguments as the agent's run: its id, sweep, project, entity and parameters."""
     import wandb
 
-    project, entity = os.environ.get("WANDB_PROJECT"), os.environ.get("WANDB_ENTITY")
-    if project:
-        kw["project"] = project
-    if entity:
-        kw["entity"] = entity
+    _destination.clear()
+    _destination.update({k: v for k, v in (("project", os.environ.get("WANDB_PROJECT")),
+                                            ("entity", os.environ.get("WANDB_ENTITY"))) if v})
+    kw.update(_destination)
     kw["id"] = _agent.get("WANDB_RUN_ID")
     path = _agent.get("WANDB_SWEEP_PARAM_PATH")
     kw["settings"] = wandb.Settings(sweep_id=_agent.get("WANDB_SWEEP_ID"), sweep_param_path=path)
@@ -95,6 +101,7 @@ def open_report(plan: RunPlan) -> None:
 
     kw = init_kwargs(plan, "report", "report", {})
     kw["reinit"] = "create_new"
+    _destination.clear()
     if _agent:
         kw = _agent_kwargs(kw)
         _agent.clear()  # one chain, one agent run
