@@ -217,7 +217,7 @@ class RunCfg:
     logger: str = "wandb"  # wandb (+ csv; offline without an API key) | csv | none
     wandb_project: str = "kgc-kd"
     wandb_entity: Optional[str] = None
-    wandb_log_model: bool = False  # upload stage checkpoints as W&B artifacts
+    wandb_log_model: bool = False  # each stage's export directory as a W&B model artifact (aliases: stage, run name)
     wandb_group: Optional[str] = None  # W&B group of the stage runs (default: the run name); not part of the hash
     # more W&B tags on every run of the chain (a sweep trial adds its study and trial number); not part of the hash
     wandb_tags: list[str] = field(default_factory=list)
