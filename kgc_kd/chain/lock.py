@@ -26,6 +26,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from kgc_kd.runtime.files import open_lock_file
+
 REPEAT_S = 60.0  # seconds between a waiter's messages
 
 
@@ -126,15 +128,6 @@ def _write_holder(fd: int) -> None:
     os.pwrite(fd, data, 0)
 
 
-def _open(lock_path: Path) -> tuple[int, bool]:
-    """The lock file's descriptor and whether it is writable: read-only where this user may not write it (a
-    shared root under umask 022): such a holder locks without naming itself."""
-    try:
-        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666), True  # the umask gives the mode
-    except PermissionError:
-        return os.open(lock_path, os.O_RDONLY), False
-
-
 @contextlib.contextmanager
 def exclusive(lock_path: Path, waiting: str, timeout_s: float | None = None,
               repeat_s: float | None = None) -> Iterator[None]:
@@ -142,7 +135,7 @@ def exclusive(lock_path: Path, waiting: str, timeout_s: float | None = None,
     holds it: says `waiting`, the holder and the time waited on stderr, again every `repeat_s` seconds
     (default REPEAT_S), and waits; `timeout_s` (None: no limit): LockTimeout once that long has passed."""
     repeat_s = REPEAT_S if repeat_s is None else repeat_s
-    fd, writable = _open(Path(lock_path))
+    fd, writable = open_lock_file(Path(lock_path))
     try:
         start = time.monotonic()
         next_say = start

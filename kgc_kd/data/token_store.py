@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from kgc_kd.data.io import warn as data_warning
-from kgc_kd.runtime.files import current_umask
+from kgc_kd.runtime.files import current_umask, open_lock_file
 
 try:
     import fcntl
@@ -74,11 +74,7 @@ def writable(directory: Path) -> bool:
 def building(entry: Path) -> Iterator[None]:
     """Hold the exclusive lock of `entry` (created with its parent directory) while it is checked or built."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    path = entry.parent / f".{entry.name}.lock"
-    try:  # another user's lock file under umask 022 is read-only to this one: a read-only descriptor locks too
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:
-        fd = os.open(path, os.O_RDONLY)
+    fd, _ = open_lock_file(entry.parent / f".{entry.name}.lock")  # another user's lock file: read-only, locks too
     with os.fdopen(fd, "rb") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)

@@ -119,3 +119,13 @@ def clear_temporaries(directory: str | Path, root: str | Path) -> list[Path]:
                 removed.append(Path(here) / name)
         dirs[:] = [d for d in dirs if not is_temporary(d)]
     return removed
+
+
+def open_lock_file(lock_path: str | Path) -> tuple[int, bool]:
+    """A lock file's descriptor (created with the mode the umask gives) and whether it is writable: read-only where
+    this user may not write it (another user's lock file in a shared root under umask 022); `flock` takes a lock
+    through a read-only descriptor too."""
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666), True
+    except PermissionError:
+        return os.open(lock_path, os.O_RDONLY), False
