@@ -1,38 +1,45 @@
-"""`python -m kgc_kd.predict RUN_OR_EXPORT --head NAME --relation TEXT [--top-k 10] [--queries FILE]`
+"""`python -m kgc_kd.predict RUN_OR_EXPORT --head NAME --relation TEXT [--top-k 10] [--queries FILE]
+[--backend torch|onnx-fp32|onnx-int8] [--index]`
 
-Ranks every entity as the tail of (head, relation, ?) with an exported stage (or the last stage of a
-run directory). Known answers from the KG's splits are marked.
+Ranks every entity as the tail of (head, relation, ?) with an exported stage (or the last stage of a run
+directory). Known answers from the KG's splits are marked.
 
-Start-up reads what the export carries instead of recomputing it (`kgc_kd.data.kg_export`): the KG from its
-id arrays and text files, and the token table from `<export>/token-cache/`, memory-mapped
-(`TokenCache.load_or_build`), so no entity text is tokenised. An export without one (written before the
-token cache, or a pruned stage, whose tokenizer has other ids) is tokenised once and the table written
-there, so the next start maps it. Entity vectors are computed once and cached next to the export too, so
-later starts and queries only encode the query: keyed by the content of the export's model and KG files, loaded
-weights-only and checked (key, shape, dtype) on every read, rebuilt with one warning where damaged
-(docs/predict.md#the-entity-vector-cache). A read-only export is used as it is: what cannot be written is kept
-in memory.
+Start-up reads what the export carries instead of recomputing it (docs/predict.md): the KG from its id arrays and
+text files (`kgc_kd.data.kg_export`), the token table from `<export>/token-cache/`, memory-mapped
+(`TokenCache.load_or_build`), and every entity's vector from `<export>/entity_vectors.npy` (float16,
+memory-mapped, written by the export; `kgc_kd.serve.vectors`), so a start encodes only the queries. What an export
+lacks is computed once and kept there: a token table (an export written before the token cache, or a pruned
+stage, whose tokenizer has other ids), entity vectors (an export written before them; stale or damaged ones are
+said in one line and replaced), ONNX towers (`--backend onnx-*`), an entity index (`--index`). A read-only
+export is used as it is: what cannot be written is kept in memory.
+
+Exact search (the default) converts the float16 vectors to one float32 matrix in memory (E x D x 4 bytes) and
+scores every entity; `--index` searches an approximate index (`kgc_kd.serve.index.EntityIndex`) instead, whose
+recall@10 against exact search is printed when it is built.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, console_script, exit_statuses, parser
-from kgc_kd.data.batching import EntityCollator, QueryCollator
+from kgc_kd.data.batching import QueryCollator
 from kgc_kd.data.io import DataWarning
-from kgc_kd.data.kg_export import META_FILE, PARTS_DIR, TOKEN_CACHE_DIR, load_kg_export
+from kgc_kd.data.kg_export import TOKEN_CACHE_DIR, load_kg_export
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder
-from kgc_kd.runtime.files import replace_atomically, write_text_atomic
-from kgc_kd.runtime.fingerprint import tree_digest
+from kgc_kd.runtime.files import write_text_atomic
+from kgc_kd.serve.vectors import (TORCH_ENCODER, encode_entities, npy_sha256, read_entity_vectors, vectors_digest,
+                                  vectors_files, vectors_key, write_entity_vectors)
+
+ONNX_MANIFEST = "onnx/manifest.json"  # an export's ONNX towers (`kgc_kd.serve.onnx_export`)
 
 
 def resolve_export(path: str, stage: str | None = None) -> Path:
@@ -55,126 +62,158 @@ def token_cache_dir(export: Path) -> Path:
     return export / TOKEN_CACHE_DIR
 
 
-VECTORS_FORMAT = 1  # bump when what an entity-vector cache file holds changes
-MODEL_FILES = ("biencoder.json", "query", "entity")  # what determines the entity vectors, besides the KG ...
-KG_FILES = (META_FILE, PARTS_DIR)  # ... whose texts (and, with the link graph, training triples) they encode
+BACKENDS = ("torch", "onnx-fp32", "onnx-int8")  # --backend: what encodes queries (and, once, the entities)
+RECALL_QUERIES = 1_000  # test queries (forward + inverse) an index measures its recall@10 on when it is built
 
 
-class UnusableCache(Exception):
-    """Why an entity-vector cache file cannot be used (it is computed again)."""
+def vectors_encoder(backend: str) -> str:
+    """The `vectors_key` encoder of a backend: "fp32" for the torch towers, the variant's name for ONNX."""
+    return TORCH_ENCODER if backend == "torch" else backend
 
 
-def export_digest(export: Path, names: tuple[str, ...]) -> str:
-    """SHA-256 over the contents of the export's files and directories `names` (those present)."""
-    h = hashlib.sha256()
-    for name in names:
-        if (export / name).exists():
-            h.update(f"{name}\0{tree_digest(export / name)}\n".encode())
-    return h.hexdigest()
+def index_name(encoder: str) -> str:
+    """The entity index's name beside the vectors: one per encoder, so switching backends rebuilds nothing."""
+    return "entity_index" if encoder == TORCH_ENCODER else f"entity_index-{encoder}"
 
 
-def vector_cache_key(export: Path, max_length: int, link_graph: bool) -> dict:
-    """What the entity vectors of `export` are a function of: its model's files (weights, configs, tokenizer,
-    biencoder.json), its KG's files (kg.json and kg/: texts and triples) and how texts are made into inputs.
-    By content, not by modification time: a copied export keeps its cache, another model or KG never reuses it."""
-    return {"format": VECTORS_FORMAT, "model": export_digest(export, MODEL_FILES),
-            "kg": export_digest(export, KG_FILES), "max_length": int(max_length), "link_graph": bool(link_graph)}
-
-
-def vector_cache_path(export: Path, key: dict) -> Path:
-    """`<export>/entity_vectors-<16 hex digits of the key>.pt`; the file holds the whole key, checked on reading."""
-    return export / f"entity_vectors-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}.pt"
-
-
-def read_vector_cache(path: Path, key: dict, shape: tuple[int, int]) -> torch.Tensor | None:
-    """The float32 (entities x dim) vectors cached in `path` for `key`, memory-mapped; None where there is no file,
-    or (after one `DataWarning` saying why) where it cannot be used: not a torch file, anything but tensors and
-    plain containers inside (`weights_only=True`: a pickled object is refused, never run, whatever
-    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says), another key, shape or dtype. Never raises: the caller computes them."""
-    if not path.exists():
-        return None
+def index_is_current(export: Path, name: str, vectors_sha256: str) -> bool:
+    """Whether `<export>/<name>.json` records an index of these vectors beside its .faiss file: then
+    `EntityIndex.load_or_build` reuses it and the recall queries would not be read (were the .faiss damaged, the
+    rebuild measures recall on sampled entity vectors instead, and its record says so)."""
     try:
-        found = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        if not isinstance(found, dict) or set(found) != {"key", "vectors"}:
-            raise UnusableCache(f"it holds a {type(found).__name__}, not the key and the vectors")
-        if found["key"] != key:
-            raise UnusableCache(f"it was computed for another model or KG (key {found['key']!r}, this export's "
-                                f"is {key!r})")
-        vectors = found["vectors"]
-        if not isinstance(vectors, torch.Tensor) or vectors.dtype != torch.float32 or tuple(vectors.shape) != shape:
-            what = (f"{vectors.dtype} {list(vectors.shape)}" if isinstance(vectors, torch.Tensor)
-                    else type(vectors).__name__)
-            raise UnusableCache(f"it holds {what} vectors, expected torch.float32 {list(shape)}")
-        return vectors
-    except Exception as err:  # noqa: BLE001 - whatever a damaged file makes torch raise: computed again, never fatal
-        why = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        warnings.warn(f"entity-vector cache {path} cannot be used ({why}); computing the vectors again and "
-                      "replacing it", DataWarning, stacklevel=2)
-        return None
-
-
-def write_vector_cache(path: Path, key: dict, vectors: torch.Tensor) -> bool:
-    """Write `vectors` with their `key` as `path`, atomically (a reader sees the old file or the new one);
-    False where the export cannot be written (a read-only export: the vectors stay in memory)."""
-    if not os.access(path.parent, os.W_OK):
+        record = json.loads((export / f"{name}.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
-    payload = {"key": key, "vectors": vectors.detach().to("cpu", torch.float32).contiguous()}
+    return (isinstance(record, dict) and record.get("vectors_sha256") == vectors_sha256
+            and (export / f"{name}.faiss").is_file())
+
+
+def load_towers(export: Path, backend: str, device: str):
+    """The query and entity towers `backend` serves, in eval mode on `device`: the export's torch bi-encoder, or
+    its ONNX variant (`serve.onnx_runtime.OnnxBiEncoder`). An export without ONNX towers (no onnx/manifest.json)
+    gets them once (`serve.onnx_export.export_onnx`, one line said); towers of another model (`StaleOnnx`: the
+    export was rewritten since) are exported again and reopened."""
+    if backend == "torch":
+        return BiEncoder.from_pretrained(export).to(device).eval()
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    from kgc_kd.serve.onnx_export import export_onnx
+    from kgc_kd.serve.onnx_runtime import OnnxBiEncoder, StaleOnnx
+
+    if not (export / ONNX_MANIFEST).is_file():
+        print(f"{export} has no ONNX towers; exporting them once into {(export / ONNX_MANIFEST).parent}",
+              file=sys.stderr, flush=True)
+        export_onnx(export)
     try:
-        replace_atomically(path, lambda f: torch.save(payload, f))
-    except OSError:
-        return False  # e.g. a read-only file system that os.access did not see: kept in memory
-    return True
+        towers = OnnxBiEncoder.open(export, backend)
+    except StaleOnnx as err:
+        print(f"{' '.join(str(err).split())}; exporting the ONNX towers again", file=sys.stderr, flush=True)
+        export_onnx(export)
+        towers = OnnxBiEncoder.open(export, backend)
+    return towers.to(device).eval()
+
+
+def entity_dim(export: Path) -> int:
+    """The width of the export's entity vectors: its entity encoder's hidden size (pooling keeps it)."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(export / "entity", local_files_only=True).hidden_size)
 
 
 class Predictor:
-    def __init__(self, export: Path, device: str = "cpu", batch_size: int = 256):
+    """An export served: its KG, token table, towers (`backend`) and entity vectors, searched exactly (float32)
+    or, with `index`, through an approximate `serve.index.EntityIndex` built beside the vectors."""
+
+    def __init__(self, export: Path, device: str = "cpu", batch_size: int = 256, backend: str = "torch",
+                 index: bool = False):
         from transformers import AutoTokenizer
 
-        self.export = export
+        self.export, self.backend, self.encoder = export, backend, vectors_encoder(backend)
         self.kg, meta = load_kg_export(export)
         self.tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
         # truncation was reported when the stage was trained: not again on every prediction
         self.tokens = TokenCache.load_or_build(self.kg, self.tokenizer, int(meta.get("max_length", 50)),
                                                cache_dir=token_cache_dir(export), warn=False,
                                                link_graph=bool(meta.get("link_graph", False)))
-        self.net = BiEncoder.from_pretrained(export).to(device).eval()
         self.device, self.batch_size = torch.device(device), batch_size
-        self.entity_vecs = self._entity_vectors()
+        self.net = load_towers(export, backend, device)
+        self.vectors, self.vectors_sha256 = self._entity_vectors()
+        self.index = None
+        self.entity_vecs: torch.Tensor | None = None  # exact search: the vectors in float32 on the device
+        if index:
+            from kgc_kd.serve.index import EntityIndex
+
+            name = index_name(self.encoder)
+            # the test queries are encoded only where the index will be built (they measure its recall)
+            queries = None if index_is_current(export, name, self.vectors_sha256) else self._recall_queries()
+            self.index = EntityIndex.load_or_build(export, self.vectors, self.vectors_sha256, queries=queries,
+                                                   name=name)
+        else:
+            self.entity_vecs = torch.from_numpy(np.asarray(self.vectors, dtype=np.float32)).to(self.device)
         self.known = self.kg.filter_index
 
     def _move(self, inputs: dict) -> dict:
         return {k: v.to(self.device) for k, v in inputs.items()}
 
-    @torch.no_grad()
-    def _entity_vectors(self) -> torch.Tensor:
-        """Every entity's vector: read from `<export>/entity_vectors-<key>.pt` where that file is valid for this
-        export (`vector_cache_key`: its model files and its KG), else computed and written there atomically
-        (where the export is writable). A cache that cannot be used is said once and rebuilt, never trusted."""
-        key = vector_cache_key(self.export, self.tokens.max_length, self.tokens.link is not None)
-        cache = vector_cache_path(self.export, key)
-        dim = int(self.net.entity_encoder.config.hidden_size)  # pooling (cls, mean) keeps the hidden size
-        found = read_vector_cache(cache, key, (self.kg.num_entities, dim))
+    def _entity_vectors(self) -> tuple[np.ndarray, str]:
+        """Every entity's vector, float16 (E, D), and the SHA-256 of its .npy form: memory-mapped from the
+        export's file for this export and encoder where it is valid (`serve.vectors.read_entity_vectors`: key,
+        shape, dtype and bytes checked), else encoded once with the backend's entity tower and written there (an
+        export without vectors is said in one line; stale or damaged ones were said by the read). A read-only
+        export keeps them in memory. Fresh vectors are used as read back (float16), so every start answers
+        alike."""
+        key = vectors_key(self.export, self.tokens.max_length, self.tokens.link is not None, self.encoder)
+        shape = (self.kg.num_entities, entity_dim(self.export))
+        found = read_entity_vectors(self.export, key, shape)
         if found is not None:
-            return found.to(self.device)
-        collate = EntityCollator(self.tokens)
-        ids = torch.arange(self.kg.num_entities)
-        vecs = [self.net.encode_entity(self._move(collate(list(ids[i:i + self.batch_size]))["entity"]))
-                for i in range(0, len(ids), self.batch_size)]
-        out = torch.cat(vecs).float()
-        write_vector_cache(cache, key, out)
-        return out
+            return found, vectors_digest(self.export, self.encoder)
+        npy, meta = vectors_files(self.export, self.encoder)
+        if not (npy.exists() or meta.exists()):  # stale or damaged files were named by read_entity_vectors
+            which = "entity vectors" if self.encoder == TORCH_ENCODER else f"{self.encoder} entity vectors"
+            where = npy if os.access(self.export, os.W_OK) else f"memory ({self.export} is read-only)"
+            warnings.warn(f"{self.export} has no {which}; encoding {self.kg.num_entities:,} entities once, kept "
+                          f"in {where}", DataWarning, stacklevel=3)
+        vectors = encode_entities(self.net.encode_entity, self.tokens, self.kg.num_entities, self.batch_size,
+                                  self.device)
+        if write_entity_vectors(self.export, key, vectors):
+            read = read_entity_vectors(self.export, key, shape)
+            if read is not None:
+                return read, vectors_digest(self.export, self.encoder)
+        kept = vectors.numpy().astype(np.float16)
+        return kept, npy_sha256(kept)
+
+    @torch.no_grad()
+    def encode_queries(self, rows: torch.Tensor) -> torch.Tensor:
+        """The query vectors (float32, on the device) of (h, r, t) `rows` (r in [0, 2R): inverse relations too)."""
+        collate = QueryCollator(self.tokens)
+        out = [self.net.encode_query(self._move(collate(list(rows[i:i + self.batch_size]))["hr"])).float()
+               for i in range(0, len(rows), self.batch_size)]
+        return torch.cat(out) if out else torch.empty(0, self.vectors.shape[1], device=self.device)
+
+    def _recall_queries(self) -> np.ndarray:
+        """Query vectors an index measures its recall@10 on: up to `RECALL_QUERIES` test queries of the export's
+        KG (forward and inverse, `KG.with_inverse`; a fixed sample where there are more), encoded by this
+        backend, so the recall printed is the one these answers get."""
+        rows = self.kg.with_inverse(self.kg.test)
+        if len(rows) > RECALL_QUERIES:
+            pick = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))[:RECALL_QUERIES]
+            rows = rows[pick.sort().values]
+        return self.encode_queries(rows).cpu().numpy().astype(np.float32, copy=False)
 
     @torch.no_grad()
     def rank(self, head: str, relation: str, top_k: int = 10) -> dict:
         h, r = self.kg.entity_index(head), self.kg.relation_index(relation)
-        batch = QueryCollator(self.tokens)([torch.tensor([h, r, 0])])
-        q = self.net.encode_query(self._move(batch["hr"])).float()
-        scores = (q @ self.entity_vecs.t())[0].cpu()
-        top = scores.topk(min(top_k, len(scores)))
+        q = self.encode_queries(torch.tensor([[h, r, 0]]))
+        k = min(top_k, self.kg.num_entities)
+        if self.index is not None:
+            scores, ids = self.index.search(q.cpu().numpy().astype(np.float32, copy=False), k)
+            top = [(int(e), float(s)) for e, s in zip(ids[0], scores[0]) if e >= 0]  # -1: fewer than k found
+        else:
+            found = (q @ self.entity_vecs.t())[0].cpu().topk(k)
+            top = list(zip(found.indices.tolist(), found.values.tolist()))
         known = set(self.known.get((h, r), torch.empty(0)).tolist())
         preds = [{"rank": i + 1, "id": self.kg.entity_ids[e], "name": self.kg.entity_names[e],
-                  "score": round(float(s), 5), "known": e in known}
-                 for i, (e, s) in enumerate(zip(top.indices.tolist(), top.values.tolist()))]
+                  "score": round(float(s), 5), "known": e in known} for i, (e, s) in enumerate(top)]
         return {"head": self.kg.entity_ids[h], "relation": self.kg.relation_text(r), "predictions": preds}
 
 
@@ -189,6 +228,7 @@ EXAMPLES = (
     'python -m kgc_kd.predict runs/<name> --head virus --relation causes --top-k 10   # the last stage of a run',
     'python -m kgc_kd.predict runs/<name>/stages/pmd2/export --head virus --relation "inverse causes"',
     "python -m kgc_kd.predict runs/<name> --stage teacher --queries queries.tsv --output out.jsonl",
+    "python -m kgc_kd.predict runs/<name> --head virus --relation causes --backend onnx-int8 --index",
 )
 
 
@@ -198,8 +238,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "(or --stage) stage of a run directory; answers known from the KG's splits are marked.",
                 items=None, statuses=(EXIT_OK, EXIT_BAD_INPUT), examples=EXAMPLES,
                 notes=("No configuration items: the export's own files (kg.json, biencoder.json) configure it.",
-                       "Start-up maps the export's token table (token-cache/); an export without one is "
-                       "tokenised once and the table kept there."),
+                       "Start-up maps the export's token table (token-cache/) and entity vectors "
+                       "(entity_vectors.npy); an export without them is tokenised or encoded once and they are "
+                       "kept there."),
                 docs=("docs/predict.md",))
     ap.add_argument("path", metavar="RUN_OR_EXPORT",
                     help="an exported stage directory, or a run directory (uses its last stage)")
@@ -210,11 +251,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--output", help="where --queries results go (default: stdout)")
     ap.add_argument("--top-k", type=int, default=10, help="how many predictions per query (default 10)")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ap.add_argument("--backend", choices=BACKENDS, default="torch",
+                    help="what encodes the queries (and, once, the entities): the export's torch towers (default) "
+                         "or its ONNX towers in fp32 or int8, exported once into <export>/onnx/")
+    ap.add_argument("--index", action="store_true",
+                    help="search an approximate entity index, built once beside the vectors (its recall@10 "
+                         "against exact search printed then), instead of scoring every entity")
     args = ap.parse_args(argv)
     if not args.queries and not (args.head and args.relation):
         ap.error("give --head and --relation, or --queries FILE")
     with exit_statuses(KeyError, ValueError):
-        pred = Predictor(resolve_export(args.path, args.stage), device=args.device)
+        pred = Predictor(resolve_export(args.path, args.stage), device=args.device, backend=args.backend,
+                         index=args.index)
         if args.queries:
             results = []
             for lineno, line in enumerate(Path(args.queries).read_text().split("\n"), 1):

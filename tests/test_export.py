@@ -1,12 +1,14 @@
 """kgc_kd.chain.export.StageExporter alone (no Lightning, no stage store): an export directory written whole or
-not at all, loading back with the same weights, the KG and the tokenizer, its token table linked, and the stages
-of one KG sharing its files."""
+not at all, loading back with the same weights, the KG and the tokenizer, its token table linked, its entity
+vectors kept under the key predict computes, and the stages of one KG sharing its files."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoTokenizer
@@ -14,11 +16,13 @@ from transformers import AutoTokenizer
 import kgc_kd.chain.export as export_module
 from conftest import make_tiny_bert, make_tokenizer
 from kgc_kd.chain.export import StageExporter
+from kgc_kd.data.batching import EntityCollator
 from kgc_kd.data.kg_export import load_kg_export
 from kgc_kd.data.synthetic import synthetic_kg
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.models.vocab import used_token_ids
+from kgc_kd.serve.vectors import read_entity_vectors, vectors_key
 
 KG = synthetic_kg(num_entities=12, num_relations=2, num_triples=40)
 
@@ -177,3 +181,78 @@ def test_paths_relative_to_the_working_directory_export_where_they_say(tmp_path,
         assert (tmp_path / "runs" / "stage-store" / "s-k" / "export" / "biencoder.json").is_file()
     assert sorted(p.name for p in (tmp_path / "runs").rglob("*") if p.is_dir() and p.name == "runs") == []
     assert sorted(p.name for p in (tmp_path / "runs" / "stage-store" / "s-k").iterdir()) == ["export"]
+
+
+# ---- the entity vectors: encoded at export, so predict on a fresh export encodes nothing ------------------------
+def _loaded_vectors(directory) -> torch.Tensor:
+    """The entity vectors of the export as predict would encode them without a file: the saved model loaded back
+    and its own tokenizer's token table (an independent path to the same numbers), float32."""
+    kg, _ = load_kg_export(directory)
+    tokens = TokenCache.build(kg, AutoTokenizer.from_pretrained(directory / "query", local_files_only=True), 24)
+    net = BiEncoder.from_pretrained(directory)
+    with torch.no_grad():
+        return net.encode_entity(EntityCollator(tokens)(list(torch.arange(kg.num_entities)))["entity"]).float()
+
+
+def test_the_export_keeps_its_entity_vectors_under_the_key_predict_computes(tmp_path):
+    tok = make_tokenizer()
+    tokens = TokenCache.load_or_build(KG, tok, 24, cache_dir=tmp_path / "token-cache")
+    net = BiEncoder(make_tiny_bert(num_layers=1, seed=4, dropout=0.3))  # dropout: eval mode must be used
+    net.train()
+    final = tmp_path / "s" / "export"
+    StageExporter(tok).export(final, net, KG, max_length=24, link_graph=False, tokens=tokens)
+    assert net.training and all(m.training for m in net.modules())  # the training copy's mode is kept
+    assert next(net.parameters()).device.type == "cpu"
+    info = json.loads((final / "entity_vectors.json").read_text())
+    assert info["key"] == vectors_key(final, 24, False) and info["shape"] == [KG.num_entities, 32]
+    stored = np.load(final / "entity_vectors.npy", allow_pickle=False)
+    assert stored.dtype == np.float16
+    assert np.array_equal(stored, _loaded_vectors(final).half().numpy())
+    assert read_entity_vectors(final, vectors_key(final, 24, False), (KG.num_entities, 32)) is not None
+
+
+def test_vectors_are_encoded_in_fp32_under_an_outer_autocast(tmp_path):
+    tok = make_tokenizer()
+    tokens = TokenCache.build(KG, tok, 24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # where a Trainer's precision plugin might have left one
+        StageExporter(tok).export(tmp_path / "e", _net(seed=5), KG, max_length=24, link_graph=False, tokens=tokens)
+    stored = np.load(tmp_path / "e" / "entity_vectors.npy", allow_pickle=False)
+    assert np.array_equal(stored, _loaded_vectors(tmp_path / "e").half().numpy())  # bf16 would differ by ~1e-2
+
+
+def test_a_pruned_stage_keeps_the_vectors_its_pruned_tokenizer_gives(tmp_path, monkeypatch):
+    """In the chain a pruned net reads the source tokenizer's ids (input_map); the export's pruned tokenizer gives
+    predict the same word pieces under pruned ids: the vectors are the same, and predict encodes nothing."""
+    from kgc_kd import predict
+
+    tok = make_tokenizer()
+    tokens = TokenCache.load_or_build(KG, tok, 24, cache_dir=tmp_path / "token-cache")
+    pruned = _net(seed=6).eval()
+    pruned.prune_vocabulary(used_token_ids([tokens.used_ids()], tok), len(tok))
+    StageExporter(tok).export(tmp_path / "p", pruned, KG, max_length=24, link_graph=False, tokens=tokens)
+    stored = np.load(tmp_path / "p" / "entity_vectors.npy", allow_pickle=False)
+    assert np.array_equal(stored, _loaded_vectors(tmp_path / "p").half().numpy())
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("predict encoded the entities")
+
+    monkeypatch.setattr(predict, "encode_entities", no_encoding)
+    assert torch.equal(predict.Predictor(tmp_path / "p").entity_vecs, torch.from_numpy(stored).float())
+
+
+def test_no_vectors_without_the_inputs_predict_builds(tmp_path):
+    tokens = TokenCache.build(KG, make_tokenizer(), 24)
+    _export(StageExporter(), tmp_path / "none")  # no token table given
+    StageExporter().export(tmp_path / "other", _net(), KG, max_length=20, link_graph=False, tokens=tokens)
+    StageExporter().export(tmp_path / "linked", _net(), KG, max_length=24, link_graph=True, tokens=tokens)
+    for name in ("none", "other", "linked"):
+        assert not list((tmp_path / name).glob("entity_vectors*")), name
+
+
+def test_the_exporter_needs_no_lightning_with_its_vectors():
+    import subprocess
+    import sys
+
+    code = ("import sys, kgc_kd.chain.export, kgc_kd.serve.vectors; "
+            "sys.exit(any(m == 'lightning' or m.startswith(('lightning.', 'pytorch_lightning')) for m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -1,4 +1,6 @@
 import copy
+import hashlib
+import io
 import json
 import os
 import pickle
@@ -73,11 +75,12 @@ def _ask(d, kg, h, r, k=5) -> list[str]:
 
 
 def _expected(kg, net, h, r, k):
+    """Brute force: the query against every entity vector as the export keeps it (float16), in float32."""
     tokens = TokenCache.build(kg, make_tokenizer(), 24)
     with torch.no_grad():
         e = net.encode_entity(EntityCollator(tokens)(list(torch.arange(kg.num_entities)))["entity"])
         q = net.encode_query(QueryCollator(tokens)([torch.tensor([h, r, 0])])["hr"])
-    return (q @ e.t())[0].topk(k)
+    return (q @ e.half().float().t())[0].topk(k)
 
 
 def test_top_k_equals_brute_force_and_marks_known_answers(export, capsys):
@@ -93,13 +96,21 @@ def test_top_k_equals_brute_force_and_marks_known_answers(export, capsys):
     assert "(" + kg.entity_ids[h] in capsys.readouterr().out
 
 
-def test_entity_vectors_are_cached_on_disk(export):
-    d, kg, _ = export
-    predict.main([str(d), "--head", kg.entity_ids[0], "--relation", kg.relation_texts[0]])
-    (cache,) = list(d.glob("entity_vectors-*.pt"))
-    stamp = cache.stat().st_mtime_ns
-    predict.main([str(d), "--head", kg.entity_ids[1], "--relation", kg.relation_texts[0]])
-    assert cache.stat().st_mtime_ns == stamp and len(list(d.glob("entity_vectors-*.pt"))) == 1
+def test_an_export_without_vectors_encodes_them_once_and_maps_them_after(export):
+    d, kg, net = export
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        predict.main([str(d), "--head", kg.entity_ids[0], "--relation", kg.relation_texts[0]])
+    assert [str(w.message) for w in record if issubclass(w.category, DataWarning)] == [
+        f"{d} has no entity vectors; encoding 20 entities once, kept in {d / 'entity_vectors.npy'}"]
+    stamp = (d / "entity_vectors.npy").stat().st_mtime_ns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        pred = predict.Predictor(d)
+    assert (d / "entity_vectors.npy").stat().st_mtime_ns == stamp
+    assert isinstance(pred.vectors, np.memmap) and pred.vectors.dtype == np.float16
+    assert pred.entity_vecs.dtype == torch.float32  # exact search: converted once, in memory
+    assert torch.equal(pred.entity_vecs, _fresh_vectors(kg, net).half().float())
 
 
 def test_run_directory_and_query_file(export, tmp_path):
@@ -191,20 +202,15 @@ def test_a_pruned_stage_tokenises_with_its_own_tokenizer_once_and_answers_as_unp
     assert _ask(d, kg, h, r) == want and counted[-1].texts == []  # ... once
 
 
-# ---- the entity-vector cache: keyed by the export's content, checked on every read, rebuilt when damaged ------
+# ---- the export's entity vectors: keyed by its content, checked on every read, rebuilt when unusable -----------
 class Payload:
-    """What a crafted cache file would run on unpickling: a shell command creating `marker`."""
+    """What a crafted array would run on unpickling: a shell command creating `marker`."""
 
     def __init__(self, marker):
         self.marker = str(marker)
 
     def __reduce__(self):
         return os.system, (f"touch {shlex.quote(self.marker)}",)
-
-
-def _cache_file(d):
-    (cache,) = list(d.glob("entity_vectors-*.pt"))
-    return cache
 
 
 def _fresh_vectors(kg, net):
@@ -233,61 +239,72 @@ def export14(tmp_path):
     return d, kg, net
 
 
-def _damage(cache, how, marker):
-    found = torch.load(cache, weights_only=True)
-    found = found if isinstance(found, dict) else {"key": None, "vectors": found}  # (a bare tensor before issue 28)
+def _resign(d, **changes):
+    """The sidecar rewritten to record the .npy's present bytes (only what is asked is wrong)."""
+    meta = d / "entity_vectors.json"
+    info = json.loads(meta.read_text())
+    digest = hashlib.sha256((d / "entity_vectors.npy").read_bytes()).hexdigest()
+    meta.write_text(json.dumps({**info, "sha256": digest, **changes}))
+
+
+def _damage(d, how, marker):
+    npy = d / "entity_vectors.npy"
+    good = np.load(npy)
     if how == "zero bytes":
-        cache.write_bytes(b"")
+        npy.write_bytes(b"")
     elif how == "truncated":
-        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
-    elif how == "three rows, bare tensor":  # the issue's case: 3 answers, score 0.0000, for a 14-entity KG
-        torch.save(torch.zeros(3, 32), cache)
-    elif how == "three rows, right key":
-        torch.save({**found, "vectors": found["vectors"][:3].clone()}, cache)
-    elif how == "float64":
-        torch.save({**found, "vectors": found["vectors"].double()}, cache)
+        npy.write_bytes(npy.read_bytes()[: npy.stat().st_size // 2])
+    elif how == "one byte flipped":
+        data = bytearray(npy.read_bytes())
+        data[-5] ^= 0x10
+        npy.write_bytes(bytes(data))
+    elif how == "three rows":  # the case of issue 28: 3 answers, score 0.0000, for a 14-entity KG
+        np.save(npy, np.zeros((3, 32), np.float16))
+        _resign(d, shape=[3, 32])
+    elif how == "float32":
+        np.save(npy, good.astype(np.float32))
+        _resign(d, dtype="float32")
     elif how == "another key":
-        torch.save({**found, "key": {**found["key"], "kg": "0" * 64}}, cache)
-    elif how == "crafted pickle":
-        torch.save({"key": found["key"], "vectors": Payload(marker)}, cache)
+        _resign(d, key={**json.loads((d / "entity_vectors.json").read_text())["key"], "kg": "0" * 64})
+    elif how == "pickled object array":
+        np.save(npy, np.array([Payload(marker)] * good.size, dtype=object).reshape(good.shape), allow_pickle=True)
+        _resign(d)
     else:
         raise AssertionError(how)
 
 
-DAMAGES = ["zero bytes", "truncated", "three rows, bare tensor", "three rows, right key", "float64", "another key",
-           "crafted pickle"]
+DAMAGES = {"zero bytes": "damaged", "truncated": "damaged", "one byte flipped": "damaged",
+           "three rows": "records float16 [3, 32], expected float16 [14, 32]",
+           "float32": "records float32 [14, 32], expected float16 [14, 32]",
+           "another key": "stale: computed for another model/KG (kg differs)",
+           "pickled object array": "Python objects"}
 
 
 @pytest.mark.parametrize("how", DAMAGES)
-def test_a_damaged_vector_cache_is_rebuilt_with_one_warning_and_never_runs_code(export14, tmp_path, monkeypatch,
-                                                                              how):
+def test_unusable_vectors_are_rebuilt_with_one_warning_and_never_run_code(export14, tmp_path, how):
     d, kg, net = export14
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # where old checkpoints are loaded: must not matter
     want = _answers(d, kg)
-    cache = _cache_file(d)
-    good = torch.load(cache, weights_only=True)
+    good = np.load(d / "entity_vectors.npy")
     marker = tmp_path / "payload-ran"
-    _damage(cache, how, marker)
+    _damage(d, how, marker)
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         pred = predict.Predictor(d)
     said = [str(w.message) for w in record if issubclass(w.category, DataWarning)]
-    assert len(said) == 1 and f"entity-vector cache {cache} cannot be used" in said[0], said
-    assert not any("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" in str(w.message) for w in record)
+    assert len(said) == 1 and said[0].startswith(f"{d / 'entity_vectors.npy'}: entity vectors cannot be used ("), said
+    assert DAMAGES[how] in said[0] and "\n" not in said[0]
     assert not marker.exists()  # the payload never ran
-    assert torch.allclose(pred.entity_vecs, _fresh_vectors(kg, net), atol=1e-5)
-    assert _cache_file(d) == cache  # rebuilt in place, atomically: no temporary file left
-    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
-    rebuilt = torch.load(cache, weights_only=True)
-    assert rebuilt["key"] == good["key"] and torch.equal(rebuilt["vectors"], good["vectors"])
+    assert torch.equal(pred.entity_vecs, _fresh_vectors(kg, net).half().float())
+    assert np.array_equal(np.load(d / "entity_vectors.npy"), good)  # rebuilt in place, atomically
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".") or p.name.endswith(".tmp")) == []
     with warnings.catch_warnings():
         warnings.simplefilter("error", DataWarning)
         assert _answers(d, kg) == want  # the answers of a fresh run, and the rebuilt file is read without a word
 
 
 def test_weights_only_wins_over_the_environment_in_this_torch(tmp_path, monkeypatch):
-    """What the cache reads (and AtomicCheckpointIO) rely on, read in torch's serialization.load: an explicit
-    weights_only=True is kept when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (only an unset one is forced to False)."""
+    """What AtomicCheckpointIO's reads rely on, read in torch's serialization.load: an explicit weights_only=True is
+    kept when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (only an unset one is forced to False)."""
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     path, marker = tmp_path / "x.pt", tmp_path / "payload-ran"
     torch.save({"v": Payload(marker)}, path)
@@ -296,23 +313,25 @@ def test_weights_only_wins_over_the_environment_in_this_torch(tmp_path, monkeypa
     assert not marker.exists()
 
 
-def test_the_cache_is_keyed_by_content_so_a_copied_export_keeps_it(export14, tmp_path):
+def test_vectors_are_keyed_by_content_so_a_copied_export_keeps_them(export14, tmp_path, monkeypatch):
     d, kg, _ = export14
     want = _answers(d, kg)
-    cache = _cache_file(d)
     copy_dir = tmp_path / "copy"
     shutil.copytree(d, copy_dir, copy_function=shutil.copy)  # new modification times, same bytes
-    stamp = (copy_dir / cache.name).stat().st_mtime_ns
+    stamp = (copy_dir / "entity_vectors.npy").stat().st_mtime_ns
+    monkeypatch.setattr(predict, "encode_entities", _no_encoding)
     assert _answers(copy_dir, kg) == want
-    assert [p.name for p in copy_dir.glob("entity_vectors-*.pt")] == [cache.name]
-    assert (copy_dir / cache.name).stat().st_mtime_ns == stamp  # read, not computed again
+    assert (copy_dir / "entity_vectors.npy").stat().st_mtime_ns == stamp  # read, not computed again
+
+
+def _no_encoding(*args, **kwargs):
+    raise AssertionError("predict encoded the entities")
 
 
 @pytest.mark.parametrize("change", ["entity weights", "entity text", "training triple"])
-def test_another_model_or_kg_never_reuses_the_cache(export14, change):
+def test_another_model_or_kg_never_reuses_the_vectors(export14, change):
     d, kg, net = export14
     _answers(d, kg)
-    old = _cache_file(d)
     if change == "entity weights":  # another model saved over the export, the old file time kept
         stamp = (d / "entity" / "model.safetensors").stat()
         net = BiEncoder(make_tiny_bert(dropout=0.0, seed=7)).eval()
@@ -329,12 +348,53 @@ def test_another_model_or_kg_never_reuses_the_cache(export14, change):
         train[0, 2] = (train[0, 2] + 1) % kg.num_entities
         np.save(d / "kg" / "train.npy", train)
         kg.train = torch.from_numpy(train).long()
-    pred = predict.Predictor(d)
-    assert torch.allclose(pred.entity_vecs, _fresh_vectors(kg, net), atol=1e-5)
-    assert sorted(p.name for p in d.glob("entity_vectors-*.pt")) == sorted({old.name, _cache_file_for(pred).name})
-    assert _cache_file_for(pred) != old
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pred = predict.Predictor(d)
+    said = [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+    part = "model" if change == "entity weights" else "kg"
+    assert said == [f"{d / 'entity_vectors.npy'}: entity vectors cannot be used (stale: computed for another "
+                    f"model/KG ({part} differs)); they are computed again"]
+    assert torch.equal(pred.entity_vecs, _fresh_vectors(kg, net).half().float())
+    key = json.loads((d / "entity_vectors.json").read_text())["key"]
+    assert key == predict.vectors_key(d, 24, False)  # replaced: one file, of this export
+    assert sorted(p.name for p in d.glob("entity_vectors*")) == ["entity_vectors.json", "entity_vectors.npy"]
 
 
-def _cache_file_for(pred):
-    key = predict.vector_cache_key(pred.export, pred.tokens.max_length, pred.tokens.link is not None)
-    return predict.vector_cache_path(pred.export, key)
+def test_a_read_only_export_keeps_its_vectors_in_memory(export14, monkeypatch):
+    """Tests run as root, for whom every directory is writable: the permission check itself is switched off."""
+    d, kg, net = export14
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pred = predict.Predictor(d)
+    said = [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+    assert said == [f"{d} has no entity vectors; encoding 14 entities once, kept in memory ({d} is read-only)"]
+    assert not list(d.glob("entity_vectors*")) and not list(d.glob(".*"))
+    fp16 = _fresh_vectors(kg, net).half()
+    assert torch.equal(pred.entity_vecs, fp16.float())
+    assert pred.vectors_sha256 == hashlib.sha256(_npy_bytes(fp16.numpy())).hexdigest()  # as its file would be
+
+
+def _npy_bytes(array) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    return buf.getvalue()
+
+
+# ---- a fresh export: predict encodes nothing ----------------------------------------------------------------
+def test_a_fresh_export_starts_without_encoding_an_entity(tmp_path, monkeypatch):
+    kg = synthetic_kg(20, 2, 40, seed=3)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    tokens = TokenCache.load_or_build(kg, make_tokenizer(), 24, cache_dir=tmp_path / "token-cache")
+    store = ChainStore(tmp_path / "run", make_tokenizer())
+    store.export("s", net, kg, max_length=24, link_graph=False, tokens=tokens)
+    d = store.export_dir("s")
+    monkeypatch.setattr(predict, "encode_entities", _no_encoding)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)  # no "has no entity vectors", no stale key
+        pred = predict.Predictor(d)
+    assert json.loads((d / "entity_vectors.json").read_text())["key"] == predict.vectors_key(d, 24, False)
+    assert torch.equal(pred.entity_vecs, _fresh_vectors(kg, net).half().float())
+    h, r, _ = kg.train[0].tolist()
+    assert _ask(d, kg, h, r) == [kg.entity_ids[i] for i in _expected(kg, net, h, r, 5).indices.tolist()]

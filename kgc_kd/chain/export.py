@@ -3,9 +3,12 @@
 An export directory holds the stage's bi-encoder as Hugging Face directories (`biencoder.json`, `query/`,
 `entity/`, with the source tokenizer), its KG (`kg.json` + `kg/`, see `kgc_kd.data.kg_export`) and, where the
 run's token table is on disk and the stage reads the source tokenizer's ids, that table linked into
-`token-cache/`. Where an export goes is the stage store's business (`ChainStore.export_dir`); this module only
-writes one, whole or not at all, inside its root: the export, its temporary directory and the old export it
-replaces are checked to lie there, and removing them never follows a symbolic link (`runtime.files.remove`).
+`token-cache/`, and, given the run's token table, every entity's vector (`entity_vectors.npy` + `.json`,
+`kgc_kd.serve.vectors`): a stage is exported once and served many times, so its entities are encoded here, on the
+training device, and `kgc_kd.predict` on a fresh export encodes only its queries. Where an export goes is the
+stage store's business (`ChainStore.export_dir`); this module only writes one, whole or not at all, inside its
+root: the export, its temporary directory and the old export it replaces are checked to lie there, and removing
+them never follows a symbolic link (`runtime.files.remove`).
 No Lightning.
 """
 
@@ -21,6 +24,7 @@ from kgc_kd.data.kg_export import link_token_cache, save_kg
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.runtime.files import confined, remove
+from kgc_kd.serve.vectors import encode_entities, vectors_key, write_entity_vectors
 
 
 class StageExporter:
@@ -38,7 +42,8 @@ class StageExporter:
         previous export's files where it is the same KG) and, given the run's `tokens` (the datamodule's
         TokenCache) with a cache entry on disk, that entry linked into token-cache/ so `kgc_kd.predict`
         memory-maps it instead of tokenising (a pruned stage reads other ids: its predict tokenises once and
-        keeps the table there). Written to a temporary directory and renamed into `final`, so a half-written
+        keeps the table there) and the entity vectors `kgc_kd.predict` ranks against (`_save_vectors`).
+        Written to a temporary directory and renamed into `final`, so a half-written
         export is never mistaken for one; a kill between the renames leaves the old one whole. `root`: the
         directory the export must lie in (default: the directory holding `final`); OutsideRoot before anything
         is written otherwise."""
@@ -50,6 +55,8 @@ class StageExporter:
                 link_graph=link_graph)  # predict's inputs
         if tokens is not None and net.kept_ids is None:  # the export's tokenizer is the one the table was made with
             link_token_cache(tokens.cache_path, tmp)
+        if tokens is not None:
+            _save_vectors(net, tokens, kg, tmp, max_length=max_length, link_graph=link_graph)
         _replace_dir(tmp, final, root)
         self._last_kg = (kg, final)
 
@@ -71,6 +78,29 @@ def _save_net(net: BiEncoder, directory: Path, tokenizer) -> None:
     with torch.no_grad():
         net_cpu = copy.deepcopy(net).cpu()
     net_cpu.save_pretrained(directory, tokenizer)
+
+
+def _save_vectors(net: BiEncoder, tokens: TokenCache, kg: KG, directory: Path, *, max_length: int,
+                  link_graph: bool) -> bool:
+    """Every entity's vector written into the export being made in `directory` (after its model and KG files:
+    the key is computed on them, and they are the final export's bytes), encoded by `net` as it stands, on its
+    device, in eval mode, without autocast (the towers' own dtype; pooled in fp32), its mode restored after.
+    Only where `tokens` are the inputs the exported model reads: the same max_length and link graph, and ids the
+    net reads (a pruned net maps the source tokenizer's ids through its `input_map` inside the chain; the
+    export's pruned tokenizer gives predict the same word pieces under their pruned ids, so the vectors are the
+    same). Returns whether they were written."""
+    if tokens.max_length != max_length or (tokens.link is not None) != bool(link_graph) or tokens.num_entities != \
+            kg.num_entities or (net.kept_ids is not None and net.input_map is None):
+        return False  # not the inputs predict builds: predict encodes once instead
+    device = next(net.parameters()).device
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.autocast(device.type, enabled=False):
+            vectors = encode_entities(net.encode_entity, tokens, kg.num_entities, device=device)
+    finally:
+        net.train(was_training)
+    return write_entity_vectors(directory, vectors_key(directory, max_length, link_graph), vectors)
 
 
 def _replace_dir(tmp: Path, final: Path, root: Path) -> None:
