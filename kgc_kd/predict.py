@@ -39,8 +39,6 @@ from kgc_kd.runtime.files import write_text_atomic
 from kgc_kd.serve.vectors import (TORCH_ENCODER, encode_entities, npy_sha256, read_entity_vectors, vectors_digest,
                                   vectors_files, vectors_key, write_entity_vectors)
 
-ONNX_MANIFEST = "onnx/manifest.json"  # an export's ONNX towers (`kgc_kd.serve.onnx_export`)
-
 
 def resolve_export(path: str, stage: str | None = None) -> Path:
     p = Path(path)
@@ -90,25 +88,26 @@ def index_is_current(export: Path, name: str, vectors_sha256: str) -> bool:
 
 def load_towers(export: Path, backend: str, device: str):
     """The query and entity towers `backend` serves, in eval mode on `device`: the export's torch bi-encoder, or
-    its ONNX variant (`serve.onnx_runtime.OnnxBiEncoder`). An export without ONNX towers (no onnx/manifest.json)
-    gets them once (`serve.onnx_export.export_onnx`, one line said); towers of another model (`StaleOnnx`: the
-    export was rewritten since) are exported again and reopened."""
+    its ONNX variant (`serve.onnx_runtime.OnnxBiEncoder`, CPU only). An export without ONNX towers gets them once
+    (`serve.onnx_export.export_onnx`; one line said here where there is no onnx/ at all, by export_onnx where
+    there is one without its manifest); towers of another model or damaged ones (`StaleOnnx`: the export was
+    rewritten since) are exported again (export_onnx says why in one line) and reopened."""
     if backend == "torch":
         return BiEncoder.from_pretrained(export).to(device).eval()
     if backend not in BACKENDS:
         raise ValueError(f"--backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    from kgc_kd.serve.onnx_export import export_onnx
+    from kgc_kd.serve.onnx_export import MANIFEST, ONNX_DIR, export_onnx
     from kgc_kd.serve.onnx_runtime import OnnxBiEncoder, StaleOnnx
 
-    if not (export / ONNX_MANIFEST).is_file():
-        print(f"{export} has no ONNX towers; exporting them once into {(export / ONNX_MANIFEST).parent}",
-              file=sys.stderr, flush=True)
+    onnx_dir = export / ONNX_DIR
+    if not (onnx_dir / MANIFEST).is_file():
+        if not onnx_dir.exists():
+            print(f"{export} has no ONNX towers; exporting them once into {onnx_dir}", file=sys.stderr, flush=True)
         export_onnx(export)
     try:
         towers = OnnxBiEncoder.open(export, backend)
-    except StaleOnnx as err:
-        print(f"{' '.join(str(err).split())}; exporting the ONNX towers again", file=sys.stderr, flush=True)
-        export_onnx(export)
+    except StaleOnnx:
+        export_onnx(export)  # rebuilds what is stale, saying why in one line
         towers = OnnxBiEncoder.open(export, backend)
     return towers.to(device).eval()
 
@@ -260,7 +259,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     if not args.queries and not (args.head and args.relation):
         ap.error("give --head and --relation, or --queries FILE")
-    with exit_statuses(KeyError, ValueError):
+    with exit_statuses(KeyError, ValueError, PermissionError):  # a read-only export asked for ONNX
         pred = Predictor(resolve_export(args.path, args.stage), device=args.device, backend=args.backend,
                          index=args.index)
         if args.queries:
