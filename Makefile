@@ -6,9 +6,9 @@ PYTHON ?= python
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
-install:  ## torch (CPU wheel) first, then the package (editable) with its dev extras
+install:  ## torch (CPU wheel) first, then the package (editable) with its dev and serve extras
 	$(PYTHON) -m pip install "torch==2.13.0"
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install -e ".[dev,serve]"
 
 test:  ## the whole test suite (CPU, offline)
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
@@ -27,7 +27,7 @@ test-torch:  ## the fast suite (-m "not slow") in a new venv with another torch:
 	$(PYTHON) -m venv "$(TORCH_VENV)"
 	echo "torch==$(TORCH)" > "$(TORCH_VENV)/torch-pin.txt"
 	"$(TORCH_VENV)/bin/python" -m pip install -q "torch==$(TORCH)"
-	"$(TORCH_VENV)/bin/python" -m pip install -q -c "$(TORCH_VENV)/torch-pin.txt" -e "$(CURDIR)[dev]"
+	"$(TORCH_VENV)/bin/python" -m pip install -q -c "$(TORCH_VENV)/torch-pin.txt" -e "$(CURDIR)[dev,serve]"
 	"$(TORCH_VENV)/bin/python" -c "import torch; v = torch.__version__.split('+')[0]; assert v == '$(TORCH)', v; print('test-torch: torch', torch.__version__, 'cuda build', torch.version.cuda)"
 	cd "$(CURDIR)" && WANDB_MODE=disabled "$(TORCH_VENV)/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider $(TEST_ARGS)
 

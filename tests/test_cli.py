@@ -18,7 +18,7 @@ from kgc_kd.config import GROUPS, ConfigError, conf_dir, presets
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = {"kgc-kd-fit": "kgc_kd.fit", "kgc-kd-compare": "kgc_kd.compare.__main__", "kgc-kd-sweep": "kgc_kd.sweep.__main__",
-           "kgc-kd-predict": "kgc_kd.predict"}
+           "kgc-kd-predict": "kgc_kd.predict", "kgc-kd-serve-bench": "kgc_kd.serve_bench"}
 
 
 def expected_presets() -> dict[str, list[str]]:

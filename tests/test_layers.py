@@ -24,10 +24,11 @@ LAYERS: list[tuple[str, ...]] = [
     ("data",),
     ("models",),
     ("distill",),
+    ("serve",),  # serving a stage: entity vectors, index, ONNX towers, variants, their measurement (no Lightning)
     ("lit",),  # the Lightning modules
     ("callbacks",),  # Lightning callbacks (resume, timing)
     ("chain",),  # plan, stage specs, preflight, driver, store, recorder, report, tracking
-    ("", "cli", "fit", "predict", "compare", "sweep", "bench"),  # entry points ("" : kgc_kd/__init__.py)
+    ("", "cli", "fit", "predict", "compare", "sweep", "bench", "serve_bench"),  # entry points ("" : kgc_kd/__init__.py)
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 CONFIG_MAY_IMPORT = {"omegaconf", "yaml"}  # besides the standard library

@@ -157,6 +157,11 @@ def format_report(result: dict) -> str:
         lines += ["", "| stage | " + " | ".join(f"{n} (s)" for n in names) + " |", "|" + "---|" * (len(names) + 1)]
         for r in timed:
             lines.append(f"| {r['name']} | " + " | ".join(str(r['phases_s'].get(n, '-')) for n in names) + " |")
+    if result.get("deployment"):  # added by the serving benchmark (python -m kgc_kd.serve_bench)
+        from kgc_kd.serve.deployment import format_deployment
+
+        lines += ["", format_deployment(result["deployment"]),
+                  "", "Measured by `python -m kgc_kd.serve_bench`: the table of every stage x variant is serve.md."]
     return "\n".join(lines)
 
 
@@ -194,3 +199,14 @@ def write_report(run_dir: Path, result: dict) -> str:
     if result["stages"]:
         plot_report(run_dir / "report.png", result)
     return text
+
+
+def add_deployment(run_dir: Path, deployment: dict) -> str:
+    """The run's report (report.md/json, metrics.json, summary.txt) written again with the serving benchmark's
+    deployment answer (`kgc_kd.serve.deployment`). The chain writing its report again drops it: the stages it
+    measured may have changed."""
+    run_dir = Path(run_dir)
+    result = json.loads((run_dir / "report.json").read_text())
+    result.pop("rows", None)  # derived: write_report computes it again
+    result["deployment"] = deployment
+    return write_report(run_dir, result)
