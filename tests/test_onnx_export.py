@@ -23,6 +23,9 @@ from kgc_kd.serve import onnx_export
 from kgc_kd.serve.digest import model_digest
 from kgc_kd.serve.onnx_export import MANIFEST, ONNX_DIR, export_onnx, onnx_problem
 
+pytest.importorskip("onnxruntime", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
+pytest.importorskip("onnxscript", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
+
 PRUNE_TEXTS = ["red green blue thing", "small old entity of relation", "is a", "inverse 3 4", "bright warm"]
 KINDS = {  # name -> (shared encoder, pruned vocabulary, int8)
     "plain": (False, False, True),

@@ -23,6 +23,9 @@ from kgc_kd.serve.onnx_export import EXPORT_PROBE, MANIFEST, ONNX_DIR, export_on
 from kgc_kd.serve.onnx_runtime import OnnxBiEncoder, StaleOnnx
 from test_onnx_export import PRUNE_TEXTS, copy_export, exported
 
+pytest.importorskip("onnxruntime", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
+pytest.importorskip("onnxscript", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
+
 INT8_MIN_COSINE = 0.999  # tiny BERT: measured >= 0.9999 per vector
 
 QUERY_BATCHES = (  # (head text, relation text) pairs: batch sizes and lengths other than the probe's 2 x 8

@@ -128,7 +128,8 @@ def export_tower(tower: PooledTower, path: Path) -> int:
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(tower, tuple(probe[k] for k in INPUTS), str(path), dynamo=True,
                                     external_data=False, input_names=list(INPUTS), output_names=[OUTPUT],
-                                    dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS}, verbose=False)
+                                    dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS}, optimize=True,
+                                    verbose=False)  # optimize: the default since torch 2.9, not in 2.6
     return int(program.model.opset_imports.get("", 0))  # the default (ai.onnx) domain's version
 
 
