@@ -12,9 +12,9 @@ vectors differ from the torch ones by the variant's error (int8: ~1e-2), and one
 served without overwriting another's. `sha256` is the identity an entity index records (`vectors_digest`).
 
 Why float16: the vectors are unit vectors whose components are ~1/sqrt(D); float16 keeps ~3 decimal digits of
-each (relative error <= 2^-11), so a score (a dot product of two unit vectors) moves by at most ~1e-3, and
-the file is half of float32's (Wikidata5M, 4.6M x 768: 7.1 GB instead of 14). Exact search converts them to
-float32 in memory once; an approximate index reads them as it builds.
+each (relative error <= 2^-11), so a score (a dot product of two unit vectors) moves by at most 2^-11 ~ 5e-4
+(sum |q_i e_i| <= 1), and the file is half of float32's (Wikidata5M, 4.6M x 768: 7.1 GB instead of 14). Exact
+search converts them to float32 in memory once; an approximate index reads them as it builds.
 
 Reading never trusts the file: the sidecar is JSON, the array is read with `np.load(mmap_mode="r",
 allow_pickle=False)` (a pickled object array is refused, never run), and the key, shape, dtype and SHA-256 are
