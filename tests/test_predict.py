@@ -144,6 +144,7 @@ def test_help_shows_its_options_and_docs_and_takes_no_items(capsys):
 
     text = check_help(capsys, predict.main, "-h", "python -m kgc_kd.predict ",
                       ("RUN_OR_EXPORT", "--head", "--relation", "--queries", "--top-k", "docs/predict.md",
+                       "--backend {torch,onnx-fp32,onnx-int8}", "--index",
                        "  2  bad input", "No configuration items"), groups=False)
     assert "143" not in text
 
@@ -398,3 +399,182 @@ def test_a_fresh_export_starts_without_encoding_an_entity(tmp_path, monkeypatch)
     assert torch.equal(pred.entity_vecs, _fresh_vectors(kg, net).half().float())
     h, r, _ = kg.train[0].tolist()
     assert _ask(d, kg, h, r) == [kg.entity_ids[i] for i in _expected(kg, net, h, r, 5).indices.tolist()]
+
+
+# ---- --backend onnx-*: the ONNX towers, exported once, ranking against their own entity vectors ----------------
+@pytest.fixture(scope="module")
+def chain_made(tmp_path_factory):
+    """A chain's export of a 20-entity KG (its entity vectors written by the exporter); each test works on a copy."""
+    tmp = tmp_path_factory.mktemp("chain")
+    kg = synthetic_kg(20, 2, 40, seed=3)
+    net = BiEncoder(make_tiny_bert(dropout=0.0)).eval()
+    tokens = TokenCache.load_or_build(kg, make_tokenizer(), 24, cache_dir=tmp / "token-cache")
+    store = ChainStore(tmp / "run", make_tokenizer())
+    store.export("s", net, kg, max_length=24, link_graph=False, tokens=tokens)
+    return store.export_dir("s"), kg, net
+
+
+@pytest.fixture(scope="module")
+def onnx_made(chain_made, tmp_path_factory):
+    """`chain_made`'s export with its ONNX towers (fp32 and int8), exported once for the module (the exporter
+    takes tens of seconds)."""
+    for module in ("onnxruntime", "onnxscript"):
+        pytest.importorskip(module, reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
+    from kgc_kd.serve.onnx_export import export_onnx
+
+    d, kg, net = chain_made
+    d = _copy(d, tmp_path_factory.mktemp("onnx") / "export")
+    export_onnx(d, log=lambda line: None)
+    return d, kg, net
+
+
+def _copy(d, to, onnx=True):
+    """The export copied (same bytes and sizes: its ONNX towers stay current), with or without onnx/."""
+    shutil.copytree(d, to, copy_function=shutil.copy, ignore=None if onnx else shutil.ignore_patterns("onnx"))
+    return to
+
+
+def _said(record):
+    return [str(w.message) for w in record if issubclass(w.category, DataWarning)]
+
+
+def _onnx_brute_force(d, kg, variant, h, r, k):
+    """The variant's query tower against the variant's stored entity vectors, scored here in float32."""
+    from kgc_kd.serve.onnx_runtime import OnnxBiEncoder
+
+    tokens = TokenCache.build(kg, make_tokenizer(), 24)
+    q = OnnxBiEncoder.open(d, variant).encode_query(QueryCollator(tokens)([torch.tensor([h, r, 0])])["hr"])
+    stem = f"entity_vectors-{variant}"
+    e = torch.from_numpy(np.load(d / f"{stem}.npy", allow_pickle=False).astype(np.float32))
+    return (q @ e.t())[0].topk(k)
+
+
+def test_onnx_backends_rank_against_their_own_vectors(onnx_made, tmp_path, monkeypatch, capsys):
+    src, kg, net = onnx_made
+    d = _copy(src, tmp_path / "export")
+    torch_file = (d / "entity_vectors.npy").read_bytes()
+    h, r, _ = kg.train[0].tolist()
+    argv = [str(d), "--head", kg.entity_ids[h], "--relation", kg.relation_texts[r], "--top-k", "5"]
+    for variant in ("onnx-fp32", "onnx-int8"):
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            (first,) = predict.main(argv + ["--backend", variant])
+        npy = d / f"entity_vectors-{variant}.npy"
+        assert _said(record) == [f"{d} has no {variant} entity vectors; encoding 20 entities once, kept in {npy}"]
+        assert "ONNX towers" not in capsys.readouterr().err  # they were there and current
+        info = json.loads((d / f"entity_vectors-{variant}.json").read_text())
+        assert info["key"] == predict.vectors_key(d, 24, False, variant)
+        want = _onnx_brute_force(d, kg, variant, h, r, 5)
+        assert [p["id"] for p in first["predictions"]] == [kg.entity_ids[i] for i in want.indices.tolist()]
+        assert [p["score"] for p in first["predictions"]] == pytest.approx(want.values.tolist(), abs=1e-4)
+        monkeypatch.setattr(predict, "encode_entities", _no_encoding)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DataWarning)
+            assert predict.main(argv + ["--backend", variant]) == [first]  # mapped, not encoded again
+        monkeypatch.undo()
+    torch_vecs = np.load(d / "entity_vectors.npy").astype(np.float32)
+    fp32 = np.load(d / "entity_vectors-onnx-fp32.npy").astype(np.float32)
+    int8 = np.load(d / "entity_vectors-onnx-int8.npy").astype(np.float32)
+    assert np.abs(fp32 - torch_vecs).max() <= 2e-3  # the same model: float16 rounding apart
+    cosine = (int8 * torch_vecs).sum(1)
+    assert cosine.min() > 0.9 and not np.array_equal(int8, fp32)  # quantised: close, not equal
+    assert (d / "entity_vectors.npy").read_bytes() == torch_file  # the torch vectors untouched
+
+
+def test_an_export_without_onnx_towers_gets_them_once(onnx_made, tmp_path, monkeypatch, capsys):
+    from kgc_kd.serve import onnx_export
+
+    src, kg, _ = onnx_made
+    d = _copy(src, tmp_path / "export", onnx=False)
+    calls = []
+
+    def exported(export, **kwargs):  # the real exporter's result, without its tens of seconds
+        calls.append(export)
+        shutil.copytree(src / "onnx", export / "onnx", copy_function=shutil.copy)
+        return export / "onnx"
+
+    monkeypatch.setattr(onnx_export, "export_onnx", exported)
+    argv = [str(d), "--head", kg.entity_ids[0], "--relation", kg.relation_texts[0], "--backend", "onnx-fp32"]
+    first = predict.main(argv)
+    assert capsys.readouterr().err.splitlines() == [f"{d} has no ONNX towers; exporting them once into {d / 'onnx'}"]
+    assert calls == [d]
+    assert predict.main(argv) == first and calls == [d] and capsys.readouterr().err == ""
+
+
+def test_onnx_towers_of_another_model_are_exported_again(onnx_made, tmp_path, monkeypatch):
+    from kgc_kd.serve import onnx_export
+
+    src, kg, _ = onnx_made
+    d = _copy(src, tmp_path / "export")
+    manifest = d / "onnx" / "manifest.json"
+    good = manifest.read_text()
+    manifest.write_text(json.dumps({**json.loads(good), "model": "0" * 64}))  # as another stage's towers say
+    calls = []
+
+    def exported(export, **kwargs):
+        calls.append(export)
+        manifest.write_text(good)
+        return export / "onnx"
+
+    monkeypatch.setattr(onnx_export, "export_onnx", exported)
+    h, r, _ = kg.train[1].tolist()
+    (result,) = predict.main([str(d), "--head", kg.entity_ids[h], "--relation", kg.relation_texts[r],
+                              "--backend", "onnx-fp32", "--top-k", "3"])
+    assert calls == [d]  # once: reopened after it
+    want = _onnx_brute_force(d, kg, "onnx-fp32", h, r, 3)
+    assert [p["id"] for p in result["predictions"]] == [kg.entity_ids[i] for i in want.indices.tolist()]
+
+
+def test_onnx_refuses_another_device_and_a_read_only_export_in_one_line(onnx_made, tmp_path, monkeypatch, capsys):
+    src, kg, _ = onnx_made
+    d = _copy(src, tmp_path / "export")
+    argv = ["--head", kg.entity_ids[0], "--relation", kg.relation_texts[0], "--backend", "onnx-int8"]
+    with pytest.raises(SystemExit) as exc:
+        predict.main([str(d), *argv, "--device", "cuda"])
+    assert exc.value.code == 2 and "onnx-int8 runs on the CPU" in capsys.readouterr().err
+    bare = _copy(src, tmp_path / "bare", onnx=False)
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(SystemExit) as exc:
+        predict.main([str(bare), *argv])
+    err = capsys.readouterr().err.splitlines()
+    assert exc.value.code == 2 and err[-1].startswith(f"error: {bare} is read-only") and len(err) == 2
+
+
+# ---- --index: approximate search, built once beside the vectors, its recall measured on test queries -----------
+def test_index_is_built_once_with_its_recall_and_rebuilt_for_other_vectors(chain_made, tmp_path, monkeypatch,
+                                                                            capsys):
+    pytest.importorskip("faiss", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
+    src, kg, net = chain_made
+    d = _copy(src, tmp_path / "export")
+    h, r, _ = kg.train[0].tolist()
+    argv = [str(d), "--head", kg.entity_ids[h], "--relation", kg.relation_texts[r], "--top-k", "5", "--index"]
+    (first,) = predict.main(argv)
+    queries = 2 * len(kg.test)  # the test split, forward and inverse
+    assert capsys.readouterr().out.splitlines()[0].startswith(
+        f"[index] entity_index: hnsw over 20 entities built in ")
+    record = json.loads((d / "entity_index.json").read_text())
+    assert record["vectors_sha256"] == hashlib.sha256((d / "entity_vectors.npy").read_bytes()).hexdigest()
+    assert record["recall_queries"] == f"{queries} given queries" and record["recall@10"] == 1.0  # 20 entities
+    want = _expected(kg, net, h, r, 5)
+    assert [p["id"] for p in first["predictions"]] == [kg.entity_ids[i] for i in want.indices.tolist()]
+    assert [p["score"] for p in first["predictions"]] == pytest.approx(want.values.tolist(), abs=1e-4)
+
+    def no_queries(self):
+        raise AssertionError("test queries encoded for an index that was there")
+
+    monkeypatch.setattr(predict.Predictor, "_recall_queries", no_queries)
+    assert predict.main(argv) == [first] and "[index]" not in capsys.readouterr().out
+    monkeypatch.undo()
+
+    other = BiEncoder(make_tiny_bert(dropout=0.0, seed=7)).eval()
+    other.save_pretrained(d, make_tokenizer())  # another model: its vectors, then its index, are stale
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (again,) = predict.main(argv)
+    assert _said(caught) == [
+        f"{d / 'entity_vectors.npy'}: entity vectors cannot be used (stale: computed for another model/KG (model "
+        "differs)); they are computed again",
+        f"{d / 'entity_index.faiss'}: stale: built for other entity vectors; rebuilt"]
+    assert "recall@10 = 1.000" in capsys.readouterr().out
+    want = _expected(kg, other, h, r, 5)
+    assert [p["id"] for p in again["predictions"]] == [kg.entity_ids[i] for i in want.indices.tolist()]
