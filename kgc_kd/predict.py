@@ -36,22 +36,9 @@ from kgc_kd.data.kg_export import TOKEN_CACHE_DIR, load_kg_export
 from kgc_kd.data.tokens import TokenCache
 from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.runtime.files import write_text_atomic
+from kgc_kd.serve.locate import resolve_export
 from kgc_kd.serve.vectors import (TORCH_ENCODER, encode_entities, npy_sha256, read_entity_vectors, vectors_digest,
                                   vectors_files, vectors_key, write_entity_vectors)
-
-
-def resolve_export(path: str, stage: str | None = None) -> Path:
-    p = Path(path)
-    if (p / "biencoder.json").is_file():
-        return p
-    state = p / "chain_state.json"
-    if state.is_file():
-        order = json.loads(state.read_text()).get("order", [])
-        name = stage or (order[-1] if order else None)
-        if name is None or name not in order:
-            raise FileNotFoundError(f"{p}: no finished stage {stage!r}; finished: {order}")
-        return p / "stages" / name / "export"
-    raise FileNotFoundError(f"{p}: neither an exported stage (biencoder.json) nor a run directory (chain_state.json)")
 
 
 def token_cache_dir(export: Path) -> Path:

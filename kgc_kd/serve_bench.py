@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "hardware serves is measured and the others are named as skipped; a named one it cannot "
                        "serve is an error.",
                        "Measure on a quiet machine: the latencies are wall-clock."),
-                docs=("docs/performance.md#serving", "docs/predict.md"))
+                docs=("docs/serving.md", "docs/performance.md#serving-measured"))
     ap.add_argument("run", metavar="RUN", help="a finished run directory (runs/<name>, with report.json)")
     ap.add_argument("--stages", help="comma-separated stage names (default: every finished stage)")
     ap.add_argument("--variants", help="comma-separated among fp32,bf16,onnx-fp32,onnx-int8 (default: all this "

@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kgc_kd"
 LAYERS: list[tuple[str, ...]] = [
     ("runtime",),  # atomic files, precision, devices, memory: no kgc_kd import
     ("config",),  # the schema: imports nothing of kgc_kd (checked below)
+    ("cli",),  # the entry points' shared parser and exit statuses (imports config only): serve.onnx_export's CLI uses it
     ("eval",),
     ("data",),
     ("models",),
@@ -28,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("lit",),  # the Lightning modules
     ("callbacks",),  # Lightning callbacks (resume, timing)
     ("chain",),  # plan, stage specs, preflight, driver, store, recorder, report, tracking
-    ("", "cli", "fit", "predict", "compare", "sweep", "bench", "serve_bench"),  # entry points ("" : kgc_kd/__init__.py)
+    ("", "fit", "predict", "compare", "sweep", "bench", "serve_bench"),  # entry points ("" : kgc_kd/__init__.py)
 ]
 LAYER_OF = {name: i for i, names in enumerate(LAYERS) for name in names}
 CONFIG_MAY_IMPORT = {"omegaconf", "yaml"}  # besides the standard library

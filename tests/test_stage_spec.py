@@ -105,7 +105,8 @@ def test_input_fingerprints_read_the_kg_the_plm_directory_and_a_loaded_export(tm
     (export / "query" / "model.safetensors").write_bytes(b"weights")
     loaded = lambda: input_fingerprints(build_plan([*BASE, f"teacher.load={export}"]).cfg, kg)["teacher_load"]  # noqa: E731
     digest = loaded()
-    for extra in ("kg.json", "kg/test.npy", "token-cache/entry/ids.npy", "entity_vectors-ab12.pt"):
+    for extra in ("kg.json", "kg/test.npy", "token-cache/entry/ids.npy", "entity_vectors.npy", "entity_vectors.json",
+                  "entity_vectors-onnx-int8.npy", "entity_index.faiss", "onnx/query.onnx", ".onnx.x1.tmp/query.onnx"):
         (export / extra).parent.mkdir(parents=True, exist_ok=True)
         (export / extra).write_bytes(b"not the model")
     assert loaded() == digest

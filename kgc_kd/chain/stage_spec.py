@@ -31,6 +31,7 @@ from kgc_kd.data.kg import KG
 from kgc_kd.distill.registry import Dims, resolve_term, term_class
 from kgc_kd.models.plm import resolve_plm
 from kgc_kd.runtime.fingerprint import tree_digest
+from kgc_kd.serve.digest import DERIVED_FILES
 
 
 def resolve_terms(entries: list[dict[str, Any]], dims: Dims | None = None) -> list[dict[str, Any]]:
@@ -101,8 +102,9 @@ KG_PARTS_IN_KEY = ("entities", "relations", "train", "valid")
 # Files of a PLM directory that are not the model: a git checkout's metadata, huggingface_hub's download state.
 NOT_PLM_FILES = (".git", ".cache", ".gitattributes", "*.lock", "*.incomplete")
 # Files of an export that are not its model: its KG (rewritten when the stage is evaluated on another test
-# split), the token table linked from the run's cache, predict's entity-vector caches and temporary files.
-NOT_EXPORT_MODEL_FILES = ("kg", "kg.json", "token-cache", "entity_vectors-*", "*.tmp", "*.old")
+# split), the token table linked from the run's cache, what is derived from the model (entity vectors, index,
+# ONNX towers: `serve.digest.DERIVED_FILES`) and temporary files.
+NOT_EXPORT_MODEL_FILES = ("kg", "kg.json", "token-cache", *DERIVED_FILES, "*.tmp", "*.old")
 
 
 def _digest(obj: Any) -> str:

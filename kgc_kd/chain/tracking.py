@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kgc_kd.config import conf_dir, presets, to_plain
+from kgc_kd.serve.digest import DERIVED_FILES
 
 if TYPE_CHECKING:
     from kgc_kd.chain.plan import RunPlan
@@ -239,8 +240,9 @@ def artifact_name(plan: RunPlan, stage: str) -> str:
 
 
 # What of an export is not uploaded: the token table linked from the run's cache (predict tokenises once without
-# it; on a large KG it is the biggest file) and predict's entity-vector caches, temporary and replaced files.
-NOT_IN_ARTIFACT = ("token-cache", "entity_vectors-*", "*.tmp", "*.old")
+# it; on a large KG it is the biggest file), what predict derives from the model again where absent (entity
+# vectors: 7 GB at Wikidata5M; index; ONNX towers: `serve.digest.DERIVED_FILES`), temporary and replaced files.
+NOT_IN_ARTIFACT = ("token-cache", *DERIVED_FILES, "*.tmp", "*.old")
 
 
 def export_files(export_dir: Path) -> list[Path]:

@@ -11,6 +11,7 @@ interrupted one resumes inside `run_chain` like any fit run.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import dataclasses
 import gc
 import hashlib
@@ -23,6 +24,7 @@ from typing import Any, Callable
 
 import torch
 
+from kgc_kd.serve.digest import DERIVED_FILES
 from kgc_kd.chain.driver import build_datamodule, open_chain, run_chain
 from kgc_kd.compare.plan import Chain, Plan
 from kgc_kd.models.plm import load_tokenizer
@@ -74,7 +76,9 @@ def export_digest(export: str | Path) -> str:
     """sha256 over the export's files (names and bytes): the same digest means the same teacher."""
     h = hashlib.sha256()
     root = Path(export)
-    for p in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith("entity_vectors")):
+    derived = lambda q: any(fnmatch.fnmatchcase(part, pat) for part in q.relative_to(root).parts  # noqa: E731
+                            for pat in DERIVED_FILES)
+    for p in sorted(q for q in root.rglob("*") if q.is_file() and not derived(q)):
         h.update(str(p.relative_to(root)).encode() + b"\0")
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):

@@ -186,9 +186,10 @@ def machine(threads: int) -> dict:
 
 def serve_bench(run_dir: Path, *, stages: list[str] | None = None, variants: list[str] | None = None,
                 threads: int | None = None, device: str = "cpu", latency_queries: int = 200,
-                log=print) -> dict:
+                log=None) -> dict:
     """Measure every stage x variant of the finished run in `run_dir`; see the module docstring."""
     run_dir = Path(run_dir)
+    log = log or (lambda line: print(line, flush=True))  # progress as it happens, even into a pipe
     exports, measured, skipped, eval_cfg = preflight(run_dir, stages, variants, device)
     threads = int(threads or os.cpu_count() or 1)
     for variant, why in skipped.items():

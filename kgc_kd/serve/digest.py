@@ -14,6 +14,10 @@ from kgc_kd.runtime.fingerprint import tree_digest
 
 MODEL_FILES = ("biencoder.json", "query", "entity")  # the model: weights, configs, tokenizer, temperature, pooling
 KG_FILES = (META_FILE, PARTS_DIR)  # the KG: texts and (with the link graph) training triples
+# What is derived from an export's model and KG, never part of them: its entity vectors (per encoder variant),
+# the approximate index over them, the ONNX towers and their temporary directories. Digests of "the model" and
+# model artifacts leave them out (predict writing them into an export changes no stage key).
+DERIVED_FILES = ("entity_vectors*", "entity_index*", "onnx", ".onnx.*.tmp")
 
 
 def export_digest(export: Path, names: tuple[str, ...]) -> str:

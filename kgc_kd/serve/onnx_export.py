@@ -333,7 +333,7 @@ EXAMPLES = (
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Export (or find current) the towers of one stage and print their files; returns the manifest."""
     from kgc_kd.cli import EXIT_BAD_INPUT, EXIT_OK, exit_statuses, parser
-    from kgc_kd.predict import resolve_export
+    from kgc_kd.serve.locate import resolve_export
 
     ap = parser("python -m kgc_kd.serve.onnx_export",
                 "Export a stage's query and entity towers (encoder + pooling) to ONNX, with int8 variants, into "
