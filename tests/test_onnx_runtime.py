@@ -21,7 +21,7 @@ from kgc_kd.models.biencoder import BiEncoder
 from kgc_kd.serve.digest import model_digest
 from kgc_kd.serve.onnx_export import EXPORT_PROBE, MANIFEST, ONNX_DIR, export_onnx
 from kgc_kd.serve.onnx_runtime import OnnxBiEncoder, StaleOnnx
-from test_onnx_export import PRUNE_TEXTS, copy_export, exported
+from test_onnx_export import PRUNE_TEXTS, copy_export, exported, plain, shared  # noqa: F401 (fixtures)
 
 pytest.importorskip("onnxruntime", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
 pytest.importorskip("onnxscript", reason="the serve extra is not installed: pip install 'kgc-kd[serve]'")
@@ -50,16 +50,6 @@ def query_batches(tok):
 
 def entity_batches(tok):
     return [batch(tok, texts) for texts in ENTITY_BATCHES]
-
-
-@pytest.fixture(scope="module")
-def plain(tmp_path_factory):
-    return exported(tmp_path_factory, "plain")
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    return exported(tmp_path_factory, "shared")
 
 
 @pytest.fixture(scope="module")

@@ -98,5 +98,5 @@ def test_a_missing_export_is_named(run, tmp_path):
 
 
 def test_help_shows_its_options(capsys):
-    check_help(capsys, serve_bench.main, "--help", "usage: python -m kgc_kd.serve_bench",
+    check_help(capsys, serve_bench.main, "--help", "python -m kgc_kd.serve_bench",
                ("--variants", "--threads", "--stages", "docs/serving.md"), groups=False)
