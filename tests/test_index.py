@@ -63,7 +63,8 @@ def test_exact_search_matches_a_loop():
 
 
 def test_build_recall_and_search(tmp_path, vectors, queries, capsys):
-    idx = EntityIndex.load_or_build(tmp_path, vectors, "sha-a", queries=queries, M=16, efConstruction=64, efSearch=64)
+    idx = EntityIndex.load_or_build(tmp_path, vectors, "sha-a", queries=queries, kind="hnsw", M=16,
+                                    efConstruction=64, efSearch=64)
     out = capsys.readouterr().out
     assert f"[index] entity_index: hnsw over {N:,} entities built in" in out and "on 200 queries" in out
     meta = json.loads((tmp_path / "entity_index.json").read_text())
@@ -88,12 +89,15 @@ def test_build_recall_and_search(tmp_path, vectors, queries, capsys):
 
 
 def test_default_queries_are_a_fixed_sample(tmp_path, vectors):
-    a = EntityIndex.load_or_build(tmp_path / "a", vectors, "sha-a", kind="ivf")
-    b = EntityIndex.load_or_build(tmp_path / "b", vectors, "sha-a", kind="ivf")
-    assert a.meta["recall_queries"] == "1000 entity vectors sampled with seed 0 as queries"
+    a = EntityIndex.load_or_build(tmp_path / "a", vectors, "sha-a", nprobe=8)  # the default kind: ivf
+    b = EntityIndex.load_or_build(tmp_path / "b", vectors, "sha-a", nprobe=8)
+    assert a.meta["kind"] == "ivf" and a.meta["recall_queries"] == "1000 entity vectors sampled with seed 0 as queries"
     assert a.meta["recall@10"] == b.meta["recall@10"] >= 0.95
     # nlist = min(4 sqrt(N), N // 39) = min(179, 51): FAISS's k-means wants >= 39 points per centroid
-    assert a.meta["params"] == {"nlist": 51, "nprobe": 32}
+    assert a.meta["params"] == {"nlist": 51, "nprobe": 8}
+    # the default nprobe (512) is capped at nlist: every list searched, so the search is exact
+    c = EntityIndex.load_or_build(tmp_path / "c", vectors, "sha-a")
+    assert c.meta["params"] == {"nlist": 51, "nprobe": 51} and c.meta["recall@10"] == 1.0
 
 
 def test_second_load_reuses(tmp_path, vectors, monkeypatch):
@@ -113,18 +117,35 @@ def test_second_load_reuses(tmp_path, vectors, monkeypatch):
 
 
 def test_stale_index_is_rebuilt_with_one_warning(tmp_path, vectors):
-    EntityIndex.load_or_build(tmp_path, vectors, "sha-a", M=8, efConstruction=40, efSearch=40)
+    EntityIndex.load_or_build(tmp_path, vectors, "sha-a", kind="hnsw", M=8, efConstruction=40, efSearch=40)
     other = unit_rows(500, D, 5)
     with pytest.warns(DataWarning) as record:
-        idx = EntityIndex.load_or_build(tmp_path, other, "sha-b", M=8, efConstruction=40, efSearch=40)
+        idx = EntityIndex.load_or_build(tmp_path, other, "sha-b", kind="hnsw", M=8, efConstruction=40, efSearch=40)
     assert len(record) == 1
     msg = str(record[0].message)
     assert "entity_index.faiss" in msg and "stale" in msg and "\n" not in msg
     assert idx.meta["vectors_sha256"] == "sha-b" and idx.meta["n"] == 500
     assert json.loads((tmp_path / "entity_index.json").read_text())["vectors_sha256"] == "sha-b"
-    # other params: rebuilt too, said so
+    # other build params: rebuilt too, said so
     with pytest.warns(DataWarning, match="asked for hnsw"):
-        EntityIndex.load_or_build(tmp_path, other, "sha-b", M=8, efConstruction=40, efSearch=80)
+        EntityIndex.load_or_build(tmp_path, other, "sha-b", kind="hnsw", M=8, efConstruction=48, efSearch=40)
+
+
+def test_other_search_param_reuses_the_index(tmp_path, vectors, queries, monkeypatch, capsys):
+    low = EntityIndex.load_or_build(tmp_path, vectors, "sha-a", queries=queries, kind="hnsw", M=8,
+                                    efConstruction=40, efSearch=10)
+    monkeypatch.setattr(index_mod, "_build", lambda *a, **k: pytest.fail("rebuilt for a search parameter"))
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        high = EntityIndex.load_or_build(tmp_path, vectors, "sha-a", queries=queries, kind="hnsw", M=8,
+                                         efConstruction=40, efSearch=200)
+    assert "reused with efSearch=200 (recorded 10)" in capsys.readouterr().out
+    assert high.meta["params"]["efSearch"] == 200 and high.index.hnsw.efSearch == 200
+    _, exact = exact_search(vectors, queries, 10)
+    assert high.meta["recall@10"] == pytest.approx(recall_at_k(high.search(queries, 10)[1], exact, 10))
+    assert high.meta["recall@10"] > low.meta["recall@10"]
+    assert json.loads((tmp_path / "entity_index.json").read_text()) == high.meta
 
 
 def test_damaged_index_is_rebuilt_with_a_warning(tmp_path, vectors):
@@ -172,7 +193,8 @@ def test_unwritable_directory_keeps_the_index_in_memory(tmp_path, vectors, monke
 
 def test_fp16_vectors(tmp_path, vectors, queries):
     half = vectors.astype(np.float16)
-    idx = EntityIndex.load_or_build(tmp_path, half, "sha-h", queries=queries, M=16, efConstruction=64, efSearch=64)
+    idx = EntityIndex.load_or_build(tmp_path, half, "sha-h", queries=queries, kind="hnsw", M=16,
+                                    efConstruction=64, efSearch=64)
     assert idx.meta["recall@10"] >= 0.95
     _, exact = exact_search(half, queries, 10)
     assert recall_at_k(idx.search(queries, 10)[1], exact, 10) == pytest.approx(idx.meta["recall@10"])
@@ -182,7 +204,7 @@ def test_refusals(tmp_path, vectors):
     with pytest.raises(ValueError, match="L2-normalised"):
         EntityIndex.load_or_build(tmp_path, vectors * 2, "x", kind="flat")
     with pytest.raises(ValueError, match="no parameter nprobe"):
-        EntityIndex.load_or_build(tmp_path, vectors, "x", nprobe=4)
+        EntityIndex.load_or_build(tmp_path, vectors, "x", kind="hnsw", nprobe=4)
     with pytest.raises(ValueError, match="plain file name"):
         EntityIndex.load_or_build(tmp_path, vectors, "x", name="../escape")
     assert list(tmp_path.iterdir()) == []

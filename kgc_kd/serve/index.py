@@ -7,14 +7,15 @@ search and records it beside the index: a served index never has an unknown reca
 
 Files: `<directory>/<name>.faiss` (FAISS's own format, read by `faiss.read_index`: no pickle, nothing loaded
 runs code) and `<name>.json` (what it was built from and for, and its measured recall). An index is reused where
-the json's vectors_sha256, kind and params equal those asked for; otherwise it is built, with one DataWarning
-saying why where a file was there (stale, damaged, or another kind/params). Writes are atomic (a temporary
+the json's vectors_sha256, kind and params equal those asked for (where only the search parameter, efSearch
+or nprobe, differs, the built index is reused and its recall measured again and recorded); otherwise it is built,
+with one DataWarning saying why where a file was there (stale, damaged, or another kind or build params). Writes are atomic (a temporary
 sibling renamed over the file; the json is removed first and written last, so a kill mid-build never leaves a
 json vouching for another index); a directory that cannot be written keeps the index in memory.
 
-Vectors are (E, D) float16 or float32 with L2-normalised rows, so inner product = cosine. Kinds (defaults
-measured at 459k x 384 real encoder vectors on a 2-core CPU; experiments/index_scale.py, docs/performance.md):
-`hnsw` (IndexHNSWFlat: M, efConstruction, efSearch), `ivf` (IndexIVFFlat: nlist, nprobe), `flat` (exact).
+Vectors are (E, D) float16 or float32 with L2-normalised rows, so inner product = cosine. Kinds: `ivf` (the
+default: IndexIVFFlat, nlist, nprobe), `hnsw` (IndexHNSWFlat: M, efConstruction, efSearch), `flat` (exact);
+defaults measured at 459k x 384 encoder vectors on a 2-core CPU (`DEFAULTS`, experiments/index_scale.py).
 FAISS is an optional extra (`kgc-kd[serve]`): imported where used.
 """
 
@@ -41,9 +42,15 @@ RECALL_QUERIES = 1_000
 RECALL_SEED = 0
 # Build parameters first, then the one search parameter each kind has (it changes results, not the built index,
 # but the recorded recall was measured with it, so it is part of what a cached index must match).
+# Measured at 459k x 384 (experiments/index_scale.py, 2 cores; entity vectors of a 2-layer MiniLM, queries from test
+# triples): IVF nlist=2711 (4 sqrt(E)) reaches recall@10 0.969 at nprobe=512, 10.7x faster than exact at batch 1,
+# built in 69 s; HNSW (M=32, efConstruction=80) took 482 s to build and reached only 0.64 at efSearch=1024 on
+# these vectors (a narrow cone: the mean vector's norm is 0.94, top-10 scores 3.5 std above the median). So
+# `ivf` is the default; nprobe is capped at nlist (small indexes are then exact).
+DEFAULT_KIND = "ivf"
 DEFAULTS: dict[str, dict[str, Any]] = {
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 64},
-    "ivf": {"nlist": None, "nprobe": 32},  # nlist None: 4 * sqrt(E), at most E / 39 (FAISS's points per centroid)
+    "ivf": {"nlist": None, "nprobe": 512},  # nlist None: 4 * sqrt(E), at most E / 39 (FAISS's points per centroid)
     "flat": {},
 }
 SEARCH_PARAM = {"hnsw": "efSearch", "ivf": "nprobe", "flat": None}
@@ -114,6 +121,8 @@ def resolve_params(kind: str, n: int, params: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ValueError(f"index parameter {key}={value!r} must be an integer >= 1")
         out[key] = int(value)
+    if kind == "ivf":
+        out["nprobe"] = min(out["nprobe"], out["nlist"])  # what FAISS would search anyway, recorded as such
     return out
 
 
@@ -189,6 +198,22 @@ def _write_index(index, path: Path) -> None:
         raise
 
 
+def _same_build(kind: str, recorded: Any, want: dict[str, Any]) -> bool:
+    """Whether an index recorded with `recorded` params has the graph/lists `want` asks for (all but the
+    search parameter equal)."""
+    if not isinstance(recorded, dict) or set(recorded) != set(want):
+        return False
+    return all(recorded[k] == want[k] for k in want if k != SEARCH_PARAM[kind])
+
+
+def _recall(index, x: np.ndarray, q: np.ndarray) -> float:
+    """recall@10 of `index` against exact search over `x` for queries `q` (k = E where fewer than 10)."""
+    k = min(RECALL_K, len(x))
+    _, exact_ids = exact_search(x, q, k)
+    _, approx_ids = index.search(q, k)
+    return recall_at_k(approx_ids, exact_ids, k)
+
+
 # ---- the index -----------------------------------------------------------------------------------------------
 class EntityIndex:
     """A FAISS index over entity vectors and its record (`meta`: the json's fields). Build or reuse it with
@@ -227,8 +252,27 @@ class EntityIndex:
         return scores, ids.astype(np.int64, copy=False)
 
     @classmethod
+    def _researched(cls, index, meta: dict[str, Any], want: dict[str, Any], v: np.ndarray,
+                    queries: np.ndarray | None, name: str, index_path: Path, meta_path: Path) -> EntityIndex:
+        """A cached index asked for with another search parameter: searching changes, the built index does not,
+        so it is reused and only its recall is measured again (seconds; a build takes minutes at scale) and its
+        record rewritten (in memory only where the directory cannot be written)."""
+        x = _checked(v)
+        q, q_what = _recall_queries(x, queries)
+        recall = _recall(index, x, q)
+        param = SEARCH_PARAM[meta["kind"]]
+        print(f"[index] {name}: {meta['kind']} over {meta['n']:,} entities reused with {param}={want[param]} "
+              f"(recorded {meta['params'][param]}); recall@10 = {recall:.3f} on {len(q):,} queries", flush=True)
+        meta = {**meta, "params": want, "recall@10": recall, "recall_queries": q_what}
+        try:
+            write_json_atomic(meta_path, meta)
+        except OSError:
+            pass  # the record on disk stays true for the parameter it names
+        return cls(index, meta, index_path)
+
+    @classmethod
     def load_or_build(cls, directory: Path, vectors: np.ndarray, vectors_sha256: str, *,
-                      queries: np.ndarray | None = None, name: str = "entity_index", kind: str = "hnsw",
+                      queries: np.ndarray | None = None, name: str = "entity_index", kind: str = DEFAULT_KIND,
                       threads: int | None = None, **params: Any) -> EntityIndex:
         """The index of `vectors` (whose content digest is `vectors_sha256`) in `directory`: reused where its
         json matches digest, kind and params; else built, its recall@10 measured over `queries` (None: 1,000
@@ -246,6 +290,7 @@ class EntityIndex:
         want = resolve_params(kind, max(n, 1), params)
 
         why = None  # why an existing index is not reused (None: nothing was there)
+        found = None  # (index, record) of a reusable cached index
         if meta_path.exists() or index_path.exists():
             try:
                 meta = json.loads(meta_path.read_text())
@@ -253,7 +298,7 @@ class EntityIndex:
                     raise ValueError("not an entity-index record")
                 if meta.get("vectors_sha256") != vectors_sha256:
                     why = "stale: built for other entity vectors"
-                elif meta.get("kind") != kind or meta.get("params") != want:
+                elif meta.get("kind") != kind or not _same_build(kind, meta.get("params"), want):
                     why = f"built as {meta.get('kind')} {meta.get('params')}, asked for {kind} {want}"
                 elif not index_path.exists():
                     why = f"incomplete: {index_path.name} is missing"
@@ -265,21 +310,24 @@ class EntityIndex:
                     if index.ntotal != meta["n"] or index.d != meta["dim"] or (n, dim) != (meta["n"], meta["dim"]):
                         raise ValueError(f"holds {index.ntotal} x {index.d}, its record says {meta['n']} x {meta['dim']}")
                     _apply_search(index, kind, want)
-                    return cls(index, meta, index_path)
+                    found = (index, meta)
             except FileNotFoundError as err:
                 why = f"incomplete: {Path(err.filename or '').name or 'a file'} is missing"
             except Exception as err:  # unreadable json, a truncated or foreign .faiss: FAISS raises RuntimeError
                 first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                 why = f"damaged ({first})"
+        if found is not None:
+            index, meta = found
+            if meta["params"] != want:  # only the search parameter differs: the same index, recall re-measured
+                return cls._researched(index, meta, want, v, queries, name, index_path, meta_path)
+            return cls(index, meta, index_path)
 
         x = _checked(v)
         q, q_what = _recall_queries(x, queries)
         t0 = time.perf_counter()
         index = _build(kind, want, x)
         build_s = time.perf_counter() - t0
-        _, exact_ids = exact_search(x, q, min(RECALL_K, n))
-        _, approx_ids = index.search(q, min(RECALL_K, n))
-        recall = recall_at_k(approx_ids, exact_ids, min(RECALL_K, n))
+        recall = _recall(index, x, q)
         meta = {"format": FORMAT, "vectors_sha256": vectors_sha256, "kind": kind, "params": want, "n": n, "dim": dim,
                 "recall@10": recall, "recall_queries": q_what, "build_s": round(build_s, 3),
                 "threads": faiss.omp_get_max_threads(), "faiss": faiss.__version__}
