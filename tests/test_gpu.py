@@ -856,3 +856,25 @@ def test_predict_on_cuda_gives_the_cpus_top_k(tmp_path, monkeypatch):
         for c, g in zip(cpu, results, strict=True):
             assert (g["head"], g["relation"]) == (c["head"], c["relation"])
             _same_top_k(c["predictions"], g["predictions"])
+
+
+def test_serve_measure_on_cuda_times_the_gpu_and_gives_the_cpus_mrr(tmp_path):
+    """kgc_kd.serve.measure with device cuda (serve_bench --device cuda): fp32 and bf16 served on the GPU, timed
+    with synchronisation, their own test MRR equal to (fp32) or near (bf16) the CPU's."""
+    from kgc_kd.data.kg_export import save_kg
+    from kgc_kd.data.synthetic import synthetic_kg
+    from kgc_kd.serve.measure import measure
+
+    kg = synthetic_kg(30, 2, 80, seed=3)
+    export = tmp_path / "export"
+    BiEncoder(make_tiny_bert(dropout=0.0)).eval().save_pretrained(export, make_tokenizer())
+    save_kg(kg, export, max_length=24)
+    kw = dict(eval_cfg={"chunk_size": 256}, threads=1, latency_queries=10, warmup=2)
+    cpu = measure(export, "fp32", device="cpu", **kw)
+    on = measure(export, "fp32", device=ON, **kw)
+    assert on["test"]["mrr"] == pytest.approx(cpu["test"]["mrr"], abs=1e-3)
+    assert on["peak_cuda_mib"] > 0 and 0 < on["latency_ms"]["p50"] <= on["latency_ms"]["p99"]
+    if torch.cuda.is_bf16_supported():
+        bf16 = measure(export, "bf16", device=ON, **kw)
+        assert bf16["test"]["mrr"] == pytest.approx(cpu["test"]["mrr"], abs=0.05)
+        assert bf16["bytes_on_disk"] < on["bytes_on_disk"]

@@ -42,13 +42,16 @@ def _batches(collate, rows: torch.Tensor, size: int) -> list[dict]:
     return [collate(list(rows[i:i + size])) for i in range(0, len(rows), size)]
 
 
-def _best_rate(fn, batches: list, items: int, repeats: int = 3) -> float:
-    """Items per second of `fn` over `batches` (`items` in all): the best of `repeats` passes."""
+def _best_rate(fn, batches: list, items: int, sync, repeats: int = 3) -> float:
+    """Items per second of `fn` over `batches` (`items` in all): the best of `repeats` passes; `sync()` waits
+    for the device's queued work before each clock read."""
     best = 0.0
     for _ in range(repeats):
+        sync()
         start = time.perf_counter()
         for b in batches:
             fn(b)
+        sync()
         best = max(best, items / max(time.perf_counter() - start, 1e-9))
     return round(best, 1)
 
@@ -68,11 +71,13 @@ def measure(export: Path, variant: str, *, eval_cfg: dict, threads: int, device:
     from kgc_kd.data.kg_export import TOKEN_CACHE_DIR, load_kg_export
     from kgc_kd.data.tokens import TokenCache
     from kgc_kd.eval import evaluate_queries
+    from kgc_kd.runtime.devices import synchronize
     from kgc_kd.runtime.memory import peak_rss_mib, rss_mib
     from kgc_kd.serve.variants import load_variant
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    sync = lambda: synchronize(device)  # noqa: E731 - a CUDA timer must not stop before the kernels ran
     started = time.perf_counter()
     kg, meta = load_kg_export(export)
     tokenizer = AutoTokenizer.from_pretrained(export / "query", local_files_only=True)
@@ -86,7 +91,7 @@ def measure(export: Path, variant: str, *, eval_cfg: dict, threads: int, device:
     # entities: the vectors this variant ranks against, and how fast it makes them
     ent_batches = _batches(EntityCollator(tokens), torch.arange(kg.num_entities), ENTITY_BATCH)
     entity_vecs = torch.cat([served.encode_entity(b["entity"]) for b in ent_batches]).float()
-    entities_per_s = _best_rate(lambda b: served.encode_entity(b["entity"]), ent_batches, kg.num_entities)
+    entities_per_s = _best_rate(lambda b: served.encode_entity(b["entity"]), ent_batches, kg.num_entities, sync)
 
     # the variant's own test metrics, as the chain evaluates a stage
     test = kg.with_inverse(kg.split("test"))
@@ -98,7 +103,7 @@ def measure(export: Path, variant: str, *, eval_cfg: dict, threads: int, device:
         from kgc_kd.eval.rerank import NeighbourGraph
 
         heads = torch.cat([kg.valid, kg.test])[:, [0, 2]]
-        graph = NeighbourGraph.from_triples(kg.train, kg.num_entities, device="cpu")
+        graph = NeighbourGraph.from_triples(kg.train, kg.num_entities, device=entity_vecs.device)
         adjacency = graph.neighbourhoods(heads, int(eval_cfg["rerank_hops"]))
     metrics, _ = evaluate_queries(query_vecs, entity_vecs, test, kg.num_relations, kg.filter_index,
                                   adjacency=adjacency, rerank_hops=int(eval_cfg.get("rerank_hops", 0)),
@@ -109,10 +114,13 @@ def measure(export: Path, variant: str, *, eval_cfg: dict, threads: int, device:
     one = [qcollate([row]) for row in _cycled(test, latency_queries + warmup)]
     encode_s, answer_s = [], []
     for i, b in enumerate(one):
+        sync()
         start = time.perf_counter()
         q = served.encode_query(b["hr"])
+        sync()
         mid = time.perf_counter()
         (q @ entity_vecs.t()).topk(min(10, kg.num_entities))
+        sync()
         end = time.perf_counter()
         if i >= warmup:
             encode_s.append(mid - start)
@@ -122,7 +130,7 @@ def measure(export: Path, variant: str, *, eval_cfg: dict, threads: int, device:
         rows = _cycled(test, max(2 * size, 512))
         batches = _batches(qcollate, rows, size)
         served.encode_query(batches[0]["hr"])  # warm-up at this shape
-        throughput[str(size)] = _best_rate(lambda b: served.encode_query(b["hr"]), batches, len(rows))
+        throughput[str(size)] = _best_rate(lambda b: served.encode_query(b["hr"]), batches, len(rows), sync)
     return {
         "variant": variant, "threads": threads, "device": device,
         "bytes_on_disk": int(served.bytes_on_disk),
@@ -133,6 +141,8 @@ def measure(export: Path, variant: str, *, eval_cfg: dict, threads: int, device:
         "queries_per_s": throughput, "entities_per_s": entities_per_s,
         "rss_loaded_mib": None if rss_loaded is None else round(rss_loaded, 1), "peak_rss_mib": peak_rss_mib(),
         "load_s": round(load_s, 2),
+        **({"peak_cuda_mib": round(torch.cuda.max_memory_allocated(device) / 2**20, 1)}
+           if torch.device(device).type == "cuda" else {}),
     }
 
 
