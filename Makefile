@@ -32,7 +32,7 @@ test-torch:  ## the fast suite (-m "not slow") in a new venv with another torch:
 	cd "$(CURDIR)" && WANDB_MODE=disabled "$(TORCH_VENV)/bin/python" -m pytest -q -m "not slow" -p no:cacheprovider $(TEST_ARGS)
 
 SMOKE_DIR ?= runs/smoke
-SMOKE_OUT = report.md report.json report.png $(foreach s,teacher pmd6 pmd4 pmd2,stages/$(s)/export/biencoder.json)
+SMOKE_OUT = report.md report.json report.png $(foreach s,teacher pmd6 pmd4 pmd2,stages/$(s)/export/biencoder.json stages/$(s)/export/entity_vectors.npy)
 
 smoke:  ## the default chain end to end with two training batches per stage (77 s on 2 CPU cores)
 	rm -rf $(SMOKE_DIR)
