@@ -42,11 +42,12 @@ RECALL_QUERIES = 1_000
 RECALL_SEED = 0
 # Build parameters first, then the one search parameter each kind has (it changes results, not the built index,
 # but the recorded recall was measured with it, so it is part of what a cached index must match).
-# Measured at 459k x 384 (experiments/index_scale.py, 2 cores; entity vectors of a 2-layer MiniLM, queries from test
-# triples): IVF nlist=2711 (4 sqrt(E)) reaches recall@10 0.969 at nprobe=512, 10.7x faster than exact at batch 1,
-# built in 69 s; HNSW (M=32, efConstruction=80) took 482 s to build and reached only 0.64 at efSearch=1024 on
-# these vectors (a narrow cone: the mean vector's norm is 0.94, top-10 scores 3.5 std above the median). So
-# `ivf` is the default; nprobe is capped at nlist (small indexes are then exact).
+# Measured at 459k x 384 (experiments/index_scale.py, 2 cores, 2026-12-07; entity vectors of a 2-layer MiniLM,
+# 1,000 queries from test triples): IVF nlist=2711 (4 sqrt(E)) reaches recall@10 0.969 at nprobe=512, 9.6-11.0x
+# faster than exact at batch 1 (three runs), built in 70 s (nprobe 256: 0.890; nlist=1024 at nprobe 256: 0.976 but
+# 8.3x). HNSW (M=32, efConstruction=80) took 220-505 s to build and reached only 0.64 at efSearch=1024 on these
+# vectors (a narrow cone: the mean vector's norm is 0.94; a query's top-10 score stands 4 std above the median).
+# So `ivf` is the default; nprobe is capped at nlist (a small index is then searched exactly).
 DEFAULT_KIND = "ivf"
 DEFAULTS: dict[str, dict[str, Any]] = {
     "hnsw": {"M": 32, "efConstruction": 80, "efSearch": 64},
