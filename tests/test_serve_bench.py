@@ -1,6 +1,7 @@
 """kgc_kd/serve/bench.py and its entry point kgc_kd/serve_bench.py: a finished run's stages measured as served."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -100,3 +101,20 @@ def test_a_missing_export_is_named(run, tmp_path):
 def test_help_shows_its_options(capsys):
     check_help(capsys, serve_bench.main, "--help", "python -m kgc_kd.serve_bench",
                ("--variants", "--threads", "--stages", "docs/serving.md"), groups=False)
+
+
+def test_a_read_only_export_without_onnx_towers_is_refused_before_any_export(run, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from kgc_kd.serve import bench
+
+    copy = tmp_path / "ro"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("checkpoints", "onnx"))
+    exports = {copy / "stages" / s / "export" for s in ("teacher", "g2")}
+    real = os.access
+    monkeypatch.setattr(bench.os, "access", lambda p, mode: Path(p) not in exports and real(p, mode))
+    with pytest.raises(BenchError, match=r"stages/teacher/export: read-only, and its ONNX towers are missing"):
+        preflight(copy, None, ["fp32", "onnx-int8"], "cpu")
+    assert preflight(copy, None, ["fp32"], "cpu")[1] == ["fp32"]  # the torch variants need no writing
+    assert not any((e / "onnx").exists() for e in exports)

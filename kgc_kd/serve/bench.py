@@ -82,6 +82,14 @@ def preflight(run_dir: Path, stages: list[str] | None, variants: list[str] | Non
             raise BenchError(f"{run_dir / 'report.json'}: no row for stage {name}")
         exports.append((name, export))
     measured, skipped = check_variants(variants, device)
+    if any(v in ONNX_VARIANTS for v in measured):  # towers to export must have somewhere to go
+        from kgc_kd.serve.onnx_export import needed_files, onnx_problem
+
+        for name, export in exports:
+            if onnx_problem(export, needed=needed_files("onnx-int8" in measured)) and not os.access(export, os.W_OK):
+                raise BenchError(f"{export}: read-only, and its ONNX towers are missing or stale; export them where "
+                                 "it can be written (python -m kgc_kd.serve.onnx_export) or measure "
+                                 "--variants fp32,bf16")
     if not os.access(run_dir, os.W_OK):
         raise BenchError(f"{run_dir}: cannot be written (serve.json, serve.md, serve.png go there)")
     return exports, measured, skipped, eval_settings(run_dir)
