@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import textwrap
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,16 @@ def exit_status(err: BaseException, bad_input: Sequence[type[BaseException]] = (
 def exit_statuses(*bad_input: type[BaseException]) -> Iterator[None]:
     """Turn the errors a run reports into `error: ...` on stderr and the exit statuses above. `bad_input`:
     more exception types that mean bad input for this entry point (besides ConfigError, FileNotFoundError
-    and DataFormatError)."""
+    and DataFormatError). Meanwhile the project's own warnings (a rebuilt cache, a data check) print as one line,
+    `DataWarning: <message>`, without Python's file:line and source-line prefix; others keep Python's format."""
+    default_format = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None):
+        if category.__module__.startswith("kgc_kd."):
+            return f"{category.__name__}: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = one_line
     try:
         yield
     except BaseException as err:  # SIGTERMException is a SystemExit
@@ -184,6 +194,8 @@ def exit_statuses(*bad_input: type[BaseException]) -> Iterator[None]:
         else:
             print(f"error: {err}", file=sys.stderr)
         raise SystemExit(status) from None
+    finally:
+        warnings.formatwarning = default_format
 
 
 def console_script(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:

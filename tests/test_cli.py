@@ -186,3 +186,17 @@ def test_installed_console_scripts_run():
     proc = subprocess.run([str(bindir / "kgc-kd-sweep"), "--help"], capture_output=True, text=True, cwd=ROOT,
                           timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: kgc-kd-sweep ")
+
+
+def test_the_projects_warnings_print_as_one_line_inside_an_entry_point_and_others_keep_pythons_format():
+    import warnings
+
+    from kgc_kd.data.io import DataWarning
+
+    before = warnings.formatwarning
+    with cli.exit_statuses():
+        ours = warnings.formatwarning("cache x rebuilt", DataWarning, "/a/predict.py", 7, "pred = Predictor()")
+        theirs = warnings.formatwarning("old", DeprecationWarning, "/a/b.py", 3, "x = 1")
+    assert ours == "DataWarning: cache x rebuilt\n"
+    assert theirs == before("old", DeprecationWarning, "/a/b.py", 3, "x = 1") and "/a/b.py:3" in theirs
+    assert warnings.formatwarning is before  # restored after the entry point

@@ -149,6 +149,9 @@ def _build(kind: str, params: dict[str, Any], x: np.ndarray):
         # k-means on 64 points per list (FAISS samples them; its default 256 makes training the build's cost at
         # 459k x 384: measured) is enough for list boundaries; FAISS warns below 39
         index.cp.max_points_per_centroid = 64
+        # nlist is already at most E / 39; a small graph (nlist 1: searched exactly) would only make FAISS print
+        # "please provide at least 39 training points" on every build
+        index.cp.min_points_per_centroid = min(39, max(1, x.shape[0] // params["nlist"]))
         index.train(x)
     else:
         index = faiss.IndexFlatIP(d)
