@@ -551,7 +551,7 @@ def test_index_is_built_once_with_its_recall_and_rebuilt_for_other_vectors(chain
     (first,) = predict.main(argv)
     queries = 2 * len(kg.test)  # the test split, forward and inverse
     assert capsys.readouterr().out.splitlines()[0].startswith(
-        f"[index] entity_index: hnsw over 20 entities built in ")
+        f"[index] entity_index: ivf over 20 entities built in ")
     record = json.loads((d / "entity_index.json").read_text())
     assert record["vectors_sha256"] == hashlib.sha256((d / "entity_vectors.npy").read_bytes()).hexdigest()
     assert record["recall_queries"] == f"{queries} given queries" and record["recall@10"] == 1.0  # 20 entities

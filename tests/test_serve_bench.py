@@ -8,7 +8,7 @@ import pytest
 from kgc_kd import fit, serve_bench
 from kgc_kd.serve import variants
 from kgc_kd.serve.bench import BenchError, preflight
-from tests.test_cli import check_help
+from test_cli import check_help
 
 VARIANTS = "fp32,onnx-fp32,onnx-int8"
 
@@ -22,7 +22,7 @@ def _argv(tmp_path, plm):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from tests.conftest import save_tiny_plm
+    from conftest import save_tiny_plm
 
     root = tmp_path_factory.mktemp("serve")
     plm = save_tiny_plm(root / "plm4", num_layers=4)
