@@ -43,9 +43,9 @@ RECALL_SEED = 0
 # Build parameters first, then the one search parameter each kind has (it changes results, not the built index,
 # but the recorded recall was measured with it, so it is part of what a cached index must match).
 # Measured at 459k x 384 (experiments/index_scale.py, 2 cores, 2026-12-07; entity vectors of a 2-layer MiniLM,
-# 1,000 queries from test triples): IVF nlist=2711 (4 sqrt(E)) reaches recall@10 0.969 at nprobe=512, 9.6-11.0x
-# faster than exact at batch 1 (three runs), built in 70 s (nprobe 256: 0.890; nlist=1024 at nprobe 256: 0.976 but
-# 8.3x). HNSW (M=32, efConstruction=80) took 220-505 s to build and reached only 0.64 at efSearch=1024 on these
+# 1,000 queries from test triples): IVF nlist=2711 (4 sqrt(E)) reaches recall@10 0.969 at nprobe=512, 9.1x
+# faster than exact at batch 1 on a quiet machine (one query split across threads by list), built in 31 s (nprobe
+# 256: 0.890; nlist=1024 at nprobe 256: 0.976 but 8.1x). HNSW (M=32, efConstruction=80) took 220-505 s to build and reached only 0.64 at efSearch=1024 on these
 # vectors (a narrow cone: the mean vector's norm is 0.94; a query's top-10 score stands 4 std above the median).
 # So `ivf` is the default; nprobe is capped at nlist (a small index is then searched exactly).
 DEFAULT_KIND = "ivf"
@@ -252,6 +252,11 @@ class EntityIndex:
             raise ValueError(f"queries must be (B, {self.meta['dim']}), got {q.shape}")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
+        if self.kind == "ivf":
+            # FAISS splits a search across threads by query (parallel_mode 0): one query would run on one thread.
+            # A query alone is split by probed list instead (1): measured at 459k x 384, nprobe 512, 2 threads,
+            # quiet machine: 7.9 -> 4.2 ms at batch 1 (under load the split costs more than it gains)
+            self.index.parallel_mode = 1 if q.shape[0] == 1 else 0
         scores, ids = self.index.search(q, int(k))
         return scores, ids.astype(np.int64, copy=False)
 
